@@ -1,0 +1,3 @@
+from tusserver.cli import main
+
+main()

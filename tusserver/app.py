@@ -1,0 +1,160 @@
+"""The ASGI application: routes, error rendering, resources in the lifespan.
+
+This is the only module that names concrete classes (which state store,
+which storage backend); everything else receives them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import anyio
+import redis.asyncio as aioredis
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from storage_backends.base import Storage
+from storage_backends.local import LocalStorage
+from tusserver import errors, protocol
+from tusserver.config import Config, ConfigError
+from tusserver.embedded_redis import EmbeddedRedis
+from tusserver.handlers import (
+    Services,
+    create_upload,
+    delete_upload,
+    head_upload,
+    options,
+    patch_upload,
+    tus_headers,
+)
+from tusserver.locking import Locker
+from tusserver.state import StateUnavailable, UploadStore
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[Request, Services], Awaitable[Response] | Response]
+
+
+def create_app(config: Config) -> Starlette:
+    """A tus server as an ordinary ASGI app: run it, or mount it under a path."""
+    services_box: list[Services] = []
+
+    def dispatch(table: dict[str, Handler]) -> Callable[[Request], Awaitable[Response]]:
+        allowed = ", ".join(sorted(table))
+
+        async def endpoint(request: Request) -> Response:
+            handler = table.get(request.method)
+            if handler is None:
+                return render(errors.METHOD_NOT_ALLOWED.with_headers({"Allow": allowed}))
+            try:
+                result = handler(request, services_box[0])
+                return result if isinstance(result, Response) else await result
+            except errors.TusError as error:
+                return render(error)
+            except StateUnavailable as exc:
+                logger.warning(
+                    "%s %s: state store unavailable: %s", request.method, request.url.path, exc
+                )
+                return render(_transient(request, errors.STATE_UNAVAILABLE))
+            except OSError as exc:
+                logger.error("%s %s: storage failed: %s", request.method, request.url.path, exc)
+                return render(_transient(request, errors.STORAGE_FAILED))
+            except Exception:
+                logger.exception("%s %s: unexpected failure", request.method, request.url.path)
+                return render(_transient(request, errors.INTERNAL))
+
+        return endpoint
+
+    collection = dispatch({"OPTIONS": options, "POST": create_upload})
+    upload = dispatch(
+        {"OPTIONS": options, "HEAD": head_upload, "PATCH": patch_upload, "DELETE": delete_upload}
+    )
+    base = config.base_path
+    # Every method reaches the dispatcher, so even a 405 is a tus error response.
+    methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+    routes = [
+        Route(base, collection, methods=methods),
+        Route(base.rstrip("/") or "/", collection, methods=methods),
+        Route(base + "{upload_id}", upload, methods=methods),
+    ]
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            redis_url = config.redis_url
+            if redis_url is None:
+                # Started from the event loop's thread, which lives as long as
+                # the process: the child's parent-death signal is tied to it.
+                embedded = stack.enter_context(EmbeddedRedis(config.data_dir))
+                redis_url = embedded.url
+            client = aioredis.Redis.from_url(
+                redis_url, decode_responses=True, socket_connect_timeout=5, socket_timeout=30
+            )
+            stack.push_async_callback(client.aclose)
+            storage = open_storage(config)
+            stack.push_async_callback(storage.aclose)
+            try:
+                await storage.check()
+            except OSError as exc:
+                raise ConfigError(f"storage {config.storage!r} is not usable: {exc}") from exc
+            store = UploadStore(client)
+            locker = Locker(client, store, ttl=config.lock_ttl, wait=config.lock_wait)
+            services_box.append(Services(config, store, locker, storage))
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(locker.listen_for_release_requests)
+                yield
+                tasks.cancel_scope.cancel()
+            services_box.clear()
+
+    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(MethodOverride)])
+
+
+def open_storage(config: Config) -> Storage:
+    """The backend named by the storage setting: a folder path or file:// URL."""
+    parsed = urlsplit(config.storage)
+    if parsed.scheme in ("", "file"):
+        root = parsed.path if parsed.scheme == "file" else config.storage
+        return LocalStorage(Path(root), file_mode=config.file_mode)
+    raise ConfigError(
+        f"storage {config.storage!r} is not supported; use a folder path or a file:// URL."
+    )
+
+
+def render(error: errors.TusError) -> Response:
+    """The one place a TusError becomes an HTTP response."""
+    headers = tus_headers()
+    headers.update(error.headers)
+    headers[protocol.CACHE_CONTROL] = "no-store"
+    if error.status == 412:
+        headers[protocol.TUS_VERSION_HEADER] = ",".join(protocol.SUPPORTED_VERSIONS)
+    return JSONResponse(error.body(), status_code=error.status, headers=headers)
+
+
+def _transient(request: Request, error: errors.TusError) -> errors.TusError:
+    """On HEAD, passing trouble is 423: tus-js-client restarts an upload from
+    byte 0 after any other non-2xx HEAD answer (CLIENTS.md)."""
+    return errors.TEMPORARILY_UNAVAILABLE if request.method == "HEAD" else error
+
+
+class MethodOverride:
+    """X-HTTP-Method-Override on POST, for clients behind proxies that only
+    pass GET and POST (tus spec, "X-HTTP-Method-Override")."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            for name, value in scope["headers"]:
+                if name == b"x-http-method-override":
+                    scope = dict(scope, method=value.decode("latin-1").strip().upper())
+                    break
+        await self.app(scope, receive, send)

@@ -1,0 +1,98 @@
+"""One settings object for the whole server, validated once at start-up.
+
+Every field has a default and the reason for it beside it. The CLI maps its
+flags (and ``TUSSERVER_*`` environment variables) 1:1 onto these fields; an
+application that mounts tusserver builds a ``Config`` directly.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A setting is unusable; the message is one sentence a person can act on."""
+
+
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_size(text: str, setting: str) -> int:
+    """``"10G"``, ``"512MiB"``, ``"1048576"`` -> bytes (binary units)."""
+    match = re.fullmatch(r"\s*(\d+)\s*([kmgt]?)(?:i?b)?\s*", text, re.IGNORECASE)
+    if not match:
+        raise ConfigError(f"{setting} must be a size such as 1048576, 500M or 10G, not {text!r}.")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+
+
+def parse_duration(text: str, setting: str) -> float:
+    """``"60s"``, ``"24h"``, ``"250ms"``, ``"90"`` -> seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|)\s*", text, re.IGNORECASE)
+    if not match:
+        raise ConfigError(f"{setting} must be a duration such as 60s, 15m or 24h, not {text!r}.")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
+
+
+@dataclass(frozen=True)
+class Config:
+    # Where finished files land (a folder path or file:// URL). Partials live
+    # in its `.partial/` subfolder so finalize is one rename on one volume.
+    storage: str = "./uploads"
+    # Redis holding upload state. None: start an embedded redis-server on a
+    # unix socket inside `data_dir`, so the quick start needs nothing else.
+    redis_url: str | None = None
+    # Local folder for server-owned state (the embedded Redis and its AOF).
+    data_dir: Path = Path("./tusserver-data")
+    # URL path the tus endpoint answers on; uploads live at <base_path><id>.
+    base_path: str = "/files/"
+    # Largest upload accepted, in bytes; None = no limit (Tus-Max-Size omitted).
+    max_size: int | None = None
+    # A PATCH that receives no bytes for this long is ended and what arrived is
+    # kept (tus: store as much as possible); frees the lock of a dead client.
+    idle_timeout: float = 60.0
+    # How long a request waits for another request's lock (after asking it to
+    # let go) before answering 423. Clients retry 423 (CLIENTS.md).
+    lock_wait: float = 3.0
+    # Lock lifetime without progress. A crashed holder blocks its upload for at
+    # most this long; a live holder extends it while bytes arrive.
+    lock_ttl: float = 10.0
+    # Name of a finished file: `{id}` (default, never collides) or
+    # `{filename}` (sanitized client metadata, falls back to the id).
+    final_name: str = "{id}"
+    # Permissions of finished files: readable by others (a web server, a
+    # scanner), writable by the service only.
+    file_mode: int = 0o644
+    # Size of the blocks handed to storage: large writes are what disks and SMB
+    # like, and per-request memory stays bounded by about two of them.
+    block_size: int = 4 * 1024 * 1024
+    # Upload-Metadata larger than this is refused with 400: it is stored in
+    # Redis per upload and echoed on every HEAD.
+    max_metadata_size: int = 16 * 1024
+
+    def __post_init__(self) -> None:
+        if not (self.base_path.startswith("/") and self.base_path.endswith("/")):
+            raise ConfigError(
+                f"base path must start and end with '/', like /files/, not {self.base_path!r}."
+            )
+        if self.max_size is not None and self.max_size <= 0:
+            raise ConfigError(
+                "max size must be a positive number of bytes (or unset for no limit)."
+            )
+        for name in ("idle_timeout", "lock_wait", "lock_ttl"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name.replace('_', ' ')} must be greater than zero.")
+        if not 64 * 1024 <= self.block_size <= 64 * 1024 * 1024:
+            raise ConfigError("block size must be between 64 KiB and 64 MiB.")
+        if "{id}" not in self.final_name and "{filename}" not in self.final_name:
+            raise ConfigError("final name template must contain {id} or {filename}.")
+        if not 0 <= self.file_mode <= 0o777:
+            raise ConfigError("file mode must be an octal permission such as 644.")
+        if self.redis_url is not None and not self.redis_url.startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise ConfigError(
+                f"redis URL must start with redis://, rediss:// or unix://, not {self.redis_url!r}."
+            )

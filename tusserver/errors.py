@@ -1,0 +1,212 @@
+"""The one error type of tusserver, and the named errors of the protocol.
+
+    TusError(status, code, message, hint, retryable, headers)
+      ├── 4xx: the request cannot succeed as sent (retryable only where a
+      │        client is expected to retry: 409, 423)
+      └── 5xx: the server failed; retryable
+
+``tusserver.app`` renders every TusError as a JSON body
+``{"error": {"code", "message", "hint", "retryable"}}`` plus the tus headers;
+any other exception becomes a logged 500 with no internals in the body.
+Named errors are module constants when they take no arguments, functions when
+they do, in the manner of tusd's ``ErrMismatchOffset``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+
+class TusError(Exception):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        hint: str = "",
+        *,
+        retryable: bool = False,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.hint = hint
+        self.retryable = retryable
+        self.headers: dict[str, str] = dict(headers or {})
+
+    def with_headers(self, headers: Mapping[str, str]) -> TusError:
+        """A copy carrying extra response headers (module constants stay pristine)."""
+        merged = {**self.headers, **headers}
+        return TusError(
+            self.status,
+            self.code,
+            self.message,
+            self.hint,
+            retryable=self.retryable,
+            headers=merged,
+        )
+
+    def body(self) -> dict[str, dict[str, object]]:
+        return {
+            "error": {
+                "code": self.code,
+                "message": self.message,
+                "hint": self.hint,
+                "retryable": self.retryable,
+            }
+        }
+
+
+VERSION_MISSING = TusError(
+    412,
+    "tus_resumable_missing",
+    "The Tus-Resumable header is missing.",
+    "Send Tus-Resumable: 1.0.0 with every request except OPTIONS.",
+)
+VERSION_UNSUPPORTED = TusError(
+    412,
+    "tus_version_unsupported",
+    "This server does not speak the requested tus version.",
+    "Use one of the versions listed in Tus-Version.",
+)
+UNSUPPORTED_CONTENT_TYPE = TusError(
+    415,
+    "unsupported_content_type",
+    "Upload data must be sent as application/offset+octet-stream.",
+    "Set Content-Type: application/offset+octet-stream on PATCH (and on POST with data).",
+)
+MISSING_UPLOAD_OFFSET = TusError(
+    400,
+    "upload_offset_missing",
+    "The Upload-Offset header is missing.",
+    "Send the offset returned by HEAD as Upload-Offset.",
+)
+MISSING_UPLOAD_LENGTH = TusError(
+    400,
+    "upload_length_missing",
+    "Neither Upload-Length nor Upload-Defer-Length was sent.",
+    "Send Upload-Length with the size in bytes, or Upload-Defer-Length: 1 if it is not known yet.",
+)
+LENGTH_AND_DEFER = TusError(
+    400,
+    "upload_length_conflict",
+    "Upload-Length and Upload-Defer-Length were both sent.",
+    "Send exactly one of them.",
+)
+LENGTH_CHANGED = TusError(
+    400,
+    "upload_length_immutable",
+    "The upload's length is already set and cannot be changed.",
+    "Send the same Upload-Length as before, or none.",
+)
+LENGTH_BELOW_OFFSET = TusError(
+    400,
+    "upload_length_too_small",
+    "Upload-Length is smaller than the bytes already received.",
+    "Check the file size; HEAD returns how many bytes the server has.",
+)
+SIZE_EXCEEDED = TusError(
+    413,
+    "upload_too_large",
+    "The upload would be larger than allowed.",
+    "Check Upload-Length and Tus-Max-Size (OPTIONS); nothing beyond the limit was stored.",
+)
+BODY_EXCEEDS_LENGTH = TusError(
+    413,
+    "body_exceeds_upload_length",
+    "The request body runs past the declared Upload-Length.",
+    "Send at most Upload-Length minus Upload-Offset bytes; this request's bytes were discarded.",
+)
+NOT_FOUND = TusError(
+    404,
+    "upload_not_found",
+    "No upload exists at this URL.",
+    "Create a new upload with POST.",
+)
+GONE = TusError(
+    410,
+    "upload_gone",
+    "This upload was terminated or has expired.",
+    "Create a new upload with POST.",
+)
+LOCKED = TusError(
+    423,
+    "upload_locked",
+    "Another request is working on this upload.",
+    "Retry in a moment; the other request is being asked to finish.",
+    retryable=True,
+)
+TEMPORARILY_UNAVAILABLE = TusError(
+    423,
+    "upload_temporarily_unavailable",
+    "The upload's state cannot be read right now.",
+    "Retry in a moment; nothing was lost.",
+    retryable=True,
+)
+STATE_UNAVAILABLE = TusError(
+    503,
+    "state_unavailable",
+    "The upload state store is not reachable.",
+    "Retry in a moment; bytes already acknowledged are safe.",
+    retryable=True,
+)
+STORAGE_FAILED = TusError(
+    503,
+    "storage_failed",
+    "The storage could not be written.",
+    "Retry in a moment with HEAD to learn the offset the server kept.",
+    retryable=True,
+)
+INTERNAL = TusError(
+    500,
+    "internal_error",
+    "The server failed to handle this request.",
+    "Retry; if it persists, report the time and the upload URL to the operator.",
+    retryable=True,
+)
+METHOD_NOT_ALLOWED = TusError(
+    405,
+    "method_not_allowed",
+    "This method is not supported at this URL.",
+    "POST to the endpoint creates uploads; HEAD, PATCH and DELETE act on an upload URL.",
+)
+
+
+def invalid_header(header: str, expected: str) -> TusError:
+    return TusError(
+        400,
+        "invalid_header",
+        f"The {header} header is malformed.",
+        f"{header} must be {expected}.",
+    )
+
+
+def invalid_metadata(detail: str) -> TusError:
+    return TusError(
+        400,
+        "invalid_upload_metadata",
+        f"Upload-Metadata is malformed: {detail}.",
+        "Send comma-separated pairs of a key and its base64-encoded value.",
+    )
+
+
+def metadata_too_large(limit: int) -> TusError:
+    return TusError(
+        400,
+        "upload_metadata_too_large",
+        f"Upload-Metadata is larger than {limit} bytes.",
+        "Send fewer or shorter metadata values.",
+    )
+
+
+def mismatched_offset(current: int) -> TusError:
+    return TusError(
+        409,
+        "mismatched_offset",
+        "Upload-Offset does not match the server's offset.",
+        "Send HEAD and resume from the Upload-Offset it returns.",
+        retryable=True,
+        headers={"Upload-Offset": str(current)},
+    )

@@ -1,0 +1,156 @@
+"""One writer per upload, across processes and hosts, with release requests.
+
+The lock is ``tus:{id}:lock = <token>`` with a TTL (see ``state``). A request
+that finds it held does not just wait: it publishes a *release request* for
+the upload on ``tus:release``. Every process listens on that channel; the
+process whose request holds the lock wakes it, and that request stops
+reading its body, commits what it has stored and lets go. This is how a
+client that reconnects after a dropped connection is not stuck behind its
+own dead PATCH (tusd does the same). The newcomer then takes over, or
+answers 423 after ``lock_wait``.
+
+The holder keeps the lock alive while bytes arrive (``Lease.keep_alive``),
+so a hung request lets it lapse after ``lock_ttl``; nothing else extends it.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import anyio
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from tusserver import errors
+from tusserver.state import Claim, ClaimStatus, StateUnavailable, Upload, UploadStore
+
+logger = logging.getLogger(__name__)
+
+RELEASE_CHANNEL = "tus:release"
+# Between two attempts while another request holds the lock.
+_POLL_SECONDS = 0.02
+_Attempt = Callable[[], Awaitable[Claim]]
+# A release request can be missed if it is published in the instant between
+# the holder taking the lock and registering for requests: say it again.
+_REPUBLISH_SECONDS = 0.5
+
+
+class Lease:
+    """The right to write one upload, held by one request."""
+
+    def __init__(self, locker: Locker, upload_id: str, token: str) -> None:
+        self.upload_id = upload_id
+        self.token = token
+        self.release_requested = anyio.Event()
+        self.released = False
+        self._locker = locker
+        self._extended_at = time.monotonic()
+
+    async def keep_alive(self) -> None:
+        """Extend the lock; called on progress, at most a few times per TTL. Never raises."""
+        now = time.monotonic()
+        if now - self._extended_at < self._locker.ttl / 3:
+            return
+        self._extended_at = now
+        try:
+            extended = await self._locker.store.extend(
+                self.upload_id, self.token, self._locker.ttl_ms
+            )
+        except StateUnavailable as exc:
+            # The commit's compare-and-set still protects the offset.
+            logger.warning("upload %s: could not extend lock: %s", self.upload_id, exc)
+            return
+        if not extended:
+            logger.warning("upload %s: lock lapsed while writing", self.upload_id)
+
+
+class Locker:
+    def __init__(self, client: aioredis.Redis, store: UploadStore, *, ttl: float, wait: float):
+        self.store = store
+        self.ttl = ttl
+        self.ttl_ms = int(ttl * 1000)
+        self.wait = wait
+        self._redis = client
+        self._leases: dict[str, Lease] = {}
+
+    def new_lease(self, upload_id: str) -> Lease:
+        """A lease for an upload this request creates (its lock is set with the record)."""
+        lease = Lease(self, upload_id, secrets.token_hex(16))
+        self._leases[upload_id] = lease
+        return lease
+
+    @asynccontextmanager
+    async def hold(self, upload_id: str) -> AsyncIterator[tuple[Upload, Lease]]:
+        """Claim the upload, asking a current holder to let go; 404/410/423 otherwise."""
+        lease = Lease(self, upload_id, secrets.token_hex(16))
+        claim = await self._wait_for(
+            upload_id, lambda: self.store.claim(upload_id, lease.token, self.ttl_ms)
+        )
+        assert claim.upload is not None
+        self._leases[upload_id] = lease
+        try:
+            yield claim.upload, lease
+        finally:
+            await self.release(lease)
+
+    async def read_unlocked(self, upload_id: str) -> Upload:
+        """The record once no request is writing it (HEAD must not report a stale offset)."""
+        claim = await self._wait_for(upload_id, lambda: self.store.read(upload_id))
+        assert claim.upload is not None
+        return claim.upload
+
+    async def release(self, lease: Lease) -> None:
+        """Give the lock back unless a commit already did. Never raises."""
+        if self._leases.get(lease.upload_id) is lease:
+            del self._leases[lease.upload_id]
+        if lease.released:
+            return
+        lease.released = True
+        try:
+            await self.store.release(lease.upload_id, lease.token)
+        except StateUnavailable:
+            logger.warning("upload %s: could not release lock; it lapses by TTL", lease.upload_id)
+
+    async def _wait_for(self, upload_id: str, attempt: _Attempt) -> Claim:
+        deadline = time.monotonic() + self.wait
+        asked_at = 0.0
+        while True:
+            claim = await attempt()
+            if claim.status is ClaimStatus.MISSING:
+                raise errors.NOT_FOUND
+            if claim.status is ClaimStatus.GONE:
+                raise errors.GONE
+            if claim.status is ClaimStatus.CLAIMED:
+                return claim
+            now = time.monotonic()
+            if now >= deadline:
+                raise errors.LOCKED
+            if now - asked_at >= _REPUBLISH_SECONDS:
+                asked_at = now
+                await self._request_release(upload_id)
+            await anyio.sleep(_POLL_SECONDS)
+
+    async def _request_release(self, upload_id: str) -> None:
+        try:
+            await self._redis.publish(RELEASE_CHANNEL, upload_id)
+        except RedisError as exc:
+            raise StateUnavailable(str(exc)) from exc
+
+    async def listen_for_release_requests(self) -> None:
+        """Background task for the app's lifetime: wake local holders on request."""
+        while True:
+            try:
+                async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(RELEASE_CHANNEL)
+                    async for message in pubsub.listen():
+                        lease = self._leases.get(message["data"])
+                        if lease is not None:
+                            logger.info("upload %s: release requested", lease.upload_id)
+                            lease.release_requested.set()
+            except RedisError as exc:
+                logger.warning("release-request listener lost Redis (%s); reconnecting", exc)
+                await anyio.sleep(1)

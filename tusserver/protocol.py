@@ -1,0 +1,124 @@
+"""The tus 1.0.0 vocabulary: header names, constants and header parsing.
+
+Pure functions only, no I/O. Every parser raises ``TusError`` with a 400-class
+status so handlers can call them before touching Redis or storage.
+Spec: https://tus.io/protocols/resumable-upload (protocol.md).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import secrets
+
+from tusserver import errors
+
+TUS_VERSION = "1.0.0"
+SUPPORTED_VERSIONS = (TUS_VERSION,)
+OFFSET_OCTET_STREAM = "application/offset+octet-stream"
+
+# Request and response headers (tus spec "Headers" section).
+TUS_RESUMABLE = "Tus-Resumable"
+TUS_VERSION_HEADER = "Tus-Version"
+TUS_EXTENSION = "Tus-Extension"
+TUS_MAX_SIZE = "Tus-Max-Size"
+UPLOAD_OFFSET = "Upload-Offset"
+UPLOAD_LENGTH = "Upload-Length"
+UPLOAD_DEFER_LENGTH = "Upload-Defer-Length"
+UPLOAD_METADATA = "Upload-Metadata"
+METHOD_OVERRIDE = "X-HTTP-Method-Override"
+LOCATION = "Location"
+CACHE_CONTROL = "Cache-Control"
+CONTENT_TYPE = "Content-Type"
+
+EXTENSIONS = (
+    "creation",
+    "creation-with-upload",
+    "creation-defer-length",
+    "termination",
+)
+
+# Offsets and lengths are stored as decimal strings in Redis and as int64 by
+# other tus servers; anything larger is malformed, not merely too large.
+MAX_INT64 = 2**63 - 1
+_DIGITS = re.compile(r"[0-9]{1,19}")
+
+# 128 random bits as 32 lowercase hex digits. Checked before any Redis key or
+# path is derived from an id taken from a URL.
+UPLOAD_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
+
+# Metadata keys: tus says ASCII, no spaces, no commas. We also refuse control
+# characters so a key can never smuggle a header line break.
+_METADATA_KEY = re.compile(r"[!-+\--~]+")
+
+
+def new_upload_id() -> str:
+    return secrets.token_hex(16)
+
+
+def is_upload_id(text: str) -> bool:
+    return UPLOAD_ID_PATTERN.fullmatch(text) is not None
+
+
+def check_tus_resumable(value: str | None) -> None:
+    """Every request but OPTIONS must name a version we speak (412 otherwise)."""
+    if value is None:
+        raise errors.VERSION_MISSING
+    if value.strip() not in SUPPORTED_VERSIONS:
+        raise errors.VERSION_UNSUPPORTED
+
+
+def parse_non_negative(value: str, header: str) -> int:
+    """Upload-Offset / Upload-Length: plain decimal digits, no sign, no spaces."""
+    if _DIGITS.fullmatch(value) is None or int(value) > MAX_INT64:
+        raise errors.invalid_header(header, "a non-negative integer (decimal digits only)")
+    return int(value)
+
+
+def parse_defer_length(value: str) -> bool:
+    """Upload-Defer-Length: the only valid value is 1."""
+    if value.strip() != "1":
+        raise errors.invalid_header(UPLOAD_DEFER_LENGTH, "1")
+    return True
+
+
+def parse_metadata(value: str, max_size: int) -> dict[str, bytes]:
+    """Parse Upload-Metadata leniently, as real clients send it.
+
+    ``key b64value`` pairs separated by commas. Accepted: an empty header
+    (tuspy always sends one), a key without a value, a key followed by a space
+    and nothing (tus-js-client's empty value), surrounding spaces, missing
+    base64 padding. Refused with 400: invalid base64, a bad or repeated key,
+    more than ``max_size`` bytes.
+    """
+    if len(value) > max_size:
+        raise errors.metadata_too_large(max_size)
+    result: dict[str, bytes] = {}
+    for raw_pair in value.split(","):
+        pair = raw_pair.strip(" \t")
+        if not pair:
+            continue
+        key, _, encoded = pair.partition(" ")
+        if _METADATA_KEY.fullmatch(key) is None:
+            raise errors.invalid_metadata(
+                f"key {key[:40]!r} is not a token without spaces or commas"
+            )
+        if key in result:
+            raise errors.invalid_metadata(f"key {key[:40]!r} appears more than once")
+        result[key] = _decode_base64(key, encoded.strip(" \t"))
+    return result
+
+
+def _decode_base64(key: str, encoded: str) -> bytes:
+    try:
+        return base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise errors.invalid_metadata(f"the value of {key[:40]!r} is not valid base64") from None
+
+
+def parse_content_type(value: str | None) -> str | None:
+    """Media type without parameters, lower-cased."""
+    if value is None:
+        return None
+    return value.split(";", 1)[0].strip().lower()

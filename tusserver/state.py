@@ -1,0 +1,270 @@
+"""Upload records in Redis.
+
+Keys of one upload share a hash tag, so they live on one Redis Cluster slot
+and one Lua script may touch them all::
+
+    tus:{<id>}:info   hash: length ("" while deferred), offset, metadata,
+                      created, state (partial | complete), location
+    tus:{<id>}:lock   the token of the request allowed to write (see locking)
+    tus:{<id>}:gone   tombstone of a terminated upload: 410 instead of 404
+
+Rules the scripts enforce:
+- The offset moves only by compare-and-set from the offset the writer
+  started at, and only while the writer still holds the lock or nobody does
+  (a lapsed lock that nobody took over still fences nothing out).
+- Each request does its Redis work in as few round trips as possible: a
+  PATCH claims the lock *and* reads the record in one script, and commits
+  the offset *and* releases the lock in another. Each round trip costs about
+  0.3 ms from Python, which matters for clients sending 1 MiB chunks.
+
+Every Redis failure leaves this module as ``StateUnavailable``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import Enum
+from functools import wraps
+from typing import Any, ParamSpec, TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+from redis.typing import EncodableT, FieldT
+
+PARTIAL = "partial"
+COMPLETE = "complete"
+# How long a terminated upload answers 410 before it is forgotten (then 404).
+GONE_TTL_SECONDS = 24 * 3600
+
+
+class StateUnavailable(Exception):
+    """Redis did not answer or failed; nothing was changed by this call."""
+
+
+class ClaimStatus(Enum):
+    CLAIMED = "claimed"
+    LOCKED = "locked"
+    MISSING = "missing"
+    GONE = "gone"
+
+
+class CommitStatus(Enum):
+    OK = "ok"
+    LOST_LOCK = "lost"  # another writer holds the lock now
+    MOVED = "moved"  # the offset is no longer the one we started from
+    MISSING = "missing"  # the record was removed meanwhile
+
+
+@dataclass
+class Upload:
+    id: str
+    offset: int
+    length: int | None  # None while the length is deferred
+    metadata: str = ""  # Upload-Metadata exactly as the client sent it
+    created: float = 0.0
+    state: str = PARTIAL
+    location: str | None = None  # where the finished file is, relative to storage
+
+    @property
+    def is_complete(self) -> bool:
+        return self.state == COMPLETE
+
+    @property
+    def is_fully_received(self) -> bool:
+        return self.length is not None and self.offset == self.length
+
+
+@dataclass
+class Claim:
+    status: ClaimStatus
+    upload: Upload | None = None
+
+
+def info_key(upload_id: str) -> str:
+    return f"tus:{{{upload_id}}}:info"
+
+
+def lock_key(upload_id: str) -> str:
+    return f"tus:{{{upload_id}}}:lock"
+
+
+def gone_key(upload_id: str) -> str:
+    return f"tus:{{{upload_id}}}:gone"
+
+
+def _keys(upload_id: str) -> list[str]:
+    return [info_key(upload_id), lock_key(upload_id), gone_key(upload_id)]
+
+
+# KEYS: info, lock, gone. ARGV: token, ttl_ms ("" = only read).
+# Returns {status, flat record} where status is claimed|locked|missing|gone.
+_CLAIM = """
+local record = redis.call('HGETALL', KEYS[1])
+if #record == 0 then
+  if redis.call('EXISTS', KEYS[3]) == 1 then return {'gone'} end
+  return {'missing'}
+end
+if ARGV[1] == '' then
+  if redis.call('EXISTS', KEYS[2]) == 1 then return {'locked', record} end
+  return {'claimed', record}
+end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {'claimed', record}
+end
+return {'locked', record}
+"""
+
+# KEYS: info, lock. ARGV: token, expected offset, new offset, release (1|0).
+_COMMIT = """
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[1] then return 'lost' end
+local current = redis.call('HGET', KEYS[1], 'offset')
+if not current then return 'missing' end
+if current ~= ARGV[2] then return 'moved' end
+redis.call('HSET', KEYS[1], 'offset', ARGV[3])
+if holder and ARGV[4] == '1' then redis.call('DEL', KEYS[2]) end
+return 'ok'
+"""
+
+# KEYS: info, lock. ARGV: token, location. Marks the upload finished and
+# releases the lock in the same step.
+_COMPLETE = """
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[1] then return 'lost' end
+if redis.call('EXISTS', KEYS[1]) == 0 then return 'missing' end
+redis.call('HSET', KEYS[1], 'state', 'complete', 'location', ARGV[2])
+if holder then redis.call('DEL', KEYS[2]) end
+return 'ok'
+"""
+
+# KEYS: info, lock, gone. ARGV: token, gone ttl in seconds.
+_TERMINATE = """
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[1] then return 'lost' end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('SET', KEYS[3], '1', 'EX', ARGV[2])
+return 'ok'
+"""
+
+# KEYS: lock. ARGV: token. Compare-and-delete.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS: lock. ARGV: token, ttl_ms. Compare-and-extend.
+_EXTEND = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _translating(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Turn every Redis failure into StateUnavailable, once, at the boundary."""
+
+    @wraps(func)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await func(*args, **kwargs)
+        except RedisError as exc:
+            raise StateUnavailable(str(exc)) from exc
+
+    return wrapper
+
+
+class UploadStore:
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._redis = client
+        self._claim = client.register_script(_CLAIM)
+        self._commit = client.register_script(_COMMIT)
+        self._complete = client.register_script(_COMPLETE)
+        self._terminate = client.register_script(_TERMINATE)
+        self._release = client.register_script(_RELEASE)
+        self._extend = client.register_script(_EXTEND)
+
+    @_translating
+    async def create(self, upload: Upload, *, lock_token: str | None, lock_ttl_ms: int) -> None:
+        """Store a new record; with ``lock_token``, the creator also holds its lock."""
+        fields: dict[FieldT, EncodableT] = {
+            "offset": str(upload.offset),
+            "length": "" if upload.length is None else str(upload.length),
+            "metadata": upload.metadata,
+            "created": repr(upload.created or time.time()),
+            "state": upload.state,
+        }
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(info_key(upload.id), mapping=fields)
+            if lock_token is not None:
+                pipe.set(lock_key(upload.id), lock_token, px=lock_ttl_ms)
+            await pipe.execute()
+
+    @_translating
+    async def claim(self, upload_id: str, token: str, ttl_ms: int) -> Claim:
+        """Take the upload's lock if it is free, and read the record, in one trip."""
+        return _to_claim(upload_id, await self._claim(keys=_keys(upload_id), args=[token, ttl_ms]))
+
+    @_translating
+    async def read(self, upload_id: str) -> Claim:
+        """Read the record; status LOCKED means a writer holds it right now."""
+        return _to_claim(upload_id, await self._claim(keys=_keys(upload_id), args=["", 0]))
+
+    @_translating
+    async def commit(
+        self, upload_id: str, token: str, expected: int, new: int, *, release: bool
+    ) -> CommitStatus:
+        result = await self._commit(
+            keys=[info_key(upload_id), lock_key(upload_id)],
+            args=[token, expected, new, "1" if release else "0"],
+        )
+        return CommitStatus(result)
+
+    @_translating
+    async def set_length(self, upload_id: str, length: int) -> None:
+        """Fix a deferred length. The caller holds the lock and checked it was unset."""
+        await self._redis.hset(info_key(upload_id), "length", str(length))
+
+    @_translating
+    async def complete(self, upload_id: str, token: str, location: str) -> CommitStatus:
+        result = await self._complete(
+            keys=[info_key(upload_id), lock_key(upload_id)], args=[token, location]
+        )
+        return CommitStatus(result)
+
+    @_translating
+    async def terminate(self, upload_id: str, token: str) -> CommitStatus:
+        result = await self._terminate(keys=_keys(upload_id), args=[token, GONE_TTL_SECONDS])
+        return CommitStatus(result)
+
+    @_translating
+    async def release(self, upload_id: str, token: str) -> None:
+        await self._release(keys=[lock_key(upload_id)], args=[token])
+
+    @_translating
+    async def extend(self, upload_id: str, token: str, ttl_ms: int) -> bool:
+        return bool(await self._extend(keys=[lock_key(upload_id)], args=[token, ttl_ms]))
+
+
+def _to_claim(upload_id: str, reply: list[Any]) -> Claim:
+    status = ClaimStatus(reply[0])
+    if len(reply) < 2:
+        return Claim(status)
+    flat: list[str] = reply[1]
+    return Claim(status, _to_upload(upload_id, dict(zip(flat[::2], flat[1::2], strict=True))))
+
+
+def _to_upload(upload_id: str, fields: dict[str, str]) -> Upload:
+    length = fields.get("length", "")
+    return Upload(
+        id=upload_id,
+        offset=int(fields.get("offset", "0")),
+        length=int(length) if length else None,
+        metadata=fields.get("metadata", ""),
+        created=float(fields.get("created", "0")),
+        state=fields.get("state", PARTIAL),
+        location=fields.get("location") or None,
+    )

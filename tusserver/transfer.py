@@ -1,0 +1,148 @@
+"""Moving one request body into storage: streamed, bounded, interruptible.
+
+Three tasks cooperate for one PATCH (or POST with data):
+
+- the *receiver* takes ASGI body messages (at most 64 KiB each from uvicorn),
+  gathers them into blocks of ``block_size`` without copying, and refuses
+  bytes beyond ``limit`` without storing them;
+- the *writer* (the storage backend) writes each block in a worker thread
+  while the next one is received: at most two blocks are in memory per
+  request, whatever the upload size;
+- the *watchdog* ends the reading when no byte arrived for ``idle_timeout``
+  or when another request asked for the lock (see ``locking``), and keeps
+  the lock alive while bytes arrive.
+
+A body that ends early (disconnect, stall, release request) is not an error:
+tus asks servers to keep as much as possible, so ``Transfer.stored`` tells
+the caller what to commit.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import anyio
+from anyio.abc import ObjectReceiveStream
+from starlette.types import Receive
+
+from storage_backends.base import Block, Storage
+from tusserver.locking import Lease
+
+
+class End(enum.Enum):
+    COMPLETE = "complete"  # the client sent the whole body
+    DISCONNECT = "disconnect"  # the connection went away
+    IDLE = "idle"  # no byte for idle_timeout
+    RELEASED = "released"  # another request asked for the lock
+    TOO_LARGE = "too_large"  # the body ran past the limit: discard it all
+
+
+@dataclass
+class Transfer:
+    received: int = 0  # bytes taken from the body (up to the limit)
+    stored: int = 0  # bytes the storage confirmed written
+    end: End = End.COMPLETE
+    # The storage failed; ``stored`` counts what it had confirmed before.
+    failure: OSError | None = None
+
+
+async def receive_into_storage(
+    receive: Receive,
+    storage: Storage,
+    lease: Lease,
+    offset: int,
+    *,
+    limit: int | None,
+    block_size: int,
+    idle_timeout: float,
+) -> Transfer:
+    """Stream the body to ``storage`` at ``offset`` and say how it ended.
+
+    A storage ``OSError`` does not propagate: it is returned as
+    ``Transfer.failure``, with ``stored`` counting the blocks confirmed
+    before it, so the caller can commit those and then answer the error.
+    """
+    transfer = Transfer()
+    send_blocks, receive_blocks = anyio.create_memory_object_stream[Block](1)
+    reading = anyio.CancelScope()
+
+    async def receiver() -> None:
+        pieces: list[bytes] = []
+        size = 0
+        async with send_blocks:
+            with reading:
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        transfer.end = End.DISCONNECT
+                        break
+                    body: bytes = message.get("body", b"")
+                    if body:
+                        if limit is not None and transfer.received + len(body) > limit:
+                            transfer.end = End.TOO_LARGE
+                            pieces = []
+                            break
+                        transfer.received += len(body)
+                        pieces.append(body)
+                        size += len(body)
+                        if size >= block_size:
+                            await send_blocks.send(pieces)
+                            pieces, size = [], 0
+                    if not message.get("more_body", False):
+                        break
+            # Reached at the end of the body, on a disconnect and when the
+            # watchdog cancelled the reading: the bytes gathered are kept.
+            if pieces:
+                await send_blocks.send(pieces)
+
+    async def watchdog() -> None:
+        last_activity = -1
+        active_at = time.monotonic()
+        while True:
+            with anyio.move_on_after(min(1.0, idle_timeout / 4)):
+                await lease.release_requested.wait()
+            if lease.release_requested.is_set():
+                transfer.end = End.RELEASED
+                reading.cancel()
+                return
+            activity = transfer.received + transfer.stored
+            now = time.monotonic()
+            if activity != last_activity:
+                last_activity, active_at = activity, now
+                await lease.keep_alive()
+            elif now - active_at >= idle_timeout:
+                transfer.end = End.IDLE
+                reading.cancel()
+                return
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(receiver)
+        tasks.start_soon(watchdog)
+        try:
+            transfer.stored = await storage.write(
+                lease.upload_id, offset, _counted(receive_blocks, transfer)
+            )
+        except OSError as exc:
+            transfer.failure = exc
+        finally:
+            tasks.cancel_scope.cancel()
+    if transfer.end is End.TOO_LARGE:
+        transfer.stored = 0
+    return transfer
+
+
+async def _counted(blocks: ObjectReceiveStream[Block], transfer: Transfer) -> AsyncIterator[Block]:
+    """Hand blocks to storage, counting a block as stored once the next is asked for.
+
+    That is the Storage.write contract: it asks for the next block only
+    after the previous one is fully written.
+    """
+    pending = 0
+    async with blocks:
+        async for block in blocks:
+            transfer.stored += pending
+            pending = sum(len(piece) for piece in block)
+            yield block
