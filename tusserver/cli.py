@@ -14,8 +14,8 @@ import logging
 import logging.config
 import os
 import sys
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
@@ -138,6 +138,9 @@ def serve(
             access_log=access_log,
             # A PATCH is long-lived; keep-alive between a client's chunks.
             timeout_keep_alive=30,
+            # On SIGTERM, running PATCHes get this long to finish; then they
+            # are cancelled and commit the bytes they stored (see handlers).
+            timeout_graceful_shutdown=10,
         )
         if workers == 1:
             uvicorn.run(create_app(config), **common)

@@ -12,6 +12,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import anyio
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
@@ -34,7 +35,7 @@ from tusserver.protocol import (
     UPLOAD_OFFSET,
 )
 from tusserver.state import CommitStatus, Upload, UploadStore
-from tusserver.transfer import End, receive_into_storage
+from tusserver.transfer import End, Transfer, receive_into_storage
 
 logger = logging.getLogger(__name__)
 
@@ -204,15 +205,25 @@ async def _receive(
     if content_length is not None and limit is not None and content_length > limit:
         raise _too_large(upload, config)
     if content_length != 0 and not upload.is_fully_received:
-        transfer = await receive_into_storage(
-            request.receive,
-            services.storage,
-            lease,
-            upload.offset,
-            limit=limit,
-            block_size=config.block_size,
-            idle_timeout=config.idle_timeout,
-        )
+        transfer = Transfer()
+        try:
+            await receive_into_storage(
+                transfer,
+                request.receive,
+                services.storage,
+                lease,
+                upload.offset,
+                limit=limit,
+                block_size=config.block_size,
+                idle_timeout=config.idle_timeout,
+            )
+        except anyio.get_cancelled_exc_class():
+            # The server is shutting down past its grace period: the bytes
+            # already stored still count, so the client resumes after them.
+            with anyio.CancelScope(shield=True):
+                if transfer.stored:
+                    await _commit(services, upload, lease, upload.offset + transfer.stored)
+            raise
         if transfer.end is End.TOO_LARGE:
             raise _too_large(upload, config)
         if transfer.end is not End.COMPLETE:

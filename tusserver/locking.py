@@ -111,7 +111,10 @@ class Locker:
             return
         lease.released = True
         try:
-            await self.store.release(lease.upload_id, lease.token)
+            # Shielded: a request cancelled at shutdown still lets go at once
+            # rather than blocking its upload for the lock's TTL.
+            with anyio.CancelScope(shield=True):
+                await self.store.release(lease.upload_id, lease.token)
         except StateUnavailable:
             logger.warning("upload %s: could not release lock; it lapses by TTL", lease.upload_id)
 

@@ -50,6 +50,7 @@ class Transfer:
 
 
 async def receive_into_storage(
+    transfer: Transfer,
     receive: Receive,
     storage: Storage,
     lease: Lease,
@@ -58,14 +59,15 @@ async def receive_into_storage(
     limit: int | None,
     block_size: int,
     idle_timeout: float,
-) -> Transfer:
-    """Stream the body to ``storage`` at ``offset`` and say how it ended.
+) -> None:
+    """Stream the body to ``storage`` at ``offset``, recording in ``transfer`` how it went.
 
-    A storage ``OSError`` does not propagate: it is returned as
+    A storage ``OSError`` does not propagate: it is recorded as
     ``Transfer.failure``, with ``stored`` counting the blocks confirmed
     before it, so the caller can commit those and then answer the error.
+    If this task is cancelled (server shutdown), ``transfer.stored`` is
+    still accurate when the cancellation reaches the caller.
     """
-    transfer = Transfer()
     send_blocks, receive_blocks = anyio.create_memory_object_stream[Block](1)
     reading = anyio.CancelScope()
 
@@ -131,7 +133,6 @@ async def receive_into_storage(
             tasks.cancel_scope.cancel()
     if transfer.end is End.TOO_LARGE:
         transfer.stored = 0
-    return transfer
 
 
 async def _counted(blocks: ObjectReceiveStream[Block], transfer: Transfer) -> AsyncIterator[Block]:
