@@ -91,14 +91,24 @@ async def receive_into_storage(
                         pieces.append(body)
                         size += len(body)
                         if size >= block_size:
-                            await send_blocks.send(pieces)
+                            await hand_over(pieces)
                             pieces, size = [], 0
                     if not message.get("more_body", False):
                         break
             # Reached at the end of the body, on a disconnect and when the
             # watchdog cancelled the reading: the bytes gathered are kept.
             if pieces:
-                await send_blocks.send(pieces)
+                await hand_over(pieces)
+
+    async def hand_over(block: Block) -> None:
+        # Shielded: a send cancelled at the wrong instant can have delivered
+        # its block all the same, and sending it again would store it twice.
+        # The watchdog's cancel lands at the next receive() instead.
+        with anyio.CancelScope(shield=True):
+            try:
+                await send_blocks.send(block)
+            except anyio.BrokenResourceError:
+                pass  # the writer stopped (storage failure): nothing to hand over to
 
     async def watchdog() -> None:
         last_activity = -1
@@ -130,6 +140,9 @@ async def receive_into_storage(
         except OSError as exc:
             transfer.failure = exc
         finally:
+            # Wakes a receiver waiting to hand over a block the writer will
+            # never take, then stops the receiver and the watchdog.
+            receive_blocks.close()
             tasks.cancel_scope.cancel()
     if transfer.end is End.TOO_LARGE:
         transfer.stored = 0
