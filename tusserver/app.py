@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 
 import anyio
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -96,7 +98,13 @@ def create_app(config: Config) -> Starlette:
                 embedded = stack.enter_context(EmbeddedRedis(config.data_dir))
                 redis_url = embedded.url
             client = aioredis.Redis.from_url(
-                redis_url, decode_responses=True, socket_connect_timeout=5, socket_timeout=30
+                redis_url,
+                decode_responses=True,
+                socket_connect_timeout=5,
+                socket_timeout=30,
+                # redis-py retries ten times by default; a request should
+                # rather answer 423/503 soon and let the client retry.
+                retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2),
             )
             stack.push_async_callback(client.aclose)
             storage = open_storage(config)

@@ -7,15 +7,18 @@ anything starts, and a bad one ends the program with one sentence.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
 import logging
 import logging.config
 import os
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any, TypeVar
 
 import anyio
@@ -35,7 +38,8 @@ _CONFIG_ENV = "TUSSERVER_WORKER_CONFIG"
 
 
 def _option(name: str, **kwargs: Any) -> Callable[[FC], FC]:
-    envvar = "TUSSERVER_" + name.lstrip("-").replace("-", "_").upper()
+    flag = name.split("/")[0]  # "--access-log/--no-access-log" -> "--access-log"
+    envvar = "TUSSERVER_" + flag.lstrip("-").replace("-", "_").upper()
     return click.option(name, envvar=envvar, show_envvar=True, show_default=True, **kwargs)
 
 
@@ -117,7 +121,7 @@ def serve(
         )
         _check_storage(config)
     except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
+        raise click.ClickException(str(exc)) from None
 
     log_config = _log_config(log_level)
     logging.config.dictConfig(log_config)
@@ -142,16 +146,44 @@ def serve(
             # are cancelled and commit the bytes they stored (see handlers).
             timeout_graceful_shutdown=10,
         )
-        if workers == 1:
-            uvicorn.run(create_app(config), **common)
-        else:
-            os.environ[_CONFIG_ENV] = _dump(config)
-            uvicorn.run("tusserver.cli:worker_app", factory=True, workers=workers, **common)
+        with _stop_signals_end_cleanly():
+            if workers == 1:
+                uvicorn.run(create_app(config), **common)
+            else:
+                os.environ[_CONFIG_ENV] = _dump(config)
+                uvicorn.run("tusserver.cli:worker_app", factory=True, workers=workers, **common)
     except (EmbeddedRedisError, ConfigError) as exc:
         raise click.ClickException(str(exc)) from None
     finally:
         if embedded is not None:
             embedded.stop()
+
+
+class _Stopped(Exception):
+    """SIGTERM or SIGINT arrived and uvicorn has already shut down."""
+
+
+@contextlib.contextmanager
+def _stop_signals_end_cleanly() -> Iterator[None]:
+    """Let a stop signal end the program through ``finally`` blocks, exit code 0.
+
+    uvicorn shuts down gracefully on SIGTERM/SIGINT and then raises the
+    signal again with the handler it found installed. With the default
+    handler that would kill the process before the embedded Redis is
+    stopped in order; this handler turns it into an exception instead.
+    """
+
+    def stopped(signum: int, frame: FrameType | None) -> None:
+        raise _Stopped(signum)
+
+    previous = {sig: signal.signal(sig, stopped) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    except _Stopped:
+        pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def worker_app() -> Starlette:
