@@ -1,0 +1,113 @@
+"""tusserver on a real uvicorn, on loopback, for the length of one test.
+
+``tus_server(**config_fields)`` starts ``create_app(Config(...))`` in a
+background thread on a free 127.0.0.1 port, against the session's real
+Redis and a fresh storage folder, and stops it when the test ends.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from tusserver import Config, create_app
+
+TUS = {"Tus-Resumable": "1.0.0"}
+OCTETS = "application/offset+octet-stream"
+
+
+@dataclass
+class RunningServer:
+    url: str  # e.g. http://127.0.0.1:PORT (no trailing slash)
+    endpoint: str  # e.g. http://127.0.0.1:PORT/files/
+    storage: Path  # where finished files land; partials in storage/.partial
+    config: Config
+    client: httpx.Client
+
+    @property
+    def partials(self) -> Path:
+        return self.storage / ".partial"
+
+    def create(self, length: int | None, **headers: str) -> str:
+        """POST a new upload; returns its absolute URL."""
+        sent = {**TUS, **headers}
+        if length is None:
+            sent["Upload-Defer-Length"] = "1"
+        else:
+            sent["Upload-Length"] = str(length)
+        response = self.client.post(self.endpoint, headers=sent)
+        assert response.status_code == 201, response.text
+        return self.url + response.headers["Location"]
+
+    def patch(self, upload_url: str, offset: int, data: bytes, **headers: str) -> httpx.Response:
+        sent = {**TUS, "Content-Type": OCTETS, "Upload-Offset": str(offset)}
+        sent.update({k.replace("_", "-"): v for k, v in headers.items()})
+        return self.client.patch(upload_url, headers=sent, content=data)
+
+    def head(self, upload_url: str) -> httpx.Response:
+        return self.client.head(upload_url, headers=TUS)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class ThreadedUvicorn:
+    """uvicorn.Server in a thread; start() waits until it accepts requests."""
+
+    def __init__(self, app: Any, port: int) -> None:
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+        )
+        self.server = uvicorn.Server(config)
+        # Signal handlers can only be installed in the main thread.
+        self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self, timeout: float = 15.0) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout)
+
+
+@pytest.fixture
+def tus_server(
+    redis_url: str, tmp_path: Path
+) -> Iterator[Callable[..., RunningServer]]:
+    """Factory: ``tus_server(max_size=100, ...)`` -> a running server (one per call)."""
+    running: list[tuple[ThreadedUvicorn, httpx.Client]] = []
+
+    def start(**fields: Any) -> RunningServer:
+        storage = tmp_path / f"storage{len(running)}"
+        config = Config(storage=str(storage), redis_url=redis_url, **fields)
+        port = free_port()
+        server = ThreadedUvicorn(create_app(config), port)
+        server.start()
+        client = httpx.Client(timeout=30)
+        running.append((server, client))
+        url = f"http://127.0.0.1:{port}"
+        return RunningServer(url, url + config.base_path, storage, config, client)
+
+    yield start
+    for server, client in running:
+        client.close()
+        server.stop()
