@@ -1,0 +1,360 @@
+"""The ``tusserver`` command as people and scripts run it: a real process.
+
+Without a Redis URL it starts its own redis-server; these specs pin that the
+Redis goes away with the server however the server ends, that bad settings
+end the program with one line a person can act on, and that every flag has
+a ``TUSSERVER_*`` environment variable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tests.redis_fixtures import short_temp_dir
+from tests.server_fixtures import OCTETS, TUS, free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+KiB = 1024
+MiB = 1024 * KiB
+START_TIMEOUT = 30.0
+EXIT_TIMEOUT = 20.0
+
+
+def cli_env(**settings: str) -> dict[str, str]:
+    """The environment of this process without TUSSERVER_* settings, plus ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUSSERVER_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env.update(settings)
+    return env
+
+
+def tusserver(*args: str) -> list[str]:
+    return [sys.executable, "-m", "tusserver", *args]
+
+
+@dataclass
+class ServeProcess:
+    process: subprocess.Popen[bytes]
+    endpoint: str
+    storage: Path
+    log: Path
+    # Every process it started (redis-server, workers), recorded once it answered.
+    descendants: list[psutil.Process] = field(default_factory=list)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+    def redis(self) -> psutil.Process:
+        found = [p for p in self.descendants if "redis-server" in " ".join(_cmdline(p))]
+        assert len(found) == 1, f"expected one redis-server child, found {found}"
+        return found[0]
+
+    def wait_exit(self) -> int:
+        try:
+            return self.process.wait(EXIT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"tusserver did not exit:\n{self.output()}") from None
+
+
+def _cmdline(process: psutil.Process) -> list[str]:
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return []
+
+
+def is_gone(process: psutil.Process) -> bool:
+    """Whether the process has exited (a zombie nobody reaps counts as exited)."""
+    try:
+        return not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_gone(processes: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """The processes still running after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    alive = [p for p in processes if not is_gone(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        alive = [p for p in alive if not is_gone(p)]
+    return alive
+
+
+@contextmanager
+def serve(
+    tmp_path: Path, *flags: str, env: dict[str, str] | None = None, base_path: str = "/files/"
+) -> Iterator[ServeProcess]:
+    """``tusserver serve`` with embedded Redis, running until the block ends.
+
+    Without ``env`` the port, storage and data dir are passed as flags; with
+    ``env``, they and ``env`` are passed as TUSSERVER_* variables instead.
+    Whatever the test did, nothing it started outlives it.
+    """
+    data_root = short_temp_dir()  # Redis's unix socket path must stay short
+    storage = tmp_path / "uploads"
+    log = tmp_path / "serve.log"
+    port = free_port()
+    if env is None:
+        argv = tusserver(
+            "serve",
+            "--port",
+            str(port),
+            "--storage",
+            str(storage),
+            "--data-dir",
+            str(data_root / "data"),
+            *flags,
+        )
+        environment = cli_env()
+    else:
+        argv = tusserver("serve", *flags)
+        environment = cli_env(
+            TUSSERVER_PORT=str(port),
+            TUSSERVER_STORAGE=str(storage),
+            TUSSERVER_DATA_DIR=str(data_root / "data"),
+            **env,
+        )
+    with open(log, "wb") as log_file:
+        process = subprocess.Popen(
+            argv, env=environment, cwd=tmp_path, stdout=log_file, stderr=subprocess.STDOUT
+        )
+    running = ServeProcess(process, f"http://127.0.0.1:{port}{base_path}", storage, log)
+    try:
+        _wait_until_answering(running)
+        running.descendants = _descendants(process.pid)
+        yield running
+    finally:
+        if process.poll() is None:
+            running.descendants = running.descendants or _descendants(process.pid)
+            process.kill()
+            process.wait(EXIT_TIMEOUT)
+        for leftover in wait_gone(running.descendants, 10):
+            leftover.kill()
+        wait_gone(running.descendants, 5)
+        shutil.rmtree(data_root, ignore_errors=True)
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _wait_until_answering(running: ServeProcess) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if running.process.poll() is not None:
+            raise AssertionError(f"tusserver exited at start:\n{running.output()}")
+        try:
+            if httpx.options(running.endpoint, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"tusserver did not answer OPTIONS in time:\n{running.output()}")
+
+
+def upload(endpoint: str, data: bytes, chunk: int) -> str:
+    """Create an upload and send it in PATCHes of ``chunk`` bytes, each on a new
+    connection; returns the upload id."""
+    with httpx.Client(timeout=30) as client:
+        created = client.post(
+            endpoint,
+            headers={**TUS, "Upload-Length": str(len(data)), "Connection": "close"},
+        )
+    assert created.status_code == 201, created.text
+    url = httpx.URL(endpoint).join(created.headers["Location"])
+    for offset in range(0, len(data), chunk):
+        with httpx.Client(timeout=30) as client:
+            response = client.patch(
+                url,
+                headers={
+                    **TUS,
+                    "Content-Type": OCTETS,
+                    "Upload-Offset": str(offset),
+                    "Connection": "close",
+                },
+                content=data[offset : offset + chunk],
+            )
+        assert response.status_code == 204, response.text
+        assert int(response.headers["Upload-Offset"]) == min(offset + chunk, len(data))
+    return url.path.rsplit("/", 1)[1]
+
+
+def assert_stored(storage: Path, upload_id: str, data: bytes) -> None:
+    final = storage / upload_id
+    assert hashlib.sha256(final.read_bytes()).digest() == hashlib.sha256(data).digest()
+
+
+def test_serve_with_embedded_redis_serves_an_upload_and_leaves_no_redis_after_sigterm(
+    tmp_path: Path,
+) -> None:
+    with serve(tmp_path) as server:
+        data = os.urandom(3 * MiB + 3)
+        assert_stored(server.storage, upload(server.endpoint, data, len(data)), data)
+        redis = server.redis()
+
+        server.process.send_signal(signal.SIGTERM)
+        status = server.wait_exit()
+
+        assert not wait_gone([redis], 5), "redis-server outlived tusserver"
+        assert status == 0, f"exit status {status}:\n{server.output()}"
+
+
+def test_redis_is_not_orphaned_when_server_is_killed_with_sigkill(tmp_path: Path) -> None:
+    with serve(tmp_path) as server:
+        data = os.urandom(1 * MiB)
+        assert_stored(server.storage, upload(server.endpoint, data, len(data)), data)
+        redis = server.redis()
+
+        server.process.kill()
+        server.wait_exit()
+
+        assert not wait_gone([redis], 10), "redis-server outlived a killed tusserver"
+
+
+@pytest.mark.parametrize(
+    ("flags", "mentions"),
+    [
+        (["--max-size", "lots"], "max size"),
+        (["--base-path", "files"], "base path"),
+        (["--redis-url", "redis://127.0.0.1:1"], "redis"),
+    ],
+    ids=["max-size", "base-path", "unreachable-redis"],
+)
+def test_bad_setting_fails_with_one_clear_line(
+    tmp_path: Path, flags: list[str], mentions: str
+) -> None:
+    argv = tusserver(
+        "serve",
+        "--port",
+        str(free_port()),
+        "--storage",
+        str(tmp_path / "uploads"),
+        "--data-dir",
+        str(tmp_path / "data"),
+        *flags,
+    )
+    started = time.monotonic()
+    result = subprocess.run(
+        argv, env=cli_env(), cwd=tmp_path, capture_output=True, text=True, timeout=30
+    )
+    elapsed = time.monotonic() - started
+
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode != 0
+    assert elapsed < 15, f"took {elapsed:.1f} s to refuse"
+    assert "Traceback" not in result.stderr
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{result.stderr}"
+    assert mentions in lines[0].lower().replace("-", " "), lines[0]
+    assert not (tmp_path / "data").exists(), "no embedded Redis for a refused start"
+
+
+def test_env_vars_configure_the_server(tmp_path: Path) -> None:
+    # Port, storage and data dir come from the environment as well: no flags at all.
+    settings = {
+        "TUSSERVER_MAX_SIZE": "1000",
+        "TUSSERVER_BASE_PATH": "/uploads/",
+        "TUSSERVER_ACCESS_LOG": "true",
+    }
+    with serve(tmp_path, env=settings, base_path="/uploads/") as server:
+        options = httpx.options(server.endpoint, timeout=10)
+        assert options.status_code == 200
+        assert options.headers["Tus-Max-Size"] == "1000"
+
+        too_big = httpx.post(server.endpoint, headers={**TUS, "Upload-Length": "1001"})
+        assert too_big.status_code == 413
+        data = os.urandom(1000)
+        assert_stored(server.storage, upload(server.endpoint, data, 400), data)
+
+        server.process.send_signal(signal.SIGTERM)
+        server.wait_exit()
+        assert '"OPTIONS /uploads/ HTTP/1.1" 200' in server.output(), (
+            f"TUSSERVER_ACCESS_LOG=true did not turn on the access log:\n{server.output()}"
+        )
+
+
+# Flags people and scripts rely on (DESIGN.md, "Configuration and CLI");
+# every other option the help lists is held to the same rule.
+DOCUMENTED_FLAGS = [
+    "--host",
+    "--port",
+    "--base-path",
+    "--storage",
+    "--data-dir",
+    "--redis-url",
+    "--max-size",
+    "--idle-timeout",
+    "--workers",
+]
+
+
+def help_entries(text: str) -> dict[str, str]:
+    """Each option's help text in ``--help`` (without its flags and metavar),
+    keyed by every flag the option declares."""
+    entries: dict[str, str] = {}
+    lines = text.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.lstrip().startswith("-")]
+    for position, start in enumerate(starts):
+        end = starts[position + 1] if position + 1 < len(starts) else len(lines)
+        declaration, _, first_help = lines[start].strip().partition("  ")
+        continued = [line.strip() for line in lines[start + 1 : end]]
+        help_text = " ".join([first_help.strip(), *continued])
+        for name in declaration.replace(",", " ").replace("/", " ").split():
+            if name.startswith("--"):
+                entries[name.split("=")[0]] = help_text.strip()
+    return entries
+
+
+def test_help_explains_every_flag() -> None:
+    result = subprocess.run(
+        tusserver("serve", "--help"), env=cli_env(), capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    entries = help_entries(result.stdout)
+
+    flags = set(DOCUMENTED_FLAGS) | {name for name in entries if not name.startswith("--no-")}
+    flags.discard("--help")
+    for flag in sorted(flags):
+        assert flag in entries, f"{flag} missing from serve --help"
+        envvar = "TUSSERVER_" + flag[2:].replace("-", "_").upper()
+        entry = entries[flag]
+        assert re.findall(r"env var: ([^;\]\s]+)", entry) == [envvar], (
+            f"{flag}: expected [env var: {envvar}] in {entry!r}"
+        )
+        explanation = entry.split("[env var:")[0].split()
+        assert len(explanation) >= 2, f"{flag} is not explained: {entry!r}"
+
+
+def test_workers_2_serves_uploads(tmp_path: Path) -> None:
+    with serve(tmp_path, "--workers", "2") as server:
+        data = os.urandom(4 * MiB + 1)
+        # One POST and nine PATCHes, each on its own connection: they land on
+        # either worker, which share the upload through Redis.
+        assert_stored(server.storage, upload(server.endpoint, data, 512 * KiB), data)
+        redis = server.redis()
+        workers = [p for p in server.descendants if p.pid != redis.pid]
+        assert len(workers) >= 2, server.descendants
+
+        server.process.send_signal(signal.SIGTERM)
+        status = server.wait_exit()
+
+        assert not wait_gone([redis, *workers], 5), "a redis-server or worker outlived tusserver"
+        assert status == 0, f"exit status {status}:\n{server.output()}"
