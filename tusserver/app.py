@@ -85,7 +85,8 @@ def create_app(config: Config) -> Starlette:
     routes = [
         Route(base, collection, methods=methods),
         Route(base.rstrip("/") or "/", collection, methods=methods),
-        Route(base + "{upload_id}", upload, methods=methods),
+        # :path so that malformed ids with slashes also get a tus 404, not a bare one.
+        Route(base + "{upload_id:path}", upload, methods=methods),
     ]
 
     @asynccontextmanager
