@@ -1,0 +1,420 @@
+"""POST to the endpoint: creation, creation-defer-length, creation-with-upload,
+plus the request checks every tus request goes through."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from tests.server_fixtures import OCTETS, TUS, RunningServer
+from tusserver import protocol
+
+
+@pytest.fixture
+def state(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+def b64(value: bytes) -> str:
+    return base64.b64encode(value).decode("ascii")
+
+
+def upload_id_of(url: str) -> str:
+    return url.rsplit("/", 1)[1]
+
+
+def info(state: redis.Redis, upload_id: str) -> dict[str, Any]:
+    return state.hgetall(f"tus:{{{upload_id}}}:info")  # type: ignore[return-value]
+
+
+def assert_tus_error(response: httpx.Response, status: int, code: str | None = None) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["Tus-Resumable"] == "1.0.0"
+    body = response.json()
+    assert set(body) == {"error"}
+    error = body["error"]
+    assert set(error) == {"code", "message", "hint", "retryable"}
+    assert isinstance(error["code"], str) and error["code"]
+    assert isinstance(error["message"], str) and error["message"]
+    assert isinstance(error["hint"], str) and error["hint"]
+    assert isinstance(error["retryable"], bool)
+    if code is not None:
+        assert error["code"] == code
+
+
+def assert_nothing_created(server: RunningServer, state: redis.Redis) -> None:
+    assert state.keys("tus:*") == []
+    assert sorted(path.name for path in server.partials.iterdir()) == []
+    assert sorted(path.name for path in server.storage.iterdir()) == [".partial"]
+
+
+def post(server: RunningServer, content: bytes | None = None, **headers: str) -> httpx.Response:
+    return server.client.post(server.endpoint, headers=headers, content=content)
+
+
+def test_post_returns_201_with_relative_location_offset_0_record_and_empty_partial(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    server = tus_server()
+
+    response = post(server, **TUS, **{"Upload-Length": "100"})
+
+    assert response.status_code == 201
+    assert response.headers["Tus-Resumable"] == "1.0.0"
+    assert response.headers["Upload-Offset"] == "0"
+    location = response.headers["Location"]
+    assert location.startswith("/files/")
+    upload_id = location.removeprefix("/files/")
+    assert protocol.is_upload_id(upload_id)
+    record = info(state, upload_id)
+    assert record["offset"] == "0"
+    assert record["length"] == "100"
+    assert record["state"] == "partial"
+    partial = server.partials / upload_id
+    assert partial.is_file()
+    assert partial.stat().st_size == 0
+    assert state.exists(f"tus:{{{upload_id}}}:lock") == 0
+
+
+def test_each_post_creates_a_distinct_upload(
+    tus_server: Callable[..., RunningServer],
+) -> None:
+    server = tus_server()
+
+    urls = {server.create(1) for _ in range(5)}
+
+    assert len(urls) == 5
+
+
+def test_post_with_defer_length_creates_upload_without_length(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    server = tus_server()
+
+    response = post(server, **TUS, **{"Upload-Defer-Length": "1"})
+
+    assert response.status_code == 201
+    assert response.headers["Upload-Offset"] == "0"
+    upload_id = upload_id_of(response.headers["Location"])
+    assert info(state, upload_id)["length"] == ""
+    head = server.head(server.url + response.headers["Location"])
+    assert head.headers["Upload-Defer-Length"] == "1"
+    assert "Upload-Length" not in head.headers
+
+
+@pytest.mark.parametrize(
+    ("headers", "code"),
+    [
+        pytest.param(
+            {"Upload-Length": "10", "Upload-Defer-Length": "1"},
+            "upload_length_conflict",
+            id="both length and defer",
+        ),
+        pytest.param({}, "upload_length_missing", id="neither length nor defer"),
+        pytest.param({"Upload-Defer-Length": "2"}, "invalid_header", id="defer 2"),
+        pytest.param({"Upload-Defer-Length": "0"}, "invalid_header", id="defer 0"),
+        pytest.param({"Upload-Length": "-1"}, "invalid_header", id="negative length"),
+        pytest.param({"Upload-Length": "abc"}, "invalid_header", id="non-numeric length"),
+        pytest.param({"Upload-Length": "1.5"}, "invalid_header", id="fractional length"),
+        pytest.param({"Upload-Length": "+5"}, "invalid_header", id="signed length"),
+        pytest.param({"Upload-Length": "1" * 20}, "invalid_header", id="20-digit length"),
+        pytest.param(
+            {"Upload-Length": "10", "Upload-Metadata": "filename !!notbase64"},
+            "invalid_upload_metadata",
+            id="invalid base64 metadata",
+        ),
+        pytest.param(
+            {"Upload-Length": "10", "Upload-Metadata": "a YQ==,a YQ=="},
+            "invalid_upload_metadata",
+            id="duplicate metadata key",
+        ),
+    ],
+)
+def test_post_with_malformed_headers_returns_400_and_creates_nothing(
+    tus_server: Callable[..., RunningServer],
+    state: redis.Redis,
+    headers: dict[str, str],
+    code: str,
+) -> None:
+    server = tus_server()
+
+    response = post(server, **TUS, **headers)
+
+    assert_tus_error(response, 400, code)
+    assert "Location" not in response.headers
+    assert_nothing_created(server, state)
+
+
+def test_post_with_metadata_over_the_cap_returns_400_and_creates_nothing(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    server = tus_server(max_metadata_size=1024)
+    metadata = "filename " + b64(b"x" * 1000)
+
+    response = post(server, **TUS, **{"Upload-Length": "10", "Upload-Metadata": metadata})
+
+    assert_tus_error(response, 400, "upload_metadata_too_large")
+    assert_nothing_created(server, state)
+
+
+def test_post_with_length_over_max_size_returns_413_with_tus_max_size_and_creates_nothing(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    server = tus_server(max_size=1000)
+
+    response = post(server, **TUS, **{"Upload-Length": "1001"})
+
+    assert_tus_error(response, 413, "upload_too_large")
+    assert response.headers["Tus-Max-Size"] == "1000"
+    assert_nothing_created(server, state)
+
+
+def test_post_with_length_equal_to_max_size_is_accepted(
+    tus_server: Callable[..., RunningServer],
+) -> None:
+    server = tus_server(max_size=1000)
+
+    response = post(server, **TUS, **{"Upload-Length": "1000"})
+
+    assert response.status_code == 201
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        pytest.param(f"filename {b64(b'photo.jpg')},filetype {b64(b'image/jpeg')}", id="plain"),
+        pytest.param(f"filename {b64(b'a.txt')},empty ,other {b64(b'x')}", id="tus-js-client"),
+        pytest.param(f"filename {b64(b'a.txt')},is_confidential", id="key without value"),
+        pytest.param(
+            f"relativePath {b64(b'null')},name {b64('d/é.txt'.encode())},type {b64(b'text/plain')}",
+            id="uppy",
+        ),
+        pytest.param(f"filename {b64(b'a.txt')[:-1]}", id="unpadded base64"),
+    ],
+)
+def test_post_stores_metadata_as_sent_and_head_echoes_it(
+    tus_server: Callable[..., RunningServer], state: redis.Redis, metadata: str
+) -> None:
+    server = tus_server()
+
+    response = post(server, **TUS, **{"Upload-Length": "10", "Upload-Metadata": metadata})
+
+    assert response.status_code == 201
+    upload_id = upload_id_of(response.headers["Location"])
+    assert info(state, upload_id)["metadata"] == metadata
+    head = server.head(server.url + response.headers["Location"])
+    assert head.status_code == 200
+    assert head.headers["Upload-Metadata"] == metadata
+
+
+def test_post_with_empty_metadata_header_is_accepted_as_tuspy_sends_it(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    server = tus_server()
+
+    response = post(server, **TUS, **{"Upload-Length": "10", "Upload-Metadata": ""})
+
+    assert response.status_code == 201
+    upload_id = upload_id_of(response.headers["Location"])
+    assert info(state, upload_id)["metadata"] == ""
+    head = server.head(server.url + response.headers["Location"])
+    assert head.status_code == 200
+    assert head.headers.get("Upload-Metadata", "") == ""
+
+
+def test_post_with_data_stores_the_first_chunk_and_returns_its_size_as_offset(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    server = tus_server()
+    body = b"first chunk of bytes"
+
+    response = post(server, body, **TUS, **{"Upload-Length": "100", "Content-Type": OCTETS})
+
+    assert response.status_code == 201
+    assert response.headers["Upload-Offset"] == str(len(body))
+    upload_id = upload_id_of(response.headers["Location"])
+    assert info(state, upload_id)["offset"] == str(len(body))
+    assert (server.partials / upload_id).read_bytes() == body
+    assert state.exists(f"tus:{{{upload_id}}}:lock") == 0
+    head = server.head(server.url + response.headers["Location"])
+    assert head.headers["Upload-Offset"] == str(len(body))
+
+
+def test_post_with_the_whole_file_finalizes_it(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    server = tus_server()
+    body = bytes(range(256)) * 40
+
+    response = post(
+        server, body, **TUS, **{"Upload-Length": str(len(body)), "Content-Type": OCTETS}
+    )
+
+    assert response.status_code == 201
+    assert response.headers["Upload-Offset"] == str(len(body))
+    upload_id = upload_id_of(response.headers["Location"])
+    assert (server.storage / upload_id).read_bytes() == body
+    assert not (server.partials / upload_id).exists()
+    record = info(state, upload_id)
+    assert record["state"] == "complete"
+    assert record["location"] == upload_id
+    assert record["offset"] == str(len(body))
+    assert state.exists(f"tus:{{{upload_id}}}:lock") == 0
+
+
+def test_post_with_data_past_upload_length_returns_413_and_leaves_nothing_behind(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    server = tus_server()
+
+    response = post(server, b"x" * 20, **TUS, **{"Upload-Length": "10", "Content-Type": OCTETS})
+
+    assert_tus_error(response, 413)
+    assert "Location" not in response.headers
+    assert state.keys("tus:*:info") == []
+    assert list(server.partials.iterdir()) == []
+    assert sorted(path.name for path in server.storage.iterdir()) == [".partial"]
+
+
+def test_post_with_chunked_data_past_max_size_returns_413_and_leaves_nothing_behind(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    server = tus_server(max_size=1000)
+
+    def body() -> Iterator[bytes]:
+        for _ in range(5):
+            yield b"y" * 300
+
+    response = server.client.post(
+        server.endpoint,
+        headers={**TUS, "Upload-Defer-Length": "1", "Content-Type": OCTETS},
+        content=body(),
+    )
+
+    assert_tus_error(response, 413, "upload_too_large")
+    assert response.headers["Tus-Max-Size"] == "1000"
+    assert state.keys("tus:*:info") == []
+    assert list(server.partials.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "application/octet-stream", "text/plain"],
+    ids=["missing", "octet-stream", "text"],
+)
+def test_post_with_a_body_of_the_wrong_content_type_returns_415_and_creates_nothing(
+    tus_server: Callable[..., RunningServer], state: redis.Redis, content_type: str | None
+) -> None:
+    server = tus_server()
+    headers = {**TUS, "Upload-Length": "10"}
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+
+    response = post(server, b"0123456789", **headers)
+
+    assert_tus_error(response, 415, "unsupported_content_type")
+    assert_nothing_created(server, state)
+
+
+def test_post_with_length_0_finishes_immediately_with_an_empty_file(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    server = tus_server()
+
+    response = post(server, **TUS, **{"Upload-Length": "0"})
+
+    assert response.status_code == 201
+    assert response.headers["Upload-Offset"] == "0"
+    upload_id = upload_id_of(response.headers["Location"])
+    final = server.storage / upload_id
+    assert final.is_file()
+    assert final.stat().st_size == 0
+    assert not (server.partials / upload_id).exists()
+    assert info(state, upload_id)["state"] == "complete"
+    head = server.head(server.url + response.headers["Location"])
+    assert head.headers["Upload-Offset"] == "0"
+    assert head.headers["Upload-Length"] == "0"
+
+
+@pytest.mark.parametrize(
+    ("version", "code"),
+    [(None, "tus_resumable_missing"), ("0.2.2", "tus_version_unsupported")],
+    ids=["missing", "0.2.2"],
+)
+def test_post_without_a_supported_tus_resumable_returns_412_with_tus_version(
+    tus_server: Callable[..., RunningServer],
+    state: redis.Redis,
+    version: str | None,
+    code: str,
+) -> None:
+    server = tus_server()
+    headers = {"Upload-Length": "10"}
+    if version is not None:
+        headers["Tus-Resumable"] = version
+
+    response = post(server, **headers)
+
+    assert_tus_error(response, 412, code)
+    assert "1.0.0" in [v.strip() for v in response.headers["Tus-Version"].split(",")]
+    assert_nothing_created(server, state)
+
+
+def test_method_override_patch_on_post_appends_like_a_patch(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    server = tus_server()
+    url = server.create(10)
+
+    response = server.client.post(
+        url,
+        headers={
+            **TUS,
+            "X-HTTP-Method-Override": "PATCH",
+            "Content-Type": OCTETS,
+            "Upload-Offset": "0",
+        },
+        content=b"hello",
+    )
+
+    assert response.status_code == 204
+    assert response.headers["Upload-Offset"] == "5"
+    upload_id = upload_id_of(url)
+    assert info(state, upload_id)["offset"] == "5"
+    assert (server.partials / upload_id).read_bytes() == b"hello"
+
+
+def test_method_override_delete_on_post_terminates_the_upload(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    server = tus_server()
+    url = server.create(10)
+    upload_id = upload_id_of(url)
+
+    response = server.client.post(url, headers={**TUS, "X-HTTP-Method-Override": "DELETE"})
+
+    assert response.status_code == 204
+    assert info(state, upload_id) == {}
+    assert not (server.partials / upload_id).exists()
+    assert server.head(url).status_code == 410
+
+
+def test_method_override_head_on_post_reports_the_offset(
+    tus_server: Callable[..., RunningServer],
+) -> None:
+    server = tus_server()
+    url = server.create(10)
+    assert server.patch(url, 0, b"abc").status_code == 204
+
+    response = server.client.post(url, headers={**TUS, "X-HTTP-Method-Override": "HEAD"})
+
+    assert response.status_code == 200
+    assert response.headers["Upload-Offset"] == "3"
+    assert response.headers["Upload-Length"] == "10"
+    assert response.content == b""

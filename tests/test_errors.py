@@ -1,0 +1,306 @@
+"""Error responses: one shape everywhere, tus headers, no internals, and the
+status a client needs to recover (423 on HEAD for passing trouble)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from tests.redis_fixtures import short_temp_dir
+from tests.server_fixtures import OCTETS, TUS, RunningServer, ThreadedUvicorn, free_port
+from tusserver import Config, create_app
+from tusserver.embedded_redis import EmbeddedRedis
+
+UNKNOWN_ID = "0123456789abcdef0123456789abcdef"
+
+
+def upload_id_of(url: str) -> str:
+    return url.rsplit("/", 1)[1]
+
+
+def assert_error_body(
+    response: httpx.Response, status: int, storage: Path, *, retryable: bool | None = None
+) -> dict[str, object]:
+    """The one error shape: tus headers plus a JSON body without internals."""
+    assert response.status_code == status, response.text
+    assert response.headers["Tus-Resumable"] == "1.0.0"
+    assert response.headers["Content-Type"] == "application/json"
+    text = response.text
+    assert "Traceback" not in text
+    assert str(storage) not in text
+    assert str(storage.parent) not in text
+    assert ".partial" not in text
+    body = response.json()
+    assert set(body) == {"error"}
+    error: dict[str, object] = body["error"]
+    assert set(error) == {"code", "message", "hint", "retryable"}
+    for key in ("code", "message", "hint"):
+        value = error[key]
+        assert isinstance(value, str) and value
+    assert isinstance(error["retryable"], bool)
+    if retryable is not None:
+        assert error["retryable"] is retryable
+    return error
+
+
+# --- every error has the same shape -------------------------------------------
+
+
+@dataclass
+class Case:
+    status: int
+    send: Callable[[RunningServer], httpx.Response]
+
+
+def _patch(url: str, offset: str = "0", **extra: str) -> Callable[[RunningServer], httpx.Response]:
+    def send(server: RunningServer) -> httpx.Response:
+        return server.client.patch(
+            server.url + url,
+            headers={**TUS, "Content-Type": OCTETS, "Upload-Offset": offset, **extra},
+            content=b"hello",
+        )
+
+    return send
+
+
+def _on_upload(
+    status: int, act: Callable[[RunningServer, str], httpx.Response], length: int = 10
+) -> Case:
+    def send(server: RunningServer) -> httpx.Response:
+        return act(server, server.create(length))
+
+    return Case(status, send)
+
+
+ERROR_CASES = {
+    "POST without Tus-Resumable": Case(
+        412, lambda s: s.client.post(s.endpoint, headers={"Upload-Length": "1"})
+    ),
+    "POST with version 0.2.2": Case(
+        412,
+        lambda s: s.client.post(
+            s.endpoint, headers={"Tus-Resumable": "0.2.2", "Upload-Length": "1"}
+        ),
+    ),
+    "POST with malformed length": Case(
+        400, lambda s: s.client.post(s.endpoint, headers={**TUS, "Upload-Length": "x"})
+    ),
+    "POST over max size": Case(
+        413, lambda s: s.client.post(s.endpoint, headers={**TUS, "Upload-Length": "1000001"})
+    ),
+    "POST with invalid metadata": Case(
+        400,
+        lambda s: s.client.post(
+            s.endpoint, headers={**TUS, "Upload-Length": "1", "Upload-Metadata": "k !"}
+        ),
+    ),
+    "POST body of wrong type": Case(
+        415,
+        lambda s: s.client.post(
+            s.endpoint,
+            headers={**TUS, "Upload-Length": "1", "Content-Type": "text/plain"},
+            content=b"x",
+        ),
+    ),
+    "PUT on the endpoint": Case(405, lambda s: s.client.put(s.endpoint, headers=TUS)),
+    "GET on an upload": _on_upload(405, lambda s, url: s.client.get(url, headers=TUS)),
+    "PATCH with stale offset": _on_upload(409, lambda s, url: s.patch(url, 3, b"x")),
+    "PATCH with wrong type": _on_upload(
+        415, lambda s, url: s.patch(url, 0, b"x", Content_Type="text/plain")
+    ),
+    "PATCH without offset": _on_upload(
+        400,
+        lambda s, url: s.client.patch(url, headers={**TUS, "Content-Type": OCTETS}, content=b"x"),
+    ),
+    "PATCH past length": _on_upload(413, lambda s, url: s.patch(url, 0, b"x" * 11)),
+    "PATCH of unknown id": Case(404, _patch("/files/" + UNKNOWN_ID)),
+    "PATCH of uppercase id": Case(404, _patch("/files/" + UNKNOWN_ID.upper())),
+    "PATCH of short id": Case(404, _patch("/files/ABC")),
+    "PATCH of encoded traversal id": Case(404, _patch("/files/..%2F..%2Fetc")),
+    "PATCH of terminated upload": _on_upload(
+        410,
+        lambda s, url: (s.client.delete(url, headers=TUS), s.patch(url, 0, b"x"))[1],
+    ),
+    "DELETE of unknown id": Case(
+        404, lambda s: s.client.delete(s.endpoint + UNKNOWN_ID, headers=TUS)
+    ),
+}
+
+
+@pytest.mark.parametrize("case", ERROR_CASES.values(), ids=ERROR_CASES.keys())
+def test_every_error_response_carries_tus_resumable_and_the_json_error_shape(
+    tus_server: Callable[..., RunningServer], case: Case
+) -> None:
+    server = tus_server(max_size=1_000_000)
+
+    response = case.send(server)
+
+    assert_error_body(response, case.status, server.storage)
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_error_from_a_raw_traversal_target_carries_the_json_error_shape(
+    tus_server: Callable[..., RunningServer],
+) -> None:
+    server = tus_server()
+
+    # The request target is sent verbatim (httpx would otherwise collapse the dots).
+    response = server.client.patch(
+        server.endpoint,
+        headers={**TUS, "Content-Type": OCTETS, "Upload-Offset": "0"},
+        content=b"x",
+        extensions={"target": b"/files/../../etc/passwd"},
+    )
+
+    assert_error_body(response, 404, server.storage)
+
+
+@pytest.mark.parametrize(
+    ("path", "method", "allowed"),
+    [
+        ("", "PUT", {"OPTIONS", "POST"}),
+        ("", "DELETE", {"OPTIONS", "POST"}),
+        (UNKNOWN_ID, "PUT", {"OPTIONS", "HEAD", "PATCH", "DELETE"}),
+        (UNKNOWN_ID, "GET", {"OPTIONS", "HEAD", "PATCH", "DELETE"}),
+        (UNKNOWN_ID, "POST", {"OPTIONS", "HEAD", "PATCH", "DELETE"}),
+    ],
+)
+def test_unsupported_method_returns_405_json_with_allow(
+    tus_server: Callable[..., RunningServer], path: str, method: str, allowed: set[str]
+) -> None:
+    server = tus_server()
+
+    response = server.client.request(method, server.endpoint + path, headers=TUS)
+
+    error = assert_error_body(response, 405, server.storage, retryable=False)
+    assert error["code"] == "method_not_allowed"
+    assert {m.strip() for m in response.headers["Allow"].split(",")} == allowed
+
+
+# --- storage faults -----------------------------------------------------------
+
+
+def test_patch_after_the_partial_vanished_answers_503_retryable_without_internals(
+    tus_server: Callable[..., RunningServer], redis_url: str
+) -> None:
+    server = tus_server()
+    url = server.create(10)
+    upload_id = upload_id_of(url)
+    (server.partials / upload_id).unlink()
+
+    response = server.patch(url, 0, b"hello")
+
+    error = assert_error_body(response, 503, server.storage, retryable=True)
+    assert error["code"] == "storage_failed"
+    assert upload_id not in response.text
+    state = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        assert state.hget(f"tus:{{{upload_id}}}:info", "offset") == "0"
+        assert state.exists(f"tus:{{{upload_id}}}:lock") == 0
+    finally:
+        state.close()
+    # The partial is not recreated full of holes.
+    assert not (server.partials / upload_id).exists()
+    head = server.head(url)
+    assert head.status_code == 200
+    assert head.headers["Upload-Offset"] == "0"
+
+
+# --- Redis outages ------------------------------------------------------------
+
+
+@dataclass
+class LoneServer:
+    url: str
+    storage: Path
+    client: httpx.Client
+
+
+@pytest.fixture
+def lone_server(tmp_path: Path) -> Iterator[Callable[[str], LoneServer]]:
+    """A tusserver on a Redis of the test's choosing (not the session's)."""
+    started: list[tuple[ThreadedUvicorn, httpx.Client]] = []
+
+    def start(redis_url: str) -> LoneServer:
+        storage = tmp_path / f"storage{len(started)}"
+        config = Config(storage=str(storage), redis_url=redis_url, lock_wait=0.5)
+        port = free_port()
+        server = ThreadedUvicorn(create_app(config), port)
+        server.start()
+        client = httpx.Client(timeout=30)
+        started.append((server, client))
+        return LoneServer(f"http://127.0.0.1:{port}", storage, client)
+
+    yield start
+    for server, client in started:
+        client.close()
+        server.stop()
+
+
+@pytest.fixture
+def private_redis() -> Iterator[EmbeddedRedis]:
+    """A second real Redis that a test may stop without harming the session's."""
+    data_dir = short_temp_dir()
+    server = EmbeddedRedis(data_dir / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def test_head_when_redis_stops_answers_423_retryable_not_5xx(
+    lone_server: Callable[[str], LoneServer], private_redis: EmbeddedRedis
+) -> None:
+    server = lone_server(private_redis.url)
+    created = server.client.post(server.url + "/files/", headers={**TUS, "Upload-Length": "10"})
+    assert created.status_code == 201
+    url = server.url + created.headers["Location"]
+    assert server.client.head(url, headers=TUS).status_code == 200
+
+    private_redis.stop()
+    head = server.client.head(url, headers=TUS)
+    # X-HTTP-Method-Override lets the same HEAD carry a body to inspect.
+    overridden = server.client.post(url, headers={**TUS, "X-HTTP-Method-Override": "HEAD"})
+    patch = server.client.patch(
+        url, headers={**TUS, "Content-Type": OCTETS, "Upload-Offset": "0"}, content=b"x"
+    )
+
+    assert head.status_code == 423
+    assert head.headers["Tus-Resumable"] == "1.0.0"
+    assert head.content == b""
+    assert "Upload-Offset" not in head.headers
+    error = assert_error_body(overridden, 423, server.storage, retryable=True)
+    assert error["code"] == "upload_temporarily_unavailable"
+    assert "redis" not in overridden.text.lower()
+    error = assert_error_body(patch, 503, server.storage, retryable=True)
+    assert error["code"] == "state_unavailable"
+    assert private_redis.url not in patch.text
+
+
+def test_server_without_reachable_redis_starts_and_answers_head_423_and_post_503(
+    lone_server: Callable[[str], LoneServer],
+) -> None:
+    missing_socket = short_temp_dir()
+    try:
+        server = lone_server(f"unix://{missing_socket}/no-such.sock")
+
+        head = server.client.head(f"{server.url}/files/{UNKNOWN_ID}", headers=TUS)
+        post = server.client.post(f"{server.url}/files/", headers={**TUS, "Upload-Length": "5"})
+
+        assert head.status_code == 423
+        assert head.headers["Tus-Resumable"] == "1.0.0"
+        assert head.content == b""
+        error = assert_error_body(post, 503, server.storage, retryable=True)
+        assert error["code"] == "state_unavailable"
+        assert "no-such.sock" not in post.text
+        assert "Location" not in post.headers
+    finally:
+        shutil.rmtree(missing_socket, ignore_errors=True)

@@ -1,0 +1,203 @@
+"""HEAD on an upload URL: where to resume, answered from the upload record."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+import redis
+
+from tests.server_fixtures import TUS, RunningServer
+
+
+@pytest.fixture
+def state(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+def upload_id_of(url: str) -> str:
+    return url.rsplit("/", 1)[1]
+
+
+def commands_processed(state: redis.Redis) -> int:
+    return int(state.info("stats")["total_commands_processed"])
+
+
+def wait_for_release_listener(state: redis.Redis) -> None:
+    """The server subscribes in the background; let that command pass first."""
+    deadline = time.monotonic() + 5
+    while dict(state.pubsub_numsub("tus:release")).get("tus:release", 0) < 1:
+        assert time.monotonic() < deadline, "the server never subscribed to tus:release"
+        time.sleep(0.01)
+
+
+def assert_head_error(response: httpx.Response, status: int) -> None:
+    assert response.status_code == status
+    assert response.headers["Tus-Resumable"] == "1.0.0"
+    assert response.content == b""
+    assert "Upload-Offset" not in response.headers
+
+
+def test_head_returns_offset_length_no_store_and_tus_resumable(
+    tus_server: Callable[..., RunningServer],
+) -> None:
+    server = tus_server()
+    url = server.create(100)
+    assert server.patch(url, 0, b"x" * 42).status_code == 204
+
+    response = server.head(url)
+
+    assert response.status_code == 200
+    assert response.headers["Upload-Offset"] == "42"
+    assert response.headers["Upload-Length"] == "100"
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["Tus-Resumable"] == "1.0.0"
+    assert "Upload-Defer-Length" not in response.headers
+    assert response.content == b""
+
+
+def test_head_of_a_new_upload_reports_offset_0(
+    tus_server: Callable[..., RunningServer],
+) -> None:
+    server = tus_server()
+    url = server.create(7)
+
+    response = server.head(url)
+
+    assert response.status_code == 200
+    assert response.headers["Upload-Offset"] == "0"
+    assert response.headers["Upload-Length"] == "7"
+
+
+def test_head_of_a_deferred_upload_sends_defer_length_and_no_length(
+    tus_server: Callable[..., RunningServer],
+) -> None:
+    server = tus_server()
+    url = server.create(None)
+    assert server.patch(url, 0, b"abc").status_code == 204
+
+    response = server.head(url)
+
+    assert response.status_code == 200
+    assert response.headers["Upload-Defer-Length"] == "1"
+    assert "Upload-Length" not in response.headers
+    assert response.headers["Upload-Offset"] == "3"
+
+
+def test_head_does_not_change_the_record_or_take_the_lock(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    server = tus_server()
+    url = server.create(10)
+    upload_id = upload_id_of(url)
+    before = state.hgetall(f"tus:{{{upload_id}}}:info")
+
+    assert server.head(url).status_code == 200
+
+    assert state.hgetall(f"tus:{{{upload_id}}}:info") == before
+    assert state.exists(f"tus:{{{upload_id}}}:lock") == 0
+
+
+def test_head_of_an_unknown_id_returns_404(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    server = tus_server()
+
+    response = server.head(server.endpoint + "0123456789abcdef0123456789abcdef")
+
+    assert_head_error(response, 404)
+    assert state.keys("*") == []
+
+
+@pytest.mark.parametrize(
+    "raw_id",
+    [
+        pytest.param("ABC", id="short uppercase"),
+        pytest.param("0123456789ABCDEF0123456789ABCDEF", id="uppercase hex"),
+        pytest.param("0123456789abcdef0123456789abcde", id="31 hex chars"),
+        pytest.param("0123456789abcdef0123456789abcdef0", id="33 hex chars"),
+        pytest.param("..", id="dot dot"),
+        pytest.param("%2E%2E", id="encoded dot dot"),
+        pytest.param("..%2F..%2Fetc", id="encoded traversal"),
+        pytest.param("0123456789abcdef0123456789abcde%00", id="nul"),
+        pytest.param("*", id="star"),
+    ],
+)
+def test_head_of_a_malformed_id_returns_404_without_touching_redis(
+    tus_server: Callable[..., RunningServer], state: redis.Redis, raw_id: str
+) -> None:
+    server = tus_server()
+    wait_for_release_listener(state)
+    commands_before = commands_processed(state)
+
+    response = server.client.head(server.endpoint + raw_id, headers=TUS)
+
+    assert response.status_code == 404
+    assert response.content == b""
+    # The only command in between is the INFO that read commands_before.
+    assert commands_processed(state) - commands_before == 1
+    assert state.keys("*") == []
+
+
+def test_head_of_a_raw_traversal_path_returns_404_and_creates_no_key(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    server = tus_server()
+
+    # The request target is sent verbatim (httpx would otherwise collapse the dots).
+    response = server.client.head(
+        server.endpoint, headers=TUS, extensions={"target": b"/files/../../etc"}
+    )
+
+    assert response.status_code == 404
+    assert state.keys("*") == []
+
+
+def test_head_of_a_terminated_upload_returns_410(
+    tus_server: Callable[..., RunningServer],
+) -> None:
+    server = tus_server()
+    url = server.create(10)
+    assert server.client.delete(url, headers=TUS).status_code == 204
+
+    assert_head_error(server.head(url), 410)
+
+
+def test_head_of_a_finished_upload_reports_offset_equal_to_length_after_finalize(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    server = tus_server()
+    url = server.create(6)
+    assert server.patch(url, 0, b"abcdef").status_code == 204
+    upload_id = upload_id_of(url)
+    assert (server.storage / upload_id).read_bytes() == b"abcdef"
+    assert state.hget(f"tus:{{{upload_id}}}:info", "state") == "complete"
+
+    for _ in range(2):
+        response = server.head(url)
+        assert response.status_code == 200
+        assert response.headers["Upload-Offset"] == "6"
+        assert response.headers["Upload-Length"] == "6"
+
+
+@pytest.mark.parametrize(
+    ("version", "status"), [(None, 412), ("0.2.2", 412), ("1.0.0", 200)], ids=str
+)
+def test_head_requires_a_supported_tus_resumable(
+    tus_server: Callable[..., RunningServer], version: str | None, status: int
+) -> None:
+    server = tus_server()
+    url = server.create(10)
+    headers = {} if version is None else {"Tus-Resumable": version}
+
+    response = server.client.head(url, headers=headers)
+
+    assert response.status_code == status
+    assert response.headers["Tus-Resumable"] == "1.0.0"
+    if status == 412:
+        assert "1.0.0" in response.headers["Tus-Version"]
+        assert response.content == b""

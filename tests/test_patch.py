@@ -1,0 +1,698 @@
+"""PATCH: appending bytes at Upload-Offset, limits, deferred length and finalize."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+
+import httpx
+import pytest
+import redis
+
+from tests.server_fixtures import OCTETS, TUS, RunningServer
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+def state(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+def b64(value: bytes) -> str:
+    return base64.b64encode(value).decode("ascii")
+
+
+def upload_id_of(url: str) -> str:
+    return url.rsplit("/", 1)[1]
+
+
+def record(state: redis.Redis, url: str) -> dict[str, str]:
+    return state.hgetall(f"tus:{{{upload_id_of(url)}}}:info")  # type: ignore[return-value]
+
+
+def assert_tus_error(response: httpx.Response, status: int, code: str | None = None) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["Tus-Resumable"] == "1.0.0"
+    body = response.json()
+    assert set(body) == {"error"}
+    error = body["error"]
+    assert set(error) == {"code", "message", "hint", "retryable"}
+    assert all(isinstance(error[key], str) and error[key] for key in ("code", "message", "hint"))
+    assert isinstance(error["retryable"], bool)
+    if code is not None:
+        assert error["code"] == code
+
+
+def patch_stream(
+    server: RunningServer, url: str, offset: int, pieces: Iterable[bytes], **headers: str
+) -> httpx.Response:
+    """PATCH with chunked transfer encoding (no Content-Length)."""
+    sent = {**TUS, "Content-Type": OCTETS, "Upload-Offset": str(offset), **headers}
+    return server.client.patch(url, headers=sent, content=iter(pieces))
+
+
+def pattern(size: int, seed: int = 0) -> bytes:
+    """Bytes whose every position differs from its neighbours', so shifts show."""
+    block = hashlib.sha256(str(seed).encode()).digest() * 8  # 256 bytes
+    return (block * (size // len(block) + 1))[:size]
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# --- appending ---------------------------------------------------------------
+
+
+def test_patch_appends_and_returns_204_with_the_new_offset(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    server = tus_server()
+    url = server.create(10)
+    partial = server.partials / upload_id_of(url)
+
+    first = server.patch(url, 0, b"hello")
+
+    assert first.status_code == 204
+    assert first.headers["Upload-Offset"] == "5"
+    assert first.headers["Tus-Resumable"] == "1.0.0"
+    assert record(state, url)["offset"] == "5"
+    assert partial.read_bytes() == b"hello"
+    assert state.exists(f"tus:{{{upload_id_of(url)}}}:lock") == 0
+
+    second = server.patch(url, 5, b"world")
+
+    assert second.status_code == 204
+    assert second.headers["Upload-Offset"] == "10"
+    assert (server.storage / upload_id_of(url)).read_bytes() == b"helloworld"
+    assert not partial.exists()
+
+
+def test_patch_with_an_empty_body_keeps_the_offset(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    server = tus_server()
+    url = server.create(10)
+    assert server.patch(url, 0, b"abc").status_code == 204
+
+    response = server.patch(url, 3, b"")
+
+    assert response.status_code == 204
+    assert response.headers["Upload-Offset"] == "3"
+    assert record(state, url)["offset"] == "3"
+
+
+@pytest.mark.parametrize("sent_offset", [0, 3, 7], ids=["behind", "inside", "ahead"])
+def test_patch_with_stale_offset_returns_409_with_current_offset_and_writes_nothing(
+    tus_server: Callable[..., RunningServer], state: redis.Redis, sent_offset: int
+) -> None:
+    server = tus_server()
+    url = server.create(20)
+    assert server.patch(url, 0, b"hello").status_code == 204
+    partial = server.partials / upload_id_of(url)
+
+    response = server.patch(url, sent_offset, b"XXXXXXXX")
+
+    assert_tus_error(response, 409, "mismatched_offset")
+    assert response.json()["error"]["retryable"] is True
+    assert response.headers["Upload-Offset"] == "5"
+    assert record(state, url)["offset"] == "5"
+    assert partial.stat().st_size == 5
+    assert partial.read_bytes() == b"hello"
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "application/octet-stream", "text/plain", "application/offset+octet"],
+    ids=["missing", "octet-stream", "text", "truncated"],
+)
+def test_patch_with_wrong_or_missing_content_type_returns_415_and_writes_nothing(
+    tus_server: Callable[..., RunningServer], state: redis.Redis, content_type: str | None
+) -> None:
+    server = tus_server()
+    url = server.create(10)
+    headers = {**TUS, "Upload-Offset": "0"}
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+
+    response = server.client.patch(url, headers=headers, content=b"hello")
+
+    assert_tus_error(response, 415, "unsupported_content_type")
+    assert record(state, url)["offset"] == "0"
+    assert (server.partials / upload_id_of(url)).stat().st_size == 0
+
+
+def test_patch_accepts_content_type_with_parameters_and_any_case(
+    tus_server: Callable[..., RunningServer],
+) -> None:
+    server = tus_server()
+    url = server.create(5)
+
+    response = server.client.patch(
+        url,
+        headers={
+            **TUS,
+            "Upload-Offset": "0",
+            "Content-Type": "Application/Offset+Octet-Stream; charset=binary",
+        },
+        content=b"hello",
+    )
+
+    assert response.status_code == 204
+    assert response.headers["Upload-Offset"] == "5"
+
+
+def test_patch_without_upload_offset_returns_400_and_writes_nothing(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    server = tus_server()
+    url = server.create(10)
+
+    response = server.client.patch(url, headers={**TUS, "Content-Type": OCTETS}, content=b"hello")
+
+    assert_tus_error(response, 400, "upload_offset_missing")
+    assert record(state, url)["offset"] == "0"
+    assert (server.partials / upload_id_of(url)).stat().st_size == 0
+
+
+@pytest.mark.parametrize("offset", ["-1", "abc", "1.0", "+0", "", "0x0", "1" * 20])
+def test_patch_with_malformed_offset_returns_400_and_writes_nothing(
+    tus_server: Callable[..., RunningServer], state: redis.Redis, offset: str
+) -> None:
+    server = tus_server()
+    url = server.create(10)
+
+    response = server.client.patch(
+        url, headers={**TUS, "Content-Type": OCTETS, "Upload-Offset": offset}, content=b"hi"
+    )
+
+    assert_tus_error(response, 400, "invalid_header")
+    assert "Upload-Offset" in response.json()["error"]["message"]
+    assert record(state, url)["offset"] == "0"
+    assert (server.partials / upload_id_of(url)).stat().st_size == 0
+
+
+@pytest.mark.parametrize(
+    ("version", "code"),
+    [(None, "tus_resumable_missing"), ("0.2.2", "tus_version_unsupported")],
+    ids=["missing", "0.2.2"],
+)
+def test_patch_without_a_supported_tus_resumable_returns_412_and_writes_nothing(
+    tus_server: Callable[..., RunningServer],
+    state: redis.Redis,
+    version: str | None,
+    code: str,
+) -> None:
+    server = tus_server()
+    url = server.create(10)
+    headers = {"Content-Type": OCTETS, "Upload-Offset": "0"}
+    if version is not None:
+        headers["Tus-Resumable"] = version
+
+    response = server.client.patch(url, headers=headers, content=b"hello")
+
+    assert_tus_error(response, 412, code)
+    assert "1.0.0" in response.headers["Tus-Version"]
+    assert record(state, url)["offset"] == "0"
+
+
+# --- limits ------------------------------------------------------------------
+
+
+def test_patch_past_upload_length_with_content_length_returns_413_and_keeps_the_offset(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    server = tus_server()
+    url = server.create(10)
+    assert server.patch(url, 0, b"hello").status_code == 204
+    partial = server.partials / upload_id_of(url)
+
+    response = server.patch(url, 5, b"world!")
+
+    assert_tus_error(response, 413, "body_exceeds_upload_length")
+    assert record(state, url)["offset"] == "5"
+    assert partial.read_bytes() == b"hello"
+    assert server.head(url).headers["Upload-Offset"] == "5"
+    assert server.patch(url, 5, b"world").status_code == 204
+    assert (server.storage / upload_id_of(url)).read_bytes() == b"helloworld"
+
+
+def test_patch_past_upload_length_chunked_returns_413_and_keeps_the_offset(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    server = tus_server()
+    url = server.create(10)
+    assert server.patch(url, 0, b"hello").status_code == 204
+    partial = server.partials / upload_id_of(url)
+
+    response = patch_stream(server, url, 5, [b"wor", b"ld", b"!!!"])
+
+    assert_tus_error(response, 413, "body_exceeds_upload_length")
+    assert record(state, url)["offset"] == "5"
+    assert partial.read_bytes()[:5] == b"hello"
+    assert partial.stat().st_size <= 10
+    assert server.patch(url, 5, b"WORLD").status_code == 204
+    assert (server.storage / upload_id_of(url)).read_bytes() == b"helloWORLD"
+
+
+def test_patch_past_upload_length_chunked_over_several_blocks_stores_nothing_beyond_the_limit(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    block_size = 64 * 1024
+    length = 5 * block_size + 1000
+    server = tus_server(block_size=block_size)
+    url = server.create(length)
+    partial = server.partials / upload_id_of(url)
+    too_much = pattern(length + 20 * 1024, seed=1)
+
+    response = patch_stream(
+        server, url, 0, (too_much[i : i + 16 * 1024] for i in range(0, len(too_much), 16 * 1024))
+    )
+
+    assert_tus_error(response, 413, "body_exceeds_upload_length")
+    assert record(state, url)["offset"] == "0"
+    assert partial.stat().st_size <= length
+    data = pattern(length, seed=2)
+    resumed = server.patch(url, 0, data)
+    assert resumed.status_code == 204
+    assert resumed.headers["Upload-Offset"] == str(length)
+    assert sha256((server.storage / upload_id_of(url)).read_bytes()) == sha256(data)
+
+
+def test_patch_chunked_without_content_length_is_stored(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    server = tus_server()
+    url = server.create(11)
+
+    response = patch_stream(server, url, 0, [b"hel", b"lo ", b"", b"wor", b"ld"])
+
+    assert response.status_code == 204
+    assert "content-length" not in response.request.headers
+    assert response.request.headers["transfer-encoding"] == "chunked"
+    assert response.headers["Upload-Offset"] == "11"
+    assert (server.storage / upload_id_of(url)).read_bytes() == b"hello world"
+    assert record(state, url)["state"] == "complete"
+
+
+# --- deferred length ---------------------------------------------------------
+
+
+def test_deferred_upload_is_finalized_by_a_patch_carrying_upload_length_with_data(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    server = tus_server()
+    url = server.create(None)
+
+    first = server.patch(url, 0, b"hello")
+    assert first.status_code == 204
+    assert first.headers["Upload-Offset"] == "5"
+    assert record(state, url)["length"] == ""
+
+    last = server.patch(url, 5, b"world", Upload_Length="10")
+
+    assert last.status_code == 204
+    assert last.headers["Upload-Offset"] == "10"
+    assert (server.storage / upload_id_of(url)).read_bytes() == b"helloworld"
+    assert not (server.partials / upload_id_of(url)).exists()
+    saved = record(state, url)
+    assert (saved["length"], saved["offset"], saved["state"]) == ("10", "10", "complete")
+    head = server.head(url)
+    assert head.headers["Upload-Length"] == "10"
+    assert "Upload-Defer-Length" not in head.headers
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length 0", "chunked empty"])
+def test_deferred_upload_is_finalized_by_an_empty_patch_carrying_upload_length(
+    tus_server: Callable[..., RunningServer], state: redis.Redis, chunked: bool
+) -> None:
+    server = tus_server()
+    url = server.create(None)
+    assert server.patch(url, 0, b"hello").status_code == 204
+    assert server.patch(url, 5, b"world").status_code == 204
+
+    if chunked:
+        last = patch_stream(server, url, 10, [], **{"Upload-Length": "10"})
+    else:
+        last = server.patch(url, 10, b"", Upload_Length="10")
+
+    assert last.status_code == 204
+    assert last.headers["Upload-Offset"] == "10"
+    assert (server.storage / upload_id_of(url)).read_bytes() == b"helloworld"
+    assert record(state, url)["state"] == "complete"
+
+
+def test_deferred_upload_length_cannot_change_once_set(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    server = tus_server()
+    url = server.create(None)
+    assert server.patch(url, 0, b"abc", Upload_Length="10").status_code == 204
+    assert record(state, url)["length"] == "10"
+
+    response = server.patch(url, 3, b"def", Upload_Length="12")
+
+    assert_tus_error(response, 400, "upload_length_immutable")
+    saved = record(state, url)
+    assert (saved["length"], saved["offset"]) == ("10", "3")
+    assert (server.partials / upload_id_of(url)).read_bytes() == b"abc"
+    same = server.patch(url, 3, b"def", Upload_Length="10")
+    assert same.status_code == 204
+    assert same.headers["Upload-Offset"] == "6"
+
+
+def test_upload_length_on_patch_of_an_upload_created_with_a_length_must_match(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    server = tus_server()
+    url = server.create(10)
+
+    response = server.patch(url, 0, b"abc", Upload_Length="11")
+
+    assert_tus_error(response, 400, "upload_length_immutable")
+    assert record(state, url)["length"] == "10"
+    assert record(state, url)["offset"] == "0"
+
+
+def test_deferred_upload_length_below_the_offset_returns_400(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    server = tus_server()
+    url = server.create(None)
+    assert server.patch(url, 0, b"hello").status_code == 204
+
+    response = server.patch(url, 5, b"", Upload_Length="4")
+
+    assert_tus_error(response, 400, "upload_length_too_small")
+    assert record(state, url)["length"] == ""
+
+
+def test_deferred_upload_length_over_max_size_returns_413(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    server = tus_server(max_size=100)
+    url = server.create(None)
+
+    response = server.patch(url, 0, b"abc", Upload_Length="101")
+
+    assert_tus_error(response, 413, "upload_too_large")
+    assert response.headers["Tus-Max-Size"] == "100"
+    assert record(state, url)["length"] == ""
+    assert record(state, url)["offset"] == "0"
+
+
+def test_deferred_upload_exceeding_max_size_while_streaming_returns_413_and_keeps_offset(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    server = tus_server(max_size=1000)
+    url = server.create(None)
+    assert server.patch(url, 0, b"a" * 600).status_code == 204
+    partial = server.partials / upload_id_of(url)
+
+    response = patch_stream(server, url, 600, [b"b" * 300, b"c" * 300])
+
+    assert_tus_error(response, 413, "upload_too_large")
+    assert response.headers["Tus-Max-Size"] == "1000"
+    assert record(state, url)["offset"] == "600"
+    assert partial.read_bytes()[:600] == b"a" * 600
+    assert partial.stat().st_size <= 1000
+
+
+def test_deferred_upload_exceeding_max_size_with_content_length_returns_413(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    server = tus_server(max_size=1000)
+    url = server.create(None)
+    assert server.patch(url, 0, b"a" * 600).status_code == 204
+
+    response = server.patch(url, 600, b"b" * 401)
+
+    assert_tus_error(response, 413, "upload_too_large")
+    assert record(state, url)["offset"] == "600"
+    assert (server.partials / upload_id_of(url)).read_bytes() == b"a" * 600
+
+
+# --- finished, unknown and terminated uploads --------------------------------
+
+
+def test_patch_on_a_finished_upload_returns_204_with_the_unchanged_offset_and_keeps_the_file(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    server = tus_server()
+    url = server.create(10)
+    assert server.patch(url, 0, b"hello").status_code == 204
+    assert server.patch(url, 5, b"world").status_code == 204
+    final = server.storage / upload_id_of(url)
+    before = final.stat()
+
+    retried = server.patch(url, 5, b"WORLD")
+    at_end = server.patch(url, 10, b"")
+
+    for response in (retried, at_end):
+        assert response.status_code == 204
+        assert response.headers["Upload-Offset"] == "10"
+    assert final.read_bytes() == b"helloworld"
+    assert final.stat().st_mtime_ns == before.st_mtime_ns
+    assert sorted(p.name for p in server.storage.iterdir()) == [".partial", upload_id_of(url)]
+    assert record(state, url)["offset"] == "10"
+
+
+def test_patch_of_an_unknown_upload_returns_404(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    server = tus_server()
+
+    response = server.patch(server.endpoint + "0123456789abcdef0123456789abcdef", 0, b"x")
+
+    assert_tus_error(response, 404, "upload_not_found")
+    assert state.keys("tus:*") == []
+    assert list(server.partials.iterdir()) == []
+
+
+@pytest.mark.parametrize("raw_id", ["ABC", "0123456789abcdef0123456789abcde", ".."])
+def test_patch_of_a_malformed_id_returns_404_and_creates_nothing(
+    tus_server: Callable[..., RunningServer], state: redis.Redis, raw_id: str
+) -> None:
+    server = tus_server()
+
+    response = server.patch(server.endpoint + raw_id, 0, b"x")
+
+    assert response.status_code == 404
+    assert state.keys("tus:*") == []
+    assert list(server.partials.iterdir()) == []
+
+
+def test_patch_of_a_terminated_upload_returns_410(
+    tus_server: Callable[..., RunningServer],
+) -> None:
+    server = tus_server()
+    url = server.create(10)
+    assert server.client.delete(url, headers=TUS).status_code == 204
+
+    response = server.patch(url, 0, b"hello")
+
+    assert_tus_error(response, 410, "upload_gone")
+    assert not (server.partials / upload_id_of(url)).exists()
+
+
+# --- locking -----------------------------------------------------------------
+
+
+def test_patch_while_another_holder_keeps_the_lock_returns_423_after_the_lock_wait(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    server = tus_server(lock_wait=0.3)
+    url = server.create(10)
+    # A writer elsewhere (another host) that never answers release requests.
+    state.set(f"tus:{{{upload_id_of(url)}}}:lock", "someone-else", px=60_000)
+
+    started = time.monotonic()
+    response = server.patch(url, 0, b"hello")
+    waited = time.monotonic() - started
+
+    assert_tus_error(response, 423, "upload_locked")
+    assert response.json()["error"]["retryable"] is True
+    assert 0.25 <= waited < 5
+    assert record(state, url)["offset"] == "0"
+    assert (server.partials / upload_id_of(url)).stat().st_size == 0
+    head = server.head(url)
+    assert head.status_code == 423
+    assert head.content == b""
+
+
+def test_head_during_a_stalled_patch_takes_over_and_reports_the_bytes_received(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    server = tus_server(lock_wait=5)
+    url = server.create(10_000)
+    resume = threading.Event()
+    outcome: list[object] = []
+
+    def stalled_body() -> Iterator[bytes]:
+        yield b"z" * 1000
+        resume.wait(20)
+
+    def run_patch() -> None:
+        with httpx.Client(timeout=30) as client:
+            try:
+                outcome.append(
+                    client.patch(
+                        url,
+                        headers={**TUS, "Content-Type": OCTETS, "Upload-Offset": "0"},
+                        content=stalled_body(),
+                    )
+                )
+            except httpx.HTTPError as exc:
+                outcome.append(exc)
+
+    writer = threading.Thread(target=run_patch)
+    writer.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not state.exists(f"tus:{{{upload_id_of(url)}}}:lock"):
+            assert time.monotonic() < deadline, "the PATCH never took the lock"
+            time.sleep(0.01)
+        time.sleep(0.3)  # let the first bytes reach the server
+
+        head = server.head(url)
+    finally:
+        resume.set()
+        writer.join(30)
+
+    assert head.status_code == 200
+    assert head.headers["Upload-Offset"] == "1000"
+    assert record(state, url)["offset"] == "1000"
+    assert (server.partials / upload_id_of(url)).read_bytes() == b"z" * 1000
+    assert not writer.is_alive()
+    assert server.patch(url, 1000, b"y" * 9000).status_code == 204
+    assert (server.storage / upload_id_of(url)).read_bytes() == b"z" * 1000 + b"y" * 9000
+
+
+# --- large uploads -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunk_size", [20 * MIB, MIB], ids=["one patch", "1 MiB chunks"])
+def test_large_upload_is_stored_byte_identical(
+    tus_server: Callable[..., RunningServer], state: redis.Redis, chunk_size: int
+) -> None:
+    server = tus_server()
+    data = os.urandom(20 * MIB)
+    url = server.create(len(data))
+
+    offset = 0
+    while offset < len(data):
+        chunk = data[offset : offset + chunk_size]
+        response = server.patch(url, offset, chunk)
+        assert response.status_code == 204, response.text
+        assert response.headers["Upload-Offset"] == str(offset + len(chunk))
+        offset += len(chunk)
+    assert offset == len(data)
+
+    final = server.storage / upload_id_of(url)
+    assert final.stat().st_size == len(data)
+    assert sha256(final.read_bytes()) == sha256(data)
+    assert record(state, url)["state"] == "complete"
+
+
+def test_large_chunked_upload_without_content_length_is_stored_byte_identical(
+    tus_server: Callable[..., RunningServer],
+) -> None:
+    server = tus_server()
+    data = os.urandom(20 * MIB)
+    url = server.create(len(data))
+    piece = 100_000  # not a divisor of the block size
+
+    response = patch_stream(
+        server, url, 0, (data[i : i + piece] for i in range(0, len(data), piece))
+    )
+
+    assert response.status_code == 204
+    assert response.headers["Upload-Offset"] == str(len(data))
+    assert sha256((server.storage / upload_id_of(url)).read_bytes()) == sha256(data)
+
+
+# --- final files -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "mode"),
+    [({}, 0o644), ({"file_mode": 0o600}, 0o600), ({"file_mode": 0o640}, 0o640)],
+    ids=["default 0644", "0600", "0640"],
+)
+def test_final_file_permissions_follow_file_mode(
+    tus_server: Callable[..., RunningServer], fields: dict[str, int], mode: int
+) -> None:
+    server = tus_server(**fields)
+    url = server.create(4)
+
+    assert server.patch(url, 0, b"data").status_code == 204
+
+    final = server.storage / upload_id_of(url)
+    assert stat.S_IMODE(final.stat().st_mode) == mode
+
+
+def test_filename_template_names_the_file_and_never_overwrites_an_earlier_one(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    server = tus_server(final_name="{filename}")
+    metadata = f"filename {b64(b'report.pdf')},filetype {b64(b'application/pdf')}"
+    first = server.create(5, **{"Upload-Metadata": metadata})
+    second = server.create(6, **{"Upload-Metadata": metadata})
+
+    assert server.patch(first, 0, b"first").status_code == 204
+    assert server.patch(second, 0, b"second").status_code == 204
+
+    assert (server.storage / "report.pdf").read_bytes() == b"first"
+    assert (server.storage / "report (1).pdf").read_bytes() == b"second"
+    assert record(state, first)["location"] == "report.pdf"
+    assert record(state, second)["location"] == "report (1).pdf"
+    assert sorted(p.name for p in server.storage.iterdir()) == [
+        ".partial",
+        "report (1).pdf",
+        "report.pdf",
+    ]
+
+
+def test_filename_template_falls_back_to_the_id_without_filename_metadata(
+    tus_server: Callable[..., RunningServer],
+) -> None:
+    server = tus_server(final_name="{filename}")
+    url = server.create(3)
+
+    assert server.patch(url, 0, b"abc").status_code == 204
+
+    assert (server.storage / upload_id_of(url)).read_bytes() == b"abc"
+
+
+@pytest.mark.parametrize(
+    ("filename", "expected"),
+    [
+        ("../../x", "x"),
+        ("..\\..\\x", "x"),
+        ("/etc/passwd", "passwd"),
+        (".partial", "partial"),
+        ("..", None),
+    ],
+)
+def test_malicious_filename_stays_inside_storage(
+    tus_server: Callable[..., RunningServer], filename: str, expected: str | None
+) -> None:
+    server = tus_server(final_name="{filename}")
+    url = server.create(4, **{"Upload-Metadata": f"filename {b64(filename.encode())}"})
+
+    assert server.patch(url, 0, b"evil").status_code == 204
+
+    name = expected or upload_id_of(url)
+    assert (server.storage / name).read_bytes() == b"evil"
+    assert sorted(p.name for p in server.storage.iterdir()) == sorted([".partial", name])
+    assert list(server.partials.iterdir()) == []
+    outside = server.storage.parent
+    assert sorted(p.name for p in outside.iterdir()) == [server.storage.name]

@@ -1,0 +1,292 @@
+"""The tus vocabulary as pure functions: header parsing, ids and final names."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from tusserver import naming, protocol
+from tusserver.errors import TusError
+
+UPLOAD_ID = "0123456789abcdef0123456789abcdef"
+METADATA_LIMIT = 1024
+
+
+def b64(value: bytes) -> str:
+    return base64.b64encode(value).decode("ascii")
+
+
+# --- Upload-Metadata ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        pytest.param("", {}, id="empty header (tuspy without metadata)"),
+        pytest.param("   ", {}, id="only spaces"),
+        pytest.param("filename", {"filename": b""}, id="key without value"),
+        pytest.param("filename ", {"filename": b""}, id="key, space, empty value (tus-js-client)"),
+        pytest.param(
+            f"filename {b64(b'a.txt')},is_confidential",
+            {"filename": b"a.txt", "is_confidential": b""},
+            id="key without value after a pair",
+        ),
+        pytest.param(
+            f"  a {b64(b'one')} ,  b {b64(b'two')}  ",
+            {"a": b"one", "b": b"two"},
+            id="spaces around pairs",
+        ),
+        pytest.param(f"a {b64(b'x')},,b {b64(b'y')}", {"a": b"x", "b": b"y"}, id="empty pair"),
+        pytest.param("a YQ", {"a": b"a"}, id="missing double padding"),
+        pytest.param("a YWI", {"a": b"ab"}, id="missing single padding"),
+        pytest.param("a YWJj", {"a": b"abc"}, id="no padding needed"),
+        pytest.param(
+            f"relativePath {b64(b'null')},name {b64('résumé.pdf'.encode())}",
+            {"relativePath": b"null", "name": "résumé.pdf".encode()},
+            id="uppy fields with utf-8 value",
+        ),
+    ],
+)
+def test_parse_metadata_accepts_what_real_clients_send(
+    header: str, expected: dict[str, bytes]
+) -> None:
+    assert protocol.parse_metadata(header, METADATA_LIMIT) == expected
+
+
+@pytest.mark.parametrize(
+    ("header", "code"),
+    [
+        pytest.param("a !!!!", "invalid_upload_metadata", id="invalid base64 characters"),
+        pytest.param("a Y", "invalid_upload_metadata", id="impossible base64 length"),
+        pytest.param("a YQ==x", "invalid_upload_metadata", id="data after padding"),
+        pytest.param("a YQ== Yg==", "invalid_upload_metadata", id="two values for one key"),
+        pytest.param("a YQ==,a Yg==", "invalid_upload_metadata", id="duplicate key"),
+        pytest.param("a\x01b YQ==", "invalid_upload_metadata", id="control char in key"),
+        pytest.param("a\tb YQ==", "invalid_upload_metadata", id="tab in key"),
+        pytest.param("ké YQ==", "invalid_upload_metadata", id="non-ascii key"),
+        pytest.param(
+            "k " + "A" * METADATA_LIMIT, "upload_metadata_too_large", id="larger than the cap"
+        ),
+    ],
+)
+def test_parse_metadata_refuses_malformed_or_oversize_header_with_400(
+    header: str, code: str
+) -> None:
+    with pytest.raises(TusError) as caught:
+        protocol.parse_metadata(header, METADATA_LIMIT)
+    assert caught.value.status == 400
+    assert caught.value.code == code
+    assert caught.value.retryable is False
+
+
+def test_parse_metadata_accepts_a_header_of_exactly_the_cap() -> None:
+    header = "kkk " + "QUFB" * 255
+    assert len(header) == METADATA_LIMIT
+    assert protocol.parse_metadata(header, METADATA_LIMIT) == {"kkk": b"AAA" * 255}
+
+
+# --- Upload-Offset / Upload-Length -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0", 0),
+        ("1", 1),
+        ("1048576", 1048576),
+        (str(2**63 - 1), 2**63 - 1),
+    ],
+)
+def test_parse_non_negative_accepts_plain_decimal_digits(text: str, expected: int) -> None:
+    assert protocol.parse_non_negative(text, "Upload-Offset") == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("-1", id="negative"),
+        pytest.param("+1", id="explicit sign"),
+        pytest.param(" 1", id="leading space"),
+        pytest.param("1 ", id="trailing space"),
+        pytest.param("1\n", id="trailing newline"),
+        pytest.param("1.0", id="decimal point"),
+        pytest.param("1e3", id="exponent"),
+        pytest.param("0x10", id="hex"),
+        pytest.param("", id="empty"),
+        pytest.param("١٢", id="non-ascii digits"),
+        pytest.param("1_000", id="underscore"),
+        pytest.param(str(2**63), id="above int64"),
+        pytest.param("12345678901234567890", id="20 digits"),
+        pytest.param("9" * 40, id="40 digits"),
+    ],
+)
+def test_parse_non_negative_refuses_anything_but_an_int64_in_digits_with_400(text: str) -> None:
+    with pytest.raises(TusError) as caught:
+        protocol.parse_non_negative(text, "Upload-Length")
+    assert caught.value.status == 400
+    assert caught.value.code == "invalid_header"
+    assert "Upload-Length" in caught.value.message
+
+
+@pytest.mark.parametrize("text", ["0", "2", "true", "", "1.0"])
+def test_parse_defer_length_refuses_anything_but_1_with_400(text: str) -> None:
+    with pytest.raises(TusError) as caught:
+        protocol.parse_defer_length(text)
+    assert caught.value.status == 400
+    assert "Upload-Defer-Length" in caught.value.message
+
+
+def test_parse_defer_length_accepts_1() -> None:
+    assert protocol.parse_defer_length("1") is True
+
+
+# --- Tus-Resumable -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "code"),
+    [
+        (None, "tus_resumable_missing"),
+        ("0.2.2", "tus_version_unsupported"),
+        ("1.0", "tus_version_unsupported"),
+        ("", "tus_version_unsupported"),
+    ],
+)
+def test_check_tus_resumable_refuses_missing_or_unsupported_version_with_412(
+    value: str | None, code: str
+) -> None:
+    with pytest.raises(TusError) as caught:
+        protocol.check_tus_resumable(value)
+    assert caught.value.status == 412
+    assert caught.value.code == code
+
+
+def test_check_tus_resumable_accepts_1_0_0() -> None:
+    protocol.check_tus_resumable("1.0.0")
+
+
+# --- Content-Type ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, None),
+        ("application/offset+octet-stream", "application/offset+octet-stream"),
+        ("Application/Offset+Octet-Stream", "application/offset+octet-stream"),
+        ("application/offset+octet-stream; charset=binary", "application/offset+octet-stream"),
+        ("application/octet-stream", "application/octet-stream"),
+    ],
+)
+def test_parse_content_type_drops_parameters_and_case(
+    value: str | None, expected: str | None
+) -> None:
+    assert protocol.parse_content_type(value) == expected
+
+
+# --- Upload ids --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "valid"),
+    [
+        pytest.param(UPLOAD_ID, True, id="32 lowercase hex"),
+        pytest.param(UPLOAD_ID.upper(), False, id="uppercase hex"),
+        pytest.param(UPLOAD_ID[:31], False, id="31 hex chars"),
+        pytest.param(UPLOAD_ID + "0", False, id="33 hex chars"),
+        pytest.param("g" * 32, False, id="not hex"),
+        pytest.param(UPLOAD_ID + "\n", False, id="trailing newline"),
+        pytest.param("../../etc", False, id="path traversal"),
+        pytest.param("ABC", False, id="short uppercase"),
+        pytest.param("", False, id="empty"),
+        pytest.param(UPLOAD_ID[:16] + "/" + UPLOAD_ID[17:], False, id="slash inside"),
+    ],
+)
+def test_is_upload_id_accepts_only_32_lowercase_hex_digits(text: str, valid: bool) -> None:
+    assert protocol.is_upload_id(text) is valid
+
+
+def test_new_upload_ids_are_valid_and_distinct() -> None:
+    ids = {protocol.new_upload_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(protocol.is_upload_id(upload_id) for upload_id in ids)
+
+
+# --- File names --------------------------------------------------------------
+
+LONG_STEM = "é" * 200  # 400 bytes of UTF-8
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        pytest.param("report.pdf", "report.pdf", id="ordinary name kept"),
+        pytest.param("a/b/c.txt", "c.txt", id="posix folders dropped"),
+        pytest.param("..\\evil", "evil", id="windows traversal dropped"),
+        pytest.param("C:\\Users\\me\\x.txt", "x.txt", id="windows path"),
+        pytest.param("../../x", "x", id="posix traversal"),
+        pytest.param("..", "", id="dot dot"),
+        pytest.param(".", "", id="dot"),
+        pytest.param("a/b/", "", id="trailing separator"),
+        pytest.param(".hidden", "hidden", id="hidden file made visible"),
+        pytest.param("name. . ", "name", id="trailing dots and spaces"),
+        pytest.param("a\x00b\nc\x7f.txt", "a_b_c_.txt", id="control chars"),
+        pytest.param('a<b>c:d"e|f?g*h.txt', "a_b_c_d_e_f_g_h.txt", id="windows-unsafe chars"),
+        pytest.param("CON.txt", "_CON.txt", id="windows reserved with extension"),
+        pytest.param("con", "_con", id="windows reserved lowercase"),
+        pytest.param("LPT1", "_LPT1", id="windows reserved device"),
+        pytest.param("CONSOLE.txt", "CONSOLE.txt", id="reserved prefix is fine"),
+        pytest.param("e\u0301.txt", "\u00e9.txt", id="NFC normalized"),
+    ],
+)
+def test_sanitize_filename_yields_one_safe_segment(raw: str, expected: str) -> None:
+    assert naming.sanitize_filename(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "extension"),
+    [
+        pytest.param(LONG_STEM + ".pdf", ".pdf", id="two-byte chars with extension"),
+        pytest.param("x" * 300 + ".tar", ".tar", id="ascii with extension"),
+        pytest.param("€" * 100, "", id="three-byte chars without extension"),
+    ],
+)
+def test_sanitize_filename_truncates_long_utf8_names_under_240_bytes_keeping_extension(
+    raw: str, extension: str
+) -> None:
+    name = naming.sanitize_filename(raw)
+    encoded = name.encode("utf-8")
+    assert 200 < len(encoded) <= 240
+    assert name.endswith(extension)
+    assert raw.startswith(name[: len(name) - len(extension)])
+    assert "\ufffd" not in name
+
+
+@pytest.mark.parametrize(
+    ("template", "metadata", "expected"),
+    [
+        pytest.param("{id}", {}, UPLOAD_ID, id="id"),
+        pytest.param("{id}", {"filename": b"a.txt"}, UPLOAD_ID, id="id ignores metadata"),
+        pytest.param("{filename}", {"filename": b"a.txt"}, "a.txt", id="filename"),
+        pytest.param("{filename}", {"name": b"n.txt"}, "n.txt", id="uppy name"),
+        pytest.param(
+            "{filename}", {"filename": b"f.txt", "name": b"n.txt"}, "f.txt", id="filename wins"
+        ),
+        pytest.param("{filename}", {}, UPLOAD_ID, id="no filename: id"),
+        pytest.param("{filename}", {"filename": b""}, UPLOAD_ID, id="empty filename: id"),
+        pytest.param("{filename}", {"filename": b".."}, UPLOAD_ID, id="nothing left: id"),
+        pytest.param("{filename}", {"filename": b"../../x"}, "x", id="traversal sanitized"),
+        pytest.param(
+            "{id}-{filename}", {"filename": b"dir/y.txt"}, f"{UPLOAD_ID}-y.txt", id="both"
+        ),
+        pytest.param("{filename}", {"filename": b"{id}"}, "{id}", id="no template injection"),
+        pytest.param(
+            "{filename}", {"filename": b"caf\xc3\xa9.txt"}, "café.txt", id="utf-8 filename"
+        ),
+    ],
+)
+def test_final_name_renders_template_from_sanitized_metadata(
+    template: str, metadata: dict[str, bytes], expected: str
+) -> None:
+    assert naming.final_name(template, UPLOAD_ID, metadata) == expected
