@@ -1,0 +1,62 @@
+"""The ceiling of Python on uvicorn: a minimal Starlette app that streams request bodies to files.
+
+``POST /sink/{name}`` writes the request body to ``<dir>/<name>`` and answers 204. A request
+whose ``Upload-Offset`` header is missing or 0 truncates the file; any other offset appends, so
+a chunked upload can be replayed as a series of requests. There is no tus protocol here, no
+state and no checks: only the cost of receiving bytes through uvicorn and Starlette and writing
+them to disk. It runs with the same uvicorn settings as tusserver (uvloop, httptools, one
+worker, access log off).
+
+Usage: python bench/bare_sink.py --port 8081 --dir /some/dir [--host 127.0.0.1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+
+
+def make_app(directory: str) -> Starlette:
+    async def sink(request: Request) -> Response:
+        name = request.path_params["name"]
+        if not _NAME.fullmatch(name) or name.startswith("."):
+            return Response(status_code=400)
+        mode = "wb" if request.headers.get("upload-offset", "0") == "0" else "ab"
+        with open(os.path.join(directory, name), mode) as f:  # noqa: ASYNC230 - that is the point
+            async for chunk in request.stream():
+                f.write(chunk)
+        return Response(status_code=204)
+
+    return Starlette(routes=[Route("/sink/{name}", sink, methods=["POST"])])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--dir", required=True, help="folder the bodies are written to")
+    args = parser.parse_args()
+    os.makedirs(args.dir, exist_ok=True)
+    uvicorn.run(
+        make_app(args.dir),
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        workers=1,
+        access_log=False,
+        log_level="warning",
+    )
+
+
+if __name__ == "__main__":
+    main()
