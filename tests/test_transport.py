@@ -441,3 +441,32 @@ def test_chunked_patch_running_past_upload_length_is_refused_with_413_and_commit
 
     assert answer.status == 413, answer
     assert head_offset(server, upload_url) == 0
+
+
+def test_patch_pausing_longer_than_the_lock_ttl_keeps_its_lock_and_its_bytes(
+    tus_server: StartServer, redis_url: str
+) -> None:
+    # The client pauses (laptop lid, network switch) for longer than the lock
+    # TTL but less than the idle timeout: its PATCH is alive, so the lock
+    # must still be its own, and a HEAD must take over from it rather than
+    # find no lock and report the offset from before the PATCH.
+    server = tus_server(block_size=64 * KiB, lock_ttl=1.5, idle_timeout=30)
+    source = os.urandom(4 * MiB)
+    sent = 2 * MiB
+    upload_url = server.create(len(source))
+    lock_key = f"tus:{{{upload_id(upload_url)}}}:lock"
+    state = redis.Redis.from_url(redis_url)
+    try:
+        with raw_patch(upload_url, 0, content_length=len(source)) as paused:
+            send_in_pieces(paused, source[:sent])
+            wait_until(lambda: bool(state.exists(lock_key)), "the PATCH took the lock", timeout=5)
+            time.sleep(3.0)  # twice the TTL, well inside the idle timeout
+            assert state.exists(lock_key), "the live PATCH lost its lock"
+
+            assert head_offset(server, upload_url) == sent
+            answer = paused.response(timeout=10)
+            assert answer.status == 204
+            assert int(answer.headers["upload-offset"]) == sent
+    finally:
+        state.close()
+    finish_upload(server, upload_url, source, sent)

@@ -60,7 +60,7 @@ def create_app(config: Config) -> Starlette:
                 result = handler(request, services_box[0])
                 return result if isinstance(result, Response) else await result
             except errors.TusError as error:
-                return render(error)
+                return render(_transient(request, error) if error.status >= 500 else error)
             except StateUnavailable as exc:
                 logger.warning(
                     "%s %s: state store unavailable: %s", request.method, request.url.path, exc

@@ -99,13 +99,10 @@ async def create_upload(request: Request, services: Services) -> Response:
     # Only a creation that writes or finishes needs the lock; taking it costs
     # nothing extra here (one pipeline with the record).
     needs_lock = has_body or length == 0
-    lease = services.locker.new_lease(upload.id) if needs_lock else None
+    lock_token = services.locker.new_token() if needs_lock else None
     await services.storage.create(upload.id)
-    await services.store.create(
-        upload,
-        lock_token=lease.token if lease else None,
-        lock_ttl_ms=services.locker.ttl_ms,
-    )
+    await services.store.create(upload, lock_token=lock_token, lock_ttl_ms=services.locker.ttl_ms)
+    lease = services.locker.adopt(upload.id, lock_token) if lock_token else None
     logger.info("upload %s created (length %s)", upload.id, _describe_length(upload))
     if lease is not None:
         try:
@@ -183,7 +180,8 @@ async def delete_upload(request: Request, services: Services) -> Response:
     protocol.check_tus_resumable(request.headers.get(TUS_RESUMABLE))
     async with services.locker.hold(upload_id) as (upload, lease):
         await services.storage.delete(upload_id, upload.location)
-        await services.store.terminate(upload_id, lease.token)
+        if await services.store.terminate(upload_id, lease.token) is not CommitStatus.OK:
+            raise errors.LOCKED
         lease.released = True
     logger.info("upload %s terminated", upload_id)
     return Response(status_code=204, headers=tus_headers())

@@ -50,22 +50,30 @@ class Lease:
         self._locker = locker
         self._extended_at = time.monotonic()
 
-    async def keep_alive(self) -> None:
-        """Extend the lock; called on progress, at most a few times per TTL. Never raises."""
+    async def keep_alive(self) -> bool:
+        """Extend the lock, at most a few times per TTL; False once it is lost. Never raises.
+
+        Called while the request is alive (bytes arrived within the idle
+        timeout), not only on progress: a client that pauses for a few
+        seconds must not lose its lock to a second writer while its PATCH
+        is still running.
+        """
         now = time.monotonic()
         if now - self._extended_at < self._locker.ttl / 3:
-            return
+            return True
         self._extended_at = now
         try:
             extended = await self._locker.store.extend(
                 self.upload_id, self.token, self._locker.ttl_ms
             )
         except StateUnavailable as exc:
-            # The commit's compare-and-set still protects the offset.
+            # Redis may be back at the next tick; the commit's compare-and-set
+            # protects the offset meanwhile.
             logger.warning("upload %s: could not extend lock: %s", self.upload_id, exc)
-            return
+            return True
         if not extended:
-            logger.warning("upload %s: lock lapsed while writing", self.upload_id)
+            logger.warning("upload %s: lock lost while writing; stopping", self.upload_id)
+        return extended
 
 
 class Locker:
@@ -77,16 +85,20 @@ class Locker:
         self._redis = client
         self._leases: dict[str, Lease] = {}
 
-    def new_lease(self, upload_id: str) -> Lease:
-        """A lease for an upload this request creates (its lock is set with the record)."""
-        lease = Lease(self, upload_id, secrets.token_hex(16))
+    @staticmethod
+    def new_token() -> str:
+        return secrets.token_hex(16)
+
+    def adopt(self, upload_id: str, token: str) -> Lease:
+        """The lease of an upload whose lock this request set with its record (creation)."""
+        lease = Lease(self, upload_id, token)
         self._leases[upload_id] = lease
         return lease
 
     @asynccontextmanager
     async def hold(self, upload_id: str) -> AsyncIterator[tuple[Upload, Lease]]:
         """Claim the upload, asking a current holder to let go; 404/410/423 otherwise."""
-        lease = Lease(self, upload_id, secrets.token_hex(16))
+        lease = Lease(self, upload_id, self.new_token())
         claim = await self._wait_for(
             upload_id, lambda: self.store.claim(upload_id, lease.token, self.ttl_ms)
         )

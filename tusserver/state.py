@@ -113,6 +113,8 @@ end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return {'claimed', record}
 end
+-- A retried call (reply lost, redis-py resent it) finds its own token.
+if redis.call('GET', KEYS[2]) == ARGV[1] then return {'claimed', record} end
 return {'locked', record}
 """
 
@@ -122,6 +124,8 @@ local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[1] then return 'lost' end
 local current = redis.call('HGET', KEYS[1], 'offset')
 if not current then return 'missing' end
+-- A retried call (reply lost, redis-py resent it) finds its own commit done.
+if current == ARGV[3] and (not holder or holder == ARGV[1]) then return 'ok' end
 if current ~= ARGV[2] then return 'moved' end
 redis.call('HSET', KEYS[1], 'offset', ARGV[3])
 if holder and ARGV[4] == '1' then redis.call('DEL', KEYS[2]) end

@@ -6,11 +6,12 @@ Three tasks cooperate for one PATCH (or POST with data):
   gathers them into blocks of ``block_size`` without copying, and refuses
   bytes beyond ``limit`` without storing them;
 - the *writer* (the storage backend) writes each block in a worker thread
-  while the next one is received: at most two blocks are in memory per
-  request, whatever the upload size;
-- the *watchdog* ends the reading when no byte arrived for ``idle_timeout``
-  or when another request asked for the lock (see ``locking``), and keeps
-  the lock alive while bytes arrive.
+  while the next one is received: at most three blocks are in memory per
+  request (one gathering, one queued, one being written), whatever the
+  upload size;
+- the *watchdog* ends the reading when no byte arrived for ``idle_timeout``,
+  when another request asked for the lock (see ``locking``) or when the
+  lock was lost, and keeps the lock alive while the request is not idle.
 
 A body that ends early (disconnect, stall, release request) is not an error:
 tus asks servers to keep as much as possible, so ``Transfer.stored`` tells
@@ -38,6 +39,7 @@ class End(enum.Enum):
     IDLE = "idle"  # no byte for idle_timeout
     RELEASED = "released"  # another request asked for the lock
     TOO_LARGE = "too_large"  # the body ran past the limit: discard it all
+    LOCK_LOST = "lock_lost"  # the lock lapsed and was taken: the commit will be refused
 
 
 @dataclass
@@ -124,9 +126,13 @@ async def receive_into_storage(
             now = time.monotonic()
             if activity != last_activity:
                 last_activity, active_at = activity, now
-                await lease.keep_alive()
             elif now - active_at >= idle_timeout:
                 transfer.end = End.IDLE
+                reading.cancel()
+                return
+            if not await lease.keep_alive():
+                # Another request owns the upload now: stop writing into it.
+                transfer.end = End.LOCK_LOST
                 reading.cancel()
                 return
 
