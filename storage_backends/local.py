@@ -68,7 +68,10 @@ class LocalStorage:
                     _pwritev_all, fd, block, offset + written, limiter=self._limiter
                 )
         finally:
-            await anyio.to_thread.run_sync(os.close, fd, limiter=self._limiter)
+            # Shielded: under cancellation (shutdown) an unshielded hop would
+            # never run, leaking the descriptor.
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(os.close, fd, limiter=self._limiter)
         return written
 
     async def finalize(self, upload_id: str, final_name: str, length: int) -> str:

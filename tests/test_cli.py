@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -358,3 +359,49 @@ def test_workers_2_serves_uploads(tmp_path: Path) -> None:
 
         assert not wait_gone([redis, *workers], 5), "a redis-server or worker outlived tusserver"
         assert status == 0, f"exit status {status}:\n{server.output()}"
+
+
+def test_sigterm_during_a_patch_commits_the_bytes_it_stored(tmp_path: Path, redis_url: str) -> None:
+    # uvicorn gives running requests a grace period, then cancels them; the
+    # cancelled PATCH must still commit the blocks it stored before the process
+    # ends. (Bytes still being gathered into a block when the cancel lands are
+    # not stored; the client sends them again.)
+    import redis as redis_client
+
+    source = os.urandom(12 * MiB)
+    sent = 6 * MiB  # more than one 4 MiB storage block
+    with serve(tmp_path, "--redis-url", redis_url) as server:
+        created = httpx.post(
+            server.endpoint, headers={**TUS, "Upload-Length": str(len(source))}, timeout=10
+        )
+        upload_id = created.headers["Location"].rsplit("/", 1)[1]
+        port = int(server.endpoint.split(":")[2].split("/")[0])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as patch:
+            patch.sendall(
+                (
+                    f"PATCH /files/{upload_id} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    f"Tus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\nContent-Type: {OCTETS}\r\n"
+                    f"Content-Length: {len(source)}\r\n\r\n"
+                ).encode()
+                + source[:sent]
+            )
+            state = redis_client.Redis.from_url(redis_url)
+            try:
+                lock = f"tus:{{{upload_id}}}:lock"
+                deadline = time.monotonic() + 5
+                while not state.exists(lock):
+                    assert time.monotonic() < deadline, "the PATCH never took the lock"
+                    time.sleep(0.01)
+                time.sleep(0.5)  # let the server store what was sent
+
+                server.process.send_signal(signal.SIGTERM)
+                status = server.wait_exit()
+
+                assert status == 0, server.output()
+                committed = int(state.hget(f"tus:{{{upload_id}}}:info", "offset") or b"0")
+                assert 4 * MiB <= committed <= sent
+                assert not state.exists(lock), "the cancelled PATCH kept its lock"
+            finally:
+                state.close()
+    partial = server.storage / ".partial" / upload_id
+    assert partial.read_bytes()[:committed] == source[:committed]

@@ -120,6 +120,8 @@ def create_app(config: Config) -> Starlette:
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(locker.listen_for_release_requests)
                 yield
+                with anyio.move_on_after(5):
+                    await locker.drain()
                 tasks.cancel_scope.cancel()
             services_box.clear()
 

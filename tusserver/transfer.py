@@ -160,9 +160,8 @@ async def _counted(blocks: ObjectReceiveStream[Block], transfer: Transfer) -> As
     That is the Storage.write contract: it asks for the next block only
     after the previous one is fully written.
     """
-    pending = 0
     async with blocks:
         async for block in blocks:
-            transfer.stored += pending
-            pending = sum(len(piece) for piece in block)
             yield block
+            # Resumed: the writer asks for the next block, so this one is written.
+            transfer.stored += sum(len(piece) for piece in block)
