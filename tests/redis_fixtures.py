@@ -44,3 +44,11 @@ def redis_url(redis_server: str) -> Iterator[str]:
     finally:
         client.close()
     yield redis_server
+
+
+@pytest.fixture
+def state(redis_url: str) -> Iterator[redis.Redis]:
+    """A client of the test's Redis, to read upload records directly."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()

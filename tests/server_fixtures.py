@@ -90,9 +90,7 @@ class ThreadedUvicorn:
 
 
 @pytest.fixture
-def tus_server(
-    redis_url: str, tmp_path: Path
-) -> Iterator[Callable[..., RunningServer]]:
+def tus_server(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
     """Factory: ``tus_server(max_size=100, ...)`` -> a running server (one per call)."""
     running: list[tuple[ThreadedUvicorn, httpx.Client]] = []
 

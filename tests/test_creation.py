@@ -3,7 +3,6 @@ plus the request checks every tus request goes through."""
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -11,42 +10,13 @@ import httpx
 import pytest
 import redis
 
+from tests.helpers import assert_tus_error, b64, upload_id_of
 from tests.server_fixtures import OCTETS, TUS, RunningServer
 from tusserver import protocol
 
 
-@pytest.fixture
-def state(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    yield client
-    client.close()
-
-
-def b64(value: bytes) -> str:
-    return base64.b64encode(value).decode("ascii")
-
-
-def upload_id_of(url: str) -> str:
-    return url.rsplit("/", 1)[1]
-
-
 def info(state: redis.Redis, upload_id: str) -> dict[str, Any]:
     return state.hgetall(f"tus:{{{upload_id}}}:info")  # type: ignore[return-value]
-
-
-def assert_tus_error(response: httpx.Response, status: int, code: str | None = None) -> None:
-    assert response.status_code == status, response.text
-    assert response.headers["Tus-Resumable"] == "1.0.0"
-    body = response.json()
-    assert set(body) == {"error"}
-    error = body["error"]
-    assert set(error) == {"code", "message", "hint", "retryable"}
-    assert isinstance(error["code"], str) and error["code"]
-    assert isinstance(error["message"], str) and error["message"]
-    assert isinstance(error["hint"], str) and error["hint"]
-    assert isinstance(error["retryable"], bool)
-    if code is not None:
-        assert error["code"] == code
 
 
 def assert_nothing_created(server: RunningServer, state: redis.Redis) -> None:

@@ -12,16 +12,13 @@ import httpx
 import pytest
 import redis
 
+from tests.helpers import upload_id_of
 from tests.redis_fixtures import short_temp_dir
 from tests.server_fixtures import OCTETS, TUS, RunningServer, ThreadedUvicorn, free_port
 from tusserver import Config, create_app
 from tusserver.embedded_redis import EmbeddedRedis
 
 UNKNOWN_ID = "0123456789abcdef0123456789abcdef"
-
-
-def upload_id_of(url: str) -> str:
-    return url.rsplit("/", 1)[1]
 
 
 def assert_error_body(

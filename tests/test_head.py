@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import httpx
 import pytest
 import redis
 
+from tests.helpers import upload_id_of
 from tests.server_fixtures import TUS, RunningServer
-
-
-@pytest.fixture
-def state(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    yield client
-    client.close()
-
-
-def upload_id_of(url: str) -> str:
-    return url.rsplit("/", 1)[1]
 
 
 def commands_processed(state: redis.Redis) -> int:

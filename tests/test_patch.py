@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
 import stat
@@ -14,41 +13,14 @@ import httpx
 import pytest
 import redis
 
+from tests.helpers import assert_tus_error, b64, upload_id_of
 from tests.server_fixtures import OCTETS, TUS, RunningServer
 
 MIB = 1024 * 1024
 
 
-@pytest.fixture
-def state(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    yield client
-    client.close()
-
-
-def b64(value: bytes) -> str:
-    return base64.b64encode(value).decode("ascii")
-
-
-def upload_id_of(url: str) -> str:
-    return url.rsplit("/", 1)[1]
-
-
 def record(state: redis.Redis, url: str) -> dict[str, str]:
     return state.hgetall(f"tus:{{{upload_id_of(url)}}}:info")  # type: ignore[return-value]
-
-
-def assert_tus_error(response: httpx.Response, status: int, code: str | None = None) -> None:
-    assert response.status_code == status, response.text
-    assert response.headers["Tus-Resumable"] == "1.0.0"
-    body = response.json()
-    assert set(body) == {"error"}
-    error = body["error"]
-    assert set(error) == {"code", "message", "hint", "retryable"}
-    assert all(isinstance(error[key], str) and error[key] for key in ("code", "message", "hint"))
-    assert isinstance(error["retryable"], bool)
-    if code is not None:
-        assert error["code"] == code
 
 
 def patch_stream(

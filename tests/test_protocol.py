@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import base64
-
 import pytest
 
+from tests.helpers import b64
 from tusserver import naming, protocol
 from tusserver.errors import TusError
 
 UPLOAD_ID = "0123456789abcdef0123456789abcdef"
 METADATA_LIMIT = 1024
-
-
-def b64(value: bytes) -> str:
-    return base64.b64encode(value).decode("ascii")
 
 
 # --- Upload-Metadata ---------------------------------------------------------

@@ -2,34 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import httpx
-import pytest
 import redis
 
+from tests.helpers import assert_tus_error as shared_assert_tus_error
+from tests.helpers import upload_id_of
 from tests.server_fixtures import TUS, RunningServer
 
 
-@pytest.fixture
-def state(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    yield client
-    client.close()
-
-
-def upload_id_of(url: str) -> str:
-    return url.rsplit("/", 1)[1]
-
-
 def assert_tus_error(response: httpx.Response, status: int, code: str) -> None:
-    assert response.status_code == status, response.text
-    assert response.headers["Tus-Resumable"] == "1.0.0"
-    body = response.json()
-    assert set(body) == {"error"}
-    assert set(body["error"]) == {"code", "message", "hint", "retryable"}
-    assert body["error"]["code"] == code
-    assert body["error"]["retryable"] is False
+    shared_assert_tus_error(response, status, code)
+    assert response.json()["error"]["retryable"] is False
 
 
 def delete(server: RunningServer, url: str) -> httpx.Response:
