@@ -82,8 +82,13 @@ class LocalStorage:
         )
 
     def _finalize(self, source: Path, relative: PurePosixPath, length: int) -> str:
+        size = os.stat(source).st_size
+        if size < length:
+            # truncate() would pad with zeros: refuse rather than publish a hole.
+            raise OSError(errno.EIO, f"partial holds {size} of {length} bytes", str(source))
         os.truncate(source, length)  # storage may hold more than the offset
         os.chmod(source, self.file_mode)
+        _fsync(source)  # the bytes are durable before the final name appears
         target_dir = self.root.joinpath(*relative.parent.parts)
         target_dir.mkdir(parents=True, exist_ok=True)
         for candidate in _name_variants(relative):
@@ -182,6 +187,14 @@ def _publish_without_overwrite(source: Path, target: Path) -> bool:
         return True
     os.unlink(source)
     return True
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _unlink_all(paths: list[Path]) -> None:

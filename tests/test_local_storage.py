@@ -294,3 +294,16 @@ async def test_staging_folder_and_partials_are_private_to_the_service(
 
     assert staging_mode & 0o077 == 0
     assert partial_mode & 0o077 == 0
+
+
+async def test_finalize_refuses_a_partial_shorter_than_the_length_and_publishes_nothing(
+    storage: LocalStorage,
+) -> None:
+    await storage.create(UPLOAD_ID)
+    await storage.write(UPLOAD_ID, 0, blocks([b"only five"[:5]]))
+
+    with pytest.raises(OSError):
+        await storage.finalize(UPLOAD_ID, "short.bin", 10)
+
+    assert partial(storage).read_bytes() == b"only "
+    assert root_entries(storage) == [".partial"]

@@ -93,6 +93,8 @@ class Config:
         if self.redis_url is not None and not self.redis_url.startswith(
             ("redis://", "rediss://", "unix://")
         ):
+            scheme = self.redis_url.partition("://")[0]
+            # Only the scheme: the rest of the URL may carry a password.
             raise ConfigError(
-                f"redis URL must start with redis://, rediss:// or unix://, not {self.redis_url!r}."
+                f"redis URL must start with redis://, rediss:// or unix://, not {scheme}://."
             )

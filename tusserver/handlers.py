@@ -34,7 +34,7 @@ from tusserver.protocol import (
     UPLOAD_METADATA,
     UPLOAD_OFFSET,
 )
-from tusserver.state import CommitStatus, Upload, UploadStore
+from tusserver.state import CommitStatus, StateUnavailable, Upload, UploadStore
 from tusserver.transfer import End, Transfer, receive_into_storage
 
 logger = logging.getLogger(__name__)
@@ -260,7 +260,7 @@ async def _finalize(services: Services, upload: Upload, lease: Lease) -> None:
     metadata = protocol.parse_metadata(upload.metadata, services.config.max_metadata_size)
     name = naming.final_name(services.config.final_name, upload.id, metadata)
     location = await services.storage.finalize(upload.id, name, upload.length)
-    status = await services.store.complete(upload.id, lease.token, location)
+    status = await _record_completion(services, upload, lease, location)
     if status is not CommitStatus.OK:
         logger.error(
             "upload %s: finalized as %s but could not record it (%s)",
@@ -272,6 +272,20 @@ async def _finalize(services: Services, upload: Upload, lease: Lease) -> None:
     lease.released = True
     upload.state, upload.location = "complete", location
     logger.info("upload %s finished as %s (%d bytes)", upload.id, location, upload.length)
+
+
+async def _record_completion(
+    services: Services, upload: Upload, lease: Lease, location: str
+) -> CommitStatus:
+    """Record the finished file, retrying a passing Redis fault a few times:
+    the partial is already renamed, so failing here would strand the upload."""
+    for delay in (0.2, 0.4):
+        try:
+            return await services.store.complete(upload.id, lease.token, location)
+        except StateUnavailable:
+            logger.warning("upload %s: finalized as %s; retrying to record it", upload.id, location)
+            await anyio.sleep(delay)
+    return await services.store.complete(upload.id, lease.token, location)
 
 
 async def _settle_length(services: Services, upload: Upload, length: int) -> None:
