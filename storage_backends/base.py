@@ -45,11 +45,16 @@ class Storage(Protocol):
         """
 
     async def finalize(self, upload_id: str, final_name: str, length: int) -> str:
-        """Trim the partial to ``length`` and rename it to ``final_name``.
+        """Trim the partial to ``length`` and publish it as ``final_name``.
 
         Never overwrites an existing file: if the name is taken, a free
         variant is chosen. Returns the location actually used (relative to
-        the storage root). Raises ``FileNotFoundError`` if the partial is gone.
+        the storage root). The partial stays until the caller, having
+        recorded the location, calls ``delete(upload_id)``; until then,
+        finalizing again returns the same location instead of publishing a
+        second copy, so a crash between publishing and recording is
+        repaired by finalizing again. Raises ``FileNotFoundError`` if the
+        partial is gone, ``OSError`` if it holds fewer than ``length`` bytes.
         """
 
     async def delete(self, upload_id: str, location: str | None = None) -> None:

@@ -168,24 +168,25 @@ def _name_variants(relative: PurePosixPath) -> Iterator[PurePosixPath]:
 
 
 def _publish_without_overwrite(source: Path, target: Path) -> bool:
-    """Move ``source`` to ``target`` unless ``target`` exists; False if it does.
+    """Give ``source`` the name ``target`` unless another file has it; False if one does.
 
     A hard link fails atomically with EEXIST, so a finished file can never
     replace another one, and the final name appears with its whole content.
-    Filesystems without hard links fall back to a checked rename.
+    ``source`` keeps its name (the caller removes it once the location is
+    recorded); a target that already is ``source`` was published by an
+    earlier, interrupted finalize and is reused. Filesystems without hard
+    links fall back to a checked rename.
     """
     try:
         os.link(source, target)
     except FileExistsError:
-        return False
+        return os.path.samefile(source, target)
     except OSError as exc:
         if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
             raise
         if target.exists():
             return False
         os.rename(source, target)
-        return True
-    os.unlink(source)
     return True
 
 

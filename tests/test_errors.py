@@ -183,13 +183,15 @@ def test_unsupported_method_returns_405_json_with_allow(
 # --- storage faults -----------------------------------------------------------
 
 
-def test_patch_after_the_partial_vanished_answers_503_retryable_without_internals(
+def test_patch_on_a_failing_storage_answers_503_retryable_without_internals(
     tus_server: Callable[..., RunningServer], redis_url: str
 ) -> None:
     server = tus_server()
     url = server.create(10)
     upload_id = upload_id_of(url)
+    # A directory where the partial should be: opening it for writing fails.
     (server.partials / upload_id).unlink()
+    (server.partials / upload_id).mkdir()
 
     response = server.patch(url, 0, b"hello")
 
@@ -202,11 +204,36 @@ def test_patch_after_the_partial_vanished_answers_503_retryable_without_internal
         assert state.exists(f"tus:{{{upload_id}}}:lock") == 0
     finally:
         state.close()
-    # The partial is not recreated full of holes.
-    assert not (server.partials / upload_id).exists()
+    assert (server.partials / upload_id).is_dir()
     head = server.head(url)
     assert head.status_code == 200
     assert head.headers["Upload-Offset"] == "0"
+
+
+def test_patch_after_the_partial_vanished_answers_410_and_the_upload_is_gone(
+    tus_server: Callable[..., RunningServer], redis_url: str
+) -> None:
+    # The stored bytes are lost: retrying cannot help, the client must start
+    # a new upload, which tus clients do on 410.
+    server = tus_server()
+    url = server.create(10)
+    assert server.patch(url, 0, b"hello").status_code == 204
+    upload_id = upload_id_of(url)
+    (server.partials / upload_id).unlink()
+
+    response = server.patch(url, 5, b"world")
+
+    error = assert_error_body(response, 410, server.storage, retryable=False)
+    assert error["code"] == "upload_gone"
+    # The partial is not recreated full of holes.
+    assert not (server.partials / upload_id).exists()
+    assert server.head(url).status_code == 410
+    state = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        assert not state.exists(f"tus:{{{upload_id}}}:info")
+        assert not state.exists(f"tus:{{{upload_id}}}:lock")
+    finally:
+        state.close()
 
 
 # --- Redis outages ------------------------------------------------------------

@@ -143,7 +143,7 @@ async def test_a_block_of_more_than_1024_buffers_is_written_fully(
     assert partial(storage).read_bytes() == b"\0" * 5 + expected
 
 
-async def test_finalize_trims_to_length_renames_and_removes_the_partial(
+async def test_finalize_trims_to_length_and_publishes_and_delete_then_drops_the_partial(
     storage: LocalStorage,
 ) -> None:
     await storage.create(UPLOAD_ID)
@@ -153,9 +153,28 @@ async def test_finalize_trims_to_length_renames_and_removes_the_partial(
 
     assert location == "out.bin"
     assert (storage.root / "out.bin").read_bytes() == b"012345"
-    assert not partial(storage).exists()
     assert root_entries(storage) == [".partial", "out.bin"]
     assert stat.S_IMODE((storage.root / "out.bin").stat().st_mode) == 0o644
+    await storage.delete(UPLOAD_ID)
+    assert not partial(storage).exists()
+    assert (storage.root / "out.bin").read_bytes() == b"012345"
+
+
+async def test_finalize_again_after_an_interruption_reuses_its_name_and_publishes_no_copy(
+    storage: LocalStorage,
+) -> None:
+    # A crash after publishing but before the location was recorded: the
+    # repair finalizes again and must find the file it already published.
+    (storage.root / "out.bin").write_bytes(b"someone else's")
+    await storage.create(UPLOAD_ID)
+    await storage.write(UPLOAD_ID, 0, blocks([b"0123456789"]))
+
+    first = await storage.finalize(UPLOAD_ID, "out.bin", 10)
+    again = await storage.finalize(UPLOAD_ID, "out.bin", 10)
+
+    assert first == again == "out (1).bin"
+    assert root_entries(storage) == [".partial", "out (1).bin", "out.bin"]
+    assert (storage.root / "out.bin").read_bytes() == b"someone else's"
 
 
 async def test_finalize_applies_the_configured_file_mode(tmp_path: Path) -> None:
@@ -201,7 +220,9 @@ async def test_finalize_never_overwrites_and_picks_a_numbered_variant(
     assert (storage.root / expected).read_bytes() == b"new"
     for existing in taken:
         assert (storage.root / existing).read_bytes() == b"old " + existing.encode()
+    await storage.delete(UPLOAD_ID)
     assert not partial(storage).exists()
+    assert (storage.root / expected).read_bytes() == b"new"
 
 
 @pytest.mark.parametrize(

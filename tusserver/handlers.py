@@ -233,6 +233,14 @@ async def _receive(
             )
         if transfer.stored:
             await _commit(services, upload, lease, upload.offset + transfer.stored)
+        if isinstance(transfer.failure, FileNotFoundError):
+            # The partial is gone (removed behind our back): the bytes the
+            # record counts are lost, so the upload is too. 410 makes a
+            # client start over instead of retrying forever.
+            logger.error("upload %s: partial missing; terminating the upload", upload.id)
+            await services.store.terminate(upload.id, lease.token)
+            lease.released = True
+            raise errors.GONE
         if transfer.failure is not None:
             logger.error("upload %s: storage write failed: %s", upload.id, transfer.failure)
             raise errors.STORAGE_FAILED
@@ -272,6 +280,10 @@ async def _finalize(services: Services, upload: Upload, lease: Lease) -> None:
     lease.released = True
     upload.state, upload.location = "complete", location
     logger.info("upload %s finished as %s (%d bytes)", upload.id, location, upload.length)
+    try:
+        await services.storage.delete(upload.id)  # the partial's name; the bytes stay published
+    except OSError as exc:
+        logger.warning("upload %s: could not remove the partial's name: %s", upload.id, exc)
 
 
 async def _record_completion(
