@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from storage_backends.base import Storage
 from storage_backends.local import LocalStorage
-from tusserver import errors, protocol
+from tusserver import errors, headers, protocol
 from tusserver.config import Config, ConfigError
 from tusserver.embedded_redis import EmbeddedRedis
 from tusserver.handlers import (
@@ -55,7 +55,7 @@ def create_app(config: Config) -> Starlette:
         async def endpoint(request: Request) -> Response:
             handler = table.get(request.method)
             if handler is None:
-                return render(errors.METHOD_NOT_ALLOWED.with_headers({"Allow": allowed}))
+                return render(errors.METHOD_NOT_ALLOWED.with_headers({headers.ALLOW: allowed}))
             try:
                 result = handler(request, services_box[0])
                 return result if isinstance(result, Response) else await result
@@ -141,18 +141,21 @@ def open_storage(config: Config) -> Storage:
 
 def render(error: errors.TusError) -> Response:
     """The one place a TusError becomes an HTTP response."""
-    headers = tus_headers()
-    headers.update(error.headers)
-    headers[protocol.CACHE_CONTROL] = "no-store"
+    response_headers = tus_headers()
+    response_headers.update(error.headers)
+    response_headers[headers.CACHE_CONTROL] = "no-store"
     if error.status == 412:
-        headers[protocol.TUS_VERSION_HEADER] = ",".join(protocol.SUPPORTED_VERSIONS)
-    return JSONResponse(error.body(), status_code=error.status, headers=headers)
+        response_headers[headers.TUS_VERSION] = ",".join(protocol.SUPPORTED_VERSIONS)
+    return JSONResponse(error.body(), status_code=error.status, headers=response_headers)
 
 
 def _transient(request: Request, error: errors.TusError) -> errors.TusError:
     """On HEAD, passing trouble is 423: tus-js-client restarts an upload from
     byte 0 after any other non-2xx HEAD answer (CLIENTS.md)."""
     return errors.TEMPORARILY_UNAVAILABLE if request.method == "HEAD" else error
+
+
+_METHOD_OVERRIDE = headers.METHOD_OVERRIDE.lower().encode("latin-1")  # ASGI names are lower-case
 
 
 class MethodOverride:
@@ -165,7 +168,7 @@ class MethodOverride:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             for name, value in scope["headers"]:
-                if name == b"x-http-method-override":
+                if name == _METHOD_OVERRIDE:
                     scope = dict(scope, method=value.decode("latin-1").strip().upper())
                     break
         await self.app(scope, receive, send)

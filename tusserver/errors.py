@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from tusserver.headers import UPLOAD_OFFSET
+
 
 class TusError(Exception):
     def __init__(
@@ -208,5 +210,5 @@ def mismatched_offset(current: int) -> TusError:
         "Upload-Offset does not match the server's offset.",
         "Send HEAD and resume from the Upload-Offset it returns.",
         retryable=True,
-        headers={"Upload-Offset": str(current)},
+        headers={UPLOAD_OFFSET: str(current)},
     )

@@ -20,20 +20,23 @@ from starlette.responses import Response
 from storage_backends.base import Storage
 from tusserver import errors, naming, protocol
 from tusserver.config import Config
-from tusserver.locking import Lease, Locker
-from tusserver.protocol import (
+from tusserver.headers import (
     CACHE_CONTROL,
+    CONTENT_LENGTH,
+    CONTENT_TYPE,
     LOCATION,
+    TRANSFER_ENCODING,
     TUS_EXTENSION,
     TUS_MAX_SIZE,
     TUS_RESUMABLE,
-    TUS_VERSION,
-    TUS_VERSION_HEADER,
     UPLOAD_DEFER_LENGTH,
     UPLOAD_LENGTH,
     UPLOAD_METADATA,
     UPLOAD_OFFSET,
 )
+from tusserver.headers import TUS_VERSION as TUS_VERSION_HEADER
+from tusserver.locking import Lease, Locker
+from tusserver.protocol import TUS_VERSION
 from tusserver.state import CommitStatus, StateUnavailable, Upload, UploadStore
 from tusserver.transfer import End, Transfer, receive_into_storage
 
@@ -83,7 +86,7 @@ async def create_upload(request: Request, services: Services) -> Response:
     protocol.parse_metadata(raw_metadata, config.max_metadata_size)
     content_length = _content_length(headers)
     has_body = _has_body(headers, content_length)
-    with_data = protocol.parse_content_type(headers.get("content-type")) == (
+    with_data = protocol.parse_content_type(headers.get(CONTENT_TYPE)) == (
         protocol.OFFSET_OCTET_STREAM
     )
     if has_body and not with_data:
@@ -148,7 +151,7 @@ async def patch_upload(request: Request, services: Services) -> Response:
     upload_id = _upload_id(request)
     headers = request.headers
     protocol.check_tus_resumable(headers.get(TUS_RESUMABLE))
-    content_type = protocol.parse_content_type(headers.get("content-type"))
+    content_type = protocol.parse_content_type(headers.get(CONTENT_TYPE))
     if content_type != protocol.OFFSET_OCTET_STREAM:
         raise errors.UNSUPPORTED_CONTENT_TYPE
     offset_header = headers.get(UPLOAD_OFFSET)
@@ -349,16 +352,16 @@ def _declared_length(headers: Headers) -> int | None:
 
 
 def _content_length(headers: Headers) -> int | None:
-    value = headers.get("content-length")
+    value = headers.get(CONTENT_LENGTH)
     if value is None:
         return None
-    return protocol.parse_non_negative(value, "Content-Length")
+    return protocol.parse_non_negative(value, CONTENT_LENGTH)
 
 
 def _has_body(headers: Headers, content_length: int | None) -> bool:
     if content_length is not None:
         return content_length > 0
-    return "chunked" in headers.get("transfer-encoding", "").lower()
+    return "chunked" in headers.get(TRANSFER_ENCODING, "").lower()
 
 
 def _upload_id(request: Request) -> str:

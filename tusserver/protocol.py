@@ -13,24 +13,12 @@ import re
 import secrets
 
 from tusserver import errors
+from tusserver.headers import UPLOAD_DEFER_LENGTH
 
 TUS_VERSION = "1.0.0"
 SUPPORTED_VERSIONS = (TUS_VERSION,)
 OFFSET_OCTET_STREAM = "application/offset+octet-stream"
 
-# Request and response headers (tus spec "Headers" section).
-TUS_RESUMABLE = "Tus-Resumable"
-TUS_VERSION_HEADER = "Tus-Version"
-TUS_EXTENSION = "Tus-Extension"
-TUS_MAX_SIZE = "Tus-Max-Size"
-UPLOAD_OFFSET = "Upload-Offset"
-UPLOAD_LENGTH = "Upload-Length"
-UPLOAD_DEFER_LENGTH = "Upload-Defer-Length"
-UPLOAD_METADATA = "Upload-Metadata"
-METHOD_OVERRIDE = "X-HTTP-Method-Override"
-LOCATION = "Location"
-CACHE_CONTROL = "Cache-Control"
-CONTENT_TYPE = "Content-Type"
 
 EXTENSIONS = (
     "creation",
