@@ -100,8 +100,9 @@ async def create_upload(request: Request, services: Services) -> Response:
         created=time.time(),
     )
     # Only a creation that writes or finishes needs the lock; taking it costs
-    # nothing extra here (one pipeline with the record).
-    needs_lock = has_body or length == 0
+    # nothing extra here (one pipeline with the record). Data with neither
+    # Content-Length nor chunked framing is possible over HTTP/2: read it.
+    needs_lock = has_body or length == 0 or (with_data and content_length is None)
     lock_token = services.locker.new_token() if needs_lock else None
     await services.storage.create(upload.id)
     await services.store.create(upload, lock_token=lock_token, lock_ttl_ms=services.locker.ttl_ms)
