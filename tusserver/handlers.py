@@ -219,24 +219,22 @@ async def _receive(
                 block_size=config.block_size,
                 idle_timeout=config.idle_timeout,
             )
-        except anyio.get_cancelled_exc_class():
-            # The server is shutting down past its grace period: the bytes
-            # already stored still count, so the client resumes after them.
+        finally:
+            # Shielded, so that it also runs when the server cancels this
+            # request at shutdown: the bytes stored count either way, and the
+            # client resumes after them. A body too large counts for nothing.
             with anyio.CancelScope(shield=True):
-                if transfer.stored:
+                if transfer.stored and transfer.end is not End.TOO_LARGE:
                     await _commit(services, upload, lease, upload.offset + transfer.stored)
-            raise
         if transfer.end is End.TOO_LARGE:
             raise _too_large(upload, config)
         if transfer.end is not End.COMPLETE:
             logger.info(
-                "upload %s: body ended early (%s); keeping %d bytes",
+                "upload %s: body ended early (%s); kept %d bytes",
                 upload.id,
                 transfer.end.value,
                 transfer.stored,
             )
-        if transfer.stored:
-            await _commit(services, upload, lease, upload.offset + transfer.stored)
         if isinstance(transfer.failure, FileNotFoundError):
             # The partial is gone (removed behind our back): the bytes the
             # record counts are lost, so the upload is too. 410 makes a
