@@ -39,7 +39,7 @@ class RunningServer:
 
     def create(self, length: int | None, **headers: str) -> str:
         """POST a new upload; returns its absolute URL."""
-        sent = {**TUS, **headers}
+        sent = {**TUS, **{k.replace("_", "-"): v for k, v in headers.items()}}
         if length is None:
             sent["Upload-Defer-Length"] = "1"
         else:
