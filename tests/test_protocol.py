@@ -285,3 +285,37 @@ def test_final_name_renders_template_from_sanitized_metadata(
     template: str, metadata: dict[str, bytes], expected: str
 ) -> None:
     assert naming.final_name(template, UPLOAD_ID, metadata) == expected
+
+
+# --- Upload-Checksum ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "algorithm", "digest"),
+    [
+        pytest.param("sha1 " + b64(bytes(20)), "sha1", bytes(20), id="sha1 (spec's required one)"),
+        pytest.param("SHA256 " + b64(bytes(32)), "sha256", bytes(32), id="algorithm in capitals"),
+        pytest.param("md5  " + b64(bytes(16)) + " ", "md5", bytes(16), id="extra spaces"),
+        pytest.param("crc32 " + b64(b"\x01\x02\x03\x04"), "crc32", b"\x01\x02\x03\x04", id="crc32"),
+        pytest.param("sha512 " + b64(bytes(64)), "sha512", bytes(64), id="sha512"),
+    ],
+)
+def test_upload_checksum_is_parsed(header: str, algorithm: str, digest: bytes) -> None:
+    assert protocol.parse_checksum(header) == protocol.Checksum(algorithm, digest)
+
+
+@pytest.mark.parametrize(
+    ("header", "code"),
+    [
+        pytest.param("sha3 " + b64(bytes(32)), "unsupported_checksum_algorithm", id="unknown"),
+        pytest.param("", "unsupported_checksum_algorithm", id="empty"),
+        pytest.param("sha1", "invalid_header", id="no digest"),
+        pytest.param("sha1 " + b64(bytes(19)), "invalid_header", id="digest one byte short"),
+        pytest.param("sha1 " + b64(bytes(20))[:-1], "invalid_header", id="broken base64"),
+        pytest.param("sha1 " + bytes(20).hex(), "invalid_header", id="hex instead of base64"),
+    ],
+)
+def test_bad_upload_checksum_is_a_400(header: str, code: str) -> None:
+    with pytest.raises(TusError) as raised:
+        protocol.parse_checksum(header)
+    assert (raised.value.status, raised.value.code) == (400, code)

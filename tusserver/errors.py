@@ -176,6 +176,22 @@ METHOD_NOT_ALLOWED = TusError(
 )
 
 
+CHECKSUM_MISMATCH = TusError(
+    460,
+    "checksum_mismatch",
+    "The body does not match its Upload-Checksum.",
+    "Resend this chunk from the same Upload-Offset; its bytes were discarded.",
+    retryable=True,
+)
+CHECKSUM_INCOMPLETE = TusError(
+    460,
+    "checksum_body_incomplete",
+    "The body ended before the whole chunk arrived, so its Upload-Checksum cannot be verified.",
+    "Resend this chunk from the same Upload-Offset; its bytes were discarded.",
+    retryable=True,
+)
+
+
 def invalid_header(header: str, expected: str) -> TusError:
     return TusError(
         400,
@@ -211,4 +227,23 @@ def mismatched_offset(current: int) -> TusError:
         "Send HEAD and resume from the Upload-Offset it returns.",
         retryable=True,
         headers={UPLOAD_OFFSET: str(current)},
+    )
+
+
+def unsupported_checksum_algorithm(algorithm: str, supported: str) -> TusError:
+    return TusError(
+        400,
+        "unsupported_checksum_algorithm",
+        f"The checksum algorithm {algorithm[:20]!r} is not supported.",
+        f"Use one of {supported} (OPTIONS lists them in Tus-Checksum-Algorithm).",
+    )
+
+
+def upload_checksum_failed(reason: str) -> TusError:
+    """The whole file does not match the digest declared at creation."""
+    return TusError(
+        460,
+        "upload_checksum_mismatch",
+        f"The uploaded file does not match the checksum declared when it was created: {reason}.",
+        "The upload was not finalized. Create a new upload and send the file again.",
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 from starlette.datastructures import Headers
@@ -18,17 +18,20 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from storage_backends.base import Storage
-from tusserver import errors, naming, protocol
+from tusserver import errors, integrity, naming, protocol
 from tusserver.config import Config
+from tusserver.digests import FILE_DIGEST, Digests, Hasher, RunningDigests
 from tusserver.headers import (
     CACHE_CONTROL,
     CONTENT_LENGTH,
     CONTENT_TYPE,
     LOCATION,
     TRANSFER_ENCODING,
+    TUS_CHECKSUM_ALGORITHM,
     TUS_EXTENSION,
     TUS_MAX_SIZE,
     TUS_RESUMABLE,
+    UPLOAD_CHECKSUM,
     UPLOAD_DEFER_LENGTH,
     UPLOAD_LENGTH,
     UPLOAD_METADATA,
@@ -37,7 +40,7 @@ from tusserver.headers import (
 from tusserver.headers import TUS_VERSION as TUS_VERSION_HEADER
 from tusserver.locking import Lease, Locker
 from tusserver.protocol import TUS_VERSION
-from tusserver.state import CommitStatus, StateUnavailable, Upload, UploadStore
+from tusserver.state import COMPLETE, FAILED, CommitStatus, StateUnavailable, Upload, UploadStore
 from tusserver.transfer import End, Transfer, receive_into_storage
 
 logger = logging.getLogger(__name__)
@@ -49,6 +52,8 @@ class Services:
     store: UploadStore
     locker: Locker
     storage: Storage
+    # File digests in progress in this process (see digests.RunningDigests).
+    running: RunningDigests = field(default_factory=RunningDigests)
 
 
 def tus_headers(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -68,6 +73,7 @@ def options(request: Request, services: Services) -> Response:
         TUS_RESUMABLE: TUS_VERSION,
         TUS_VERSION_HEADER: ",".join(protocol.SUPPORTED_VERSIONS),
         TUS_EXTENSION: ",".join(protocol.EXTENSIONS),
+        TUS_CHECKSUM_ALGORITHM: ",".join(protocol.CHECKSUM_ALGORITHMS),
     }
     if services.config.max_size is not None:
         headers[TUS_MAX_SIZE] = str(services.config.max_size)
@@ -83,7 +89,8 @@ async def create_upload(request: Request, services: Services) -> Response:
     if length is not None and config.max_size is not None and length > config.max_size:
         raise errors.SIZE_EXCEEDED.with_headers({TUS_MAX_SIZE: str(config.max_size)})
     raw_metadata = headers.get(UPLOAD_METADATA, "").strip()
-    protocol.parse_metadata(raw_metadata, config.max_metadata_size)
+    integrity.declared_checksum(protocol.parse_metadata(raw_metadata, config.max_metadata_size))
+    checksum = _chunk_checksum(headers)
     content_length = _content_length(headers)
     has_body = _has_body(headers, content_length)
     with_data = protocol.parse_content_type(headers.get(CONTENT_TYPE)) == (
@@ -110,9 +117,9 @@ async def create_upload(request: Request, services: Services) -> Response:
     logger.info("upload %s created (length %s)", upload.id, _describe_length(upload))
     if lease is not None:
         try:
-            await _receive(request, services, upload, lease, content_length)
+            await _receive(request, services, upload, lease, content_length, checksum)
         except errors.TusError as error:
-            if error.status == 413:
+            if error.status in (413, 460):
                 # The client never learns this upload's URL: do not leave it behind.
                 await services.storage.delete(upload.id)
                 await services.store.terminate(upload.id, lease.token)
@@ -132,11 +139,14 @@ async def head_upload(request: Request, services: Services) -> Response:
     upload_id = _upload_id(request)
     protocol.check_tus_resumable(request.headers.get(TUS_RESUMABLE))
     upload = await services.locker.read_unlocked(upload_id)
-    if upload.is_fully_received and not upload.is_complete:
+    if _needs_finalize(upload):
         # A finalize was interrupted (crash): finish it before saying "done".
         async with services.locker.hold(upload_id) as (upload, lease):
-            if upload.is_fully_received and not upload.is_complete:
+            if _needs_finalize(upload):
                 await _finalize(services, upload, lease)
+    if upload.is_failed:
+        # Not "offset == length": the client must not believe it is done.
+        raise errors.upload_checksum_failed(upload.failure or "unknown")
     headers = tus_headers({UPLOAD_OFFSET: str(upload.offset), CACHE_CONTROL: "no-store"})
     if upload.length is None:
         headers[UPLOAD_DEFER_LENGTH] = "1"
@@ -164,8 +174,11 @@ async def patch_upload(request: Request, services: Services) -> Response:
         None if length_header is None else protocol.parse_non_negative(length_header, UPLOAD_LENGTH)
     )
     content_length = _content_length(headers)
+    checksum = _chunk_checksum(headers)
 
     async with services.locker.hold(upload_id) as (upload, lease):
+        if upload.is_failed:
+            raise errors.upload_checksum_failed(upload.failure or "unknown")
         if upload.is_complete:
             # Idempotent completion: a client retrying its last PATCH after
             # a lost 204 learns it is done instead of getting an error.
@@ -174,7 +187,7 @@ async def patch_upload(request: Request, services: Services) -> Response:
             raise errors.mismatched_offset(upload.offset)
         if length is not None:
             await _settle_length(services, upload, length)
-        await _receive(request, services, upload, lease, content_length)
+        await _receive(request, services, upload, lease, content_length, checksum)
     return _patched(upload)
 
 
@@ -187,6 +200,7 @@ async def delete_upload(request: Request, services: Services) -> Response:
         if await services.store.terminate(upload_id, lease.token) is not CommitStatus.OK:
             raise errors.LOCKED
         lease.released = True
+    services.running.forget(upload_id)
     logger.info("upload %s terminated", upload_id)
     return Response(status_code=204, headers=tus_headers())
 
@@ -197,16 +211,21 @@ async def _receive(
     upload: Upload,
     lease: Lease,
     content_length: int | None,
+    checksum: protocol.Checksum | None,
 ) -> None:
     """Store the request body at the upload's offset, commit, finalize if done.
 
-    Updates ``upload`` in place. The caller holds ``lease``.
+    Updates ``upload`` in place. The caller holds ``lease``. With a
+    ``checksum`` (Upload-Checksum), the chunk counts only if it arrived whole
+    and matches; otherwise its bytes stay past the offset, where the next
+    write overwrites them.
     """
     config = services.config
     limit = _remaining(upload, config.max_size)
     if content_length is not None and limit is not None and content_length > limit:
         raise _too_large(upload, config)
     if content_length != 0 and not upload.is_fully_received:
+        digests = Digests(_running_file_digests(services, upload), checksum)
         transfer = Transfer()
         try:
             await receive_into_storage(
@@ -218,14 +237,16 @@ async def _receive(
                 limit=limit,
                 block_size=config.block_size,
                 idle_timeout=config.idle_timeout,
+                digests=digests,
             )
         finally:
             # Shielded, so that it also runs when the server cancels this
             # request at shutdown: the bytes stored count either way, and the
             # client resumes after them. A body too large counts for nothing.
             with anyio.CancelScope(shield=True):
-                if transfer.stored and transfer.end is not End.TOO_LARGE:
+                if _countable(transfer, digests):
                     await _commit(services, upload, lease, upload.offset + transfer.stored)
+                    _keep_file_digests(services, upload, transfer, digests)
         if transfer.end is End.TOO_LARGE:
             raise _too_large(upload, config)
         if transfer.end is not End.COMPLETE:
@@ -233,7 +254,7 @@ async def _receive(
                 "upload %s: body ended early (%s); kept %d bytes",
                 upload.id,
                 transfer.end.value,
-                transfer.stored,
+                transfer.stored if checksum is None else 0,
             )
         if isinstance(transfer.failure, FileNotFoundError):
             # The partial is gone (removed behind our back): the bytes the
@@ -246,8 +267,44 @@ async def _receive(
         if transfer.failure is not None:
             logger.error("upload %s: storage write failed: %s", upload.id, transfer.failure)
             raise errors.STORAGE_FAILED
+        if checksum is not None and not transfer.whole_body:
+            raise errors.CHECKSUM_INCOMPLETE
+        if checksum is not None and not digests.chunk_matches():
+            logger.info("upload %s: Upload-Checksum mismatch; chunk discarded", upload.id)
+            raise errors.CHECKSUM_MISMATCH
     if upload.is_fully_received:
         await _finalize(services, upload, lease)
+
+
+def _countable(transfer: Transfer, digests: Digests) -> bool:
+    """Whether the bytes this request stored move the offset."""
+    if not transfer.stored or transfer.end is End.TOO_LARGE:
+        return False
+    if digests.chunk is None:
+        return True  # tus: keep as much as possible of an interrupted body
+    # A checksummed chunk counts only whole, fully stored and matching.
+    return (
+        transfer.whole_body
+        and transfer.failure is None
+        and transfer.stored == transfer.received == digests.fed
+        and digests.chunk_matches()
+    )
+
+
+def _running_file_digests(services: Services, upload: Upload) -> dict[str, Hasher] | None:
+    metadata = protocol.parse_metadata(upload.metadata, services.config.max_metadata_size)
+    algorithms = integrity.file_algorithms(integrity.declared_checksum(metadata))
+    return services.running.resume(upload.id, upload.offset, algorithms)
+
+
+def _keep_file_digests(
+    services: Services, upload: Upload, transfer: Transfer, digests: Digests
+) -> None:
+    """After a commit: remember the file digest at the new offset if it is exact."""
+    if digests.file is not None and digests.fed == transfer.stored:
+        services.running.keep(upload.id, upload.offset, digests.file)
+    else:
+        services.running.forget(upload.id)
 
 
 async def _commit(services: Services, upload: Upload, lease: Lease, new_offset: int) -> None:
@@ -266,11 +323,27 @@ async def _commit(services: Services, upload: Upload, lease: Lease, new_offset: 
 
 
 async def _finalize(services: Services, upload: Upload, lease: Lease) -> None:
+    """Verify the whole file, publish it under its final name, record it."""
     assert upload.length is not None
     metadata = protocol.parse_metadata(upload.metadata, services.config.max_metadata_size)
+    declared = integrity.declared_checksum(metadata)
+    digests = await integrity.file_digests(
+        services.storage, services.running, upload, integrity.file_algorithms(declared)
+    )
+    services.running.forget(upload.id)
+    failure = integrity.mismatch(declared, digests)
+    if failure is not None:
+        # Nothing is published; the partial stays for inspection until the
+        # upload expires or is deleted, and the record says why.
+        logger.warning("upload %s: not finalized: %s", upload.id, failure)
+        if await services.store.fail(upload.id, lease.token, failure) is CommitStatus.OK:
+            lease.released = True
+        upload.state, upload.failure = FAILED, failure
+        raise errors.upload_checksum_failed(failure)
     name = naming.final_name(services.config.final_name, upload.id, metadata)
     location = await services.storage.finalize(upload.id, name, upload.length)
-    status = await _record_completion(services, upload, lease, location)
+    sha256 = digests[FILE_DIGEST].hex()
+    status = await _record_completion(services, upload, lease, location, sha256)
     if status is not CommitStatus.OK:
         logger.error(
             "upload %s: finalized as %s but could not record it (%s)",
@@ -280,8 +353,10 @@ async def _finalize(services: Services, upload: Upload, lease: Lease) -> None:
         )
         raise errors.INTERNAL
     lease.released = True
-    upload.state, upload.location = "complete", location
-    logger.info("upload %s finished as %s (%d bytes)", upload.id, location, upload.length)
+    upload.state, upload.location, upload.sha256 = COMPLETE, location, sha256
+    logger.info(
+        "upload %s finished as %s (%d bytes, sha256 %s)", upload.id, location, upload.length, sha256
+    )
     try:
         await services.storage.delete(upload.id)  # the partial's name; the bytes stay published
     except OSError as exc:
@@ -289,17 +364,17 @@ async def _finalize(services: Services, upload: Upload, lease: Lease) -> None:
 
 
 async def _record_completion(
-    services: Services, upload: Upload, lease: Lease, location: str
+    services: Services, upload: Upload, lease: Lease, location: str, sha256: str
 ) -> CommitStatus:
     """Record the finished file, retrying a passing Redis fault a few times:
     the partial is already renamed, so failing here would strand the upload."""
     for delay in (0.2, 0.4):
         try:
-            return await services.store.complete(upload.id, lease.token, location)
+            return await services.store.complete(upload.id, lease.token, location, sha256)
         except StateUnavailable:
             logger.warning("upload %s: finalized as %s; retrying to record it", upload.id, location)
             await anyio.sleep(delay)
-    return await services.store.complete(upload.id, lease.token, location)
+    return await services.store.complete(upload.id, lease.token, location, sha256)
 
 
 async def _settle_length(services: Services, upload: Upload, length: int) -> None:
@@ -361,6 +436,16 @@ def _has_body(headers: Headers, content_length: int | None) -> bool:
     if content_length is not None:
         return content_length > 0
     return "chunked" in headers.get(TRANSFER_ENCODING, "").lower()
+
+
+def _needs_finalize(upload: Upload) -> bool:
+    return upload.is_fully_received and not upload.is_complete and not upload.is_failed
+
+
+def _chunk_checksum(headers: Headers) -> protocol.Checksum | None:
+    """Upload-Checksum, parsed before any byte of the body is read (400 if bad)."""
+    value = headers.get(UPLOAD_CHECKSUM)
+    return None if value is None else protocol.parse_checksum(value)
 
 
 def _upload_id(request: Request) -> str:

@@ -11,9 +11,10 @@ import base64
 import binascii
 import re
 import secrets
+from dataclasses import dataclass
 
 from tusserver import errors
-from tusserver.headers import UPLOAD_DEFER_LENGTH
+from tusserver.headers import UPLOAD_CHECKSUM, UPLOAD_DEFER_LENGTH
 
 TUS_VERSION = "1.0.0"
 SUPPORTED_VERSIONS = (TUS_VERSION,)
@@ -25,7 +26,15 @@ EXTENSIONS = (
     "creation-with-upload",
     "creation-defer-length",
     "termination",
+    "checksum",
 )
+
+# checksum extension: sha1 is the one the spec requires; the others are what
+# tusd and the clients offer. Digest sizes in bytes, to refuse a malformed
+# value before any body is read.
+CHECKSUM_ALGORITHMS = {"sha1": 20, "md5": 16, "sha256": 32, "sha512": 64, "crc32": 4}
+# The metadata key in which a client may declare the digest of the whole file.
+CHECKSUM_METADATA_KEY = "checksum"
 
 # Offsets and lengths are stored as decimal strings in Redis and as int64 by
 # other tus servers; anything larger is malformed, not merely too large.
@@ -110,3 +119,34 @@ def parse_content_type(value: str | None) -> str | None:
     if value is None:
         return None
     return value.split(";", 1)[0].strip().lower()
+
+
+@dataclass(frozen=True)
+class Checksum:
+    """An expected digest: ``Upload-Checksum: <algorithm> <base64 digest>``."""
+
+    algorithm: str
+    digest: bytes
+
+
+def parse_checksum(value: str, source: str = UPLOAD_CHECKSUM) -> Checksum:
+    """Parse an Upload-Checksum value (or the ``checksum`` metadata value).
+
+    400 for an unsupported algorithm (spec: checksum extension) or for a
+    digest that is not base64 of the algorithm's size; both are caught
+    before any byte of the body is read.
+    """
+    algorithm, _, encoded = value.strip().partition(" ")
+    algorithm = algorithm.lower()
+    size = CHECKSUM_ALGORITHMS.get(algorithm)
+    if size is None:
+        raise errors.unsupported_checksum_algorithm(algorithm, ", ".join(CHECKSUM_ALGORITHMS))
+    try:
+        digest = base64.b64decode(encoded.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        digest = b""
+    if len(digest) != size:
+        raise errors.invalid_header(
+            source, f"'<algorithm> <base64 digest>' with a {size}-byte {algorithm} digest"
+        )
+    return Checksum(algorithm, digest)

@@ -4,7 +4,8 @@ Keys of one upload share a hash tag, so they live on one Redis Cluster slot
 and one Lua script may touch them all::
 
     tus:{<id>}:info   hash: length ("" while deferred), offset, metadata,
-                      created, state (partial | complete), location
+                      created, state (partial | complete | failed), location,
+                      sha256 (hex, once complete), failure (why it failed)
     tus:{<id>}:lock   the token of the request allowed to write (see locking)
     tus:{<id>}:gone   tombstone of a terminated upload: 410 instead of 404
 
@@ -35,6 +36,9 @@ from redis.typing import EncodableT, FieldT
 
 PARTIAL = "partial"
 COMPLETE = "complete"
+# Every byte arrived but the file does not match the digest its client
+# declared: never published, kept for inspection until it expires or is deleted.
+FAILED = "failed"
 # How long a terminated upload answers 410 before it is forgotten (then 404).
 GONE_TTL_SECONDS = 24 * 3600
 
@@ -66,10 +70,16 @@ class Upload:
     created: float = 0.0
     state: str = PARTIAL
     location: str | None = None  # where the finished file is, relative to storage
+    sha256: str | None = None  # hex digest of the finished file's bytes
+    failure: str | None = None  # why a FAILED upload was not finalized
 
     @property
     def is_complete(self) -> bool:
         return self.state == COMPLETE
+
+    @property
+    def is_failed(self) -> bool:
+        return self.state == FAILED
 
     @property
     def is_fully_received(self) -> bool:
@@ -132,13 +142,15 @@ if holder and ARGV[4] == '1' then redis.call('DEL', KEYS[2]) end
 return 'ok'
 """
 
-# KEYS: info, lock. ARGV: token, location. Marks the upload finished and
-# releases the lock in the same step.
+# KEYS: info, lock. ARGV: token, state, field, value. Marks the upload
+# finished (complete + location, or failed + failure) and releases the lock
+# in the same step; the sha256 field rides along (ARGV 5, 6) when given.
 _COMPLETE = """
 local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[1] then return 'lost' end
 if redis.call('EXISTS', KEYS[1]) == 0 then return 'missing' end
-redis.call('HSET', KEYS[1], 'state', 'complete', 'location', ARGV[2])
+redis.call('HSET', KEYS[1], 'state', ARGV[2], ARGV[3], ARGV[4])
+if ARGV[5] then redis.call('HSET', KEYS[1], ARGV[5], ARGV[6]) end
 if holder then redis.call('DEL', KEYS[2]) end
 return 'ok'
 """
@@ -233,9 +245,22 @@ class UploadStore:
         await self._redis.hset(info_key(upload_id), "length", str(length))
 
     @_translating
-    async def complete(self, upload_id: str, token: str, location: str) -> CommitStatus:
+    async def complete(
+        self, upload_id: str, token: str, location: str, sha256: str
+    ) -> CommitStatus:
+        """Record the finished file and its SHA-256; releases the lock."""
         result = await self._complete(
-            keys=[info_key(upload_id), lock_key(upload_id)], args=[token, location]
+            keys=[info_key(upload_id), lock_key(upload_id)],
+            args=[token, COMPLETE, "location", location, "sha256", sha256],
+        )
+        return CommitStatus(result)
+
+    @_translating
+    async def fail(self, upload_id: str, token: str, failure: str) -> CommitStatus:
+        """Record that the upload will never be finalized, and why; releases the lock."""
+        result = await self._complete(
+            keys=[info_key(upload_id), lock_key(upload_id)],
+            args=[token, FAILED, "failure", failure],
         )
         return CommitStatus(result)
 
@@ -271,4 +296,6 @@ def _to_upload(upload_id: str, fields: dict[str, str]) -> Upload:
         created=float(fields.get("created", "0")),
         state=fields.get("state", PARTIAL),
         location=fields.get("location") or None,
+        sha256=fields.get("sha256") or None,
+        failure=fields.get("failure") or None,
     )

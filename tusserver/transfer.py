@@ -9,6 +9,8 @@ Three tasks cooperate for one PATCH (or POST with data):
   while the next one is received: at most three blocks are in memory per
   request (one gathering, one queued, one being written), whatever the
   upload size;
+- the *hasher* (when digests are wanted) hashes each block in another worker
+  thread while the writer writes it, so hashing adds no latency per block;
 - the *watchdog* ends the reading when no byte arrived for ``idle_timeout``,
   when another request asked for the lock (see ``locking``) or when the
   lock was lost, and keeps the lock alive while the request is not idle.
@@ -26,10 +28,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import anyio
-from anyio.abc import ObjectReceiveStream
+from anyio.abc import ObjectReceiveStream, TaskGroup
 from starlette.types import Receive
 
 from storage_backends.base import Block, Storage
+from tusserver.digests import Digests
 from tusserver.locking import Lease
 
 
@@ -47,6 +50,8 @@ class Transfer:
     received: int = 0  # bytes taken from the body (up to the limit)
     stored: int = 0  # bytes the storage confirmed written
     end: End = End.COMPLETE
+    # The receiver saw the end of the body (not merely stopped reading it).
+    whole_body: bool = False
     # The storage failed; ``stored`` counts what it had confirmed before.
     failure: OSError | None = None
 
@@ -61,6 +66,7 @@ async def receive_into_storage(
     limit: int | None,
     block_size: int,
     idle_timeout: float,
+    digests: Digests | None = None,
 ) -> None:
     """Stream the body to ``storage`` at ``offset``, recording in ``transfer`` how it went.
 
@@ -69,6 +75,10 @@ async def receive_into_storage(
     before it, so the caller can commit those and then answer the error.
     If this task is cancelled (server shutdown), ``transfer.stored`` is
     still accurate when the cancellation reaches the caller.
+
+    ``digests``, if given, has consumed exactly the stored bytes when this
+    returns normally (``digests.fed == transfer.stored``); a caller must not
+    trust it otherwise.
     """
     send_blocks, receive_blocks = anyio.create_memory_object_stream[Block](1)
     reading = anyio.CancelScope()
@@ -96,6 +106,7 @@ async def receive_into_storage(
                             await hand_over(pieces)
                             pieces, size = [], 0
                     if not message.get("more_body", False):
+                        transfer.whole_body = True
                         break
             # Reached at the end of the body, on a disconnect and when the
             # watchdog cancelled the reading: the bytes gathered are kept.
@@ -141,7 +152,7 @@ async def receive_into_storage(
         tasks.start_soon(watchdog)
         try:
             transfer.stored = await storage.write(
-                lease.upload_id, offset, _counted(receive_blocks, transfer)
+                lease.upload_id, offset, _counted(receive_blocks, transfer, digests, tasks)
             )
         except OSError as exc:
             transfer.failure = exc
@@ -154,14 +165,34 @@ async def receive_into_storage(
         transfer.stored = 0
 
 
-async def _counted(blocks: ObjectReceiveStream[Block], transfer: Transfer) -> AsyncIterator[Block]:
+async def _counted(
+    blocks: ObjectReceiveStream[Block],
+    transfer: Transfer,
+    digests: Digests | None,
+    tasks: TaskGroup,
+) -> AsyncIterator[Block]:
     """Hand blocks to storage, counting a block as stored once the next is asked for.
 
     That is the Storage.write contract: it asks for the next block only
-    after the previous one is fully written.
+    after the previous one is fully written. Each block is hashed while it is
+    written; the next block is taken only once both are done, so the digests
+    never run ahead of the stored bytes by more than the block in flight.
     """
     async with blocks:
         async for block in blocks:
+            hashed = None
+            if digests is not None and digests.active:
+                hashed = anyio.Event()
+                tasks.start_soon(_hash, digests, block, hashed)
             yield block
             # Resumed: the writer asks for the next block, so this one is written.
+            if hashed is not None:
+                await hashed.wait()
             transfer.stored += sum(len(piece) for piece in block)
+
+
+async def _hash(digests: Digests, block: Block, done: anyio.Event) -> None:
+    # Shielded: a half-hashed block would leave the digests matching nothing.
+    with anyio.CancelScope(shield=True):
+        await digests.feed(block)
+    done.set()
