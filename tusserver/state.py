@@ -4,7 +4,9 @@ Keys of one upload share a hash tag, so they live on one Redis Cluster slot
 and one Lua script may touch them all::
 
     tus:{<id>}:info   hash: length ("" while deferred), offset, metadata,
-                      created, state (partial | complete), location
+                      created, state (partial | complete), location,
+                      concat (partial | final; absent for a plain upload),
+                      parts (a final upload's part URLs, space-separated)
     tus:{<id>}:lock   the token of the request allowed to write (see locking)
     tus:{<id>}:gone   tombstone of a terminated upload: 410 instead of 404
 
@@ -23,7 +25,7 @@ Every Redis failure leaves this module as ``StateUnavailable``.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from functools import wraps
@@ -66,6 +68,8 @@ class Upload:
     created: float = 0.0
     state: str = PARTIAL
     location: str | None = None  # where the finished file is, relative to storage
+    concat: str = ""  # "partial" or "final" (concatenation), "" for a plain upload
+    parts: tuple[str, ...] = ()  # a final upload's part URLs, as the client sent them
 
     @property
     def is_complete(self) -> bool:
@@ -201,6 +205,10 @@ class UploadStore:
             "created": repr(upload.created or time.time()),
             "state": upload.state,
         }
+        if upload.concat:
+            fields["concat"] = upload.concat
+        if upload.parts:
+            fields["parts"] = " ".join(upload.parts)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(info_key(upload.id), mapping=fields)
             if lock_token is not None:
@@ -252,6 +260,19 @@ class UploadStore:
     async def extend(self, upload_id: str, token: str, ttl_ms: int) -> bool:
         return bool(await self._extend(keys=[lock_key(upload_id)], args=[token, ttl_ms]))
 
+    @_translating
+    async def read_many(self, upload_ids: Sequence[str]) -> list[Upload | None]:
+        """The records of several uploads in one round trip; None for each one
+        that does not exist. Locks are not looked at."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for upload_id in upload_ids:
+                pipe.hgetall(info_key(upload_id))
+            replies: list[dict[str, str]] = await pipe.execute()
+        return [
+            _to_upload(upload_id, fields) if fields else None
+            for upload_id, fields in zip(upload_ids, replies, strict=True)
+        ]
+
 
 def _to_claim(upload_id: str, reply: list[Any]) -> Claim:
     status = ClaimStatus(reply[0])
@@ -271,4 +292,6 @@ def _to_upload(upload_id: str, fields: dict[str, str]) -> Upload:
         created=float(fields.get("created", "0")),
         state=fields.get("state", PARTIAL),
         location=fields.get("location") or None,
+        concat=fields.get("concat", ""),
+        parts=tuple(fields.get("parts", "").split()),
     )
