@@ -62,3 +62,18 @@ class Storage(Protocol):
 
     async def aclose(self) -> None:
         """Release connections and threads. Called once, at shutdown."""
+
+    async def concat(self, upload_id: str, parts: Sequence[str]) -> None:
+        """Fill ``upload_id``'s partial, from offset 0, with the partials of
+        ``parts`` (upload ids, in order; one may appear more than once).
+
+        Each part's partial is copied whole, so the caller passes only
+        finished parts, whose partial holds exactly their length. The parts
+        are read, never changed, so a part can go into several final uploads.
+        Afterwards the partial holds exactly the parts' bytes, whatever it
+        held before, so a failed attempt may simply be repeated. The copy
+        stays inside the storage (no pass through the server where the
+        storage allows it). The caller holds ``upload_id``'s lock. Raises
+        ``FileNotFoundError`` if the partial of ``upload_id`` or of a part is
+        missing, ``OSError`` on I/O faults.
+        """

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import stat
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -328,3 +330,130 @@ async def test_finalize_refuses_a_partial_shorter_than_the_length_and_publishes_
 
     assert partial(storage).read_bytes() == b"only "
     assert root_entries(storage) == [".partial"]
+
+
+# --- concat ------------------------------------------------------------------
+
+PART_IDS = ("a" * 32, "b" * 32, "c" * 32)
+
+
+async def staged_parts(storage: LocalStorage, *contents: bytes) -> list[str]:
+    for upload_id, content in zip(PART_IDS, contents, strict=False):
+        await storage.create(upload_id)
+        if content:
+            await storage.write(upload_id, 0, blocks([content]))
+    return list(PART_IDS[: len(contents)])
+
+
+def varied(size: int, seed: int) -> bytes:
+    return bytes((index * 7 + seed) % 251 for index in range(size))
+
+
+def unsupported(error: int) -> Callable[..., int]:
+    def fail(*args: object) -> int:
+        raise OSError(error, os.strerror(error))
+
+    return fail
+
+
+async def test_concat_fills_the_partial_with_the_parts_in_order_and_leaves_them_alone(
+    storage: LocalStorage,
+) -> None:
+    contents = (varied(3 * 1024 * 1024 + 17, 1), b"", varied(1000, 2))
+    parts = await staged_parts(storage, *contents)
+    await storage.create(UPLOAD_ID)
+
+    await storage.concat(UPLOAD_ID, [parts[2], *parts, parts[2]])
+
+    expected = contents[2] + b"".join(contents) + contents[2]
+    assert partial(storage).read_bytes() == expected
+    for upload_id, content in zip(parts, contents, strict=True):
+        assert partial(storage, upload_id).read_bytes() == content
+    assert root_entries(storage) == [".partial"]
+
+
+async def test_concat_replaces_what_the_partial_held_so_it_can_be_repeated(
+    storage: LocalStorage,
+) -> None:
+    parts = await staged_parts(storage, b"short")
+    await storage.create(UPLOAD_ID)
+    await storage.write(UPLOAD_ID, 0, blocks([b"a much longer leftover"]))
+
+    await storage.concat(UPLOAD_ID, parts)
+    await storage.concat(UPLOAD_ID, parts)
+
+    assert partial(storage).read_bytes() == b"short"
+
+
+async def test_concat_copies_inside_the_kernel_without_reading_into_python(
+    storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    contents = (varied(2 * 1024 * 1024 + 3, 3), varied(5, 4))
+    parts = await staged_parts(storage, *contents)
+    await storage.create(UPLOAD_ID)
+    monkeypatch.setattr(os, "pread", unsupported(errno.EIO))
+    monkeypatch.setattr(os, "read", unsupported(errno.EIO))
+
+    await storage.concat(UPLOAD_ID, parts)
+
+    assert partial(storage).read_bytes() == b"".join(contents)
+
+
+@pytest.mark.parametrize(
+    "disabled",
+    [
+        pytest.param({"copy_file_range": errno.EXDEV}, id="no copy_file_range: sendfile"),
+        pytest.param(
+            {"copy_file_range": errno.ENOSYS, "sendfile": errno.EINVAL},
+            id="neither: buffered copy",
+        ),
+    ],
+)
+async def test_concat_falls_back_when_the_kernel_cannot_copy(
+    storage: LocalStorage, monkeypatch: pytest.MonkeyPatch, disabled: dict[str, int]
+) -> None:
+    contents = (varied(2 * 1024 * 1024 + 99, 5), varied(3, 6), varied(70_000, 7))
+    parts = await staged_parts(storage, *contents)
+    await storage.create(UPLOAD_ID)
+    for name, error in disabled.items():
+        monkeypatch.setattr(os, name, unsupported(error))
+
+    await storage.concat(UPLOAD_ID, parts)
+
+    assert partial(storage).read_bytes() == b"".join(contents)
+
+
+async def test_concat_does_not_hide_a_real_copy_failure(
+    storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parts = await staged_parts(storage, b"data")
+    await storage.create(UPLOAD_ID)
+    monkeypatch.setattr(os, "copy_file_range", unsupported(errno.EIO))
+
+    with pytest.raises(OSError) as raised:
+        await storage.concat(UPLOAD_ID, parts)
+
+    assert raised.value.errno == errno.EIO
+
+
+async def test_concat_with_a_missing_part_or_partial_raises_file_not_found(
+    storage: LocalStorage,
+) -> None:
+    parts = await staged_parts(storage, b"here")
+
+    with pytest.raises(FileNotFoundError):
+        await storage.concat(UPLOAD_ID, parts)
+    assert not partial(storage).exists()
+
+    await storage.create(UPLOAD_ID)
+    with pytest.raises(FileNotFoundError):
+        await storage.concat(UPLOAD_ID, [parts[0], PART_IDS[1]])
+
+
+async def test_concat_refuses_ids_that_are_not_opaque_tokens(storage: LocalStorage) -> None:
+    await storage.create(UPLOAD_ID)
+
+    with pytest.raises(ValueError):
+        await storage.concat(UPLOAD_ID, ["../outside"])
+
+    assert partial(storage).read_bytes() == b""

@@ -287,6 +287,75 @@ def test_final_name_renders_template_from_sanitized_metadata(
     assert naming.final_name(template, UPLOAD_ID, metadata) == expected
 
 
+# --- Upload-Concat -----------------------------------------------------------
+
+OTHER_ID = "fedcba9876543210fedcba9876543210"
+
+
+@pytest.mark.parametrize(
+    ("header", "request_path", "uploads_path", "ids"),
+    [
+        pytest.param(f"final;/files/{UPLOAD_ID}", "/files/", "/files/", (UPLOAD_ID,), id="path"),
+        pytest.param(
+            f"final; https://a.example/files/{UPLOAD_ID}  //b.example/files/{OTHER_ID}",
+            "/files/",
+            "/files/",
+            (UPLOAD_ID, OTHER_ID),
+            id="absolute and network-path URLs, extra spaces",
+        ),
+        pytest.param(f"final;{UPLOAD_ID}", "/files/", "/files/", (UPLOAD_ID,), id="bare id"),
+        pytest.param(
+            f"final;../files/{UPLOAD_ID}", "/files/x", "/files/", (UPLOAD_ID,), id="dot segments"
+        ),
+        pytest.param(
+            f"final;/api/v1/{UPLOAD_ID}?t=1",
+            "/api/v1",
+            "/api/v1/",
+            (UPLOAD_ID,),
+            id="mounted, query dropped",
+        ),
+    ],
+)
+def test_parse_upload_concat_takes_ids_from_the_paths_of_final_part_urls(
+    header: str, request_path: str, uploads_path: str, ids: tuple[str, ...]
+) -> None:
+    parsed = protocol.parse_upload_concat(header, request_path, uploads_path)
+
+    assert parsed.is_final
+    assert parsed.ids == ids
+    assert parsed.urls == tuple(header.removeprefix("final;").split())
+
+
+def test_parse_upload_concat_recognizes_partial() -> None:
+    parsed = protocol.parse_upload_concat(" partial ", "/files/", "/files/")
+
+    assert parsed == protocol.UploadConcat(protocol.CONCAT_PARTIAL)
+    assert not parsed.is_final
+
+
+@pytest.mark.parametrize(
+    ("header", "code"),
+    [
+        pytest.param("Partial", "invalid_header", id="case"),
+        pytest.param("final", "invalid_header", id="final without semicolon"),
+        pytest.param(f"final /files/{UPLOAD_ID}", "invalid_header", id="space, no semicolon"),
+        pytest.param("final;", "concat_without_parts", id="no parts"),
+        pytest.param(f"final;/files/{UPLOAD_ID}/", "invalid_concat_part", id="trailing slash"),
+        pytest.param(f"final;/other/{UPLOAD_ID}", "invalid_concat_part", id="other base path"),
+        pytest.param("final;/files/", "invalid_concat_part", id="no id"),
+        pytest.param("final;/files/../../etc/passwd", "invalid_concat_part", id="traversal"),
+        pytest.param("final;http://[::1/files/x", "invalid_concat_part", id="unparsable URL"),
+        pytest.param("final;" + " x" * 1001, "too_many_concat_parts", id="too many parts"),
+    ],
+)
+def test_parse_upload_concat_refuses_malformed_values_with_400(header: str, code: str) -> None:
+    with pytest.raises(TusError) as raised:
+        protocol.parse_upload_concat(header, "/files/", "/files/")
+
+    assert raised.value.status == 400
+    assert raised.value.code == code
+
+
 # --- Upload-Checksum ---------------------------------------------------------
 
 

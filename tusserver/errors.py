@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from tusserver.headers import UPLOAD_OFFSET
+from tusserver.headers import UPLOAD_CONCAT, UPLOAD_DEFER_LENGTH, UPLOAD_LENGTH, UPLOAD_OFFSET
 
 
 class TusError(Exception):
@@ -227,6 +227,85 @@ def mismatched_offset(current: int) -> TusError:
         "Send HEAD and resume from the Upload-Offset it returns.",
         retryable=True,
         headers={UPLOAD_OFFSET: str(current)},
+    )
+
+
+# --- concatenation (tus "Concatenation" extension) ----------------------------
+
+CONCAT_WITHOUT_PARTS = TusError(
+    400,
+    "concat_without_parts",
+    f"{UPLOAD_CONCAT}: final lists no partial uploads.",
+    f"Send {UPLOAD_CONCAT}: final;<url> <url> ... with the URLs of the partial uploads, in order.",
+)
+FINAL_LENGTH_NOT_ALLOWED = TusError(
+    400,
+    "final_upload_length_not_allowed",
+    f"A final upload's length is the sum of its parts; {UPLOAD_LENGTH} and "
+    f"{UPLOAD_DEFER_LENGTH} are not allowed with it.",
+    f"Send {UPLOAD_CONCAT}: final;... without {UPLOAD_LENGTH} or {UPLOAD_DEFER_LENGTH}.",
+)
+FINAL_UPLOAD_IMMUTABLE = TusError(
+    403,
+    "final_upload_immutable",
+    "A final upload is assembled from its partial uploads and takes no data of its own.",
+    "Upload the bytes to the partial uploads; the final upload is complete once created.",
+)
+CONCAT_PART_REMOVED = TusError(
+    400,
+    "concat_part_removed",
+    "A partial upload was removed while the final upload was being assembled.",
+    "Upload that part again and send the final upload anew.",
+)
+
+
+def too_many_concat_parts(limit: int) -> TusError:
+    return TusError(
+        400,
+        "too_many_concat_parts",
+        f"{UPLOAD_CONCAT} lists more than {limit} partial uploads.",
+        "Split the file into fewer parts.",
+    )
+
+
+def _shown(url: str) -> str:
+    """A client's URL, shortened for an error message."""
+    return repr(url if len(url) <= 200 else url[:200] + "...")
+
+
+def concat_part_invalid(number: int, url: str) -> TusError:
+    return TusError(
+        400,
+        "invalid_concat_part",
+        f"Part {number} of {UPLOAD_CONCAT} ({_shown(url)}) is not an upload URL of this endpoint.",
+        "List the URLs this endpoint returned in Location for the partial uploads.",
+    )
+
+
+def concat_part_not_found(number: int, url: str) -> TusError:
+    return TusError(
+        400,
+        "concat_part_not_found",
+        f"Part {number} of {UPLOAD_CONCAT} ({_shown(url)}) does not exist (any more).",
+        "Upload that part again, then send the final upload.",
+    )
+
+
+def concat_part_not_partial(number: int, url: str) -> TusError:
+    return TusError(
+        400,
+        "concat_part_not_partial",
+        f"Part {number} of {UPLOAD_CONCAT} ({_shown(url)}) was not created as a partial upload.",
+        f"Create the parts with {UPLOAD_CONCAT}: partial.",
+    )
+
+
+def concat_part_incomplete(number: int, url: str) -> TusError:
+    return TusError(
+        400,
+        "concat_part_incomplete",
+        f"Part {number} of {UPLOAD_CONCAT} ({_shown(url)}) is not complete.",
+        "Finish uploading every part (HEAD shows its offset) before sending the final upload.",
     )
 
 

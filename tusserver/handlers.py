@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from storage_backends.base import Storage
-from tusserver import errors, integrity, naming, protocol
+from tusserver import concatenation, errors, integrity, naming, protocol
 from tusserver.config import Config
 from tusserver.digests import FILE_DIGEST, Digests, Hasher, RunningDigests
 from tusserver.headers import (
@@ -32,6 +32,7 @@ from tusserver.headers import (
     TUS_MAX_SIZE,
     TUS_RESUMABLE,
     UPLOAD_CHECKSUM,
+    UPLOAD_CONCAT,
     UPLOAD_DEFER_LENGTH,
     UPLOAD_LENGTH,
     UPLOAD_METADATA,
@@ -81,10 +82,14 @@ def options(request: Request, services: Services) -> Response:
 
 
 async def create_upload(request: Request, services: Services) -> Response:
-    """POST to the endpoint: creation, creation-defer-length, creation-with-upload."""
+    """POST to the endpoint: creation, creation-defer-length, creation-with-upload,
+    concatenation."""
     config = services.config
     headers = request.headers
     protocol.check_tus_resumable(headers.get(TUS_RESUMABLE))
+    concat = _upload_concat(request, config)
+    if concat is not None and concat.is_final:
+        return await _create_final(request, services, concat)
     length = _declared_length(headers)
     if length is not None and config.max_size is not None and length > config.max_size:
         raise errors.SIZE_EXCEEDED.with_headers({TUS_MAX_SIZE: str(config.max_size)})
@@ -105,6 +110,7 @@ async def create_upload(request: Request, services: Services) -> Response:
         length=length,
         metadata=raw_metadata,
         created=time.time(),
+        concat="" if concat is None else concat.role,
     )
     # Only a creation that writes or finishes needs the lock; taking it costs
     # nothing extra here (one pipeline with the record). Data with neither
@@ -126,11 +132,43 @@ async def create_upload(request: Request, services: Services) -> Response:
             raise
         finally:
             await services.locker.release(lease)
-    location = request.scope.get("root_path", "") + config.base_path + upload.id
+    return _created(request, config, upload)
+
+
+async def _create_final(
+    request: Request, services: Services, concat: protocol.UploadConcat
+) -> Response:
+    """POST with Upload-Concat: final: assemble, then finalize like any upload."""
+    has_body = _has_body(request.headers, _content_length(request.headers))
+    upload, lease = await concatenation.assemble_final(
+        services, request.headers, concat, has_body=has_body
+    )
+    try:
+        await _finalize(services, upload, lease)
+    finally:
+        await services.locker.release(lease)
+    return _created(request, services.config, upload)
+
+
+def _created(request: Request, config: Config, upload: Upload) -> Response:
+    location = _uploads_path(request, config) + upload.id
     return Response(
         status_code=201,
         headers=tus_headers({LOCATION: location, UPLOAD_OFFSET: str(upload.offset)}),
     )
+
+
+def _uploads_path(request: Request, config: Config) -> str:
+    """The URL path under which this app serves uploads (its mount point included)."""
+    root_path: str = request.scope.get("root_path", "")
+    return root_path + config.base_path
+
+
+def _upload_concat(request: Request, config: Config) -> protocol.UploadConcat | None:
+    value = request.headers.get(UPLOAD_CONCAT)
+    if value is None:
+        return None
+    return protocol.parse_upload_concat(value, request.url.path, _uploads_path(request, config))
 
 
 async def head_upload(request: Request, services: Services) -> Response:
@@ -154,7 +192,20 @@ async def head_upload(request: Request, services: Services) -> Response:
         headers[UPLOAD_LENGTH] = str(upload.length)
     if upload.metadata:
         headers[UPLOAD_METADATA] = upload.metadata
+    if upload.concat:
+        _add_concat_headers(headers, upload)
     return Response(status_code=200, headers=headers)
+
+
+def _add_concat_headers(headers: dict[str, str], upload: Upload) -> None:
+    """Spec: HEAD echoes Upload-Concat as received on creation, and a final
+    upload shows no Upload-Offset until its concatenation has finished."""
+    if upload.concat == protocol.CONCAT_FINAL:
+        headers[UPLOAD_CONCAT] = f"{protocol.CONCAT_FINAL};{' '.join(upload.parts)}"
+        if not upload.is_fully_received:
+            del headers[UPLOAD_OFFSET]
+    else:
+        headers[UPLOAD_CONCAT] = upload.concat
 
 
 async def patch_upload(request: Request, services: Services) -> Response:
@@ -179,6 +230,8 @@ async def patch_upload(request: Request, services: Services) -> Response:
     async with services.locker.hold(upload_id) as (upload, lease):
         if upload.is_failed:
             raise errors.upload_checksum_failed(upload.failure or "unknown")
+        if upload.concat == protocol.CONCAT_FINAL:
+            raise errors.FINAL_UPLOAD_IMMUTABLE  # spec: 403, and nothing modified
         if upload.is_complete:
             # Idempotent completion: a client retrying its last PATCH after
             # a lost 204 learns it is done instead of getting an error.
@@ -325,6 +378,11 @@ async def _commit(services: Services, upload: Upload, lease: Lease, new_offset: 
 async def _finalize(services: Services, upload: Upload, lease: Lease) -> None:
     """Verify the whole file, publish it under its final name, record it."""
     assert upload.length is not None
+    if upload.concat == protocol.CONCAT_PARTIAL:
+        # A fragment for final uploads (concatenation): complete, but kept
+        # staged and never published; no location.
+        await _complete_partial(services, upload, lease)
+        return
     metadata = protocol.parse_metadata(upload.metadata, services.config.max_metadata_size)
     declared = integrity.declared_checksum(metadata)
     digests = await integrity.file_digests(
@@ -361,6 +419,19 @@ async def _finalize(services: Services, upload: Upload, lease: Lease) -> None:
         await services.storage.delete(upload.id)  # the partial's name; the bytes stay published
     except OSError as exc:
         logger.warning("upload %s: could not remove the partial's name: %s", upload.id, exc)
+
+
+async def _complete_partial(services: Services, upload: Upload, lease: Lease) -> None:
+    # No file digest: a fragment is never published on its own; the final
+    # upload made of it records its own.
+    services.running.forget(upload.id)
+    status = await _record_completion(services, upload, lease, "", "")
+    if status is not CommitStatus.OK:
+        logger.error("upload %s: could not record completion (%s)", upload.id, status.value)
+        raise errors.INTERNAL
+    lease.released = True
+    upload.state = COMPLETE
+    logger.info("upload %s: partial upload complete (%d bytes)", upload.id, upload.length)
 
 
 async def _record_completion(

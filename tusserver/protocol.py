@@ -12,9 +12,10 @@ import binascii
 import re
 import secrets
 from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit
 
 from tusserver import errors
-from tusserver.headers import UPLOAD_CHECKSUM, UPLOAD_DEFER_LENGTH
+from tusserver.headers import UPLOAD_CHECKSUM, UPLOAD_CONCAT, UPLOAD_DEFER_LENGTH
 
 TUS_VERSION = "1.0.0"
 SUPPORTED_VERSIONS = (TUS_VERSION,)
@@ -27,6 +28,7 @@ EXTENSIONS = (
     "creation-defer-length",
     "termination",
     "checksum",
+    "concatenation",
 )
 
 # checksum extension: sha1 is the one the spec requires; the others are what
@@ -150,3 +152,66 @@ def parse_checksum(value: str, source: str = UPLOAD_CHECKSUM) -> Checksum:
             source, f"'<algorithm> <base64 digest>' with a {size}-byte {algorithm} digest"
         )
     return Checksum(algorithm, digest)
+
+
+# Upload-Concat roles (tus "Concatenation" extension).
+CONCAT_PARTIAL = "partial"
+CONCAT_FINAL = "final"
+# Parts of one final upload. tus-js-client makes `parallelUploads` parts
+# (a handful); the cap bounds the record and the reads one final costs.
+MAX_CONCAT_PARTS = 1000
+
+
+@dataclass(frozen=True)
+class UploadConcat:
+    """A parsed Upload-Concat header: a partial upload, or a final one with its parts."""
+
+    role: str  # CONCAT_PARTIAL | CONCAT_FINAL
+    urls: tuple[str, ...] = ()  # the parts' URLs as the client sent them (final only)
+    ids: tuple[str, ...] = ()  # the upload ids those URLs name, in the same order
+
+    @property
+    def is_final(self) -> bool:
+        return self.role == CONCAT_FINAL
+
+
+def parse_upload_concat(value: str, request_path: str, uploads_path: str) -> UploadConcat:
+    """``partial``, or ``final;<url> <url> ...`` (400 otherwise).
+
+    Part URLs may be absolute or relative (tus spec, "Upload-Concat"); a
+    relative one is resolved against ``request_path``, the path the POST went
+    to (RFC 3986, section 5). Only the path counts: the host of an absolute
+    URL is never trusted (behind a proxy it names the proxy). The path must be
+    ``uploads_path`` (where this app serves uploads: mount root plus base
+    path) followed by a valid upload id; anything else is refused, naming the
+    part, before any id reaches Redis or storage.
+    """
+    text = value.strip()
+    if text == CONCAT_PARTIAL:
+        return UploadConcat(CONCAT_PARTIAL)
+    role, semicolon, listed = text.partition(";")
+    if role.strip() != CONCAT_FINAL or not semicolon:
+        raise errors.invalid_header(
+            UPLOAD_CONCAT, "'partial', or 'final;' followed by space-separated upload URLs"
+        )
+    urls = tuple(listed.split())
+    if not urls:
+        raise errors.CONCAT_WITHOUT_PARTS
+    if len(urls) > MAX_CONCAT_PARTS:
+        raise errors.too_many_concat_parts(MAX_CONCAT_PARTS)
+    ids = tuple(
+        _upload_id_in(url, number, request_path, uploads_path)
+        for number, url in enumerate(urls, start=1)
+    )
+    return UploadConcat(CONCAT_FINAL, urls, ids)
+
+
+def _upload_id_in(url: str, number: int, request_path: str, uploads_path: str) -> str:
+    try:
+        path = urlsplit(urljoin(request_path, url)).path
+    except ValueError:  # e.g. an unbalanced IPv6 bracket in the host
+        raise errors.concat_part_invalid(number, url) from None
+    upload_id = path.removeprefix(uploads_path)
+    if not path.startswith(uploads_path) or not is_upload_id(upload_id):
+        raise errors.concat_part_invalid(number, url)
+    return upload_id

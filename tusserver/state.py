@@ -5,7 +5,9 @@ and one Lua script may touch them all::
 
     tus:{<id>}:info   hash: length ("" while deferred), offset, metadata,
                       created, state (partial | complete | failed), location,
-                      sha256 (hex, once complete), failure (why it failed)
+                      sha256 (hex, once complete), failure (why it failed),
+                      concat (partial | final; absent for a plain upload),
+                      parts (a final upload's part URLs, space-separated)
     tus:{<id>}:lock   the token of the request allowed to write (see locking)
     tus:{<id>}:gone   tombstone of a terminated upload: 410 instead of 404
 
@@ -24,7 +26,7 @@ Every Redis failure leaves this module as ``StateUnavailable``.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from functools import wraps
@@ -72,6 +74,8 @@ class Upload:
     location: str | None = None  # where the finished file is, relative to storage
     sha256: str | None = None  # hex digest of the finished file's bytes
     failure: str | None = None  # why a FAILED upload was not finalized
+    concat: str = ""  # "partial" or "final" (concatenation), "" for a plain upload
+    parts: tuple[str, ...] = ()  # a final upload's part URLs, as the client sent them
 
     @property
     def is_complete(self) -> bool:
@@ -213,6 +217,10 @@ class UploadStore:
             "created": repr(upload.created or time.time()),
             "state": upload.state,
         }
+        if upload.concat:
+            fields["concat"] = upload.concat
+        if upload.parts:
+            fields["parts"] = " ".join(upload.parts)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(info_key(upload.id), mapping=fields)
             if lock_token is not None:
@@ -277,6 +285,19 @@ class UploadStore:
     async def extend(self, upload_id: str, token: str, ttl_ms: int) -> bool:
         return bool(await self._extend(keys=[lock_key(upload_id)], args=[token, ttl_ms]))
 
+    @_translating
+    async def read_many(self, upload_ids: Sequence[str]) -> list[Upload | None]:
+        """The records of several uploads in one round trip; None for each one
+        that does not exist. Locks are not looked at."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for upload_id in upload_ids:
+                pipe.hgetall(info_key(upload_id))
+            replies: list[dict[str, str]] = await pipe.execute()
+        return [
+            _to_upload(upload_id, fields) if fields else None
+            for upload_id, fields in zip(upload_ids, replies, strict=True)
+        ]
+
 
 def _to_claim(upload_id: str, reply: list[Any]) -> Claim:
     status = ClaimStatus(reply[0])
@@ -298,4 +319,6 @@ def _to_upload(upload_id: str, fields: dict[str, str]) -> Upload:
         location=fields.get("location") or None,
         sha256=fields.get("sha256") or None,
         failure=fields.get("failure") or None,
+        concat=fields.get("concat", ""),
+        parts=tuple(fields.get("parts", "").split()),
     )

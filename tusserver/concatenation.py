@@ -1,0 +1,150 @@
+"""Final uploads assembled from partial uploads (tus "Concatenation" extension).
+
+A *partial* upload (``Upload-Concat: partial``) is created and written like
+any other upload. Once complete it is not published: it stays staged as a
+fragment (see ``handlers._finalize``), so that one or several final uploads
+can be assembled from it, until it is deleted or expires.
+
+A *final* upload (``Upload-Concat: final;<url> <url> ...``) carries no bytes
+of its own. Its POST names the parts; each must be a complete partial upload
+of this endpoint. The final's length is the sum of theirs. The bytes are
+copied by the storage (``Storage.concat``; inside the kernel locally) while
+the POST holds the final's lock, then the final is finalized like any upload,
+so its file appears under its final name whole, at once. Assembly is
+synchronous: the 201 means the final upload is complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import anyio
+from starlette.datastructures import Headers
+
+from tusserver import errors, protocol
+from tusserver.headers import TUS_MAX_SIZE, UPLOAD_DEFER_LENGTH, UPLOAD_LENGTH, UPLOAD_METADATA
+from tusserver.locking import Lease
+from tusserver.state import CommitStatus, StateUnavailable, Upload, UploadStore
+
+if TYPE_CHECKING:
+    from tusserver.handlers import Services
+
+logger = logging.getLogger(__name__)
+
+
+async def assemble_final(
+    services: Services, headers: Headers, concat: protocol.UploadConcat, *, has_body: bool
+) -> tuple[Upload, Lease]:
+    """Create the final upload and fill it with its parts' bytes.
+
+    Returns the upload, fully received (offset == length) but not yet
+    finalized, and the lease of its lock: the caller finalizes it and then
+    releases the lease. On failure nothing of the final upload is left
+    behind and the error says why (400 for a bad part, 413 over the size
+    limit, 503 for a storage fault).
+    """
+    config = services.config
+    # Spec: "The Client MUST NOT include the Upload-Length header in the
+    # final upload creation"; the length is the parts' to decide.
+    if UPLOAD_LENGTH in headers or UPLOAD_DEFER_LENGTH in headers:
+        raise errors.FINAL_LENGTH_NOT_ALLOWED
+    if has_body:
+        # Spec: a final upload must not be modified (403 for PATCH); the
+        # same holds for data sent with its creation (tusd answers alike).
+        raise errors.FINAL_UPLOAD_IMMUTABLE
+    raw_metadata = headers.get(UPLOAD_METADATA, "").strip()
+    protocol.parse_metadata(raw_metadata, config.max_metadata_size)
+    length = await _length_of_parts(services.store, concat)
+    if config.max_size is not None and length > config.max_size:
+        raise errors.SIZE_EXCEEDED.with_headers({TUS_MAX_SIZE: str(config.max_size)})
+
+    upload = Upload(
+        id=protocol.new_upload_id(),
+        offset=0,
+        length=length,
+        # Spec: the parts' metadata is not transferred; the final has its own.
+        metadata=raw_metadata,
+        created=time.time(),
+        concat=protocol.CONCAT_FINAL,
+        parts=concat.urls,
+    )
+    token = services.locker.new_token()
+    await services.storage.create(upload.id)
+    await services.store.create(upload, lock_token=token, lock_ttl_ms=services.locker.ttl_ms)
+    lease = services.locker.adopt(upload.id, token)
+    try:
+        await _fill(services, upload, lease, concat.ids)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await _discard(services, upload, lease)
+        raise
+    logger.info(
+        "upload %s assembled from %d partial uploads (%d bytes)", upload.id, len(concat.ids), length
+    )
+    return upload, lease
+
+
+async def _length_of_parts(store: UploadStore, concat: protocol.UploadConcat) -> int:
+    """The sum of the parts' lengths, once each is known to be a complete partial upload."""
+    parts = await store.read_many(concat.ids)
+    length = 0
+    for number, (url, part) in enumerate(zip(concat.urls, parts, strict=True), start=1):
+        if part is None:
+            raise errors.concat_part_not_found(number, url)
+        if part.concat != protocol.CONCAT_PARTIAL:
+            raise errors.concat_part_not_partial(number, url)
+        # Fully received is complete (tus: offset == length), even if a crash
+        # kept the completion from being recorded: its bytes are committed.
+        if not part.is_fully_received or part.length is None:
+            raise errors.concat_part_incomplete(number, url)
+        length += part.length
+    return length
+
+
+async def _fill(
+    services: Services, upload: Upload, lease: Lease, part_ids: tuple[str, ...]
+) -> None:
+    """Copy the parts into the final's partial and commit offset == length."""
+    assert upload.length is not None
+    failure: OSError | None = None
+    async with anyio.create_task_group() as tasks:
+        # A large copy can outlast the lock's TTL: keep the lock while it runs.
+        tasks.start_soon(_keep_locked, lease, services.locker.ttl / 4)
+        try:
+            await services.storage.concat(upload.id, part_ids)
+        except OSError as exc:
+            failure = exc
+        finally:
+            tasks.cancel_scope.cancel()
+    if isinstance(failure, FileNotFoundError):
+        logger.warning("upload %s: a part vanished during assembly: %s", upload.id, failure)
+        raise errors.CONCAT_PART_REMOVED
+    if failure is not None:
+        logger.error("upload %s: assembly failed: %s", upload.id, failure)
+        raise errors.STORAGE_FAILED
+    status = await services.store.commit(upload.id, lease.token, 0, upload.length, release=False)
+    if status is not CommitStatus.OK:
+        logger.error("upload %s: assembled but not committed (%s)", upload.id, status.value)
+        raise errors.LOCKED
+    upload.offset = upload.length
+
+
+async def _keep_locked(lease: Lease, interval: float) -> None:
+    while True:
+        await anyio.sleep(interval)
+        if not await lease.keep_alive():
+            return  # lost: the commit after the copy will be refused
+
+
+async def _discard(services: Services, upload: Upload, lease: Lease) -> None:
+    """Remove a final upload that could not be assembled; its URL was never given out."""
+    try:
+        await services.storage.delete(upload.id)
+        await services.store.terminate(upload.id, lease.token)
+        lease.released = True
+    except (OSError, StateUnavailable) as exc:
+        # The expiry sweeper removes what is left (an unfinished upload).
+        logger.warning("upload %s: could not discard the failed final upload: %s", upload.id, exc)
+    await services.locker.release(lease)
