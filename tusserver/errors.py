@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from tusserver.headers import UPLOAD_OFFSET
+from tusserver.headers import CONTENT_RANGE, UPLOAD_OFFSET
 
 
 class TusError(Exception):
@@ -211,4 +211,23 @@ def mismatched_offset(current: int) -> TusError:
         "Send HEAD and resume from the Upload-Offset it returns.",
         retryable=True,
         headers={UPLOAD_OFFSET: str(current)},
+    )
+
+
+NOT_FINISHED = TusError(
+    404,
+    "upload_not_finished",
+    "This upload is not finished, so there is nothing to download yet.",
+    "HEAD shows how many bytes have arrived; download once Upload-Offset equals Upload-Length.",
+)
+
+
+def range_not_satisfiable(size: int) -> TusError:
+    # RFC 9110 15.5.17: a 416 names the current length as "bytes */<length>".
+    return TusError(
+        416,
+        "range_not_satisfiable",
+        "The requested byte range lies outside the file.",
+        f"Request bytes within 0-{size - 1}, or send no Range for the whole file.",
+        headers={CONTENT_RANGE: f"bytes */{size}"},
     )
