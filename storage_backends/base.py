@@ -15,12 +15,19 @@ foreign exceptions are translated at the backend's boundary.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 # A block is a run of buffers that are stored contiguously. Handing over the
 # pieces as they arrived from the network (instead of joining them) lets a
 # backend write a whole block with one vectored call and no copy.
 Block = Sequence[bytes]
+
+
+@dataclass(frozen=True)
+class FileStat:
+    size: int  # bytes in the file
+    modified: float  # last modification, seconds since the epoch
 
 
 class Storage(Protocol):
@@ -76,4 +83,28 @@ class Storage(Protocol):
         storage allows it). The caller holds ``upload_id``'s lock. Raises
         ``FileNotFoundError`` if the partial of ``upload_id`` or of a part is
         missing, ``OSError`` on I/O faults.
+        """
+
+    async def stat(self, upload_id: str, location: str | None) -> FileStat:
+        """Size and modification time of the finished file at ``location``,
+        or of the upload's partial when ``location`` is None.
+
+        Raises ``FileNotFoundError`` if that file does not exist,
+        ``PermissionError`` if ``location`` would leave the storage root.
+        """
+
+    def read(
+        self, upload_id: str, location: str | None, start: int, end: int
+    ) -> AsyncIterator[bytes]:
+        """Bytes ``[start, end)`` of the finished file at ``location`` (or of
+        the partial when ``location`` is None), in blocks of at most 1 MiB.
+
+        Names are checked at the call (``ValueError``, ``PermissionError``);
+        the file is opened on the first iteration (``FileNotFoundError`` if it
+        is missing) and read one block per worker-thread hop. A file that
+        ends before ``end`` raises ``OSError`` rather than yielding fewer
+        bytes. The iterator is an async generator: a caller that stops early
+        calls its ``aclose()``, which closes the file at once (also under
+        cancellation). Reading never changes the file; a partial may be read
+        while a writer appends past the range.
         """

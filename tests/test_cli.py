@@ -237,8 +237,9 @@ def test_redis_is_not_orphaned_when_server_is_killed_with_sigkill(tmp_path: Path
         (["--max-size", "lots"], "max size"),
         (["--base-path", "files"], "base path"),
         (["--redis-url", "redis://127.0.0.1:1"], "redis"),
+        (["--no-downloads", "--download-unfinished"], "downloads"),
     ],
-    ids=["max-size", "base-path", "unreachable-redis"],
+    ids=["max-size", "base-path", "unreachable-redis", "download-unfinished-without-downloads"],
 )
 def test_bad_setting_fails_with_one_clear_line(
     tmp_path: Path, flags: list[str], mentions: str
@@ -290,6 +291,23 @@ def test_env_vars_configure_the_server(tmp_path: Path) -> None:
         assert '"OPTIONS /uploads/ HTTP/1.1" 200' in server.output(), (
             f"TUSSERVER_ACCESS_LOG=true did not turn on the access log:\n{server.output()}"
         )
+
+
+def test_download_settings_reach_the_server(tmp_path: Path) -> None:
+    unfinished, disabled = tmp_path / "unfinished", tmp_path / "disabled"
+    unfinished.mkdir()
+    disabled.mkdir()
+    with serve(unfinished, env={"TUSSERVER_DOWNLOAD_UNFINISHED": "true"}) as server:
+        created = httpx.post(server.endpoint, headers={**TUS, "Upload-Length": "10"})
+        url = httpx.URL(server.endpoint).join(created.headers["Location"])
+        patched = httpx.patch(
+            url, headers={**TUS, "Content-Type": OCTETS, "Upload-Offset": "0"}, content=b"part"
+        )
+        assert patched.status_code == 204
+        assert httpx.get(url, timeout=10).content == b"part"
+    with serve(disabled, "--no-downloads") as server:
+        upload_id = upload(server.endpoint, b"whole", 5)
+        assert httpx.get(server.endpoint + upload_id, timeout=10).status_code == 405
 
 
 # Flags people and scripts rely on (DESIGN.md, "Configuration and CLI");

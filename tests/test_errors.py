@@ -75,6 +75,11 @@ def _on_upload(
     return Case(status, send)
 
 
+def _range_outside(server: RunningServer, url: str) -> httpx.Response:
+    assert server.patch(url, 0, b"abc").status_code == 204
+    return server.client.get(url, headers={"Range": "bytes=9-"})
+
+
 ERROR_CASES = {
     "POST without Tus-Resumable": Case(
         412, lambda s: s.client.post(s.endpoint, headers={"Upload-Length": "1"})
@@ -106,7 +111,9 @@ ERROR_CASES = {
         ),
     ),
     "PUT on the endpoint": Case(405, lambda s: s.client.put(s.endpoint, headers=TUS)),
-    "GET on an upload": _on_upload(405, lambda s, url: s.client.get(url, headers=TUS)),
+    "PUT on an upload": _on_upload(405, lambda s, url: s.client.put(url, headers=TUS)),
+    "GET on an unfinished upload": _on_upload(404, lambda s, url: s.client.get(url)),
+    "GET of a range outside a finished file": _on_upload(416, _range_outside, length=3),
     "PATCH with stale offset": _on_upload(409, lambda s, url: s.patch(url, 3, b"x")),
     "PATCH with wrong type": _on_upload(
         415, lambda s, url: s.patch(url, 0, b"x", Content_Type="text/plain")
@@ -163,9 +170,9 @@ def test_error_from_a_raw_traversal_target_carries_the_json_error_shape(
     [
         ("", "PUT", {"OPTIONS", "POST"}),
         ("", "DELETE", {"OPTIONS", "POST"}),
-        (UNKNOWN_ID, "PUT", {"OPTIONS", "HEAD", "PATCH", "DELETE"}),
-        (UNKNOWN_ID, "GET", {"OPTIONS", "HEAD", "PATCH", "DELETE"}),
-        (UNKNOWN_ID, "POST", {"OPTIONS", "HEAD", "PATCH", "DELETE"}),
+        ("", "GET", {"OPTIONS", "POST"}),
+        (UNKNOWN_ID, "PUT", {"OPTIONS", "HEAD", "PATCH", "DELETE", "GET"}),
+        (UNKNOWN_ID, "POST", {"OPTIONS", "HEAD", "PATCH", "DELETE", "GET"}),
     ],
 )
 def test_unsupported_method_returns_405_json_with_allow(

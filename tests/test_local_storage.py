@@ -5,11 +5,13 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from pathlib import Path
 
+import anyio
 import pytest
 
+from storage_backends.base import FileStat
 from storage_backends.local import LocalStorage
 
 UPLOAD_ID = "0123456789abcdef0123456789abcdef"
@@ -457,3 +459,159 @@ async def test_concat_refuses_ids_that_are_not_opaque_tokens(storage: LocalStora
         await storage.concat(UPLOAD_ID, ["../outside"])
 
     assert partial(storage).read_bytes() == b""
+
+
+async def read_all(chunks: AsyncIterator[bytes]) -> list[bytes]:
+    return [chunk async for chunk in chunks]
+
+
+def descriptors_of(path: Path) -> int:
+    """How many of this process's descriptors point at ``path``."""
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") == str(path):
+                count += 1
+        except OSError:
+            continue  # closed while we looked
+    return count
+
+
+async def test_stat_reports_size_and_mtime_of_the_partial_and_of_the_finished_file(
+    storage: LocalStorage,
+) -> None:
+    await storage.create(UPLOAD_ID)
+    await storage.write(UPLOAD_ID, 0, blocks([b"0123456789"]))
+    os.utime(partial(storage), (1_600_000_000.5, 1_600_000_000.5))
+
+    of_partial = await storage.stat(UPLOAD_ID, None)
+    location = await storage.finalize(UPLOAD_ID, "out.bin", 6)
+    of_final = await storage.stat(UPLOAD_ID, location)
+
+    assert of_partial == FileStat(size=10, modified=1_600_000_000.5)
+    assert of_final.size == 6
+    assert of_final.modified == (storage.root / "out.bin").stat().st_mtime
+
+
+async def test_stat_of_a_missing_file_raises_file_not_found(storage: LocalStorage) -> None:
+    with pytest.raises(FileNotFoundError):
+        await storage.stat(UPLOAD_ID, None)
+    with pytest.raises(FileNotFoundError):
+        await storage.stat(UPLOAD_ID, "nothing.bin")
+
+
+@pytest.mark.parametrize("location", ["../outside", "/etc/passwd", ".partial/" + UPLOAD_ID])
+async def test_stat_and_read_of_a_location_escaping_the_root_raise_permission_error(
+    storage: LocalStorage, location: str
+) -> None:
+    (storage.root.parent / "outside").write_bytes(b"precious")
+    await storage.create(UPLOAD_ID)
+
+    with pytest.raises(PermissionError):
+        await storage.stat(UPLOAD_ID, location)
+    with pytest.raises(PermissionError):
+        storage.read(UPLOAD_ID, location, 0, 1)
+
+
+@pytest.mark.parametrize("bad_id", ["../x", "a/b", "", "a\x00b"])
+async def test_stat_and_read_of_an_id_that_is_not_a_token_raise_value_error(
+    storage: LocalStorage, bad_id: str
+) -> None:
+    with pytest.raises(ValueError):
+        await storage.stat(bad_id, None)
+    with pytest.raises(ValueError):
+        storage.read(bad_id, None, 0, 1)
+
+
+@pytest.mark.parametrize(("start", "end"), [(0, 0), (0, 10), (3, 7), (9, 10), (10, 10)])
+async def test_read_returns_exactly_the_bytes_of_the_range(
+    storage: LocalStorage, start: int, end: int
+) -> None:
+    (storage.root / "f.bin").write_bytes(b"0123456789")
+
+    chunks = await read_all(storage.read(UPLOAD_ID, "f.bin", start, end))
+
+    assert b"".join(chunks) == b"0123456789"[start:end]
+    assert all(chunks)
+
+
+async def test_read_of_the_partial_leaves_bytes_past_the_range_alone(
+    storage: LocalStorage,
+) -> None:
+    await storage.create(UPLOAD_ID)
+    await storage.write(UPLOAD_ID, 0, blocks([b"committed|stale"]))
+
+    chunks = await read_all(storage.read(UPLOAD_ID, None, 0, 9))
+
+    assert b"".join(chunks) == b"committed"
+    assert partial(storage).read_bytes() == b"committed|stale"
+
+
+async def test_read_hands_out_blocks_of_at_most_1_mib(storage: LocalStorage) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    (storage.root / "big.bin").write_bytes(data)
+
+    chunks = await read_all(storage.read(UPLOAD_ID, "big.bin", 7, len(data)))
+
+    assert b"".join(chunks) == data[7:]
+    assert max(len(chunk) for chunk in chunks) <= 1024 * 1024
+    assert len(chunks) == 3  # 3 MiB - 2 bytes
+
+
+async def test_read_of_a_missing_file_raises_file_not_found_when_iterated(
+    storage: LocalStorage,
+) -> None:
+    chunks = storage.read(UPLOAD_ID, "nothing.bin", 0, 5)
+
+    with pytest.raises(FileNotFoundError):
+        await read_all(chunks)
+
+
+async def test_read_past_the_end_of_the_file_raises_instead_of_returning_less(
+    storage: LocalStorage,
+) -> None:
+    (storage.root / "f.bin").write_bytes(b"short")
+
+    with pytest.raises(OSError):
+        await read_all(storage.read(UPLOAD_ID, "f.bin", 0, 6))
+    assert descriptors_of(storage.root / "f.bin") == 0
+
+
+@pytest.mark.parametrize(("start", "end"), [(-1, 3), (5, 4)])
+async def test_read_of_an_inverted_or_negative_range_raises_value_error_at_the_call(
+    storage: LocalStorage, start: int, end: int
+) -> None:
+    (storage.root / "f.bin").write_bytes(b"0123456789")
+
+    with pytest.raises(ValueError):
+        storage.read(UPLOAD_ID, "f.bin", start, end)
+
+
+async def test_read_closes_its_file_when_the_caller_stops_early(storage: LocalStorage) -> None:
+    path = storage.root / "big.bin"
+    path.write_bytes(os.urandom(3 * 1024 * 1024))
+    chunks = storage.read(UPLOAD_ID, "big.bin", 0, 3 * 1024 * 1024)
+    assert isinstance(chunks, AsyncGenerator)
+
+    first = await anext(chunks)
+    open_while_reading = descriptors_of(path)
+    await chunks.aclose()
+
+    assert len(first) == 1024 * 1024
+    assert open_while_reading == 1
+    assert descriptors_of(path) == 0
+
+
+async def test_read_closes_its_file_when_cancelled_mid_read(storage: LocalStorage) -> None:
+    path = storage.root / "big.bin"
+    path.write_bytes(os.urandom(8 * 1024 * 1024))
+
+    chunks = storage.read(UPLOAD_ID, "big.bin", 0, 8 * 1024 * 1024)
+
+    with anyio.CancelScope() as scope:
+        await anext(chunks)
+        scope.cancel()
+        await anext(chunks)  # cancelled inside the generator, with the file open
+
+    assert scope.cancelled_caught
+    assert descriptors_of(path) == 0

@@ -27,6 +27,7 @@ from storage_backends.base import Storage
 from storage_backends.local import LocalStorage
 from tusserver import errors, headers, protocol
 from tusserver.config import Config, ConfigError
+from tusserver.download import download_upload
 from tusserver.embedded_redis import EmbeddedRedis
 from tusserver.handlers import (
     Services,
@@ -76,9 +77,16 @@ def create_app(config: Config) -> Starlette:
         return endpoint
 
     collection = dispatch({"OPTIONS": options, "POST": create_upload})
-    upload = dispatch(
-        {"OPTIONS": options, "HEAD": head_upload, "PATCH": patch_upload, "DELETE": delete_upload}
-    )
+    upload_methods: dict[str, Handler] = {
+        "OPTIONS": options,
+        "HEAD": head_upload,
+        "PATCH": patch_upload,
+        "DELETE": delete_upload,
+    }
+    if config.downloads:
+        # Off: GET answers the 405 of any method the URL does not offer (as tusd).
+        upload_methods["GET"] = download_upload
+    upload = dispatch(upload_methods)
     base = config.base_path
     # Every method reaches the dispatcher, so even a 405 is a tus error response.
     methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]

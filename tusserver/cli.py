@@ -92,6 +92,17 @@ def main() -> None:
     help="How much to log.",
 )
 @_option("--access-log/--no-access-log", default=False, help="Log every request.")
+@_option(
+    "--downloads/--no-downloads",
+    default=True,
+    help="GET on an upload URL downloads the finished file (with Range).",
+)
+@_option(
+    "--download-unfinished",
+    is_flag=True,
+    default=False,
+    help="GET on an unfinished upload serves the bytes received so far (else 404).",
+)
 def serve(
     host: str,
     port: int,
@@ -106,6 +117,8 @@ def serve(
     workers: int,
     log_level: str,
     access_log: bool,
+    downloads: bool,
+    download_unfinished: bool,
 ) -> None:
     """Run the tus server."""
     try:
@@ -118,6 +131,8 @@ def serve(
             idle_timeout=parse_duration(idle_timeout, "idle timeout"),
             final_name=final_name,
             file_mode=_parse_mode(file_mode),
+            downloads=downloads,
+            download_unfinished=download_unfinished,
         )
         _check_storage(config)
     except ConfigError as exc:

@@ -71,6 +71,12 @@ class Config:
     # Upload-Metadata larger than this is refused with 400: it is stored in
     # Redis per upload and echoed on every HEAD.
     max_metadata_size: int = 16 * 1024
+    # GET on an upload URL downloads the finished file (with Range). Off: GET
+    # answers 405 like any method the URL does not offer, as tusd does.
+    downloads: bool = True
+    # GET on an unfinished upload serves the bytes received so far instead of
+    # 404: useful for previews, but those bytes are not a whole file yet.
+    download_unfinished: bool = False
 
     def __post_init__(self) -> None:
         if not (self.base_path.startswith("/") and self.base_path.endswith("/")):
@@ -98,3 +104,5 @@ class Config:
             raise ConfigError(
                 f"redis URL must start with redis://, rediss:// or unix://, not {scheme}://."
             )
+        if self.download_unfinished and not self.downloads:
+            raise ConfigError("downloading unfinished uploads needs downloads enabled.")

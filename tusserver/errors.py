@@ -16,7 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from tusserver.headers import UPLOAD_CONCAT, UPLOAD_DEFER_LENGTH, UPLOAD_LENGTH, UPLOAD_OFFSET
+from tusserver.headers import (
+    CONTENT_RANGE,
+    UPLOAD_CONCAT,
+    UPLOAD_DEFER_LENGTH,
+    UPLOAD_LENGTH,
+    UPLOAD_OFFSET,
+)
 
 
 class TusError(Exception):
@@ -325,4 +331,23 @@ def upload_checksum_failed(reason: str) -> TusError:
         "upload_checksum_mismatch",
         f"The uploaded file does not match the checksum declared when it was created: {reason}.",
         "The upload was not finalized. Create a new upload and send the file again.",
+    )
+
+
+NOT_FINISHED = TusError(
+    404,
+    "upload_not_finished",
+    "This upload is not finished, so there is nothing to download yet.",
+    "HEAD shows how many bytes have arrived; download once Upload-Offset equals Upload-Length.",
+)
+
+
+def range_not_satisfiable(size: int) -> TusError:
+    # RFC 9110 15.5.17: a 416 names the current length as "bytes */<length>".
+    return TusError(
+        416,
+        "range_not_satisfiable",
+        "The requested byte range lies outside the file.",
+        f"Request bytes within 0-{size - 1}, or send no Range for the whole file.",
+        headers={CONTENT_RANGE: f"bytes */{size}"},
     )
