@@ -13,6 +13,7 @@ EXTENSIONS = {
     "creation-with-upload",
     "creation-defer-length",
     "termination",
+    "checksum",
     "concatenation",
 }
 
