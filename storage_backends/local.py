@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import stat
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 
@@ -120,6 +121,25 @@ class LocalStorage:
         ):
             raise PermissionError(errno.EACCES, "name escapes the storage root", name)
         return relative
+
+    async def stale_partials(self, older_than: float) -> list[str]:
+        return await anyio.to_thread.run_sync(
+            self._stale_partials, older_than, limiter=self._limiter
+        )
+
+    def _stale_partials(self, older_than: float) -> list[str]:
+        stale = []
+        with os.scandir(self.staging) as entries:
+            for entry in entries:
+                if _UPLOAD_ID.fullmatch(entry.name) is None:
+                    continue
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # removed while listing (finished, terminated)
+                if stat.S_ISREG(info.st_mode) and info.st_mtime < older_than:
+                    stale.append(entry.name)
+        return stale
 
 
 def _create_empty(path: Path) -> None:

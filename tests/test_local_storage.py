@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import stat
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -328,3 +330,26 @@ async def test_finalize_refuses_a_partial_shorter_than_the_length_and_publishes_
 
     assert partial(storage).read_bytes() == b"only "
     assert root_entries(storage) == [".partial"]
+
+
+async def test_stale_partials_lists_only_partials_untouched_since_the_given_time(
+    storage: LocalStorage,
+) -> None:
+    finished, stale = "fedcba9876543210fedcba9876543210", UPLOAD_ID
+    for upload_id in (finished, stale):
+        await storage.create(upload_id)
+    await storage.finalize(finished, "published", 0)
+    await storage.delete(finished)  # the partial's name goes; the final file stays
+    (storage.staging / "not an id").write_bytes(b"")
+    cutoff = time.time() - 60
+    for path in (
+        partial(storage, stale),
+        storage.staging / "not an id",
+        storage.root / "published",
+    ):
+        os.utime(path, (cutoff - 1, cutoff - 1))
+
+    assert await storage.stale_partials(cutoff) == [stale]
+
+    await storage.write(stale, 0, blocks([b"new bytes"]))  # a write makes it fresh again
+    assert await storage.stale_partials(cutoff) == []
