@@ -8,7 +8,13 @@ import pytest
 
 from tests.server_fixtures import RunningServer
 
-EXTENSIONS = {"creation", "creation-with-upload", "creation-defer-length", "termination"}
+EXTENSIONS = {
+    "creation",
+    "creation-with-upload",
+    "creation-defer-length",
+    "termination",
+    "expiration",
+}
 
 
 def split_list(value: str) -> list[str]:

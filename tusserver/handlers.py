@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from storage_backends.base import Storage
-from tusserver import errors, naming, protocol
+from tusserver import errors, expiry, naming, protocol
 from tusserver.config import Config
 from tusserver.headers import (
     CACHE_CONTROL,
@@ -99,6 +99,7 @@ async def create_upload(request: Request, services: Services) -> Response:
         metadata=raw_metadata,
         created=time.time(),
     )
+    upload.expires = upload.created + config.expire_after
     # Only a creation that writes or finishes needs the lock; taking it costs
     # nothing extra here (one pipeline with the record). Data with neither
     # Content-Length nor chunked framing is possible over HTTP/2: read it.
@@ -120,10 +121,9 @@ async def create_upload(request: Request, services: Services) -> Response:
         finally:
             await services.locker.release(lease)
     location = request.scope.get("root_path", "") + config.base_path + upload.id
-    return Response(
-        status_code=201,
-        headers=tus_headers({LOCATION: location, UPLOAD_OFFSET: str(upload.offset)}),
-    )
+    created = tus_headers({LOCATION: location, UPLOAD_OFFSET: str(upload.offset)})
+    created.update(expiry.expires_headers(upload))
+    return Response(status_code=201, headers=created)
 
 
 async def head_upload(request: Request, services: Services) -> Response:
@@ -132,12 +132,15 @@ async def head_upload(request: Request, services: Services) -> Response:
     upload_id = _upload_id(request)
     protocol.check_tus_resumable(request.headers.get(TUS_RESUMABLE))
     upload = await services.locker.read_unlocked(upload_id)
+    if expiry.has_expired(upload):
+        raise errors.GONE  # in line with the Upload-Expires announced; not swept yet
     if upload.is_fully_received and not upload.is_complete:
         # A finalize was interrupted (crash): finish it before saying "done".
         async with services.locker.hold(upload_id) as (upload, lease):
             if upload.is_fully_received and not upload.is_complete:
                 await _finalize(services, upload, lease)
     headers = tus_headers({UPLOAD_OFFSET: str(upload.offset), CACHE_CONTROL: "no-store"})
+    headers.update(expiry.expires_headers(upload))
     if upload.length is None:
         headers[UPLOAD_DEFER_LENGTH] = "1"
     else:
@@ -166,6 +169,8 @@ async def patch_upload(request: Request, services: Services) -> Response:
     content_length = _content_length(headers)
 
     async with services.locker.hold(upload_id) as (upload, lease):
+        if expiry.has_expired(upload):
+            raise errors.GONE  # in line with the Upload-Expires announced; not swept yet
         if upload.is_complete:
             # Idempotent completion: a client retrying its last PATCH after
             # a lost 204 learns it is done instead of getting an error.
@@ -252,8 +257,10 @@ async def _receive(
 
 async def _commit(services: Services, upload: Upload, lease: Lease, new_offset: int) -> None:
     finishing = upload.length is not None and new_offset == upload.length
+    # Sliding expiry: stored bytes show the client is still at it.
+    expires = time.time() + services.config.expire_after
     status = await services.store.commit(
-        upload.id, lease.token, upload.offset, new_offset, release=not finishing
+        upload.id, lease.token, upload.offset, new_offset, release=not finishing, expires=expires
     )
     if status is CommitStatus.MISSING:
         raise errors.GONE
@@ -262,6 +269,8 @@ async def _commit(services: Services, upload: Upload, lease: Lease, new_offset: 
         logger.warning("upload %s: commit refused (%s)", upload.id, status.value)
         raise errors.LOCKED
     upload.offset = new_offset
+    if upload.expires is not None:
+        upload.expires = expires
     lease.released = not finishing
 
 
@@ -281,6 +290,7 @@ async def _finalize(services: Services, upload: Upload, lease: Lease) -> None:
         raise errors.INTERNAL
     lease.released = True
     upload.state, upload.location = "complete", location
+    upload.expires = None  # a published file does not expire
     logger.info("upload %s finished as %s (%d bytes)", upload.id, location, upload.length)
     try:
         await services.storage.delete(upload.id)  # the partial's name; the bytes stay published
@@ -295,11 +305,15 @@ async def _record_completion(
     the partial is already renamed, so failing here would strand the upload."""
     for delay in (0.2, 0.4):
         try:
-            return await services.store.complete(upload.id, lease.token, location)
+            return await services.store.complete(
+                upload.id, lease.token, location, retention=services.config.retention
+            )
         except StateUnavailable:
             logger.warning("upload %s: finalized as %s; retrying to record it", upload.id, location)
             await anyio.sleep(delay)
-    return await services.store.complete(upload.id, lease.token, location)
+    return await services.store.complete(
+        upload.id, lease.token, location, retention=services.config.retention
+    )
 
 
 async def _settle_length(services: Services, upload: Upload, length: int) -> None:
@@ -318,7 +332,8 @@ async def _settle_length(services: Services, upload: Upload, length: int) -> Non
 
 
 def _patched(upload: Upload) -> Response:
-    return Response(status_code=204, headers=tus_headers({UPLOAD_OFFSET: str(upload.offset)}))
+    headers = tus_headers({UPLOAD_OFFSET: str(upload.offset), **expiry.expires_headers(upload)})
+    return Response(status_code=204, headers=headers)
 
 
 def _remaining(upload: Upload, max_size: int | None) -> int | None:

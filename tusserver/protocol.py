@@ -11,6 +11,8 @@ import base64
 import binascii
 import re
 import secrets
+from datetime import UTC, datetime
+from email.utils import format_datetime
 
 from tusserver import errors
 from tusserver.headers import UPLOAD_DEFER_LENGTH
@@ -25,6 +27,7 @@ EXTENSIONS = (
     "creation-with-upload",
     "creation-defer-length",
     "termination",
+    "expiration",
 )
 
 # Offsets and lengths are stored as decimal strings in Redis and as int64 by
@@ -110,3 +113,10 @@ def parse_content_type(value: str | None) -> str | None:
     if value is None:
         return None
     return value.split(";", 1)[0].strip().lower()
+
+
+def format_expires(epoch_seconds: float) -> str:
+    """Upload-Expires: an HTTP-date (RFC 9110 IMF-fixdate), e.g.
+    ``Wed, 25 Jun 2025 12:00:00 GMT``; fractions of a second are dropped, so
+    the date a client sees is never later than the real expiry."""
+    return format_datetime(datetime.fromtimestamp(int(epoch_seconds), UTC), usegmt=True)
