@@ -108,3 +108,11 @@ class Storage(Protocol):
         cancellation). Reading never changes the file; a partial may be read
         while a writer appends past the range.
         """
+
+    async def stale_partials(self, older_than: float) -> list[str]:
+        """Upload ids of the partials last modified before ``older_than`` (epoch
+        seconds), for the sweeper's removal of partials that have no record.
+
+        Lists only what looks like an upload id; publishes and removes
+        nothing. Raises ``OSError`` if the staging area cannot be listed.
+        """

@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import stat
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 
@@ -183,6 +184,25 @@ class LocalStorage:
         if location is None:
             return self._partial(upload_id)
         return self.root.joinpath(*self._safe_relative(location).parts)
+
+    async def stale_partials(self, older_than: float) -> list[str]:
+        return await anyio.to_thread.run_sync(
+            self._stale_partials, older_than, limiter=self._limiter
+        )
+
+    def _stale_partials(self, older_than: float) -> list[str]:
+        stale = []
+        with os.scandir(self.staging) as entries:
+            for entry in entries:
+                if _UPLOAD_ID.fullmatch(entry.name) is None:
+                    continue
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # removed while listing (finished, terminated)
+                if stat.S_ISREG(info.st_mode) and info.st_mtime < older_than:
+                    stale.append(entry.name)
+        return stale
 
 
 def _copy_into(source: Path, fd: int, offset: int) -> int:

@@ -91,11 +91,15 @@ class ThreadedUvicorn:
 
 @pytest.fixture
 def tus_server(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
-    """Factory: ``tus_server(max_size=100, ...)`` -> a running server (one per call)."""
+    """Factory: ``tus_server(max_size=100, ...)`` -> a running server (one per call).
+
+    Each server gets a fresh storage folder, unless ``storage`` names one (two
+    instances of one deployment share it).
+    """
     running: list[tuple[ThreadedUvicorn, httpx.Client]] = []
 
-    def start(**fields: Any) -> RunningServer:
-        storage = tmp_path / f"storage{len(running)}"
+    def start(storage: Path | None = None, **fields: Any) -> RunningServer:
+        storage = storage or tmp_path / f"storage{len(running)}"
         config = Config(storage=str(storage), redis_url=redis_url, **fields)
         port = free_port()
         server = ThreadedUvicorn(create_app(config), port)

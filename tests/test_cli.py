@@ -54,6 +54,7 @@ class ServeProcess:
     endpoint: str
     storage: Path
     log: Path
+    data_dir: Path  # where its embedded Redis lives
     # Every process it started (redis-server, workers), recorded once it answered.
     descendants: list[psutil.Process] = field(default_factory=list)
 
@@ -135,7 +136,9 @@ def serve(
         process = subprocess.Popen(
             argv, env=environment, cwd=tmp_path, stdout=log_file, stderr=subprocess.STDOUT
         )
-    running = ServeProcess(process, f"http://127.0.0.1:{port}{base_path}", storage, log)
+    running = ServeProcess(
+        process, f"http://127.0.0.1:{port}{base_path}", storage, log, data_root / "data"
+    )
     try:
         _wait_until_answering(running)
         running.descendants = _descendants(process.pid)
@@ -321,6 +324,7 @@ DOCUMENTED_FLAGS = [
     "--redis-url",
     "--max-size",
     "--idle-timeout",
+    "--expire-after",
     "--workers",
 ]
 
@@ -423,3 +427,122 @@ def test_sigterm_during_a_patch_commits_the_bytes_it_stored(tmp_path: Path, redi
                 state.close()
     partial = server.storage / ".partial" / upload_id
     assert partial.read_bytes()[:committed] == source[:committed]
+
+
+# --- tusserver sweep ---------------------------------------------------------
+
+
+def run_sweep(server: ServeProcess, *flags: str) -> subprocess.CompletedProcess[str]:
+    argv = tusserver(
+        "sweep", "--storage", str(server.storage), "--data-dir", str(server.data_dir), *flags
+    )
+    return subprocess.run(
+        argv, env=cli_env(), cwd=server.log.parent, capture_output=True, text=True, timeout=60
+    )
+
+
+def create_with_bytes(endpoint: str, data: bytes) -> str:
+    """An unfinished upload holding ``data``; returns its id."""
+    with httpx.Client(timeout=10) as client:
+        created = client.post(endpoint, headers={**TUS, "Upload-Length": str(len(data) + 1)})
+        url = httpx.URL(endpoint).join(created.headers["Location"])
+        patched = client.patch(
+            url, headers={**TUS, "Content-Type": OCTETS, "Upload-Offset": "0"}, content=data
+        )
+    assert patched.status_code == 204, patched.text
+    return url.path.rsplit("/", 1)[1]
+
+
+def redis_servers_of(data_dir: Path) -> list[psutil.Process]:
+    """Running redis-servers working in ``data_dir`` (the embedded Redis runs there)."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if "redis-server" in process.name() and Path(process.cwd()) == data_dir.resolve():
+                found.append(process)
+        except psutil.Error:
+            pass
+    return [p for p in found if not is_gone(p)]
+
+
+def test_sweep_uses_the_embedded_redis_of_the_server_running_on_the_data_dir(
+    tmp_path: Path,
+) -> None:
+    with serve(tmp_path, "--expire-after", "1s") as server:
+        expired = create_with_bytes(server.endpoint, b"abc")
+        time.sleep(1.2)
+        kept = create_with_bytes(server.endpoint, b"def")
+
+        result = run_sweep(server, "--expire-after", "1s")
+
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines() == [
+            f"expired {expired}",
+            "swept: 1 expired, 0 retired, 0 orphans, 0 skipped",
+        ]
+        assert not (server.storage / ".partial" / expired).exists()
+        assert (server.storage / ".partial" / kept).read_bytes() == b"def"
+        assert httpx.head(server.endpoint + expired, headers=TUS).status_code == 410
+        assert httpx.head(server.endpoint + kept, headers=TUS).status_code == 200
+        assert redis_servers_of(server.data_dir) == [server.redis()]
+
+
+def test_sweep_without_a_running_server_starts_the_embedded_redis_for_the_pass(
+    tmp_path: Path,
+) -> None:
+    with serve(tmp_path, "--expire-after", "1s") as server:
+        upload_id = create_with_bytes(server.endpoint, b"abc")
+        orphan = "0123456789abcdef0123456789abcdef"
+        (server.storage / ".partial" / orphan).write_bytes(b"lost")
+        server.process.send_signal(signal.SIGTERM)
+        assert server.wait_exit() == 0
+        time.sleep(1.2)
+
+        result = run_sweep(server, "--expire-after", "1s")
+
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines() == [
+            f"expired {upload_id}",
+            f"orphan {orphan}",
+            "swept: 1 expired, 0 retired, 1 orphans, 0 skipped",
+        ]
+        assert list((server.storage / ".partial").iterdir()) == []
+        assert redis_servers_of(server.data_dir) == [], "the sweep left its Redis running"
+        # The pass changed the state the next server starts from.
+        again = run_sweep(server, "--expire-after", "1s")
+        assert again.stdout.splitlines() == ["swept: 0 expired, 0 retired, 0 orphans, 0 skipped"]
+
+
+def test_sweep_with_a_bad_setting_fails_with_one_clear_line(tmp_path: Path) -> None:
+    argv = tusserver(
+        "sweep",
+        "--storage",
+        str(tmp_path / "uploads"),
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--expire-after",
+        "soon",
+    )
+    result = subprocess.run(
+        argv, env=cli_env(), cwd=tmp_path, capture_output=True, text=True, timeout=30
+    )
+
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode != 0
+    assert len(lines) == 1, result.stderr
+    assert "expire after" in lines[0]
+    assert not (tmp_path / "data").exists()
+
+
+def test_sweep_help_explains_every_flag() -> None:
+    result = subprocess.run(
+        tusserver("sweep", "--help"), env=cli_env(), capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    entries = help_entries(result.stdout)
+
+    expected = {"--storage", "--data-dir", "--redis-url", "--expire-after", "--retention"}
+    assert expected <= set(entries)
+    for flag in sorted(set(entries) - {"--help"}):
+        envvar = "TUSSERVER_" + flag[2:].replace("-", "_").upper()
+        assert f"env var: {envvar}" in entries[flag], entries[flag]

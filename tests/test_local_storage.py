@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from pathlib import Path
 
@@ -615,3 +616,26 @@ async def test_read_closes_its_file_when_cancelled_mid_read(storage: LocalStorag
 
     assert scope.cancelled_caught
     assert descriptors_of(path) == 0
+
+
+async def test_stale_partials_lists_only_partials_untouched_since_the_given_time(
+    storage: LocalStorage,
+) -> None:
+    finished, stale = "fedcba9876543210fedcba9876543210", UPLOAD_ID
+    for upload_id in (finished, stale):
+        await storage.create(upload_id)
+    await storage.finalize(finished, "published", 0)
+    await storage.delete(finished)  # the partial's name goes; the final file stays
+    (storage.staging / "not an id").write_bytes(b"")
+    cutoff = time.time() - 60
+    for path in (
+        partial(storage, stale),
+        storage.staging / "not an id",
+        storage.root / "published",
+    ):
+        os.utime(path, (cutoff - 1, cutoff - 1))
+
+    assert await storage.stale_partials(cutoff) == [stale]
+
+    await storage.write(stale, 0, blocks([b"new bytes"]))  # a write makes it fresh again
+    assert await storage.stale_partials(cutoff) == []

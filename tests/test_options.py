@@ -15,6 +15,7 @@ EXTENSIONS = {
     "termination",
     "checksum",
     "concatenation",
+    "expiration",
 }
 
 

@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from storage_backends.base import Storage
 from storage_backends.local import LocalStorage
-from tusserver import errors, headers, protocol
+from tusserver import errors, expiry, headers, protocol
 from tusserver.config import Config, ConfigError
 from tusserver.download import download_upload
 from tusserver.embedded_redis import EmbeddedRedis
@@ -106,15 +106,7 @@ def create_app(config: Config) -> Starlette:
                 # the process: the child's parent-death signal is tied to it.
                 embedded = stack.enter_context(EmbeddedRedis(config.data_dir))
                 redis_url = embedded.url
-            client = aioredis.Redis.from_url(
-                redis_url,
-                decode_responses=True,
-                socket_connect_timeout=5,
-                socket_timeout=30,
-                # redis-py retries ten times by default; a request should
-                # rather answer 423/503 soon and let the client retry.
-                retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2),
-            )
+            client = _connect(redis_url)
             stack.push_async_callback(client.aclose)
             storage = open_storage(config)
             stack.push_async_callback(storage.aclose)
@@ -127,6 +119,7 @@ def create_app(config: Config) -> Starlette:
             services_box.append(Services(config, store, locker, storage))
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(locker.listen_for_release_requests)
+                tasks.start_soon(expiry.run_sweeper, store, storage, config)
                 yield
                 with anyio.move_on_after(5):
                     await locker.drain()
@@ -134,6 +127,30 @@ def create_app(config: Config) -> Starlette:
             services_box.clear()
 
     return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(MethodOverride)])
+
+
+def _connect(redis_url: str) -> aioredis.Redis:
+    return aioredis.Redis.from_url(
+        redis_url,
+        decode_responses=True,
+        socket_connect_timeout=5,
+        socket_timeout=30,
+        # redis-py retries ten times by default; a request should
+        # rather answer 423/503 soon and let the client retry.
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2),
+    )
+
+
+async def sweep(config: Config) -> expiry.SweepReport:
+    """One expiry pass against the Redis at ``config.redis_url`` (``tusserver sweep``)."""
+    if config.redis_url is None:
+        raise ConfigError("a sweep needs the URL of the Redis holding the upload state.")
+    async with AsyncExitStack() as stack:
+        client = _connect(config.redis_url)
+        stack.push_async_callback(client.aclose)
+        storage = open_storage(config)
+        stack.push_async_callback(storage.aclose)
+        return await expiry.sweep_once(UploadStore(client), storage, config)
 
 
 def open_storage(config: Config) -> Storage:

@@ -16,6 +16,7 @@ import logging.config
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
@@ -28,13 +29,18 @@ import uvicorn
 from starlette.applications import Starlette
 
 from tusserver.app import create_app, open_storage
+from tusserver.app import sweep as app_sweep
 from tusserver.config import Config, ConfigError, parse_duration, parse_size
-from tusserver.embedded_redis import EmbeddedRedis, EmbeddedRedisError
+from tusserver.embedded_redis import EmbeddedRedis, EmbeddedRedisError, running_url
+from tusserver.expiry import SweepReport
+from tusserver.state import StateUnavailable
 
 FC = TypeVar("FC", bound=Callable[..., Any])
 
 # Carries the validated settings from the CLI to uvicorn's worker processes.
 _CONFIG_ENV = "TUSSERVER_WORKER_CONFIG"
+# How long `tusserver sweep` waits for a sweep already running elsewhere.
+_SWEEP_WAIT_SECONDS = 10.0
 
 
 def _option(name: str, **kwargs: Any) -> Callable[[FC], FC]:
@@ -52,26 +58,42 @@ def main() -> None:
     """
 
 
-@main.command()
-@_option("--host", default="127.0.0.1", help="Address to listen on (0.0.0.0 for all).")
-@_option("--port", default=8080, type=click.IntRange(0, 65535), help="TCP port to listen on.")
-@_option("--base-path", default="/files/", help="URL path of the tus endpoint.")
-@_option(
+_storage_option = _option(
     "--storage",
     default="./uploads",
     help="Where finished files go: a folder or file:// URL. Partials wait in its .partial/.",
 )
-@_option(
+_data_dir_option = _option(
     "--data-dir",
     default="./tusserver-data",
     type=click.Path(path_type=Path),
     help="Folder for the embedded Redis (socket and append-only file).",
 )
-@_option(
+_redis_url_option = _option(
     "--redis-url",
     default=None,
     help="Redis holding upload state, e.g. redis://host:6379/0. Unset: embedded Redis.",
 )
+_expire_after_option = _option(
+    "--expire-after",
+    default="24h",
+    help="An unfinished upload that stores no bytes for this long expires and is removed.",
+)
+_retention_option = _option(
+    "--retention",
+    default=None,
+    help="Remove a finished upload's record (never its file) this long after it finished."
+    " Unset: keep it.",
+)
+
+
+@main.command()
+@_option("--host", default="127.0.0.1", help="Address to listen on (0.0.0.0 for all).")
+@_option("--port", default=8080, type=click.IntRange(0, 65535), help="TCP port to listen on.")
+@_option("--base-path", default="/files/", help="URL path of the tus endpoint.")
+@_storage_option
+@_data_dir_option
+@_redis_url_option
 @_option("--max-size", default=None, help="Largest upload accepted, e.g. 10G. Unset: no limit.")
 @_option(
     "--idle-timeout",
@@ -103,6 +125,13 @@ def main() -> None:
     default=False,
     help="GET on an unfinished upload serves the bytes received so far (else 404).",
 )
+@_expire_after_option
+@_retention_option
+@_option(
+    "--sweep-interval",
+    default="60s",
+    help="How often to look for expired uploads (one instance sweeps at a time).",
+)
 def serve(
     host: str,
     port: int,
@@ -119,6 +148,9 @@ def serve(
     access_log: bool,
     downloads: bool,
     download_unfinished: bool,
+    expire_after: str,
+    retention: str | None,
+    sweep_interval: str,
 ) -> None:
     """Run the tus server."""
     try:
@@ -133,6 +165,8 @@ def serve(
             file_mode=_parse_mode(file_mode),
             downloads=downloads,
             download_unfinished=download_unfinished,
+            **_expiry_settings(expire_after, retention),
+            sweep_interval=parse_duration(sweep_interval, "sweep interval"),
         )
         _check_storage(config)
     except ConfigError as exc:
@@ -172,6 +206,89 @@ def serve(
     finally:
         if embedded is not None:
             embedded.stop()
+
+
+@main.command()
+@_storage_option
+@_data_dir_option
+@_redis_url_option
+@_expire_after_option
+@_retention_option
+def sweep(
+    storage: str,
+    data_dir: Path,
+    redis_url: str | None,
+    expire_after: str,
+    retention: str | None,
+) -> None:
+    """Run one expiry pass now and print what it removed.
+
+    Without --redis-url it uses the embedded Redis of a server running on the
+    same --data-dir, or starts that Redis itself for the pass.
+    """
+    try:
+        config = Config(
+            storage=storage,
+            redis_url=redis_url,
+            data_dir=data_dir,
+            **_expiry_settings(expire_after, retention),
+        )
+        _check_storage(config)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+    logging.config.dictConfig(_log_config("warning"))
+    embedded = None
+    try:
+        if config.redis_url is None:
+            url = running_url(config.data_dir)
+            if url is None:
+                embedded = EmbeddedRedis(config.data_dir.resolve())
+                url = embedded.start()
+            config = dataclasses.replace(config, redis_url=url)
+        else:
+            _check_redis(config.redis_url)
+        report = anyio.run(_sweep_when_free, config)
+    except (EmbeddedRedisError, ConfigError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except StateUnavailable as exc:
+        raise click.ClickException(f"Redis failed during the sweep: {exc}.") from None
+    except OSError as exc:
+        raise click.ClickException(
+            f"storage {config.storage!r} failed during the sweep: {exc.strerror or exc}."
+        ) from None
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    if not report.ran:
+        click.echo("another instance kept sweeping; nothing done (its pass does the same work)")
+        return
+    for label, upload_ids in (
+        ("expired", report.expired),
+        ("retired", report.retired),
+        ("orphan", report.orphans),
+        ("skipped", report.skipped),
+    ):
+        for upload_id in upload_ids:
+            click.echo(f"{label} {upload_id}")
+    click.echo(f"swept: {report.summary()}")
+
+
+async def _sweep_when_free(config: Config) -> SweepReport:
+    """One pass; while a running server is sweeping, wait a little for it to finish."""
+    deadline = time.monotonic() + _SWEEP_WAIT_SECONDS
+    while True:
+        report = await app_sweep(config)
+        if report.ran or time.monotonic() >= deadline:
+            return report
+        await anyio.sleep(0.2)
+
+
+def _expiry_settings(expire_after: str, retention: str | None) -> dict[str, Any]:
+    return {
+        "expire_after": parse_duration(expire_after, "expire after"),
+        "retention": None if retention is None else parse_duration(retention, "retention"),
+    }
 
 
 class _Stopped(Exception):

@@ -70,6 +70,9 @@ async def assemble_final(
         concat=protocol.CONCAT_FINAL,
         parts=concat.urls,
     )
+    # Expiring like any upload until published: a crash mid-assembly leaves
+    # nothing the sweeper does not remove in time.
+    upload.expires = upload.created + config.expire_after
     token = services.locker.new_token()
     await services.storage.create(upload.id)
     await services.store.create(upload, lock_token=token, lock_ttl_ms=services.locker.ttl_ms)

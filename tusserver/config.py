@@ -77,6 +77,17 @@ class Config:
     # GET on an unfinished upload serves the bytes received so far instead of
     # 404: useful for previews, but those bytes are not a whole file yet.
     download_unfinished: bool = False
+    # An unfinished upload that receives no bytes for this long expires (tus
+    # expiration): the sweeper removes its bytes and record. Each PATCH that
+    # stores bytes moves the expiry this far into the future again.
+    expire_after: float = 24 * 3600
+    # How long a finished upload's record is kept, so HEAD still answers
+    # Upload-Offset == Upload-Length to clients re-checking a stored URL.
+    # None: kept until DELETE. The finished file itself is never swept.
+    retention: float | None = None
+    # How often each instance tries to sweep; a Redis lock lets only one
+    # instance sweep at a time, so more instances do not mean more work.
+    sweep_interval: float = 60.0
 
     def __post_init__(self) -> None:
         if not (self.base_path.startswith("/") and self.base_path.endswith("/")):
@@ -106,3 +117,10 @@ class Config:
             )
         if self.download_unfinished and not self.downloads:
             raise ConfigError("downloading unfinished uploads needs downloads enabled.")
+        for name in ("expire_after", "sweep_interval"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name.replace('_', ' ')} must be greater than zero.")
+        if self.retention is not None and self.retention <= 0:
+            raise ConfigError(
+                "retention must be greater than zero (or unset to keep finished records)."
+            )

@@ -161,7 +161,7 @@ class EmbeddedRedis:
     @property
     def url(self) -> str:
         """``unix:///<absolute data_dir>/redis.sock`` (percent-encoded where needed)."""
-        return "unix://" + quote(str(self._socket_path), safe="/")
+        return _socket_url(self._socket_path)
 
     @property
     def pid(self) -> int | None:
@@ -375,6 +375,19 @@ class EmbeddedRedis:
                 time.sleep(_POLL_INTERVAL)
         finally:
             client.close()
+
+
+def running_url(data_dir: Path) -> str | None:
+    """URL of the embedded Redis of a tusserver running on ``data_dir`` right now,
+    or None when none answers there (for commands that must reach its state)."""
+    socket_path = Path(data_dir).absolute() / SOCKET_NAME
+    if socket_path.exists() and _answers(socket_path):
+        return _socket_url(socket_path)
+    return None
+
+
+def _socket_url(socket_path: Path) -> str:
+    return "unix://" + quote(str(socket_path), safe="/")
 
 
 def _log_tail(log_path: Path, offset: int) -> str:

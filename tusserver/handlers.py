@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from storage_backends.base import Storage
-from tusserver import concatenation, errors, integrity, naming, protocol
+from tusserver import concatenation, errors, expiry, integrity, naming, protocol
 from tusserver.config import Config
 from tusserver.digests import FILE_DIGEST, Digests, Hasher, RunningDigests
 from tusserver.headers import (
@@ -112,6 +112,7 @@ async def create_upload(request: Request, services: Services) -> Response:
         created=time.time(),
         concat="" if concat is None else concat.role,
     )
+    upload.expires = upload.created + config.expire_after
     # Only a creation that writes or finishes needs the lock; taking it costs
     # nothing extra here (one pipeline with the record). Data with neither
     # Content-Length nor chunked framing is possible over HTTP/2: read it.
@@ -152,10 +153,9 @@ async def _create_final(
 
 def _created(request: Request, config: Config, upload: Upload) -> Response:
     location = _uploads_path(request, config) + upload.id
-    return Response(
-        status_code=201,
-        headers=tus_headers({LOCATION: location, UPLOAD_OFFSET: str(upload.offset)}),
-    )
+    created = tus_headers({LOCATION: location, UPLOAD_OFFSET: str(upload.offset)})
+    created.update(expiry.expires_headers(upload))
+    return Response(status_code=201, headers=created)
 
 
 def _uploads_path(request: Request, config: Config) -> str:
@@ -177,6 +177,8 @@ async def head_upload(request: Request, services: Services) -> Response:
     upload_id = _upload_id(request)
     protocol.check_tus_resumable(request.headers.get(TUS_RESUMABLE))
     upload = await services.locker.read_unlocked(upload_id)
+    if expiry.has_expired(upload):
+        raise errors.GONE  # in line with the Upload-Expires announced; not swept yet
     if _needs_finalize(upload):
         # A finalize was interrupted (crash): finish it before saying "done".
         async with services.locker.hold(upload_id) as (upload, lease):
@@ -186,6 +188,7 @@ async def head_upload(request: Request, services: Services) -> Response:
         # Not "offset == length": the client must not believe it is done.
         raise errors.upload_checksum_failed(upload.failure or "unknown")
     headers = tus_headers({UPLOAD_OFFSET: str(upload.offset), CACHE_CONTROL: "no-store"})
+    headers.update(expiry.expires_headers(upload))
     if upload.length is None:
         headers[UPLOAD_DEFER_LENGTH] = "1"
     else:
@@ -228,6 +231,8 @@ async def patch_upload(request: Request, services: Services) -> Response:
     checksum = _chunk_checksum(headers)
 
     async with services.locker.hold(upload_id) as (upload, lease):
+        if expiry.has_expired(upload):
+            raise errors.GONE  # in line with the Upload-Expires announced; not swept yet
         if upload.is_failed:
             raise errors.upload_checksum_failed(upload.failure or "unknown")
         if upload.concat == protocol.CONCAT_FINAL:
@@ -362,8 +367,10 @@ def _keep_file_digests(
 
 async def _commit(services: Services, upload: Upload, lease: Lease, new_offset: int) -> None:
     finishing = upload.length is not None and new_offset == upload.length
+    # Sliding expiry: stored bytes show the client is still at it.
+    expires = time.time() + services.config.expire_after
     status = await services.store.commit(
-        upload.id, lease.token, upload.offset, new_offset, release=not finishing
+        upload.id, lease.token, upload.offset, new_offset, release=not finishing, expires=expires
     )
     if status is CommitStatus.MISSING:
         raise errors.GONE
@@ -372,6 +379,8 @@ async def _commit(services: Services, upload: Upload, lease: Lease, new_offset: 
         logger.warning("upload %s: commit refused (%s)", upload.id, status.value)
         raise errors.LOCKED
     upload.offset = new_offset
+    if upload.expires is not None:
+        upload.expires = expires
     lease.released = not finishing
 
 
@@ -412,6 +421,7 @@ async def _finalize(services: Services, upload: Upload, lease: Lease) -> None:
         raise errors.INTERNAL
     lease.released = True
     upload.state, upload.location, upload.sha256 = COMPLETE, location, sha256
+    upload.expires = None  # a published file does not expire
     logger.info(
         "upload %s finished as %s (%d bytes, sha256 %s)", upload.id, location, upload.length, sha256
     )
@@ -423,9 +433,9 @@ async def _finalize(services: Services, upload: Upload, lease: Lease) -> None:
 
 async def _complete_partial(services: Services, upload: Upload, lease: Lease) -> None:
     # No file digest: a fragment is never published on its own; the final
-    # upload made of it records its own.
+    # upload made of it records its own. It keeps expiring (expiry sweeps it).
     services.running.forget(upload.id)
-    status = await _record_completion(services, upload, lease, "", "")
+    status = await services.store.complete_unpublished(upload.id, lease.token)
     if status is not CommitStatus.OK:
         logger.error("upload %s: could not record completion (%s)", upload.id, status.value)
         raise errors.INTERNAL
@@ -441,11 +451,15 @@ async def _record_completion(
     the partial is already renamed, so failing here would strand the upload."""
     for delay in (0.2, 0.4):
         try:
-            return await services.store.complete(upload.id, lease.token, location, sha256)
+            return await services.store.complete(
+                upload.id, lease.token, location, sha256, retention=services.config.retention
+            )
         except StateUnavailable:
             logger.warning("upload %s: finalized as %s; retrying to record it", upload.id, location)
             await anyio.sleep(delay)
-    return await services.store.complete(upload.id, lease.token, location, sha256)
+    return await services.store.complete(
+        upload.id, lease.token, location, sha256, retention=services.config.retention
+    )
 
 
 async def _settle_length(services: Services, upload: Upload, length: int) -> None:
@@ -464,7 +478,8 @@ async def _settle_length(services: Services, upload: Upload, length: int) -> Non
 
 
 def _patched(upload: Upload) -> Response:
-    return Response(status_code=204, headers=tus_headers({UPLOAD_OFFSET: str(upload.offset)}))
+    headers = tus_headers({UPLOAD_OFFSET: str(upload.offset), **expiry.expires_headers(upload)})
+    return Response(status_code=204, headers=headers)
 
 
 def _remaining(upload: Upload, max_size: int | None) -> int | None:

@@ -12,6 +12,8 @@ import binascii
 import re
 import secrets
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import format_datetime
 from urllib.parse import urljoin, urlsplit
 
 from tusserver import errors
@@ -29,6 +31,7 @@ EXTENSIONS = (
     "termination",
     "checksum",
     "concatenation",
+    "expiration",
 )
 
 # checksum extension: sha1 is the one the spec requires; the others are what
@@ -215,3 +218,10 @@ def _upload_id_in(url: str, number: int, request_path: str, uploads_path: str) -
     if not path.startswith(uploads_path) or not is_upload_id(upload_id):
         raise errors.concat_part_invalid(number, url)
     return upload_id
+
+
+def format_expires(epoch_seconds: float) -> str:
+    """Upload-Expires: an HTTP-date (RFC 9110 IMF-fixdate), e.g.
+    ``Wed, 25 Jun 2025 12:00:00 GMT``; fractions of a second are dropped, so
+    the date a client sees is never later than the real expiry."""
+    return format_datetime(datetime.fromtimestamp(int(epoch_seconds), UTC), usegmt=True)

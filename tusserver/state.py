@@ -7,9 +7,25 @@ and one Lua script may touch them all::
                       created, state (partial | complete | failed), location,
                       sha256 (hex, once complete), failure (why it failed),
                       concat (partial | final; absent for a plain upload),
-                      parts (a final upload's part URLs, space-separated)
+                      parts (a final upload's part URLs, space-separated),
+                      expires (until the file is published), completed
     tus:{<id>}:lock   the token of the request allowed to write (see locking)
-    tus:{<id>}:gone   tombstone of a terminated upload: 410 instead of 404
+    tus:{<id>}:gone   tombstone of a terminated or expired upload: 410, not 404
+
+Two global indexes let the sweeper find its work without scanning keys (see
+``expiry``); they are sorted sets of upload ids:
+
+    tus:expiry        unpublished uploads, scored by when they expire
+    tus:retention     published uploads whose record is to be removed, scored
+                      by completion time + retention (only with a retention)
+
+The expiry index is kept lazily so that a PATCH costs no extra round trip:
+a commit moves the record's ``expires`` forward inside its script, and the
+index keeps the older, earlier score. Invariant: an upload's index score is
+never later than its record's ``expires``, so the sweeper visits it no later
+than due, re-checks the record under the upload's lock and re-scores the
+entry of an upload that was extended. Index keys are global, so they never
+appear in a per-upload script (one Redis Cluster slot per script).
 
 Rules the scripts enforce:
 - The offset moves only by compare-and-set from the offset the writer
@@ -76,6 +92,8 @@ class Upload:
     failure: str | None = None  # why a FAILED upload was not finalized
     concat: str = ""  # "partial" or "final" (concatenation), "" for a plain upload
     parts: tuple[str, ...] = ()  # a final upload's part URLs, as the client sent them
+    expires: float | None = None  # epoch seconds; None once the file is published
+    completed: float | None = None  # epoch seconds when the file was published
 
     @property
     def is_complete(self) -> bool:
@@ -108,6 +126,12 @@ def gone_key(upload_id: str) -> str:
     return f"tus:{{{upload_id}}}:gone"
 
 
+EXPIRY_INDEX = "tus:expiry"
+RETENTION_INDEX = "tus:retention"
+# Held by the instance sweeping right now (see expiry); one sweeper at a time.
+SWEEP_LOCK = "tus:sweep:lock"
+
+
 def _keys(upload_id: str) -> list[str]:
     return [info_key(upload_id), lock_key(upload_id), gone_key(upload_id)]
 
@@ -132,7 +156,8 @@ if redis.call('GET', KEYS[2]) == ARGV[1] then return {'claimed', record} end
 return {'locked', record}
 """
 
-# KEYS: info, lock. ARGV: token, expected offset, new offset, release (1|0).
+# KEYS: info, lock. ARGV: token, expected offset, new offset, release (1|0),
+# new expires ("" = unchanged; only an unpublished upload has one).
 _COMMIT = """
 local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[1] then return 'lost' end
@@ -142,19 +167,24 @@ if not current then return 'missing' end
 if current == ARGV[3] and (not holder or holder == ARGV[1]) then return 'ok' end
 if current ~= ARGV[2] then return 'moved' end
 redis.call('HSET', KEYS[1], 'offset', ARGV[3])
+if ARGV[5] ~= '' and redis.call('HEXISTS', KEYS[1], 'expires') == 1 then
+  redis.call('HSET', KEYS[1], 'expires', ARGV[5])
+end
 if holder and ARGV[4] == '1' then redis.call('DEL', KEYS[2]) end
 return 'ok'
 """
 
-# KEYS: info, lock. ARGV: token, state, field, value. Marks the upload
-# finished (complete + location, or failed + failure) and releases the lock
-# in the same step; the sha256 field rides along (ARGV 5, 6) when given.
+# KEYS: info, lock. ARGV: token, state, published (1|0), then field/value
+# pairs to set. Marks the upload finished (complete: published, or a
+# concatenation part kept staged; failed: never to be published) and
+# releases the lock in the same step. A published file does not expire.
 _COMPLETE = """
 local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[1] then return 'lost' end
 if redis.call('EXISTS', KEYS[1]) == 0 then return 'missing' end
-redis.call('HSET', KEYS[1], 'state', ARGV[2], ARGV[3], ARGV[4])
-if ARGV[5] then redis.call('HSET', KEYS[1], ARGV[5], ARGV[6]) end
+redis.call('HSET', KEYS[1], 'state', ARGV[2])
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if ARGV[3] == '1' then redis.call('HDEL', KEYS[1], 'expires') end
 if holder then redis.call('DEL', KEYS[2]) end
 return 'ok'
 """
@@ -221,7 +251,13 @@ class UploadStore:
             fields["concat"] = upload.concat
         if upload.parts:
             fields["parts"] = " ".join(upload.parts)
+        if upload.expires is not None:
+            fields["expires"] = repr(upload.expires)
         async with self._redis.pipeline(transaction=True) as pipe:
+            # The index entry first: should the pipeline ever be split (Redis
+            # Cluster), an entry without a record is what the sweeper cleans.
+            if upload.expires is not None:
+                pipe.zadd(EXPIRY_INDEX, {upload.id: upload.expires})
             pipe.hset(info_key(upload.id), mapping=fields)
             if lock_token is not None:
                 pipe.set(lock_key(upload.id), lock_token, px=lock_ttl_ms)
@@ -239,11 +275,26 @@ class UploadStore:
 
     @_translating
     async def commit(
-        self, upload_id: str, token: str, expected: int, new: int, *, release: bool
+        self,
+        upload_id: str,
+        token: str,
+        expected: int,
+        new: int,
+        *,
+        release: bool,
+        expires: float | None = None,
     ) -> CommitStatus:
+        """Move the offset by compare-and-set; with ``expires``, also slide the
+        expiry of an unpublished upload, in the same script (no extra trip)."""
         result = await self._commit(
             keys=[info_key(upload_id), lock_key(upload_id)],
-            args=[token, expected, new, "1" if release else "0"],
+            args=[
+                token,
+                expected,
+                new,
+                "1" if release else "0",
+                "" if expires is None else repr(expires),
+            ],
         )
         return CommitStatus(result)
 
@@ -254,21 +305,57 @@ class UploadStore:
 
     @_translating
     async def complete(
-        self, upload_id: str, token: str, location: str, sha256: str
+        self,
+        upload_id: str,
+        token: str,
+        location: str,
+        sha256: str,
+        *,
+        retention: float | None = None,
     ) -> CommitStatus:
-        """Record the finished file and its SHA-256; releases the lock."""
+        """Record the published file and its SHA-256, and release the lock. Idempotent.
+
+        Once recorded, the upload leaves the expiry index; with a
+        ``retention``, it enters the retention index so the sweeper removes
+        its record (never its file) that long after completion. Should that
+        second step fail, the sweeper repairs it when the old entry is due.
+        """
+        completed = time.time()
         result = await self._complete(
             keys=[info_key(upload_id), lock_key(upload_id)],
-            args=[token, COMPLETE, "location", location, "sha256", sha256],
+            args=[
+                token,
+                COMPLETE,
+                "1",
+                "location",
+                location,
+                "sha256",
+                sha256,
+                "completed",
+                repr(completed),
+            ],
+        )
+        status = CommitStatus(result)
+        if status is CommitStatus.OK:
+            await self._unindex_published(upload_id, completed, retention)
+        return status
+
+    @_translating
+    async def complete_unpublished(self, upload_id: str, token: str) -> CommitStatus:
+        """Mark a concatenation part complete, kept staged and still expiring;
+        releases the lock."""
+        result = await self._complete(
+            keys=[info_key(upload_id), lock_key(upload_id)], args=[token, COMPLETE, "0"]
         )
         return CommitStatus(result)
 
     @_translating
     async def fail(self, upload_id: str, token: str, failure: str) -> CommitStatus:
-        """Record that the upload will never be finalized, and why; releases the lock."""
+        """Record that the upload will never be finalized, and why; releases the
+        lock. It keeps expiring, so the sweeper removes its bytes in time."""
         result = await self._complete(
             keys=[info_key(upload_id), lock_key(upload_id)],
-            args=[token, FAILED, "failure", failure],
+            args=[token, FAILED, "0", "failure", failure],
         )
         return CommitStatus(result)
 
@@ -298,6 +385,74 @@ class UploadStore:
             for upload_id, fields in zip(upload_ids, replies, strict=True)
         ]
 
+    # --- for the sweeper (see expiry) ------------------------------------
+
+    @_translating
+    async def due(self, index: str, now: float, start: int, count: int) -> list[str]:
+        """Up to ``count`` ids of ``index`` scored at or before ``now``, earliest
+        first, skipping the first ``start`` of them."""
+        ids = await self._redis.zrangebyscore(index, "-inf", now, start=start, num=count)
+        return [str(upload_id) for upload_id in ids]
+
+    @_translating
+    async def reschedule_expiry(self, upload_id: str, expires: float) -> None:
+        """Re-score the index entry of an upload whose PATCHes moved its expiry."""
+        await self._redis.zadd(EXPIRY_INDEX, {upload_id: expires})
+
+    @_translating
+    async def unindex_published(
+        self, upload_id: str, completed: float | None, retention: float | None
+    ) -> None:
+        """Move a published upload from the expiry index (to the retention index)."""
+        await self._unindex_published(upload_id, completed or time.time(), retention)
+
+    async def _unindex_published(
+        self, upload_id: str, completed: float, retention: float | None
+    ) -> None:
+        # Added before removed: a failure in between leaves the entry in the
+        # expiry index, where the sweeper finds it again.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            if retention is not None:
+                pipe.zadd(RETENTION_INDEX, {upload_id: completed + retention})
+            pipe.zrem(EXPIRY_INDEX, upload_id)
+            await pipe.execute()
+
+    @_translating
+    async def unindex(self, index: str, upload_id: str) -> None:
+        await self._redis.zrem(index, upload_id)
+
+    @_translating
+    async def forget(self, upload_id: str, token: str, index: str) -> CommitStatus:
+        """Remove the record (leaving a tombstone, as on termination), then its
+        entry in ``index``. The caller holds the lock with ``token``."""
+        status = CommitStatus(
+            await self._terminate(keys=_keys(upload_id), args=[token, GONE_TTL_SECONDS])
+        )
+        if status is CommitStatus.OK:
+            await self._redis.zrem(index, upload_id)
+        return status
+
+    @_translating
+    async def records_exist(self, upload_ids: list[str]) -> list[bool]:
+        """Whether each upload has a record, in one round trip."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for upload_id in upload_ids:
+                pipe.exists(info_key(upload_id))
+            return [bool(found) for found in await pipe.execute()]
+
+    @_translating
+    async def claim_sweep(self, token: str, ttl_ms: int) -> bool:
+        """Become the one instance sweeping now (SET NX PX); False if another is."""
+        return bool(await self._redis.set(SWEEP_LOCK, token, nx=True, px=ttl_ms))
+
+    @_translating
+    async def extend_sweep(self, token: str, ttl_ms: int) -> bool:
+        return bool(await self._extend(keys=[SWEEP_LOCK], args=[token, ttl_ms]))
+
+    @_translating
+    async def release_sweep(self, token: str) -> None:
+        await self._release(keys=[SWEEP_LOCK], args=[token])
+
 
 def _to_claim(upload_id: str, reply: list[Any]) -> Claim:
     status = ClaimStatus(reply[0])
@@ -321,4 +476,10 @@ def _to_upload(upload_id: str, fields: dict[str, str]) -> Upload:
         failure=fields.get("failure") or None,
         concat=fields.get("concat", ""),
         parts=tuple(fields.get("parts", "").split()),
+        expires=_optional_float(fields.get("expires")),
+        completed=_optional_float(fields.get("completed")),
     )
+
+
+def _optional_float(value: str | None) -> float | None:
+    return float(value) if value else None
