@@ -14,6 +14,7 @@ import json
 import logging
 import logging.config
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -92,6 +93,28 @@ def main() -> None:
     help="How much to log.",
 )
 @_option("--access-log/--no-access-log", default=False, help="Log every request.")
+@_option(
+    "--cors-origin",
+    multiple=True,
+    help="Origin whose pages may upload from a browser, e.g. https://app.example.com, "
+    "or *. Repeatable; the variable takes a space- or comma-separated list. Unset: same origin.",
+)
+@_option(
+    "--cors-allow-credentials/--no-cors-allow-credentials",
+    default=False,
+    help="Let browsers send cookies and HTTP auth cross-origin (explicit origins only).",
+)
+@_option(
+    "--public-url",
+    default=None,
+    help="The endpoint's URL as clients see it, e.g. https://example.com/files/: "
+    "absolute Locations. Unset: relative Locations.",
+)
+@_option(
+    "--behind-proxy/--no-behind-proxy",
+    default=False,
+    help="Trust Forwarded and X-Forwarded-Host/-Proto/-Prefix for Locations.",
+)
 def serve(
     host: str,
     port: int,
@@ -106,6 +129,10 @@ def serve(
     workers: int,
     log_level: str,
     access_log: bool,
+    cors_origin: tuple[str, ...],
+    cors_allow_credentials: bool,
+    public_url: str | None,
+    behind_proxy: bool,
 ) -> None:
     """Run the tus server."""
     try:
@@ -118,6 +145,10 @@ def serve(
             idle_timeout=parse_duration(idle_timeout, "idle timeout"),
             final_name=final_name,
             file_mode=_parse_mode(file_mode),
+            cors_origins=_split_origins(cors_origin),
+            cors_allow_credentials=cors_allow_credentials,
+            public_url=public_url,
+            behind_proxy=behind_proxy,
         )
         _check_storage(config)
     except ConfigError as exc:
@@ -198,6 +229,12 @@ def _parse_mode(text: str) -> int:
         raise ConfigError(f"file mode must be octal such as 644, not {text!r}.") from None
 
 
+def _split_origins(values: tuple[str, ...]) -> tuple[str, ...]:
+    """Flags give one origin each; the environment variable a list, which
+    click splits at spaces only, so commas are split here."""
+    return tuple(origin for value in values for origin in re.split(r"[\s,]+", value) if origin)
+
+
 def _check_storage(config: Config) -> None:
     try:
         anyio.run(open_storage(config).check)
@@ -234,6 +271,7 @@ def _dump(config: Config) -> str:
 def _load(text: str) -> Config:
     fields = json.loads(text)
     fields["data_dir"] = Path(fields["data_dir"])
+    fields["cors_origins"] = tuple(fields["cors_origins"])
     return Config(**fields)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 from starlette.datastructures import Headers
@@ -35,10 +35,12 @@ from tusserver.headers import (
     UPLOAD_OFFSET,
 )
 from tusserver.headers import TUS_VERSION as TUS_VERSION_HEADER
+from tusserver.hooks import FinishedUpload, Hooks
 from tusserver.locking import Lease, Locker
 from tusserver.protocol import TUS_VERSION
 from tusserver.state import CommitStatus, StateUnavailable, Upload, UploadStore
 from tusserver.transfer import End, Transfer, receive_into_storage
+from tusserver.urls import upload_url
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +51,7 @@ class Services:
     store: UploadStore
     locker: Locker
     storage: Storage
+    hooks: Hooks = field(default_factory=Hooks)
 
 
 def tus_headers(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -119,7 +122,7 @@ async def create_upload(request: Request, services: Services) -> Response:
             raise
         finally:
             await services.locker.release(lease)
-    location = request.scope.get("root_path", "") + config.base_path + upload.id
+    location = upload_url(request, config, upload.id)
     return Response(
         status_code=201,
         headers=tus_headers({LOCATION: location, UPLOAD_OFFSET: str(upload.offset)}),
@@ -286,6 +289,12 @@ async def _finalize(services: Services, upload: Upload, lease: Lease) -> None:
         await services.storage.delete(upload.id)  # the partial's name; the bytes stay published
     except OSError as exc:
         logger.warning("upload %s: could not remove the partial's name: %s", upload.id, exc)
+    if services.hooks.post_finish is not None:
+        finished = FinishedUpload(upload.id, upload.length, metadata, location)
+        try:
+            await services.hooks.post_finish(finished)
+        except Exception:
+            logger.exception("upload %s: post-finish hook failed", upload.id)
 
 
 async def _record_completion(
