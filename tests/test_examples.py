@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -54,25 +55,44 @@ def test_tuspy_example_uploads_a_file_byte_identically(
     )
 
 
-def test_compose_runs_tusserver_on_a_persistent_healthy_redis() -> None:
+def test_compose_wires_tusserver_to_a_persistent_redis_and_a_samba_share() -> None:
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
     services = compose["services"]
-    redis, tus = services["redis"], services["tusserver"]
+    redis, samba, tus = services["redis"], services["samba"], services["tusserver"]
 
     assert "--appendonly" in redis["command"] and "yes" in redis["command"]
     assert any(volume.endswith(":/data") for volume in redis["volumes"])
     assert "redis-cli" in redis["healthcheck"]["test"]
-
     assert tus["environment"]["TUSSERVER_REDIS_URL"].startswith("redis://redis:6379")
-    assert tus["depends_on"]["redis"]["condition"] == "service_healthy"
-    storage = tus["environment"]["TUSSERVER_STORAGE"]
-    assert any(volume.endswith(":" + storage) for volume in tus["volumes"])
+
+    # The storage URL names the samba service, its account and its share.
+    storage = urlsplit(tus["environment"]["TUSSERVER_STORAGE"])
+    assert (storage.scheme, storage.hostname, storage.port) == ("smb", "samba", 445)
+    assert storage.password is None, "the password never goes into the URL"
+    user, share = storage.username, storage.path.strip("/").split("/")[0]
+    samba_env = samba["environment"]
+    share_config = samba_env[f"SAMBA_VOLUME_CONFIG_{share}"]
+    assert f"[{share}]" in share_config and f"valid users = {user}" in share_config
+    assert "read only = no" in share_config
+    share_path = share_config.split("path=", 1)[1].split(";")[0].strip()
+    assert any(volume.endswith(":" + share_path) for volume in samba["volumes"])
+    # One password, from the environment, on both sides; none written here.
+    password = tus["environment"]["TUSSERVER_SMB_PASSWORD"]
+    assert password.startswith("${TUS_SMB_PASSWORD:?")
+    assert samba_env[f"ACCOUNT_{user}"] == password
+    assert "smbclient" in " ".join(samba["healthcheck"]["test"])
+    assert f"{user}%$$ACCOUNT_{user}" in " ".join(samba["healthcheck"]["test"])
+
+    for dependency in ("redis", "samba"):
+        assert tus["depends_on"][dependency]["condition"] == "service_healthy"
+        assert "healthcheck" in services[dependency]
     assert tus["build"] == "."
     assert all(port.startswith("127.0.0.1:") for port in tus["ports"])
+    assert "healthcheck" in tus
 
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert 'CMD ["tusserver", "serve"]' in dockerfile
-    assert "TUSSERVER_STORAGE=" + storage in dockerfile
+    assert "TUSSERVER_HOST=0.0.0.0" in dockerfile and "TUSSERVER_PORT=8080" in dockerfile
 
 
 def test_fastapi_example_serves_tus_under_its_mount_path_and_calls_back_on_finish(
