@@ -18,7 +18,6 @@ CONTENT_TYPE = "Content-Type"
 CONTENT_LENGTH = "Content-Length"
 TRANSFER_ENCODING = "Transfer-Encoding"
 # CORS (Fetch standard) and proxies (RFC 7239, and the de-facto X-Forwarded-*).
-ORIGIN = "Origin"
 AUTHORIZATION = "Authorization"
 X_REQUESTED_WITH = "X-Requested-With"
 X_REQUEST_ID = "X-Request-ID"
