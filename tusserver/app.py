@@ -27,6 +27,7 @@ from storage_backends.base import Storage
 from storage_backends.local import LocalStorage
 from tusserver import errors, expiry, headers, protocol
 from tusserver.config import Config, ConfigError
+from tusserver.cors import cors_middleware
 from tusserver.download import download_upload
 from tusserver.embedded_redis import EmbeddedRedis
 from tusserver.handlers import (
@@ -38,6 +39,7 @@ from tusserver.handlers import (
     patch_upload,
     tus_headers,
 )
+from tusserver.hooks import Hooks
 from tusserver.locking import Locker
 from tusserver.state import StateUnavailable, UploadStore
 
@@ -46,8 +48,11 @@ logger = logging.getLogger(__name__)
 Handler = Callable[[Request, Services], Awaitable[Response] | Response]
 
 
-def create_app(config: Config) -> Starlette:
-    """A tus server as an ordinary ASGI app: run it, or mount it under a path."""
+def create_app(config: Config, hooks: Hooks | None = None) -> Starlette:
+    """A tus server as an ordinary ASGI app: run it, or mount it under a path.
+
+    ``hooks``: callbacks of the application that mounts it (tusserver.hooks).
+    """
     services_box: list[Services] = []
 
     def dispatch(table: dict[str, Handler]) -> Callable[[Request], Awaitable[Response]]:
@@ -116,7 +121,7 @@ def create_app(config: Config) -> Starlette:
                 raise ConfigError(f"storage {config.storage!r} is not usable: {exc}") from exc
             store = UploadStore(client)
             locker = Locker(client, store, ttl=config.lock_ttl, wait=config.lock_wait)
-            services_box.append(Services(config, store, locker, storage))
+            services_box.append(Services(config, store, locker, storage, hooks=hooks or Hooks()))
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(locker.listen_for_release_requests)
                 tasks.start_soon(expiry.run_sweeper, store, storage, config)
@@ -126,7 +131,9 @@ def create_app(config: Config) -> Starlette:
                 tasks.cancel_scope.cancel()
             services_box.clear()
 
-    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(MethodOverride)])
+    # CORS outermost: a preflight is answered before anything else sees it.
+    middleware = [*cors_middleware(config), Middleware(MethodOverride)]
+    return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
 
 
 def _connect(redis_url: str) -> aioredis.Redis:

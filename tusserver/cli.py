@@ -14,6 +14,7 @@ import json
 import logging
 import logging.config
 import os
+import re
 import signal
 import sys
 import time
@@ -132,6 +133,28 @@ _retention_option = _option(
     default="60s",
     help="How often to look for expired uploads (one instance sweeps at a time).",
 )
+@_option(
+    "--cors-origin",
+    multiple=True,
+    help="Origin whose pages may upload from a browser, e.g. https://app.example.com, "
+    "or *. Repeatable; the variable takes a space- or comma-separated list. Unset: same origin.",
+)
+@_option(
+    "--cors-allow-credentials/--no-cors-allow-credentials",
+    default=False,
+    help="Let browsers send cookies and HTTP auth cross-origin (explicit origins only).",
+)
+@_option(
+    "--public-url",
+    default=None,
+    help="The endpoint's URL as clients see it, e.g. https://example.com/files/: "
+    "absolute Locations. Unset: relative Locations.",
+)
+@_option(
+    "--behind-proxy/--no-behind-proxy",
+    default=False,
+    help="Trust Forwarded and X-Forwarded-Host/-Proto/-Prefix for Locations.",
+)
 def serve(
     host: str,
     port: int,
@@ -151,6 +174,10 @@ def serve(
     expire_after: str,
     retention: str | None,
     sweep_interval: str,
+    cors_origin: tuple[str, ...],
+    cors_allow_credentials: bool,
+    public_url: str | None,
+    behind_proxy: bool,
 ) -> None:
     """Run the tus server."""
     try:
@@ -167,6 +194,10 @@ def serve(
             download_unfinished=download_unfinished,
             **_expiry_settings(expire_after, retention),
             sweep_interval=parse_duration(sweep_interval, "sweep interval"),
+            cors_origins=_split_origins(cors_origin),
+            cors_allow_credentials=cors_allow_credentials,
+            public_url=public_url,
+            behind_proxy=behind_proxy,
         )
         _check_storage(config)
     except ConfigError as exc:
@@ -330,6 +361,12 @@ def _parse_mode(text: str) -> int:
         raise ConfigError(f"file mode must be octal such as 644, not {text!r}.") from None
 
 
+def _split_origins(values: tuple[str, ...]) -> tuple[str, ...]:
+    """Flags give one origin each; the environment variable a list, which
+    click splits at spaces only, so commas are split here."""
+    return tuple(origin for value in values for origin in re.split(r"[\s,]+", value) if origin)
+
+
 def _check_storage(config: Config) -> None:
     try:
         anyio.run(open_storage(config).check)
@@ -366,6 +403,7 @@ def _dump(config: Config) -> str:
 def _load(text: str) -> Config:
     fields = json.loads(text)
     fields["data_dir"] = Path(fields["data_dir"])
+    fields["cors_origins"] = tuple(fields["cors_origins"])
     return Config(**fields)
 
 

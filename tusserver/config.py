@@ -88,6 +88,20 @@ class Config:
     # How often each instance tries to sweep; a Redis lock lets only one
     # instance sweep at a time, so more instances do not mean more work.
     sweep_interval: float = 60.0
+    # Origins whose pages may call the endpoint from a browser, like
+    # https://app.example.com; "*" for any. Empty: same-origin pages only, the
+    # safe default for a server that writes files.
+    cors_origins: tuple[str, ...] = ()
+    # Let browsers send cookies / HTTP auth cross-origin. Only with explicit
+    # origins: with "*" any site could upload with the user's credentials.
+    cors_allow_credentials: bool = False
+    # The endpoint's URL as clients see it (https://example.com/files/):
+    # Locations become absolute from it. None: relative Locations, which are
+    # right behind any proxy that keeps the path.
+    public_url: str | None = None
+    # Trust Forwarded / X-Forwarded-Host, -Proto and -Prefix for Locations.
+    # Off: any client could otherwise make the server hand out foreign URLs.
+    behind_proxy: bool = False
 
     def __post_init__(self) -> None:
         if not (self.base_path.startswith("/") and self.base_path.endswith("/")):
@@ -124,3 +138,22 @@ class Config:
             raise ConfigError(
                 "retention must be greater than zero (or unset to keep finished records)."
             )
+        for origin in self.cors_origins:
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ConfigError(
+                    f"CORS origin must be scheme://host[:port] with no path, "
+                    f"like https://app.example.com, or *; not {origin!r}."
+                )
+        if self.cors_allow_credentials and "*" in self.cors_origins:
+            raise ConfigError("CORS credentials need explicit origins: list them instead of '*'.")
+        if self.public_url is not None and not _PUBLIC_URL.fullmatch(self.public_url):
+            raise ConfigError(
+                "public URL must be the endpoint's absolute http(s) URL, "
+                f"like https://example.com/files/, not {self.public_url!r}."
+            )
+
+
+# What browsers send in Origin: a scheme, a host and maybe a port, nothing else
+# (a trailing slash would never match).
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#@\s]+", re.IGNORECASE)
+_PUBLIC_URL = re.compile(r"https?://[^/?#@\s]+(/[^?#\s]*)?", re.IGNORECASE)

@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import anyio
 from starlette.datastructures import Headers
@@ -39,10 +40,12 @@ from tusserver.headers import (
     UPLOAD_OFFSET,
 )
 from tusserver.headers import TUS_VERSION as TUS_VERSION_HEADER
+from tusserver.hooks import FinishedUpload, Hooks
 from tusserver.locking import Lease, Locker
 from tusserver.protocol import TUS_VERSION
 from tusserver.state import COMPLETE, FAILED, CommitStatus, StateUnavailable, Upload, UploadStore
 from tusserver.transfer import End, Transfer, receive_into_storage
+from tusserver.urls import upload_url
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +58,7 @@ class Services:
     storage: Storage
     # File digests in progress in this process (see digests.RunningDigests).
     running: RunningDigests = field(default_factory=RunningDigests)
+    hooks: Hooks = field(default_factory=Hooks)
 
 
 def tus_headers(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -152,7 +156,7 @@ async def _create_final(
 
 
 def _created(request: Request, config: Config, upload: Upload) -> Response:
-    location = _uploads_path(request, config) + upload.id
+    location = upload_url(request, config, upload.id)
     created = tus_headers({LOCATION: location, UPLOAD_OFFSET: str(upload.offset)})
     created.update(expiry.expires_headers(upload))
     return Response(status_code=201, headers=created)
@@ -168,7 +172,12 @@ def _upload_concat(request: Request, config: Config) -> protocol.UploadConcat | 
     value = request.headers.get(UPLOAD_CONCAT)
     if value is None:
         return None
-    return protocol.parse_upload_concat(value, request.url.path, _uploads_path(request, config))
+    # Clients name parts by the URLs they were given (Location): through a
+    # proxy or a public URL, those paths differ from the app's own.
+    public_path = urlsplit(upload_url(request, config, "")).path
+    return protocol.parse_upload_concat(
+        value, request.url.path, _uploads_path(request, config), public_path
+    )
 
 
 async def head_upload(request: Request, services: Services) -> Response:
@@ -429,6 +438,12 @@ async def _finalize(services: Services, upload: Upload, lease: Lease) -> None:
         await services.storage.delete(upload.id)  # the partial's name; the bytes stay published
     except OSError as exc:
         logger.warning("upload %s: could not remove the partial's name: %s", upload.id, exc)
+    if services.hooks.post_finish is not None:
+        finished = FinishedUpload(upload.id, upload.length, metadata, location, sha256)
+        try:
+            await services.hooks.post_finish(finished)
+        except Exception:
+            logger.exception("upload %s: post-finish hook failed", upload.id)
 
 
 async def _complete_partial(services: Services, upload: Upload, lease: Lease) -> None:

@@ -178,7 +178,9 @@ class UploadConcat:
         return self.role == CONCAT_FINAL
 
 
-def parse_upload_concat(value: str, request_path: str, uploads_path: str) -> UploadConcat:
+def parse_upload_concat(
+    value: str, request_path: str, uploads_path: str, *public_uploads_paths: str
+) -> UploadConcat:
     """``partial``, or ``final;<url> <url> ...`` (400 otherwise).
 
     Part URLs may be absolute or relative (tus spec, "Upload-Concat"); a
@@ -186,8 +188,10 @@ def parse_upload_concat(value: str, request_path: str, uploads_path: str) -> Upl
     to (RFC 3986, section 5). Only the path counts: the host of an absolute
     URL is never trusted (behind a proxy it names the proxy). The path must be
     ``uploads_path`` (where this app serves uploads: mount root plus base
-    path) followed by a valid upload id; anything else is refused, naming the
-    part, before any id reaches Redis or storage.
+    path) followed by a valid upload id, or one of ``public_uploads_paths``
+    (where clients see uploads through a proxy or a public URL) followed by
+    one; anything else is refused, naming the part, before any id reaches
+    Redis or storage.
     """
     text = value.strip()
     if text == CONCAT_PARTIAL:
@@ -203,21 +207,22 @@ def parse_upload_concat(value: str, request_path: str, uploads_path: str) -> Upl
     if len(urls) > MAX_CONCAT_PARTS:
         raise errors.too_many_concat_parts(MAX_CONCAT_PARTS)
     ids = tuple(
-        _upload_id_in(url, number, request_path, uploads_path)
+        _upload_id_in(url, number, request_path, (uploads_path, *public_uploads_paths))
         for number, url in enumerate(urls, start=1)
     )
     return UploadConcat(CONCAT_FINAL, urls, ids)
 
 
-def _upload_id_in(url: str, number: int, request_path: str, uploads_path: str) -> str:
+def _upload_id_in(url: str, number: int, request_path: str, uploads_paths: tuple[str, ...]) -> str:
     try:
         path = urlsplit(urljoin(request_path, url)).path
     except ValueError:  # e.g. an unbalanced IPv6 bracket in the host
         raise errors.concat_part_invalid(number, url) from None
-    upload_id = path.removeprefix(uploads_path)
-    if not path.startswith(uploads_path) or not is_upload_id(upload_id):
-        raise errors.concat_part_invalid(number, url)
-    return upload_id
+    for uploads_path in uploads_paths:
+        upload_id = path.removeprefix(uploads_path)
+        if path.startswith(uploads_path) and is_upload_id(upload_id):
+            return upload_id
+    raise errors.concat_part_invalid(number, url)
 
 
 def format_expires(epoch_seconds: float) -> str:

@@ -1,0 +1,167 @@
+"""tus-js-client and Uppy, unchanged, in a real headless Chromium, on a page
+served from another origin than tusserver (CLIENTS.md, "Browsers, proxies
+and CORS"). The page makes its file from a seeded generator; the expected
+bytes are computed here independently and compared with the file on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.e2e_clients import CHROMIUM, StaticSite, pseudo_random_bytes
+from tests.server_fixtures import RunningServer
+
+StartServer = Callable[..., RunningServer]
+KiB = 1024
+MiB = 1024 * KiB
+
+
+def drive(harness: Path, page: str, steps: list[dict[str, Any]], profile: Path) -> list[Any]:
+    """Run ``steps`` on ``page`` in Chromium; each step's result, in order."""
+    spec = {
+        "page": page,
+        "steps": steps,
+        "userDataDir": str(profile),
+        "executablePath": str(CHROMIUM),
+    }
+    done = subprocess.run(
+        ["node", "drive.mjs", json.dumps(spec)],
+        cwd=harness,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, f"browser run failed:\n{done.stdout}\n{done.stderr}"
+    output = json.loads(done.stdout.strip().splitlines()[-1])
+    results: list[Any] = output["results"]
+    return results
+
+
+def upload_file(server: RunningServer, url: str) -> Path:
+    assert url.startswith(server.endpoint), url
+    return server.storage / url.rsplit("/", 1)[1]
+
+
+def test_uppy_dashboard_on_another_origin_uploads_a_file_byte_identically(
+    tus_server: StartServer, static_site: StaticSite, browser_harness: Path, tmp_path: Path
+) -> None:
+    server = tus_server(cors_origins=(static_site.origin,))
+    size, seed = 3 * MiB + 333, 11
+
+    added, _, result = drive(
+        browser_harness,
+        static_site.page,
+        [
+            {
+                "call": "uppyAdd",
+                "args": {"endpoint": server.endpoint, "size": size, "seed": seed, "name": "a.bin"},
+            },
+            # The Dashboard's own upload button, as a person would press it.
+            {"click": ".uppy-StatusBar-actionBtn--upload"},
+            {"call": "uppyResult"},
+        ],
+        tmp_path / "profile",
+    )
+
+    assert added == {"files": 1}
+    assert result["failed"] == []
+    [uploaded] = result["successful"]
+    assert upload_file(server, uploaded["url"]).read_bytes() == pseudo_random_bytes(size, seed)
+
+
+def test_tus_js_client_in_the_browser_resumes_a_chunked_upload_after_a_reload(
+    tus_server: StartServer, static_site: StaticSite, browser_harness: Path, tmp_path: Path
+) -> None:
+    server = tus_server(cors_origins=(static_site.origin,))
+    file = {
+        "endpoint": server.endpoint,
+        "size": 3 * MiB + 5,
+        "seed": 7,
+        "name": "resume.bin",
+        "chunkSize": 512 * KiB,
+    }
+
+    aborted, _, resumed = drive(
+        browser_harness,
+        static_site.page,
+        [
+            {"call": "tusStartAndAbort", "args": {**file, "abortAfter": MiB}},
+            {"reload": True},
+            {"call": "tusResume", "args": file},
+        ],
+        tmp_path / "profile",
+    )
+
+    assert "error" not in aborted, aborted
+    assert "error" not in resumed, resumed
+    # Found under the file's fingerprint in localStorage, after the reload.
+    assert resumed["previous"] == 1
+    assert resumed["url"] == aborted["url"]
+    methods = [request["method"] for request in resumed["requests"]]
+    assert methods[0] == "HEAD"
+    assert "POST" not in methods
+    patch_offsets = [int(r["offset"]) for r in resumed["requests"] if r["method"] == "PATCH"]
+    # It went on from where the server had it, not from byte 0.
+    assert patch_offsets[0] == aborted["accepted"] >= MiB
+    assert patch_offsets == list(range(patch_offsets[0], file["size"], 512 * KiB))
+    stored = upload_file(server, resumed["url"]).read_bytes()
+    assert stored == pseudo_random_bytes(file["size"], file["seed"])
+
+
+def test_a_page_on_an_origin_that_is_not_allowed_cannot_upload(
+    tus_server: StartServer, static_site: StaticSite, browser_harness: Path, tmp_path: Path
+) -> None:
+    server = tus_server(cors_origins=("http://127.0.0.1:1",))
+
+    [result] = drive(
+        browser_harness,
+        static_site.page,
+        [
+            {
+                "call": "tusUpload",
+                "args": {"endpoint": server.endpoint, "size": 1000, "seed": 3, "retryDelays": []},
+            }
+        ],
+        tmp_path / "profile",
+    )
+
+    assert "error" in result
+    # The preflight was refused, so the browser never sent the POST.
+    assert [r["method"] for r in result["requests"]] == ["POST"]
+    assert not server.storage.exists() or not any(
+        path.is_file() for path in server.storage.rglob("*")
+    )
+
+
+def test_tus_js_client_in_the_browser_uploads_in_parallel_parts_and_concatenates(
+    tus_server: StartServer, static_site: StaticSite, browser_harness: Path, tmp_path: Path
+) -> None:
+    # Needs the concatenation extension (Upload-Concat partial/final).
+    server = tus_server(cors_origins=(static_site.origin,))
+    size, seed = 2 * MiB + 77, 5
+
+    [result] = drive(
+        browser_harness,
+        static_site.page,
+        [
+            {
+                "call": "tusUpload",
+                "args": {
+                    "endpoint": server.endpoint,
+                    "size": size,
+                    "seed": seed,
+                    "parallelUploads": 3,
+                    "retryDelays": [],
+                },
+            }
+        ],
+        tmp_path / "profile",
+    )
+
+    assert "error" not in result, result
+    assert upload_file(server, result["url"]).read_bytes() == pseudo_random_bytes(size, seed)

@@ -1,0 +1,160 @@
+"""The Location of a new upload: relative by default, absolute from a public
+URL, from forwarded headers only when told to trust them, and right when the
+app is mounted under a path of another app (CLIENTS.md, "Browsers, proxies
+and CORS")."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Mount, Route
+
+from tests.server_fixtures import TUS, RunningServer, ThreadedUvicorn, free_port
+from tusserver import Config, create_app
+
+StartServer = Callable[..., RunningServer]
+UPLOAD_PATH = r"/files/[0-9a-f]{32}"
+
+
+def location(server: RunningServer, **headers: str) -> str:
+    sent = {name.replace("_", "-"): value for name, value in headers.items()}
+    response = server.client.post(server.endpoint, headers={**TUS, "Upload-Length": "3", **sent})
+    assert response.status_code == 201, response.text
+    return response.headers["Location"]
+
+
+def matches(pattern: str, value: str) -> bool:
+    return re.fullmatch(pattern, value) is not None
+
+
+def test_location_is_a_relative_path_by_default_whatever_forwarded_headers_say(
+    tus_server: StartServer,
+) -> None:
+    server = tus_server()
+
+    plain = location(server)
+    forged = location(
+        server,
+        Forwarded="proto=https;host=evil.example",
+        X_Forwarded_Host="evil.example",
+        X_Forwarded_Proto="https",
+        X_Forwarded_Prefix="/evil",
+    )
+
+    assert matches(UPLOAD_PATH, plain)
+    assert matches(UPLOAD_PATH, forged)
+    # The relative URL works as the client resolves it.
+    assert server.patch(server.url + plain, 0, b"abc").status_code == 204
+    assert (server.storage / plain.rsplit("/", 1)[1]).read_bytes() == b"abc"
+
+
+def test_location_is_absolute_under_a_configured_public_url(tus_server: StartServer) -> None:
+    server = tus_server(public_url="https://uploads.example/api/tus", behind_proxy=True)
+
+    url = location(server, X_Forwarded_Host="evil.example")
+
+    assert matches(r"https://uploads\.example/api/tus/[0-9a-f]{32}", url)
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        (
+            {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "tus.example"},
+            r"https://tus\.example" + UPLOAD_PATH,
+        ),
+        (
+            {"Forwarded": 'for=192.0.2.1;proto=https;host="tus.example:8443", for=10.0.0.1'},
+            r"https://tus\.example:8443" + UPLOAD_PATH,
+        ),
+        (
+            # Forwarded wins; of a list, the first (client-facing) proxy counts.
+            {
+                "Forwarded": "proto=https;host=first.example",
+                "X-Forwarded-Host": "second.example, inner.example",
+            },
+            r"https://first\.example" + UPLOAD_PATH,
+        ),
+        (
+            {"X-Forwarded-Proto": "https", "X-Forwarded-Prefix": "/tus/"},
+            r"https://127\.0\.0\.1:\d+/tus" + UPLOAD_PATH,
+        ),
+        ({"X-Forwarded-Prefix": "/tus"}, "/tus" + UPLOAD_PATH),
+        # Malformed values never reach the Location.
+        (
+            {
+                "X-Forwarded-Host": "evil.example/path",
+                "X-Forwarded-Proto": "javascript",
+                "X-Forwarded-Prefix": "//evil.example",
+            },
+            UPLOAD_PATH,
+        ),
+    ],
+    ids=["x-forwarded", "forwarded", "precedence", "prefix-absolute", "prefix-only", "malformed"],
+)
+def test_behind_a_trusted_proxy_location_follows_the_forwarded_headers(
+    tus_server: StartServer, headers: dict[str, str], expected: str
+) -> None:
+    server = tus_server(behind_proxy=True)
+
+    response = server.client.post(server.endpoint, headers={**TUS, "Upload-Length": "3", **headers})
+
+    assert response.status_code == 201
+    assert matches(expected, response.headers["Location"]), response.headers["Location"]
+
+
+@pytest.fixture
+def mounted(redis_url: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """tusserver mounted at /api/uploads of a Starlette app (its lifespan run
+    by the parent's); yields the parent's URL and the storage folder."""
+    storage = tmp_path / "uploads"
+    tus = create_app(Config(storage=str(storage), redis_url=redis_url, base_path="/"))
+
+    async def home(request: object) -> PlainTextResponse:
+        return PlainTextResponse("the rest of the app")
+
+    parent = Starlette(
+        routes=[Route("/", home), Mount("/api/uploads", tus)],
+        lifespan=lambda app: tus.router.lifespan_context(tus),
+    )
+    port = free_port()
+    server = ThreadedUvicorn(parent, port)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}", storage
+    finally:
+        server.stop()
+
+
+def test_mounted_under_a_sub_path_the_location_includes_the_mount_path(
+    mounted: tuple[str, Path],
+) -> None:
+    url, storage = mounted
+    with httpx.Client(timeout=10) as client:
+        created = client.post(url + "/api/uploads/", headers={**TUS, "Upload-Length": "5"})
+        assert created.status_code == 201, created.text
+        upload = created.headers["Location"]
+        assert matches(r"/api/uploads/[0-9a-f]{32}", upload)
+
+        patched = client.patch(
+            url + upload,
+            headers={
+                **TUS,
+                "Upload-Offset": "0",
+                "Content-Type": "application/offset+octet-stream",
+            },
+            content=b"hello",
+        )
+        head = client.head(url + upload, headers=TUS)
+        home = client.get(url + "/")
+
+    assert patched.status_code == 204
+    assert head.headers["Upload-Offset"] == "5"
+    assert (storage / upload.rsplit("/", 1)[1]).read_bytes() == b"hello"
+    assert home.text == "the rest of the app"

@@ -1,0 +1,82 @@
+"""CORS for browser clients on other origins (tus-js-client, Uppy).
+
+A page on another origin sees only the response headers named in
+``Access-Control-Expose-Headers``, on errors as much as on success: without
+Upload-Offset or Location there, tus-js-client reports "invalid or missing
+offset value" and restarts uploads from byte 0 (CLIENTS.md).
+
+Starlette's ``CORSMiddleware`` does exactly what is needed, so it is used
+as-is rather than rewritten: its send wrapper adds the exposed headers to
+every response that passes through it, and the dispatcher renders every
+error (tus errors, 405, 500) as a response, so errors carry them too; it
+answers preflights itself with 200 (some browsers reject a 204 preflight),
+``Access-Control-Max-Age`` and ``Vary: Origin``, and echoes an explicit
+origin rather than ``*`` when credentials are allowed. A preflight from an
+origin that is not allowed gets its plain 400: the browser then sends
+nothing, so no tus request from that origin reaches the server.
+
+Without configured origins there is no middleware at all: same-origin only.
+"""
+
+from __future__ import annotations
+
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+
+from tusserver import headers
+from tusserver.config import Config
+
+# Every header a tus client sends (tus 1.0.0 and its extensions), plus the
+# ones apps put in front of an upload endpoint (tusd allows the same).
+REQUEST_HEADERS = (
+    headers.TUS_RESUMABLE,
+    headers.UPLOAD_LENGTH,
+    headers.UPLOAD_OFFSET,
+    headers.UPLOAD_METADATA,
+    headers.UPLOAD_DEFER_LENGTH,
+    headers.UPLOAD_CONCAT,
+    headers.UPLOAD_CHECKSUM,
+    headers.CONTENT_TYPE,
+    headers.METHOD_OVERRIDE,
+    headers.AUTHORIZATION,
+    headers.X_REQUESTED_WITH,
+    headers.X_REQUEST_ID,
+)
+
+# Every header a tus response may carry that a client reads.
+RESPONSE_HEADERS = (
+    headers.LOCATION,
+    headers.UPLOAD_OFFSET,
+    headers.UPLOAD_LENGTH,
+    headers.UPLOAD_METADATA,
+    headers.UPLOAD_DEFER_LENGTH,
+    headers.UPLOAD_CONCAT,
+    headers.UPLOAD_EXPIRES,
+    headers.TUS_VERSION,
+    headers.TUS_RESUMABLE,
+    headers.TUS_MAX_SIZE,
+    headers.TUS_EXTENSION,
+    headers.TUS_CHECKSUM_ALGORITHM,
+)
+
+METHODS = ("POST", "HEAD", "PATCH", "DELETE", "OPTIONS", "GET")
+
+# Browsers cap this (Chromium at 2 h); a day asks for as much as they give.
+MAX_AGE = 86400
+
+
+def cors_middleware(config: Config) -> list[Middleware]:
+    """The CORS layer for ``config``; none when no origin is allowed."""
+    if not config.cors_origins:
+        return []
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=config.cors_origins,
+            allow_methods=METHODS,
+            allow_headers=REQUEST_HEADERS,
+            allow_credentials=config.cors_allow_credentials,
+            expose_headers=RESPONSE_HEADERS,
+            max_age=MAX_AGE,
+        )
+    ]
