@@ -15,12 +15,19 @@ foreign exceptions are translated at the backend's boundary.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 # A block is a run of buffers that are stored contiguously. Handing over the
 # pieces as they arrived from the network (instead of joining them) lets a
 # backend write a whole block with one vectored call and no copy.
 Block = Sequence[bytes]
+
+
+@dataclass(frozen=True)
+class FileStat:
+    size: int  # bytes
+    modified: float  # last modification, seconds since the epoch
 
 
 class Storage(Protocol):
@@ -49,11 +56,12 @@ class Storage(Protocol):
 
         Never overwrites an existing file: if the name is taken, a free
         variant is chosen. Returns the location actually used (relative to
-        the storage root). The partial stays until the caller, having
-        recorded the location, calls ``delete(upload_id)``; until then,
-        finalizing again returns the same location instead of publishing a
-        second copy, so a crash between publishing and recording is
-        repaired by finalizing again. Raises ``FileNotFoundError`` if the
+        the storage root). What finalize leaves in staging (the partial, or
+        a note of where it went) stays until the caller, having recorded
+        the location, calls ``delete(upload_id)``; until then, finalizing
+        again returns the same location instead of publishing a second
+        copy, so a crash between publishing and recording is repaired by
+        finalizing again. Raises ``FileNotFoundError`` if the
         partial is gone, ``OSError`` if it holds fewer than ``length`` bytes.
         """
 
@@ -62,3 +70,37 @@ class Storage(Protocol):
 
     async def aclose(self) -> None:
         """Release connections and threads. Called once, at shutdown."""
+
+    async def concat(self, upload_id: str, parts: Sequence[str]) -> None:
+        """Fill ``upload_id``'s partial, from offset 0, with the partials of ``parts`` in order.
+
+        A server-side copy where the storage has one (the bytes do not pass
+        through this process); bytes the partial held past the sum of the
+        parts are cut off. The parts are left as they were. Raises
+        ``FileNotFoundError`` if the partial or a part is missing.
+        """
+
+    async def stat(self, upload_id: str, location: str | None) -> FileStat:
+        """Size and modification time of the finished file at ``location``,
+        or of the upload's partial when ``location`` is None.
+
+        Raises ``FileNotFoundError`` if it does not exist, ``PermissionError``
+        for a location outside the storage root.
+        """
+
+    def read(
+        self, upload_id: str, location: str | None, start: int, end: int
+    ) -> AsyncIterator[bytes]:
+        """Bytes ``[start, end)`` of the finished file (the partial when ``location`` is None).
+
+        Yields blocks of at most about 1 MiB, each read in a worker thread,
+        in order; stops early if the file ends before ``end``. Raises
+        ``FileNotFoundError`` (on iteration) if the file is missing.
+        """
+
+    async def stale_partials(self, older_than: float) -> list[str]:
+        """Upload ids whose staging files were last modified before ``older_than``.
+
+        ``older_than`` is an epoch time; for the sweeper's pass over
+        staging files that no upload record knows any more.
+        """

@@ -35,6 +35,8 @@ FC = TypeVar("FC", bound=Callable[..., Any])
 
 # Carries the validated settings from the CLI to uvicorn's worker processes.
 _CONFIG_ENV = "TUSSERVER_WORKER_CONFIG"
+# The only source of the SMB password (never a flag: argv is public).
+_SMB_PASSWORD_ENV = "TUSSERVER_SMB_PASSWORD"
 
 
 def _option(name: str, **kwargs: Any) -> Callable[[FC], FC]:
@@ -59,7 +61,8 @@ def main() -> None:
 @_option(
     "--storage",
     default="./uploads",
-    help="Where finished files go: a folder or file:// URL. Partials wait in its .partial/.",
+    help="Where finished files go: a folder, file:// or smb://USER@HOST[:PORT]/SHARE/PATH URL "
+    "(password in TUSSERVER_SMB_PASSWORD). Partials wait in its .partial/.",
 )
 @_option(
     "--data-dir",
@@ -92,6 +95,17 @@ def main() -> None:
     help="How much to log.",
 )
 @_option("--access-log/--no-access-log", default=False, help="Log every request.")
+@_option(
+    "--smb-timeout",
+    default="30s",
+    help="Fail an SMB call that makes no progress for this long (also the connect timeout).",
+)
+@_option(
+    "--smb-connections",
+    default=8,
+    type=click.IntRange(1, 64),
+    help="SMB connections (each with a worker thread) per worker process.",
+)
 def serve(
     host: str,
     port: int,
@@ -106,8 +120,14 @@ def serve(
     workers: int,
     log_level: str,
     access_log: bool,
+    smb_timeout: str,
+    smb_connections: int,
 ) -> None:
-    """Run the tus server."""
+    """Run the tus server.
+
+    For smb:// storage the password is read from TUSSERVER_SMB_PASSWORD
+    only: a flag's value would be visible to every local user.
+    """
     try:
         config = Config(
             storage=storage,
@@ -118,6 +138,9 @@ def serve(
             idle_timeout=parse_duration(idle_timeout, "idle timeout"),
             final_name=final_name,
             file_mode=_parse_mode(file_mode),
+            smb_password=os.environ.get(_SMB_PASSWORD_ENV),
+            smb_timeout=parse_duration(smb_timeout, "SMB timeout"),
+            smb_connections=smb_connections,
         )
         _check_storage(config)
     except ConfigError as exc:
@@ -199,8 +222,16 @@ def _parse_mode(text: str) -> int:
 
 
 def _check_storage(config: Config) -> None:
+    storage = open_storage(config)
+
+    async def check() -> None:
+        try:
+            await storage.check()
+        finally:
+            await storage.aclose()
+
     try:
-        anyio.run(open_storage(config).check)
+        anyio.run(check)
     except OSError as exc:
         raise ConfigError(
             f"storage {config.storage!r} is not usable: {exc.strerror or exc}."
