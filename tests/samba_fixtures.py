@@ -21,12 +21,17 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from tests.redis_fixtures import short_temp_dir
+from tests.server_fixtures import RunningServer, ThreadedUvicorn, free_port
+from tusserver import Config, create_app
 
 SHARE = "uploads"
 USER = "tus"
@@ -48,19 +53,12 @@ def _port_open(port: int) -> bool:
         return False
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class SambaServer:
     """One smbd serving ``//127.0.0.1:<port>/uploads`` from ``<directory>/share``."""
 
     def __init__(self, directory: Path, port: int | None = None) -> None:
         self.directory = directory.resolve()
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.host = "127.0.0.1"
         self.share = SHARE
         self.user = USER
@@ -244,3 +242,35 @@ def samba_scratch() -> Iterator[SambaServer]:
                 pass
         server.stop()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def smb_tus_server(
+    redis_url: str, samba: SambaServer
+) -> Iterator[Callable[..., RunningServer]]:
+    """Factory: tusserver on a real uvicorn storing on an SMB share.
+
+    ``smb_tus_server(samba=other_server, **config_fields)``; the storage is a
+    fresh folder of the share, and ``RunningServer.storage`` is that folder
+    as Samba serves it from this machine's disk.
+    """
+    running: list[tuple[ThreadedUvicorn, httpx.Client]] = []
+
+    def start(samba_server: SambaServer | None = None, **fields: Any) -> RunningServer:
+        server_samba = samba_server or samba
+        folder = f"http-{uuid.uuid4().hex[:12]}"
+        fields.setdefault("smb_password", server_samba.password)
+        config = Config(storage=server_samba.url(folder), redis_url=redis_url, **fields)
+        port = free_port()
+        server = ThreadedUvicorn(create_app(config), port)
+        server.start()
+        client = httpx.Client(timeout=60)
+        running.append((server, client))
+        url = f"http://127.0.0.1:{port}"
+        storage = server_samba.share_dir / folder
+        return RunningServer(url, url + config.base_path, storage, config, client)
+
+    yield start
+    for server, client in running:
+        client.close()
+        server.stop()
