@@ -56,11 +56,12 @@ class Storage(Protocol):
 
         Never overwrites an existing file: if the name is taken, a free
         variant is chosen. Returns the location actually used (relative to
-        the storage root). The partial stays until the caller, having
-        recorded the location, calls ``delete(upload_id)``; until then,
-        finalizing again returns the same location instead of publishing a
-        second copy, so a crash between publishing and recording is
-        repaired by finalizing again. Raises ``FileNotFoundError`` if the
+        the storage root). What finalize leaves in staging (the partial, or
+        a note of where it went) stays until the caller, having recorded
+        the location, calls ``delete(upload_id)``; until then, finalizing
+        again returns the same location instead of publishing a second
+        copy, so a crash between publishing and recording is repaired by
+        finalizing again. Raises ``FileNotFoundError`` if the
         partial is gone, ``OSError`` if it holds fewer than ``length`` bytes.
         """
 

@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.server_fixtures",
     "tests.js_fixtures",
     "tests.e2e_clients",
+    "tests.samba_fixtures",
 ]

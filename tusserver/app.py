@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from storage_backends.base import Storage
 from storage_backends.local import LocalStorage
+from storage_backends.smb import SMBLocation, SMBStorage
 from tusserver import errors, expiry, headers, protocol
 from tusserver.config import Config, ConfigError
 from tusserver.cors import cors_middleware
@@ -161,13 +162,32 @@ async def sweep(config: Config) -> expiry.SweepReport:
 
 
 def open_storage(config: Config) -> Storage:
-    """The backend named by the storage setting: a folder path or file:// URL."""
+    """The backend named by the storage setting: a folder path, file:// or smb:// URL."""
     parsed = urlsplit(config.storage)
     if parsed.scheme in ("", "file"):
         root = parsed.path if parsed.scheme == "file" else config.storage
         return LocalStorage(Path(root), file_mode=config.file_mode)
+    if parsed.scheme == "smb":
+        return _open_smb(config)
     raise ConfigError(
-        f"storage {config.storage!r} is not supported; use a folder path or a file:// URL."
+        f"storage {config.storage!r} is not supported; use a folder path, a file:// "
+        "or an smb:// URL."
+    )
+
+
+def _open_smb(config: Config) -> SMBStorage:
+    try:
+        location = SMBLocation.parse(config.storage)
+    except ValueError as exc:
+        # Not the URL itself: it may carry a password by mistake.
+        raise ConfigError(f"storage URL is not usable: {exc}.") from None
+    if config.smb_password is None:
+        raise ConfigError("SMB storage needs the password in TUSSERVER_SMB_PASSWORD.")
+    return SMBStorage(
+        location,
+        config.smb_password,
+        connections=config.smb_connections,
+        timeout=config.smb_timeout,
     )
 
 

@@ -42,6 +42,8 @@ FC = TypeVar("FC", bound=Callable[..., Any])
 _CONFIG_ENV = "TUSSERVER_WORKER_CONFIG"
 # How long `tusserver sweep` waits for a sweep already running elsewhere.
 _SWEEP_WAIT_SECONDS = 10.0
+# The only source of the SMB password (never a flag: argv is public).
+_SMB_PASSWORD_ENV = "TUSSERVER_SMB_PASSWORD"
 
 
 def _option(name: str, **kwargs: Any) -> Callable[[FC], FC]:
@@ -62,7 +64,8 @@ def main() -> None:
 _storage_option = _option(
     "--storage",
     default="./uploads",
-    help="Where finished files go: a folder or file:// URL. Partials wait in its .partial/.",
+    help="Where finished files go: a folder, file:// or smb://USER@HOST[:PORT]/SHARE/PATH URL "
+    "(password in TUSSERVER_SMB_PASSWORD). Partials wait in its .partial/.",
 )
 _data_dir_option = _option(
     "--data-dir",
@@ -155,6 +158,17 @@ _retention_option = _option(
     default=False,
     help="Trust Forwarded and X-Forwarded-Host/-Proto/-Prefix for Locations.",
 )
+@_option(
+    "--smb-timeout",
+    default="30s",
+    help="Fail an SMB call that makes no progress for this long (also the connect timeout).",
+)
+@_option(
+    "--smb-connections",
+    default=8,
+    type=click.IntRange(1, 64),
+    help="SMB connections (each with a worker thread) per worker process.",
+)
 def serve(
     host: str,
     port: int,
@@ -178,8 +192,14 @@ def serve(
     cors_allow_credentials: bool,
     public_url: str | None,
     behind_proxy: bool,
+    smb_timeout: str,
+    smb_connections: int,
 ) -> None:
-    """Run the tus server."""
+    """Run the tus server.
+
+    For smb:// storage the password is read from TUSSERVER_SMB_PASSWORD
+    only: a flag's value would be visible to every local user.
+    """
     try:
         config = Config(
             storage=storage,
@@ -198,6 +218,9 @@ def serve(
             cors_allow_credentials=cors_allow_credentials,
             public_url=public_url,
             behind_proxy=behind_proxy,
+            smb_password=os.environ.get(_SMB_PASSWORD_ENV),
+            smb_timeout=parse_duration(smb_timeout, "SMB timeout"),
+            smb_connections=smb_connections,
         )
         _check_storage(config)
     except ConfigError as exc:
@@ -368,8 +391,16 @@ def _split_origins(values: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _check_storage(config: Config) -> None:
+    storage = open_storage(config)
+
+    async def check() -> None:
+        try:
+            await storage.check()
+        finally:
+            await storage.aclose()
+
     try:
-        anyio.run(open_storage(config).check)
+        anyio.run(check)
     except OSError as exc:
         raise ConfigError(
             f"storage {config.storage!r} is not usable: {exc.strerror or exc}."

@@ -8,7 +8,7 @@ application that mounts tusserver builds a ``Config`` directly.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -102,6 +102,16 @@ class Config:
     # Trust Forwarded / X-Forwarded-Host, -Proto and -Prefix for Locations.
     # Off: any client could otherwise make the server hand out foreign URLs.
     behind_proxy: bool = False
+    # Password of the user in an smb:// storage URL. The CLI reads it from
+    # TUSSERVER_SMB_PASSWORD only (argv is visible to every local user); it
+    # is never shown in the repr or logged.
+    smb_password: str | None = field(default=None, repr=False)
+    # Longest an SMB call may go without progress (and the connect timeout):
+    # a share that stopped answering fails a request within this, retryably.
+    smb_timeout: float = 30.0
+    # SMB connections, each with its worker thread, per process. One block
+    # is written on up to four of them at once (see storage_backends.smb).
+    smb_connections: int = 8
 
     def __post_init__(self) -> None:
         if not (self.base_path.startswith("/") and self.base_path.endswith("/")):
@@ -112,13 +122,15 @@ class Config:
             raise ConfigError(
                 "max size must be a positive number of bytes (or unset for no limit)."
             )
-        for name in ("idle_timeout", "lock_wait", "lock_ttl"):
+        for name in ("idle_timeout", "lock_wait", "lock_ttl", "smb_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.replace('_', ' ')} must be greater than zero.")
         if not 64 * 1024 <= self.block_size <= 64 * 1024 * 1024:
             raise ConfigError("block size must be between 64 KiB and 64 MiB.")
         if "{id}" not in self.final_name and "{filename}" not in self.final_name:
             raise ConfigError("final name template must contain {id} or {filename}.")
+        if not 1 <= self.smb_connections <= 64:
+            raise ConfigError("SMB connections must be between 1 and 64.")
         if not 0 <= self.file_mode <= 0o777:
             raise ConfigError("file mode must be an octal permission such as 644.")
         if self.redis_url is not None and not self.redis_url.startswith(

@@ -1,0 +1,296 @@
+"""Blocking smbprotocol calls, run from async code: isolated, bounded, translated.
+
+smbprotocol is synchronous and has three properties a server must guard
+against (each measured against Samba):
+
+- A connection serves one thread at a time: threads sharing one fail with
+  "0 credits available". So each call in flight gets a *slot*, a private
+  smbclient connection cache holding that call's own connection, and there
+  are exactly as many slots as the backend's limiter admits threads.
+- A call has no timeout of its own: against a server that stopped
+  answering it blocks for up to ~20 minutes (two 600 s receive waits), and
+  a send into a full TCP window blocks for ever. A watchdog thread cuts the
+  socket of a call that made no progress for ``timeout`` seconds; the call
+  then fails at once with ``TimeoutError``.
+- Its failures are not builtin ``OSError`` subclasses: a refused connection
+  is a ``ValueError``, a lost one ``SMBConnectionClosed``, a missing file an
+  ``SMBOSError`` with an errno (or errno 0 for most NT statuses). Every
+  failure leaves here as an ``OSError`` subclass chosen by errno, so
+  callers can rely on ``FileNotFoundError``, ``PermissionError`` and
+  ``TimeoutError``.
+
+After a lost connection the next call on that slot connects again; that
+works only because the credentials are passed with every call (smbclient
+keeps none of its own for a new connection).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import anyio
+import anyio.to_thread
+from smbprotocol.exceptions import (
+    SMBAuthenticationError,
+    SMBException,
+    SMBOSError,
+    SMBResponseException,
+)
+from smbprotocol.header import NtStatus
+
+logger = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+# NT statuses smbprotocol reports with errno 0, and the errno they mean.
+_NTSTATUS_ERRNO = {
+    NtStatus.STATUS_ACCESS_DENIED: errno.EACCES,
+    NtStatus.STATUS_LOGON_FAILURE: errno.EACCES,
+    NtStatus.STATUS_WRONG_PASSWORD: errno.EACCES,
+    NtStatus.STATUS_PASSWORD_EXPIRED: errno.EACCES,
+    NtStatus.STATUS_CANNOT_DELETE: errno.EACCES,
+    NtStatus.STATUS_BAD_NETWORK_NAME: errno.ENOENT,
+    NtStatus.STATUS_DELETE_PENDING: errno.ENOENT,
+    NtStatus.STATUS_NO_SUCH_FILE: errno.ENOENT,
+    NtStatus.STATUS_OBJECT_NAME_INVALID: errno.EINVAL,
+    NtStatus.STATUS_OBJECT_PATH_SYNTAX_BAD: errno.EINVAL,
+    NtStatus.STATUS_DISK_FULL: errno.ENOSPC,
+    NtStatus.STATUS_INSUFF_SERVER_RESOURCES: errno.ENOMEM,
+    NtStatus.STATUS_INSUFFICIENT_RESOURCES: errno.ENOMEM,
+    NtStatus.STATUS_FILE_CLOSED: errno.EBADF,
+    NtStatus.STATUS_USER_SESSION_DELETED: errno.ECONNRESET,
+    NtStatus.STATUS_NETWORK_NAME_DELETED: errno.ECONNRESET,
+    NtStatus.STATUS_IO_TIMEOUT: errno.ETIMEDOUT,
+}
+_LOGIN_STATUSES = {
+    NtStatus.STATUS_LOGON_FAILURE,
+    NtStatus.STATUS_WRONG_PASSWORD,
+    NtStatus.STATUS_PASSWORD_EXPIRED,
+}
+
+
+@dataclass(frozen=True)
+class Server:
+    host: str
+    port: int
+    username: str
+    password: str | None
+
+    def __str__(self) -> str:  # never the password
+        return f"{self.host}:{self.port}"
+
+
+class _Slot:
+    """A private connection cache: one SMB connection, used by one call at a time."""
+
+    def __init__(self) -> None:
+        self.cache: dict[str, Any] = {}
+
+    def sever(self) -> None:
+        """Cut the connection's socket; a call blocked on it fails at once.
+
+        A shutdown, not Connection.disconnect(): that takes locks a blocked
+        send holds, and sends a logoff to a server that does not answer.
+        """
+        for connection in list(self.cache.values()):
+            sock = getattr(connection.transport, "_sock", None)
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # already closed
+
+    def forget(self) -> None:
+        """Drop a connection in an unknown state; the next call connects afresh."""
+        self.sever()
+        self.cache.clear()
+
+
+class Call:
+    """What a blocking function gets: smbclient keyword arguments and a progress mark."""
+
+    def __init__(self, slot: _Slot, kwargs: dict[str, Any]) -> None:
+        self.slot = slot
+        self.kwargs = kwargs
+        self.progress = time.monotonic()
+        self.timed_out = False
+
+    def touch(self) -> None:
+        """Long calls (a server-side copy) report progress so the watchdog lets them run."""
+        self.progress = time.monotonic()
+
+
+class _Watchdog:
+    """One thread per backend that cuts calls stuck for longer than ``timeout``."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._calls: set[Call] = set()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, call: Call) -> None:
+        with self._lock:
+            self._calls.add(call)
+            if self._thread is None and not self._stopping.is_set():
+                self._thread = threading.Thread(target=self._run, name="smb-watchdog", daemon=True)
+                self._thread.start()
+
+    def unwatch(self, call: Call) -> None:
+        with self._lock:
+            self._calls.discard(call)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join()
+
+    def _run(self) -> None:
+        interval = min(1.0, self.timeout / 4)
+        while not self._stopping.wait(interval):
+            now = time.monotonic()
+            with self._lock:
+                stuck = [c for c in self._calls if now - c.progress > self.timeout]
+            for call in stuck:
+                call.timed_out = True
+                call.slot.sever()
+
+
+class SMBCalls:
+    """Runs blocking SMB functions in worker threads, ``connections`` at a time."""
+
+    def __init__(self, server: Server, *, connections: int, timeout: float) -> None:
+        self.server = server
+        self.timeout = timeout
+        # The backend's own limiter: a stalled share ties up these threads
+        # only, never the event loop or another backend's.
+        self._limiter = anyio.CapacityLimiter(connections)
+        self._slots: queue.SimpleQueue[_Slot] = queue.SimpleQueue()
+        self._all_slots = [_Slot() for _ in range(connections)]
+        for slot in self._all_slots:
+            self._slots.put(slot)
+        self._watchdog = _Watchdog(timeout)
+
+    async def run(
+        self, function: Callable[Concatenate[Call, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """``function(call, *args)`` in a worker thread on a connection of its own.
+
+        Raises only ``OSError`` subclasses for SMB trouble: ``TimeoutError``
+        when the server stopped answering, ``PermissionError`` for a refused
+        login, ``ConnectionError`` when the server cannot be reached.
+        """
+
+        def bound() -> T:
+            return self._in_slot(lambda call: function(call, *args, **kwargs))
+
+        return await anyio.to_thread.run_sync(bound, limiter=self._limiter)
+
+    def _in_slot(self, function: Callable[[Call], T]) -> T:
+        # Never waits: the limiter admits at most as many threads as slots,
+        # and a thread keeps its token until it returns its slot.
+        slot = self._slots.get()
+        call = Call(slot, self._smbclient_kwargs(slot))
+        self._watchdog.watch(call)
+        try:
+            return function(call)
+        except (SMBException, ValueError, OSError) as exc:
+            translated = translate(exc, self.server, self.timeout if call.timed_out else None)
+            if translated is None:
+                raise
+            if isinstance(translated, (ConnectionError, TimeoutError)):
+                slot.forget()
+            raise translated from exc
+        finally:
+            self._watchdog.unwatch(call)
+            self._slots.put(slot)
+
+    def _smbclient_kwargs(self, slot: _Slot) -> dict[str, Any]:
+        return {
+            "username": self.server.username,
+            "password": self.server.password,
+            "port": self.server.port,
+            "connection_timeout": self.timeout,
+            "connection_cache": slot.cache,
+        }
+
+    async def aclose(self) -> None:
+        """Log off and close every connection, then stop the watchdog."""
+        await anyio.to_thread.run_sync(self._close_all, limiter=self._limiter)
+        self._watchdog.stop()
+
+    def _close_all(self) -> None:
+        for slot in self._all_slots:
+            for connection in list(slot.cache.values()):
+                try:
+                    connection.disconnect(close=True, timeout=self.timeout)
+                except (SMBException, OSError) as exc:
+                    logger.info("closing SMB connection to %s: %s", self.server, exc)
+            slot.forget()
+
+
+def translate(exc: BaseException, server: Server, timed_out_after: float | None) -> OSError | None:
+    """The builtin ``OSError`` for an smbprotocol failure; None for a programming error."""
+    if timed_out_after is not None:
+        return TimeoutError(
+            errno.ETIMEDOUT,
+            f"SMB server {server} did not answer within {timed_out_after:g} seconds",
+        )
+    if isinstance(exc, SMBOSError):
+        status = exc.ntstatus
+        if status in _LOGIN_STATUSES:
+            return _login_refused(server)
+        if exc.errno:
+            return OSError(exc.errno, exc.strerror, exc.filename)
+        code = _NTSTATUS_ERRNO.get(status, errno.EIO)
+        return OSError(code, _status_name(status), exc.filename)
+    if isinstance(exc, SMBResponseException):
+        if exc.status in _LOGIN_STATUSES:
+            return _login_refused(server)
+        code = _NTSTATUS_ERRNO.get(exc.status, errno.EIO)
+        return OSError(code, f"SMB server {server} answered {_status_name(exc.status)}")
+    if isinstance(exc, SMBAuthenticationError):
+        return _login_refused(server)
+    if isinstance(exc, SMBException):
+        # SMBConnectionClosed and the transport's own failures.
+        return ConnectionResetError(errno.ECONNRESET, f"connection to SMB server {server} lost")
+    if isinstance(exc, ValueError):
+        # smbprotocol reports a failed TCP connect as ValueError from OSError.
+        cause = exc.__cause__
+        if isinstance(cause, OSError):
+            reason = cause.strerror or str(cause) or type(cause).__name__
+            code = cause.errno or errno.ECONNREFUSED
+            return OSError(code, f"cannot connect to SMB server {server}: {reason}")
+        return None
+    if isinstance(exc, OSError):
+        if exc.errno in (errno.EPIPE, errno.EBADF, None) or isinstance(exc, ConnectionError):
+            return ConnectionResetError(errno.ECONNRESET, f"connection to SMB server {server} lost")
+        return exc
+    return None
+
+
+def _login_refused(server: Server) -> PermissionError:
+    return PermissionError(
+        errno.EACCES,
+        f"SMB server {server} refused the login of user {server.username!r} "
+        "(check the user in the URL and TUSSERVER_SMB_PASSWORD)",
+    )
+
+
+def _status_name(status: int) -> str:
+    for name, value in vars(NtStatus).items():
+        if value == status and name.startswith("STATUS_"):
+            return str(name)
+    return f"NT status 0x{status:08x}"
