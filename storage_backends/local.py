@@ -276,7 +276,8 @@ def _pwritev_all(fd: int, block: Block, offset: int) -> int:
     """Write every byte of ``block`` at ``offset``; pwritev may write less."""
     total = 0
     for group in _iov_groups(block):
-        pending: Sequence[bytes | memoryview] = group
+        # Empty pieces write nothing and would read as "wrote nothing" below.
+        pending: Sequence[bytes | memoryview] = [piece for piece in group if piece]
         while pending:
             n = os.pwritev(fd, pending, offset + total)
             if n == 0:
