@@ -133,7 +133,7 @@ def create_app(config: Config, hooks: Hooks | None = None) -> Starlette:
             services_box.clear()
 
     # CORS outermost: a preflight is answered before anything else sees it.
-    middleware = [*cors_middleware(config), Middleware(MethodOverride)]
+    middleware = [*cors_middleware(config, render), Middleware(MethodOverride)]
     return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
 
 

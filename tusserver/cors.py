@@ -11,20 +11,27 @@ every response that passes through it, and the dispatcher renders every
 error (tus errors, 405, 500) as a response, so errors carry them too; it
 answers preflights itself with 200 (some browsers reject a 204 preflight),
 ``Access-Control-Max-Age`` and ``Vary: Origin``, and echoes an explicit
-origin rather than ``*`` when credentials are allowed. A preflight from an
-origin that is not allowed gets its plain 400: the browser then sends
-nothing, so no tus request from that origin reaches the server.
+origin rather than ``*`` when credentials are allowed. A preflight it
+refuses (origin, method or header not allowed) is answered 400 with the tus
+JSON error body instead of its plain text: the browser then sends nothing,
+so no tus request from that origin reaches the server.
 
 Without configured origins there is no middleware at all: same-origin only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
 
-from tusserver import headers
+from tusserver import errors, headers
 from tusserver.config import Config
+
+Render = Callable[[errors.TusError], Response]
 
 # Every header a tus client sends (tus 1.0.0 and its extensions), plus the
 # ones apps put in front of an upload endpoint (tusd allows the same).
@@ -57,6 +64,11 @@ RESPONSE_HEADERS = (
     headers.TUS_MAX_SIZE,
     headers.TUS_EXTENSION,
     headers.TUS_CHECKSUM_ALGORITHM,
+    # GET download: a page reading a file's name, range and version.
+    headers.CONTENT_DISPOSITION,
+    headers.CONTENT_RANGE,
+    headers.ACCEPT_RANGES,
+    headers.ETAG,
 )
 
 METHODS = ("POST", "HEAD", "PATCH", "DELETE", "OPTIONS", "GET")
@@ -65,13 +77,36 @@ METHODS = ("POST", "HEAD", "PATCH", "DELETE", "OPTIONS", "GET")
 MAX_AGE = 86400
 
 
-def cors_middleware(config: Config) -> list[Middleware]:
-    """The CORS layer for ``config``; none when no origin is allowed."""
+class TusCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS, with refused preflights rendered as tus errors."""
+
+    def __init__(self, *args: object, render: Render, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.render = render
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code != 400:
+            return response
+        # Starlette names what it refused ("Disallowed CORS origin, headers").
+        refused = bytes(response.body).decode("latin-1").removeprefix("Disallowed CORS ")
+        error = errors.cors_refused(refused).with_headers(
+            {name: value for name, value in response.headers.items() if name.startswith("access-")}
+        )
+        return self.render(error)
+
+
+def cors_middleware(config: Config, render: Render) -> list[Middleware]:
+    """The CORS layer for ``config``; none when no origin is allowed.
+
+    ``render`` turns a refused preflight into the app's error response.
+    """
     if not config.cors_origins:
         return []
     return [
         Middleware(
-            CORSMiddleware,
+            TusCORSMiddleware,
+            render=render,
             allow_origins=config.cors_origins,
             allow_methods=METHODS,
             allow_headers=REQUEST_HEADERS,

@@ -351,3 +351,13 @@ def range_not_satisfiable(size: int) -> TusError:
         f"Request bytes within 0-{size - 1}, or send no Range for the whole file.",
         headers={CONTENT_RANGE: f"bytes */{size}"},
     )
+
+
+def cors_refused(what: str) -> TusError:
+    """A browser preflight asking for what the CORS settings do not allow."""
+    return TusError(
+        400,
+        "cors_preflight_refused",
+        f"This cross-origin request is not allowed ({what[:100]}).",
+        "The server's --cors-origin setting must list the page's origin.",
+    )
