@@ -32,16 +32,15 @@ from tusserver.cors import cors_middleware
 from tusserver.download import download_upload
 from tusserver.embedded_redis import EmbeddedRedis
 from tusserver.handlers import (
-    Services,
     create_upload,
     delete_upload,
     head_upload,
     options,
     patch_upload,
-    tus_headers,
 )
 from tusserver.hooks import Hooks
 from tusserver.locking import Locker
+from tusserver.services import Services, tus_headers
 from tusserver.state import StateUnavailable, UploadStore
 
 logger = logging.getLogger(__name__)

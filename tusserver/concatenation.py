@@ -2,7 +2,7 @@
 
 A *partial* upload (``Upload-Concat: partial``) is created and written like
 any other upload. Once complete it is not published: it stays staged as a
-fragment (see ``handlers._finalize``), so that one or several final uploads
+fragment (see ``finishing.finalize``), so that one or several final uploads
 can be assembled from it, until it is deleted or expires.
 
 A *final* upload (``Upload-Concat: final;<url> <url> ...``) carries no bytes
@@ -29,7 +29,7 @@ from tusserver.locking import Lease
 from tusserver.state import CommitStatus, StateUnavailable, Upload, UploadStore
 
 if TYPE_CHECKING:
-    from tusserver.handlers import Services
+    from tusserver.services import Services
 
 logger = logging.getLogger(__name__)
 

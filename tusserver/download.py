@@ -28,7 +28,6 @@ from starlette.types import Send
 
 from storage_backends.base import FileStat
 from tusserver import errors, naming, protocol
-from tusserver.handlers import Services, tus_headers
 from tusserver.headers import (
     ACCEPT_RANGES,
     CACHE_CONTROL,
@@ -52,6 +51,7 @@ from tusserver.ranges import (
     none_match,
     parse_range,
 )
+from tusserver.services import Services, tus_headers
 from tusserver.state import ClaimStatus, Upload
 
 logger = logging.getLogger(__name__)

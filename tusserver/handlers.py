@@ -2,26 +2,23 @@
 order the spec gives them, with an early return or raise per failure.
 
 Handlers talk only to the interfaces in ``Services``: the upload store, the
-locker and the storage. They never see Redis or files.
+locker and the storage. They never see Redis or files. Receiving a body is
+``receiving``'s job, finishing an upload ``finishing``'s.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-import anyio
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
 
-from storage_backends.base import Storage
-from tusserver import concatenation, errors, expiry, integrity, naming, protocol
+from tusserver import concatenation, errors, expiry, integrity, protocol
 from tusserver.config import Config
-from tusserver.digests import FILE_DIGEST, Digests, Hasher, RunningDigests
+from tusserver.finishing import finalize, needs_finalize
 from tusserver.headers import (
     CACHE_CONTROL,
     CONTENT_LENGTH,
@@ -40,33 +37,13 @@ from tusserver.headers import (
     UPLOAD_OFFSET,
 )
 from tusserver.headers import TUS_VERSION as TUS_VERSION_HEADER
-from tusserver.hooks import FinishedUpload, Hooks
-from tusserver.locking import Lease, Locker
 from tusserver.protocol import TUS_VERSION
-from tusserver.state import COMPLETE, FAILED, CommitStatus, StateUnavailable, Upload, UploadStore
-from tusserver.transfer import End, Transfer, receive_into_storage
+from tusserver.receiving import receive_body
+from tusserver.services import Services, tus_headers
+from tusserver.state import CommitStatus, Upload
 from tusserver.urls import upload_url
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Services:
-    config: Config
-    store: UploadStore
-    locker: Locker
-    storage: Storage
-    # File digests in progress in this process (see digests.RunningDigests).
-    running: RunningDigests = field(default_factory=RunningDigests)
-    hooks: Hooks = field(default_factory=Hooks)
-
-
-def tus_headers(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Headers every tus response carries, plus ``extra``."""
-    headers = {TUS_RESUMABLE: TUS_VERSION}
-    if extra:
-        headers.update(extra)
-    return headers
 
 
 def options(request: Request, services: Services) -> Response:
@@ -128,7 +105,7 @@ async def create_upload(request: Request, services: Services) -> Response:
     logger.info("upload %s created (length %s)", upload.id, _describe_length(upload))
     if lease is not None:
         try:
-            await _receive(request, services, upload, lease, content_length, checksum)
+            await receive_body(request, services, upload, lease, content_length, checksum)
         except errors.TusError as error:
             if error.status in (413, 460):
                 # The client never learns this upload's URL: do not leave it behind.
@@ -149,7 +126,7 @@ async def _create_final(
         services, request.headers, concat, has_body=has_body
     )
     try:
-        await _finalize(services, upload, lease)
+        await finalize(services, upload, lease)
     finally:
         await services.locker.release(lease)
     return _created(request, services.config, upload)
@@ -188,11 +165,11 @@ async def head_upload(request: Request, services: Services) -> Response:
     upload = await services.locker.read_unlocked(upload_id)
     if expiry.has_expired(upload):
         raise errors.GONE  # in line with the Upload-Expires announced; not swept yet
-    if _needs_finalize(upload):
+    if needs_finalize(upload):
         # A finalize was interrupted (crash): finish it before saying "done".
         async with services.locker.hold(upload_id) as (upload, lease):
-            if _needs_finalize(upload):
-                await _finalize(services, upload, lease)
+            if needs_finalize(upload):
+                await finalize(services, upload, lease)
     if upload.is_failed:
         # Not "offset == length": the client must not believe it is done.
         raise errors.upload_checksum_failed(upload.failure or "unknown")
@@ -254,7 +231,7 @@ async def patch_upload(request: Request, services: Services) -> Response:
             raise errors.mismatched_offset(upload.offset)
         if length is not None:
             await _settle_length(services, upload, length)
-        await _receive(request, services, upload, lease, content_length, checksum)
+        await receive_body(request, services, upload, lease, content_length, checksum)
     return _patched(upload)
 
 
@@ -270,211 +247,6 @@ async def delete_upload(request: Request, services: Services) -> Response:
     services.running.forget(upload_id)
     logger.info("upload %s terminated", upload_id)
     return Response(status_code=204, headers=tus_headers())
-
-
-async def _receive(
-    request: Request,
-    services: Services,
-    upload: Upload,
-    lease: Lease,
-    content_length: int | None,
-    checksum: protocol.Checksum | None,
-) -> None:
-    """Store the request body at the upload's offset, commit, finalize if done.
-
-    Updates ``upload`` in place. The caller holds ``lease``. With a
-    ``checksum`` (Upload-Checksum), the chunk counts only if it arrived whole
-    and matches; otherwise its bytes stay past the offset, where the next
-    write overwrites them.
-    """
-    config = services.config
-    limit = _remaining(upload, config.max_size)
-    if content_length is not None and limit is not None and content_length > limit:
-        raise _too_large(upload, config)
-    if content_length != 0 and not upload.is_fully_received:
-        digests = Digests(_running_file_digests(services, upload), checksum)
-        transfer = Transfer()
-        try:
-            await receive_into_storage(
-                transfer,
-                request.receive,
-                services.storage,
-                lease,
-                upload.offset,
-                limit=limit,
-                block_size=config.block_size,
-                idle_timeout=config.idle_timeout,
-                digests=digests,
-            )
-        finally:
-            # Shielded, so that it also runs when the server cancels this
-            # request at shutdown: the bytes stored count either way, and the
-            # client resumes after them. A body too large counts for nothing.
-            with anyio.CancelScope(shield=True):
-                if _countable(transfer, digests):
-                    await _commit(services, upload, lease, upload.offset + transfer.stored)
-                    _keep_file_digests(services, upload, transfer, digests)
-        if transfer.end is End.TOO_LARGE:
-            raise _too_large(upload, config)
-        if transfer.end is not End.COMPLETE:
-            logger.info(
-                "upload %s: body ended early (%s); kept %d bytes",
-                upload.id,
-                transfer.end.value,
-                transfer.stored if checksum is None else 0,
-            )
-        if isinstance(transfer.failure, FileNotFoundError):
-            # The partial is gone (removed behind our back): the bytes the
-            # record counts are lost, so the upload is too. 410 makes a
-            # client start over instead of retrying forever.
-            logger.error("upload %s: partial missing; terminating the upload", upload.id)
-            await services.store.terminate(upload.id, lease.token)
-            lease.released = True
-            raise errors.GONE
-        if transfer.failure is not None:
-            logger.error("upload %s: storage write failed: %s", upload.id, transfer.failure)
-            raise errors.STORAGE_FAILED
-        if checksum is not None and not transfer.whole_body:
-            raise errors.CHECKSUM_INCOMPLETE
-        if checksum is not None and not digests.chunk_matches():
-            logger.info("upload %s: Upload-Checksum mismatch; chunk discarded", upload.id)
-            raise errors.CHECKSUM_MISMATCH
-    if upload.is_fully_received:
-        await _finalize(services, upload, lease)
-
-
-def _countable(transfer: Transfer, digests: Digests) -> bool:
-    """Whether the bytes this request stored move the offset."""
-    if not transfer.stored or transfer.end is End.TOO_LARGE:
-        return False
-    if digests.chunk is None:
-        return True  # tus: keep as much as possible of an interrupted body
-    # A checksummed chunk counts only whole, fully stored and matching.
-    return (
-        transfer.whole_body
-        and transfer.failure is None
-        and transfer.stored == transfer.received == digests.fed
-        and digests.chunk_matches()
-    )
-
-
-def _running_file_digests(services: Services, upload: Upload) -> dict[str, Hasher] | None:
-    metadata = protocol.parse_metadata(upload.metadata, services.config.max_metadata_size)
-    algorithms = integrity.file_algorithms(integrity.declared_checksum(metadata))
-    return services.running.resume(upload.id, upload.offset, algorithms)
-
-
-def _keep_file_digests(
-    services: Services, upload: Upload, transfer: Transfer, digests: Digests
-) -> None:
-    """After a commit: remember the file digest at the new offset if it is exact."""
-    if digests.file is not None and digests.fed == transfer.stored:
-        services.running.keep(upload.id, upload.offset, digests.file)
-    else:
-        services.running.forget(upload.id)
-
-
-async def _commit(services: Services, upload: Upload, lease: Lease, new_offset: int) -> None:
-    finishing = upload.length is not None and new_offset == upload.length
-    # Sliding expiry: stored bytes show the client is still at it.
-    expires = time.time() + services.config.expire_after
-    status = await services.store.commit(
-        upload.id, lease.token, upload.offset, new_offset, release=not finishing, expires=expires
-    )
-    if status is CommitStatus.MISSING:
-        raise errors.GONE
-    if status is not CommitStatus.OK:
-        # Our lock lapsed and another request moved on: these bytes do not count.
-        logger.warning("upload %s: commit refused (%s)", upload.id, status.value)
-        raise errors.LOCKED
-    upload.offset = new_offset
-    if upload.expires is not None:
-        upload.expires = expires
-    lease.released = not finishing
-
-
-async def _finalize(services: Services, upload: Upload, lease: Lease) -> None:
-    """Verify the whole file, publish it under its final name, record it."""
-    assert upload.length is not None
-    if upload.concat == protocol.CONCAT_PARTIAL:
-        # A fragment for final uploads (concatenation): complete, but kept
-        # staged and never published; no location.
-        await _complete_partial(services, upload, lease)
-        return
-    metadata = protocol.parse_metadata(upload.metadata, services.config.max_metadata_size)
-    declared = integrity.declared_checksum(metadata)
-    digests = await integrity.file_digests(
-        services.storage, services.running, upload, integrity.file_algorithms(declared)
-    )
-    services.running.forget(upload.id)
-    failure = integrity.mismatch(declared, digests)
-    if failure is not None:
-        # Nothing is published; the partial stays for inspection until the
-        # upload expires or is deleted, and the record says why.
-        logger.warning("upload %s: not finalized: %s", upload.id, failure)
-        if await services.store.fail(upload.id, lease.token, failure) is CommitStatus.OK:
-            lease.released = True
-        upload.state, upload.failure = FAILED, failure
-        raise errors.upload_checksum_failed(failure)
-    name = naming.final_name(services.config.final_name, upload.id, metadata)
-    location = await services.storage.finalize(upload.id, name, upload.length)
-    sha256 = digests[FILE_DIGEST].hex()
-    status = await _record_completion(services, upload, lease, location, sha256)
-    if status is not CommitStatus.OK:
-        logger.error(
-            "upload %s: finalized as %s but could not record it (%s)",
-            upload.id,
-            location,
-            status.value,
-        )
-        raise errors.INTERNAL
-    lease.released = True
-    upload.state, upload.location, upload.sha256 = COMPLETE, location, sha256
-    upload.expires = None  # a published file does not expire
-    logger.info(
-        "upload %s finished as %s (%d bytes, sha256 %s)", upload.id, location, upload.length, sha256
-    )
-    try:
-        await services.storage.delete(upload.id)  # the partial's name; the bytes stay published
-    except OSError as exc:
-        logger.warning("upload %s: could not remove the partial's name: %s", upload.id, exc)
-    if services.hooks.post_finish is not None:
-        finished = FinishedUpload(upload.id, upload.length, metadata, location, sha256)
-        try:
-            await services.hooks.post_finish(finished)
-        except Exception:
-            logger.exception("upload %s: post-finish hook failed", upload.id)
-
-
-async def _complete_partial(services: Services, upload: Upload, lease: Lease) -> None:
-    # No file digest: a fragment is never published on its own; the final
-    # upload made of it records its own. It keeps expiring (expiry sweeps it).
-    services.running.forget(upload.id)
-    status = await services.store.complete_unpublished(upload.id, lease.token)
-    if status is not CommitStatus.OK:
-        logger.error("upload %s: could not record completion (%s)", upload.id, status.value)
-        raise errors.INTERNAL
-    lease.released = True
-    upload.state = COMPLETE
-    logger.info("upload %s: partial upload complete (%d bytes)", upload.id, upload.length)
-
-
-async def _record_completion(
-    services: Services, upload: Upload, lease: Lease, location: str, sha256: str
-) -> CommitStatus:
-    """Record the finished file, retrying a passing Redis fault a few times:
-    the partial is already renamed, so failing here would strand the upload."""
-    for delay in (0.2, 0.4):
-        try:
-            return await services.store.complete(
-                upload.id, lease.token, location, sha256, retention=services.config.retention
-            )
-        except StateUnavailable:
-            logger.warning("upload %s: finalized as %s; retrying to record it", upload.id, location)
-            await anyio.sleep(delay)
-    return await services.store.complete(
-        upload.id, lease.token, location, sha256, retention=services.config.retention
-    )
 
 
 async def _settle_length(services: Services, upload: Upload, length: int) -> None:
@@ -495,21 +267,6 @@ async def _settle_length(services: Services, upload: Upload, length: int) -> Non
 def _patched(upload: Upload) -> Response:
     headers = tus_headers({UPLOAD_OFFSET: str(upload.offset), **expiry.expires_headers(upload)})
     return Response(status_code=204, headers=headers)
-
-
-def _remaining(upload: Upload, max_size: int | None) -> int | None:
-    """How many more bytes this upload may take, or None for no limit."""
-    if upload.length is not None:
-        return upload.length - upload.offset
-    if max_size is not None:
-        return max_size - upload.offset
-    return None
-
-
-def _too_large(upload: Upload, config: Config) -> errors.TusError:
-    if upload.length is not None:
-        return errors.BODY_EXCEEDS_LENGTH
-    return errors.SIZE_EXCEEDED.with_headers({TUS_MAX_SIZE: str(config.max_size)})
 
 
 def _declared_length(headers: Headers) -> int | None:
@@ -537,10 +294,6 @@ def _has_body(headers: Headers, content_length: int | None) -> bool:
     if content_length is not None:
         return content_length > 0
     return "chunked" in headers.get(TRANSFER_ENCODING, "").lower()
-
-
-def _needs_finalize(upload: Upload) -> bool:
-    return upload.is_fully_received and not upload.is_complete and not upload.is_failed
 
 
 def _chunk_checksum(headers: Headers) -> protocol.Checksum | None:

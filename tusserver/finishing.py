@@ -1,0 +1,109 @@
+"""Finishing an upload once every byte is in: verify the whole file against
+a declared digest, publish it under its final name, record its location and
+SHA-256 (or, for a concatenation part, only mark it complete).
+
+The caller holds the upload's lock.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import anyio
+
+from tusserver import errors, integrity, naming, protocol
+from tusserver.digests import FILE_DIGEST
+from tusserver.hooks import FinishedUpload
+from tusserver.locking import Lease
+from tusserver.services import Services
+from tusserver.state import COMPLETE, FAILED, CommitStatus, StateUnavailable, Upload
+
+logger = logging.getLogger(__name__)
+
+
+async def finalize(services: Services, upload: Upload, lease: Lease) -> None:
+    """Verify the whole file, publish it under its final name, record it."""
+    assert upload.length is not None
+    if upload.concat == protocol.CONCAT_PARTIAL:
+        # A fragment for final uploads (concatenation): complete, but kept
+        # staged and never published; no location.
+        await _complete_partial(services, upload, lease)
+        return
+    metadata = protocol.parse_metadata(upload.metadata, services.config.max_metadata_size)
+    declared = integrity.declared_checksum(metadata)
+    digests = await integrity.file_digests(
+        services.storage, services.running, upload, integrity.file_algorithms(declared)
+    )
+    services.running.forget(upload.id)
+    failure = integrity.mismatch(declared, digests)
+    if failure is not None:
+        # Nothing is published; the partial stays for inspection until the
+        # upload expires or is deleted, and the record says why.
+        logger.warning("upload %s: not finalized: %s", upload.id, failure)
+        if await services.store.fail(upload.id, lease.token, failure) is CommitStatus.OK:
+            lease.released = True
+        upload.state, upload.failure = FAILED, failure
+        raise errors.upload_checksum_failed(failure)
+    name = naming.final_name(services.config.final_name, upload.id, metadata)
+    location = await services.storage.finalize(upload.id, name, upload.length)
+    sha256 = digests[FILE_DIGEST].hex()
+    status = await _record_completion(services, upload, lease, location, sha256)
+    if status is not CommitStatus.OK:
+        logger.error(
+            "upload %s: finalized as %s but could not record it (%s)",
+            upload.id,
+            location,
+            status.value,
+        )
+        raise errors.INTERNAL
+    lease.released = True
+    upload.state, upload.location, upload.sha256 = COMPLETE, location, sha256
+    upload.expires = None  # a published file does not expire
+    logger.info(
+        "upload %s finished as %s (%d bytes, sha256 %s)", upload.id, location, upload.length, sha256
+    )
+    try:
+        await services.storage.delete(upload.id)  # the partial's name; the bytes stay published
+    except OSError as exc:
+        logger.warning("upload %s: could not remove the partial's name: %s", upload.id, exc)
+    if services.hooks.post_finish is not None:
+        finished = FinishedUpload(upload.id, upload.length, metadata, location, sha256)
+        try:
+            await services.hooks.post_finish(finished)
+        except Exception:
+            logger.exception("upload %s: post-finish hook failed", upload.id)
+
+
+async def _complete_partial(services: Services, upload: Upload, lease: Lease) -> None:
+    # No file digest: a fragment is never published on its own; the final
+    # upload made of it records its own. It keeps expiring (expiry sweeps it).
+    services.running.forget(upload.id)
+    status = await services.store.complete_unpublished(upload.id, lease.token)
+    if status is not CommitStatus.OK:
+        logger.error("upload %s: could not record completion (%s)", upload.id, status.value)
+        raise errors.INTERNAL
+    lease.released = True
+    upload.state = COMPLETE
+    logger.info("upload %s: partial upload complete (%d bytes)", upload.id, upload.length)
+
+
+async def _record_completion(
+    services: Services, upload: Upload, lease: Lease, location: str, sha256: str
+) -> CommitStatus:
+    """Record the finished file, retrying a passing Redis fault a few times:
+    the partial is already renamed, so failing here would strand the upload."""
+    for delay in (0.2, 0.4):
+        try:
+            return await services.store.complete(
+                upload.id, lease.token, location, sha256, retention=services.config.retention
+            )
+        except StateUnavailable:
+            logger.warning("upload %s: finalized as %s; retrying to record it", upload.id, location)
+            await anyio.sleep(delay)
+    return await services.store.complete(
+        upload.id, lease.token, location, sha256, retention=services.config.retention
+    )
+
+
+def needs_finalize(upload: Upload) -> bool:
+    return upload.is_fully_received and not upload.is_complete and not upload.is_failed

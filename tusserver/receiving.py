@@ -1,0 +1,162 @@
+"""Receiving a request body into an upload: stream it to storage, decide what
+counts (interrupted bodies keep their bytes; a checksummed chunk counts only
+whole and matching), commit the new offset, finalize when the last byte is in.
+
+The caller (a PATCH, or a POST with data) holds the upload's lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import anyio
+from starlette.requests import Request
+
+from tusserver import errors, integrity, protocol
+from tusserver.config import Config
+from tusserver.digests import Digests, Hasher
+from tusserver.finishing import finalize
+from tusserver.headers import TUS_MAX_SIZE
+from tusserver.locking import Lease
+from tusserver.services import Services
+from tusserver.state import CommitStatus, Upload
+from tusserver.transfer import End, Transfer, receive_into_storage
+
+logger = logging.getLogger(__name__)
+
+
+async def receive_body(
+    request: Request,
+    services: Services,
+    upload: Upload,
+    lease: Lease,
+    content_length: int | None,
+    checksum: protocol.Checksum | None,
+) -> None:
+    """Store the request body at the upload's offset, commit, finalize if done.
+
+    Updates ``upload`` in place. The caller holds ``lease``. With a
+    ``checksum`` (Upload-Checksum), the chunk counts only if it arrived whole
+    and matches; otherwise its bytes stay past the offset, where the next
+    write overwrites them.
+    """
+    config = services.config
+    limit = _remaining(upload, config.max_size)
+    if content_length is not None and limit is not None and content_length > limit:
+        raise _too_large(upload, config)
+    if content_length != 0 and not upload.is_fully_received:
+        digests = Digests(_running_file_digests(services, upload), checksum)
+        transfer = Transfer()
+        try:
+            await receive_into_storage(
+                transfer,
+                request.receive,
+                services.storage,
+                lease,
+                upload.offset,
+                limit=limit,
+                block_size=config.block_size,
+                idle_timeout=config.idle_timeout,
+                digests=digests,
+            )
+        finally:
+            # Shielded, so that it also runs when the server cancels this
+            # request at shutdown: the bytes stored count either way, and the
+            # client resumes after them. A body too large counts for nothing.
+            with anyio.CancelScope(shield=True):
+                if _countable(transfer, digests):
+                    await _commit(services, upload, lease, upload.offset + transfer.stored)
+                    _keep_file_digests(services, upload, transfer, digests)
+        if transfer.end is End.TOO_LARGE:
+            raise _too_large(upload, config)
+        if transfer.end is not End.COMPLETE:
+            logger.info(
+                "upload %s: body ended early (%s); kept %d bytes",
+                upload.id,
+                transfer.end.value,
+                transfer.stored if checksum is None else 0,
+            )
+        if isinstance(transfer.failure, FileNotFoundError):
+            # The partial is gone (removed behind our back): the bytes the
+            # record counts are lost, so the upload is too. 410 makes a
+            # client start over instead of retrying forever.
+            logger.error("upload %s: partial missing; terminating the upload", upload.id)
+            await services.store.terminate(upload.id, lease.token)
+            lease.released = True
+            raise errors.GONE
+        if transfer.failure is not None:
+            logger.error("upload %s: storage write failed: %s", upload.id, transfer.failure)
+            raise errors.STORAGE_FAILED
+        if checksum is not None and not transfer.whole_body:
+            raise errors.CHECKSUM_INCOMPLETE
+        if checksum is not None and not digests.chunk_matches():
+            logger.info("upload %s: Upload-Checksum mismatch; chunk discarded", upload.id)
+            raise errors.CHECKSUM_MISMATCH
+    if upload.is_fully_received:
+        await finalize(services, upload, lease)
+
+
+def _countable(transfer: Transfer, digests: Digests) -> bool:
+    """Whether the bytes this request stored move the offset."""
+    if not transfer.stored or transfer.end is End.TOO_LARGE:
+        return False
+    if digests.chunk is None:
+        return True  # tus: keep as much as possible of an interrupted body
+    # A checksummed chunk counts only whole, fully stored and matching.
+    return (
+        transfer.whole_body
+        and transfer.failure is None
+        and transfer.stored == transfer.received == digests.fed
+        and digests.chunk_matches()
+    )
+
+
+def _running_file_digests(services: Services, upload: Upload) -> dict[str, Hasher] | None:
+    metadata = protocol.parse_metadata(upload.metadata, services.config.max_metadata_size)
+    algorithms = integrity.file_algorithms(integrity.declared_checksum(metadata))
+    return services.running.resume(upload.id, upload.offset, algorithms)
+
+
+def _keep_file_digests(
+    services: Services, upload: Upload, transfer: Transfer, digests: Digests
+) -> None:
+    """After a commit: remember the file digest at the new offset if it is exact."""
+    if digests.file is not None and digests.fed == transfer.stored:
+        services.running.keep(upload.id, upload.offset, digests.file)
+    else:
+        services.running.forget(upload.id)
+
+
+async def _commit(services: Services, upload: Upload, lease: Lease, new_offset: int) -> None:
+    finishing = upload.length is not None and new_offset == upload.length
+    # Sliding expiry: stored bytes show the client is still at it.
+    expires = time.time() + services.config.expire_after
+    status = await services.store.commit(
+        upload.id, lease.token, upload.offset, new_offset, release=not finishing, expires=expires
+    )
+    if status is CommitStatus.MISSING:
+        raise errors.GONE
+    if status is not CommitStatus.OK:
+        # Our lock lapsed and another request moved on: these bytes do not count.
+        logger.warning("upload %s: commit refused (%s)", upload.id, status.value)
+        raise errors.LOCKED
+    upload.offset = new_offset
+    if upload.expires is not None:
+        upload.expires = expires
+    lease.released = not finishing
+
+
+def _remaining(upload: Upload, max_size: int | None) -> int | None:
+    """How many more bytes this upload may take, or None for no limit."""
+    if upload.length is not None:
+        return upload.length - upload.offset
+    if max_size is not None:
+        return max_size - upload.offset
+    return None
+
+
+def _too_large(upload: Upload, config: Config) -> errors.TusError:
+    if upload.length is not None:
+        return errors.BODY_EXCEEDS_LENGTH
+    return errors.SIZE_EXCEEDED.with_headers({TUS_MAX_SIZE: str(config.max_size)})

@@ -1,0 +1,39 @@
+"""What every request handler is given: the configuration and the three
+interfaces it may talk to (upload store, locker, storage), plus per-process
+helpers. Nothing here does I/O."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from storage_backends.base import Storage
+from tusserver.config import Config
+from tusserver.digests import RunningDigests
+from tusserver.headers import TUS_RESUMABLE
+from tusserver.hooks import Hooks
+from tusserver.locking import Locker
+from tusserver.protocol import TUS_VERSION
+from tusserver.state import UploadStore
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    config: Config
+    store: UploadStore
+    locker: Locker
+    storage: Storage
+    # File digests in progress in this process (see digests.RunningDigests).
+    running: RunningDigests = field(default_factory=RunningDigests)
+    hooks: Hooks = field(default_factory=Hooks)
+
+
+def tus_headers(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Headers every tus response carries, plus ``extra``."""
+    headers = {TUS_RESUMABLE: TUS_VERSION}
+    if extra:
+        headers.update(extra)
+    return headers
