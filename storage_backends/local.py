@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import stat
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path, PurePosixPath
@@ -23,14 +22,16 @@ import anyio
 import anyio.to_thread
 
 from storage_backends.base import Block, FileStat
+from storage_backends.names import (
+    STAGING_DIR,
+    UPLOAD_ID,
+    check_upload_id,
+    name_variants,
+    safe_relative,
+)
 
-STAGING_DIR = ".partial"
 # pwritev takes at most IOV_MAX buffers per call (1024 on Linux).
 _IOV_MAX = getattr(os, "IOV_MAX", 1024)
-# Upload ids are opaque tokens; anything else must never become a path.
-_UPLOAD_ID = re.compile(r"[0-9A-Za-z_-]{1,128}")
-# Bounded so that a name collision storm cannot loop forever.
-_MAX_NAME_VARIANTS = 1000
 # Buffer of the last-resort copy, when the kernel cannot copy by itself.
 _COPY_BUFFER = 1024 * 1024
 # One read per thread hop: large enough that the hop costs little, small
@@ -56,9 +57,7 @@ class LocalStorage:
         probe.unlink()
 
     def _partial(self, upload_id: str) -> Path:
-        if _UPLOAD_ID.fullmatch(upload_id) is None:
-            raise ValueError("invalid upload id")
-        return self.staging / upload_id
+        return self.staging / check_upload_id(upload_id)
 
     async def create(self, upload_id: str) -> None:
         path = self._partial(upload_id)
@@ -84,7 +83,7 @@ class LocalStorage:
 
     async def finalize(self, upload_id: str, final_name: str, length: int) -> str:
         source = self._partial(upload_id)
-        relative = self._safe_relative(final_name)
+        relative = safe_relative(final_name)
         return await anyio.to_thread.run_sync(
             self._finalize, source, relative, length, limiter=self._limiter
         )
@@ -99,7 +98,7 @@ class LocalStorage:
         _fsync(source)  # the bytes are durable before the final name appears
         target_dir = self.root.joinpath(*relative.parent.parts)
         target_dir.mkdir(parents=True, exist_ok=True)
-        for candidate in _name_variants(relative):
+        for candidate in name_variants(relative):
             target = self.root.joinpath(*candidate.parts)
             if _publish_without_overwrite(source, target):
                 return candidate.as_posix()
@@ -108,7 +107,7 @@ class LocalStorage:
     async def delete(self, upload_id: str, location: str | None = None) -> None:
         paths = [self._partial(upload_id)]
         if location is not None:
-            paths.append(self.root.joinpath(*self._safe_relative(location).parts))
+            paths.append(self.root.joinpath(*safe_relative(location).parts))
         await anyio.to_thread.run_sync(_unlink_all, paths, limiter=self._limiter)
 
     async def aclose(self) -> None:
@@ -130,21 +129,6 @@ class LocalStorage:
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(os.close, fd, limiter=self._limiter)
-
-    def _safe_relative(self, name: str) -> PurePosixPath:
-        """A relative path that stays inside the root and outside staging."""
-        relative = PurePosixPath(name)
-        parts = relative.parts
-        if (
-            not parts
-            or relative.is_absolute()
-            or any(part in ("", ".", "..") for part in parts)
-            or parts[0] == STAGING_DIR
-            or "\\" in name
-            or "\x00" in name
-        ):
-            raise PermissionError(errno.EACCES, "name escapes the storage root", name)
-        return relative
 
     async def stat(self, upload_id: str, location: str | None) -> FileStat:
         path = self._existing(upload_id, location)
@@ -183,7 +167,7 @@ class LocalStorage:
         """The partial, or the finished file at ``location``: never a path outside."""
         if location is None:
             return self._partial(upload_id)
-        return self.root.joinpath(*self._safe_relative(location).parts)
+        return self.root.joinpath(*safe_relative(location).parts)
 
     async def stale_partials(self, older_than: float) -> list[str]:
         return await anyio.to_thread.run_sync(
@@ -194,7 +178,7 @@ class LocalStorage:
         stale = []
         with os.scandir(self.staging) as entries:
             for entry in entries:
-                if _UPLOAD_ID.fullmatch(entry.name) is None:
+                if UPLOAD_ID.fullmatch(entry.name) is None:
                     continue
                 try:
                     info = entry.stat(follow_symlinks=False)
@@ -302,15 +286,6 @@ def _drop_prefix(buffers: Sequence[bytes | memoryview], count: int) -> list[byte
         rest.append(memoryview(buffer)[count:] if count else buffer)
         count = 0
     return rest
-
-
-def _name_variants(relative: PurePosixPath) -> Iterator[PurePosixPath]:
-    """``name.ext``, then ``name (1).ext``, ``name (2).ext``, ..."""
-    yield relative
-    suffix = "".join(relative.suffixes[-1:])
-    stem = relative.name[: len(relative.name) - len(suffix)] if suffix else relative.name
-    for number in range(1, _MAX_NAME_VARIANTS):
-        yield relative.with_name(f"{stem} ({number}){suffix}")
 
 
 def _publish_without_overwrite(source: Path, target: Path) -> bool:

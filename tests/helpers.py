@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import os
+from pathlib import Path
 
 import httpx
 
@@ -27,3 +29,16 @@ def assert_tus_error(response: httpx.Response, status: int, code: str | None = N
     assert isinstance(error["retryable"], bool)
     if code is not None:
         assert error["code"] == code
+
+
+def descriptors_of(path: Path) -> int:
+    """How many of this process's descriptors point at ``path`` (the test
+    servers run in this process, so their open files count too)."""
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") == str(path):
+                count += 1
+        except OSError:
+            continue  # closed while we looked
+    return count

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import assert_tus_error, b64, upload_id_of
+from tests.helpers import assert_tus_error, b64, descriptors_of, upload_id_of
 from tests.server_fixtures import TUS, RunningServer
 from tusserver import Config
 from tusserver.config import ConfigError
@@ -484,18 +484,6 @@ def test_a_20_mib_file_streams_whole_and_in_ranges_across_block_boundaries(
     assert tail.content == data[-10:]
 
 
-def open_descriptors_of(path: Path) -> int:
-    """How many descriptors of this process (which runs the test server) point at ``path``."""
-    count = 0
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            if os.readlink(f"/proc/self/fd/{name}") == str(path):
-                count += 1
-        except OSError:
-            continue  # closed while we looked
-    return count
-
-
 def test_a_download_abandoned_by_the_client_closes_its_file(tus_server: Server) -> None:
     server = tus_server()
     data = os.urandom(32 * 1024 * 1024)
@@ -505,7 +493,7 @@ def test_a_download_abandoned_by_the_client_closes_its_file(tus_server: Server) 
     with server.client.stream("GET", url) as response:
         assert response.status_code == 200
         next(response.iter_raw())
-        assert open_descriptors_of(stored) == 1
+        assert descriptors_of(stored) == 1
     # Leaving the block closes the connection with most of the body unsent.
 
     assert descriptors_closed_soon(stored)
@@ -535,6 +523,6 @@ def test_a_file_that_shrinks_mid_download_ends_the_connection_short(
 
 def descriptors_closed_soon(path: Path) -> bool:
     deadline = time.monotonic() + 10
-    while open_descriptors_of(path) and time.monotonic() < deadline:
+    while descriptors_of(path) and time.monotonic() < deadline:
         time.sleep(0.05)
-    return open_descriptors_of(path) == 0
+    return descriptors_of(path) == 0

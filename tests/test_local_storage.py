@@ -1,4 +1,5 @@
-"""LocalStorage on its own: partials in .partial/, positional writes, safe finalize."""
+"""LocalStorage beyond the storage contract (tests/test_storage_contract.py runs
+that against it too): file modes, vectored writes, kernel copies, crash repair."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 
 from storage_backends.base import FileStat
 from storage_backends.local import LocalStorage
+from tests.helpers import descriptors_of
 
 UPLOAD_ID = "0123456789abcdef0123456789abcdef"
 
@@ -63,59 +65,12 @@ async def test_create_makes_an_empty_partial_and_is_idempotent(storage: LocalSto
     assert root_entries(storage) == [".partial"]
 
 
-@pytest.mark.parametrize("bad_id", ["../x", "a/b", "", ".", "x" * 129, "a\x00b"])
-async def test_ids_that_are_not_opaque_tokens_never_become_paths(
-    storage: LocalStorage, bad_id: str
-) -> None:
-    with pytest.raises(ValueError):
-        await storage.create(bad_id)
-    with pytest.raises(ValueError):
-        await storage.write(bad_id, 0, blocks([b"x"]))
-    with pytest.raises(ValueError):
-        await storage.delete(bad_id)
-
-    assert root_entries(storage) == [".partial"]
-    assert list(partial(storage).parent.iterdir()) == []
-    assert sorted(p.name for p in storage.root.parent.iterdir()) == ["root"]
-
-
-async def test_write_stores_blocks_contiguously_at_the_offset(storage: LocalStorage) -> None:
-    await storage.create(UPLOAD_ID)
-
-    first = await storage.write(UPLOAD_ID, 0, blocks([b"ab", b"cd"], [b"ef"]))
-    second = await storage.write(UPLOAD_ID, 6, blocks([b"gh"], [], [b"", b"ij"]))
-
-    assert (first, second) == (6, 4)
-    assert partial(storage).read_bytes() == b"abcdefghij"
-
-
 async def test_write_of_no_blocks_stores_nothing(storage: LocalStorage) -> None:
     await storage.create(UPLOAD_ID)
 
     assert await storage.write(UPLOAD_ID, 0, blocks()) == 0
 
     assert partial(storage).read_bytes() == b""
-
-
-async def test_write_at_an_offset_overwrites_stale_bytes_and_leaves_the_rest(
-    storage: LocalStorage,
-) -> None:
-    await storage.create(UPLOAD_ID)
-    await storage.write(UPLOAD_ID, 0, blocks([b"0123456789"]))
-
-    written = await storage.write(UPLOAD_ID, 4, blocks([b"X", b"Y"]))
-
-    assert written == 2
-    assert partial(storage).read_bytes() == b"0123XY6789"
-
-
-async def test_write_to_a_missing_partial_raises_file_not_found_and_creates_nothing(
-    storage: LocalStorage,
-) -> None:
-    with pytest.raises(FileNotFoundError):
-        await storage.write(UPLOAD_ID, 0, blocks([b"data"]))
-
-    assert not partial(storage).exists()
 
 
 async def test_write_asks_for_the_next_block_only_after_the_previous_is_on_disk(
@@ -192,93 +147,6 @@ async def test_finalize_applies_the_configured_file_mode(tmp_path: Path) -> None
     assert stat.S_IMODE((tmp_path / "root" / "private").stat().st_mode) == 0o600
 
 
-async def test_finalize_into_a_subfolder_creates_it(storage: LocalStorage) -> None:
-    await storage.create(UPLOAD_ID)
-    await storage.write(UPLOAD_ID, 0, blocks([b"abc"]))
-
-    location = await storage.finalize(UPLOAD_ID, "2024/06/f.txt", 3)
-
-    assert location == "2024/06/f.txt"
-    assert (storage.root / "2024" / "06" / "f.txt").read_bytes() == b"abc"
-
-
-@pytest.mark.parametrize(
-    ("name", "taken", "expected"),
-    [
-        ("a.txt", ["a.txt"], "a (1).txt"),
-        ("a.txt", ["a.txt", "a (1).txt"], "a (2).txt"),
-        ("plain", ["plain"], "plain (1)"),
-        ("a.txt", ["a (1).txt"], "a.txt"),
-    ],
-)
-async def test_finalize_never_overwrites_and_picks_a_numbered_variant(
-    storage: LocalStorage, name: str, taken: list[str], expected: str
-) -> None:
-    for existing in taken:
-        (storage.root / existing).write_bytes(b"old " + existing.encode())
-    await storage.create(UPLOAD_ID)
-    await storage.write(UPLOAD_ID, 0, blocks([b"new"]))
-
-    location = await storage.finalize(UPLOAD_ID, name, 3)
-
-    assert location == expected
-    assert (storage.root / expected).read_bytes() == b"new"
-    for existing in taken:
-        assert (storage.root / existing).read_bytes() == b"old " + existing.encode()
-    await storage.delete(UPLOAD_ID)
-    assert not partial(storage).exists()
-    assert (storage.root / expected).read_bytes() == b"new"
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        "../x",
-        "/etc/x",
-        ".partial/x",
-        ".partial",
-        "./.partial/x",
-        "a/../../x",
-        "..",
-        "",
-        "a\\..\\x",
-        "x\x00y",
-    ],
-)
-async def test_finalize_names_escaping_the_root_raise_permission_error_and_keep_the_partial(
-    storage: LocalStorage, name: str
-) -> None:
-    await storage.create(UPLOAD_ID)
-    await storage.write(UPLOAD_ID, 0, blocks([b"keep"]))
-
-    with pytest.raises(PermissionError):
-        await storage.finalize(UPLOAD_ID, name, 4)
-
-    assert partial(storage).read_bytes() == b"keep"
-    assert root_entries(storage) == [".partial"]
-    assert sorted(p.name for p in partial(storage).parent.iterdir()) == [UPLOAD_ID]
-    assert sorted(p.name for p in storage.root.parent.iterdir()) == ["root"]
-
-
-async def test_finalize_of_a_missing_partial_raises_file_not_found(
-    storage: LocalStorage,
-) -> None:
-    with pytest.raises(FileNotFoundError):
-        await storage.finalize(UPLOAD_ID, "x", 0)
-
-    assert root_entries(storage) == [".partial"]
-
-
-async def test_delete_removes_the_partial_and_is_idempotent(storage: LocalStorage) -> None:
-    await storage.create(UPLOAD_ID)
-    await storage.write(UPLOAD_ID, 0, blocks([b"abc"]))
-
-    await storage.delete(UPLOAD_ID)
-    await storage.delete(UPLOAD_ID)
-
-    assert not partial(storage).exists()
-
-
 async def test_delete_with_a_location_removes_the_final_file_only(
     storage: LocalStorage,
 ) -> None:
@@ -295,21 +163,6 @@ async def test_delete_with_a_location_removes_the_final_file_only(
     assert (storage.root / "theirs.txt").read_bytes() == b"theirs.txt"
 
 
-@pytest.mark.parametrize("location", ["../outside", "/etc/passwd", ".partial/" + UPLOAD_ID])
-async def test_delete_with_a_location_escaping_the_root_raises_permission_error(
-    storage: LocalStorage, location: str
-) -> None:
-    outside = storage.root.parent / "outside"
-    outside.write_bytes(b"precious")
-    await storage.create(UPLOAD_ID)
-
-    with pytest.raises(PermissionError):
-        await storage.delete(UPLOAD_ID, location)
-
-    assert outside.read_bytes() == b"precious"
-    assert partial(storage).exists()
-
-
 async def test_staging_folder_and_partials_are_private_to_the_service(
     storage: LocalStorage,
 ) -> None:
@@ -320,19 +173,6 @@ async def test_staging_folder_and_partials_are_private_to_the_service(
 
     assert staging_mode & 0o077 == 0
     assert partial_mode & 0o077 == 0
-
-
-async def test_finalize_refuses_a_partial_shorter_than_the_length_and_publishes_nothing(
-    storage: LocalStorage,
-) -> None:
-    await storage.create(UPLOAD_ID)
-    await storage.write(UPLOAD_ID, 0, blocks([b"only five"[:5]]))
-
-    with pytest.raises(OSError):
-        await storage.finalize(UPLOAD_ID, "short.bin", 10)
-
-    assert partial(storage).read_bytes() == b"only "
-    assert root_entries(storage) == [".partial"]
 
 
 # --- concat ------------------------------------------------------------------
@@ -464,18 +304,6 @@ async def test_concat_refuses_ids_that_are_not_opaque_tokens(storage: LocalStora
 
 async def read_all(chunks: AsyncIterator[bytes]) -> list[bytes]:
     return [chunk async for chunk in chunks]
-
-
-def descriptors_of(path: Path) -> int:
-    """How many of this process's descriptors point at ``path``."""
-    count = 0
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            if os.readlink(f"/proc/self/fd/{name}") == str(path):
-                count += 1
-        except OSError:
-            continue  # closed while we looked
-    return count
 
 
 async def test_stat_reports_size_and_mtime_of_the_partial_and_of_the_finished_file(
