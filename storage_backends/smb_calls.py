@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import queue
 import socket
 import threading
 import time
@@ -89,11 +88,18 @@ class Server:
         return f"{self.host}:{self.port}"
 
 
-class _Slot:
-    """A private connection cache: one SMB connection, used by one call at a time."""
+class Slot:
+    """A private connection cache: one SMB connection, used by one call at a time.
+
+    ``handles`` keeps files open between calls on this connection (an
+    upload's partial while its PATCH runs), by an owner key: an open handle
+    is only valid on the connection that opened it, and opening a file
+    costs two round trips and a few milliseconds of CPU.
+    """
 
     def __init__(self) -> None:
         self.cache: dict[str, Any] = {}
+        self.handles: dict[object, Any] = {}
 
     def sever(self) -> None:
         """Cut the connection's socket; a call blocked on it fails at once.
@@ -110,15 +116,19 @@ class _Slot:
                     pass  # already closed
 
     def forget(self) -> None:
-        """Drop a connection in an unknown state; the next call connects afresh."""
+        """Drop a connection in an unknown state; the next call connects afresh.
+
+        Its open handles go with it: the server closes them with the connection.
+        """
         self.sever()
         self.cache.clear()
+        self.handles.clear()
 
 
 class Call:
     """What a blocking function gets: smbclient keyword arguments and a progress mark."""
 
-    def __init__(self, slot: _Slot, kwargs: dict[str, Any]) -> None:
+    def __init__(self, slot: Slot, kwargs: dict[str, Any]) -> None:
         self.slot = slot
         self.kwargs = kwargs
         self.progress = time.monotonic()
@@ -177,10 +187,9 @@ class SMBCalls:
         # The backend's own limiter: a stalled share ties up these threads
         # only, never the event loop or another backend's.
         self._limiter = anyio.CapacityLimiter(connections)
-        self._slots: queue.SimpleQueue[_Slot] = queue.SimpleQueue()
-        self._all_slots = [_Slot() for _ in range(connections)]
-        for slot in self._all_slots:
-            self._slots.put(slot)
+        self._all_slots = [Slot() for _ in range(connections)]
+        self._free = list(self._all_slots)
+        self._slot_returned = threading.Condition()
         self._watchdog = _Watchdog(timeout)
 
     async def run(
@@ -193,15 +202,65 @@ class SMBCalls:
         login, ``ConnectionError`` when the server cannot be reached.
         """
 
+        return await self.run_near(None, function, *args, **kwargs)
+
+    async def run_near(
+        self,
+        slot: Slot | None,
+        function: Callable[Concatenate[Call, P], T],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """Like ``run``, on ``slot`` if it is free, else on any free one.
+
+        For a run of calls that reuse handles they keep open on their slot.
+        """
+
         def bound() -> T:
-            return self._in_slot(lambda call: function(call, *args, **kwargs))
+            taken = self._take(slot, wait=False)
+            return self._in_slot(taken, lambda call: function(call, *args, **kwargs))
 
         return await anyio.to_thread.run_sync(bound, limiter=self._limiter)
 
-    def _in_slot(self, function: Callable[[Call], T]) -> T:
-        # Never waits: the limiter admits at most as many threads as slots,
-        # and a thread keeps its token until it returns its slot.
-        slot = self._slots.get()
+    async def run_on(
+        self,
+        slot: Slot,
+        function: Callable[Concatenate[Call, P], T],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """Like ``run``, on exactly ``slot``, waiting while another call uses it.
+
+        The wait is bounded: the call holding the slot is watched like any
+        other, and a slot's holder never waits for anything else.
+        """
+
+        def bound() -> T:
+            self._take(slot, wait=True)
+            return self._in_slot(slot, lambda call: function(call, *args, **kwargs))
+
+        return await anyio.to_thread.run_sync(bound, limiter=self._limiter)
+
+    def _take(self, wanted: Slot | None, *, wait: bool) -> Slot:
+        # Without ``wait`` this never blocks: the limiter admits at most as
+        # many threads as there are slots, a thread keeps its token until it
+        # returns its slot, and a thread waiting for one slot holds none.
+        with self._slot_returned:
+            if wait:
+                assert wanted is not None
+                while wanted not in self._free:
+                    self._slot_returned.wait()
+            elif wanted is None or wanted not in self._free:
+                wanted = self._free[-1]
+            self._free.remove(wanted)
+            return wanted
+
+    def _give_back(self, slot: Slot) -> None:
+        with self._slot_returned:
+            self._free.append(slot)
+            self._slot_returned.notify_all()
+
+    def _in_slot(self, slot: Slot, function: Callable[[Call], T]) -> T:
         call = Call(slot, self._smbclient_kwargs(slot))
         self._watchdog.watch(call)
         try:
@@ -215,9 +274,9 @@ class SMBCalls:
             raise translated from exc
         finally:
             self._watchdog.unwatch(call)
-            self._slots.put(slot)
+            self._give_back(slot)
 
-    def _smbclient_kwargs(self, slot: _Slot) -> dict[str, Any]:
+    def _smbclient_kwargs(self, slot: Slot) -> dict[str, Any]:
         return {
             "username": self.server.username,
             "password": self.server.password,

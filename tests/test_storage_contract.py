@@ -146,8 +146,8 @@ async def test_large_blocks_of_many_pieces_land_byte_for_byte_in_place(
     backend: Backend,
 ) -> None:
     # Blocks of several MiB in 64 KiB pieces, as the network delivers them;
-    # the SMB backend writes each block in parallel pieces on several
-    # connections, which must not move a byte.
+    # the SMB backend sends each block as several writes in flight at once,
+    # which must not move a byte.
     data = pattern(13 * MiB + 12345)
     block_size = 4 * MiB + 7
 
@@ -206,6 +206,27 @@ async def test_write_asks_for_the_next_block_only_after_the_previous_is_stored(
     assert await backend.storage.write(UPLOAD_ID, 0, observed()) == 3 * (MiB + 1000)
 
     assert sizes_seen == [0, MiB + 1000, 2 * (MiB + 1000), 3 * (MiB + 1000)]
+
+
+async def test_a_write_broken_off_by_its_body_leaves_the_partial_closed_and_deletable(
+    backend: Backend,
+) -> None:
+    # The SMB backend keeps the partial open while a write runs; a handle
+    # left open would keep a deleted partial on the share (delete pending).
+    await backend.storage.create(UPLOAD_ID)
+
+    async def failing_body() -> AsyncIterator[Sequence[bytes]]:
+        yield [pattern(2 * MiB)]
+        raise ConnectionResetError("the client went away")
+
+    with pytest.raises(ConnectionResetError):
+        await backend.storage.write(UPLOAD_ID, 0, failing_body())
+    assert backend.partial().read_bytes() == pattern(2 * MiB)
+
+    await backend.storage.delete(UPLOAD_ID)
+
+    assert not backend.partial().exists()
+    assert list(backend.staging.iterdir()) == []
 
 
 # --- finalize -----------------------------------------------------------------

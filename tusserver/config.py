@@ -109,8 +109,9 @@ class Config:
     # Longest an SMB call may go without progress (and the connect timeout):
     # a share that stopped answering fails a request within this, retryably.
     smb_timeout: float = 30.0
-    # SMB connections, each with its worker thread, per process. One block
-    # is written on up to four of them at once (see storage_backends.smb).
+    # SMB connections, each with its worker thread, per process. A PATCH
+    # writes on one of them at a time, several writes in flight (see
+    # storage_backends.smb).
     smb_connections: int = 8
 
     def __post_init__(self) -> None:
