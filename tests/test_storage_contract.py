@@ -20,7 +20,8 @@ import pytest
 
 from storage_backends.base import FileStat, Storage
 from storage_backends.local import LocalStorage
-from storage_backends.smb import SMBLocation, SMBStorage
+from storage_backends.smb import SMBStorage
+from storage_backends.smb_location import SMBLocation
 from tests.samba_fixtures import SambaServer
 
 UPLOAD_ID = "0123456789abcdef0123456789abcdef"

@@ -25,7 +25,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from storage_backends.base import Storage
 from storage_backends.local import LocalStorage
-from storage_backends.smb import SMBLocation, SMBStorage
+from storage_backends.smb import SMBStorage
+from storage_backends.smb_location import SMBLocation
 from tusserver import errors, expiry, headers, protocol
 from tusserver.config import Config, ConfigError
 from tusserver.cors import cors_middleware

@@ -1,0 +1,248 @@
+"""The other blocking SMB calls of the backend (start-up check, create,
+finalize by rename without overwrite, delete, server-side concat, stat, reads,
+listing stale partials), each run in a worker thread by ``SMBCalls`` with the
+call's own connection; errors are translated there."""
+
+from __future__ import annotations
+
+import errno
+import ntpath
+from pathlib import PurePosixPath
+
+import smbclient
+from smbclient._io import SMBFileTransaction, SMBRawIO, ioctl_request
+from smbprotocol.exceptions import BadNetworkName, SMBOSError
+from smbprotocol.ioctl import (
+    CtlCode,
+    IOCTLFlags,
+    SMB2SrvCopyChunk,
+    SMB2SrvCopyChunkCopy,
+    SMB2SrvCopyChunkResponse,
+    SMB2SrvRequestResumeKey,
+)
+from smbprotocol.tree import TreeConnect
+
+from storage_backends.base import FileStat
+from storage_backends.names import (
+    UPLOAD_ID,
+    name_variants,
+)
+from storage_backends.smb_calls import Call
+
+# Where a finalize records the name it is publishing under, before the rename
+from storage_backends.smb_writes import open_file, write_all
+
+# Where a finalize records the name it is publishing under, before the rename
+# (see finalize): ``<staging>/<id>.final``. Ids never contain a dot.
+MARKER_SUFFIX = ".final"
+# Server-side copy limits (MS-SMB2 3.3.3): 1 MiB per chunk, 16 chunks per request.
+_COPY_CHUNK = 1024 * 1024
+_COPY_CHUNKS_PER_REQUEST = 16
+
+
+def check_share(call: Call, host: str, share: str, staging: str, probe: str) -> None:
+    # The share first, on its own: for a missing share smbclient would go on
+    # to ask for DFS referrals, and against Samba it keeps asking.
+    session = smbclient.register_session(host, **call.kwargs)
+    tree = TreeConnect(session, rf"\\{host}\{share}")
+    try:
+        tree.connect()
+    except BadNetworkName:
+        raise FileNotFoundError(
+            errno.ENOENT, f"the SMB server has no share named {share!r}"
+        ) from None
+    tree.disconnect()
+    smbclient.makedirs(staging, exist_ok=True, **call.kwargs)
+    with open_file(call, probe, "wb") as f:
+        write_all(call, f, b"ok")
+    smbclient.remove(probe, **call.kwargs)
+
+
+def create_file(call: Call, path: str) -> None:
+    # "a": open or create, never truncate, so a repeated create keeps the bytes.
+    with open_file(call, path, "ab"):
+        pass
+
+
+def finalize_file(
+    call: Call, partial: str, marker: str, root: str, relative: PurePosixPath, length: int
+) -> str:
+    """Trim, flush, then rename the partial to the first free variant of ``relative``.
+
+    Before each rename attempt the chosen name is written to ``marker``: if
+    the process dies after the rename but before the caller recorded the
+    location, the partial is gone and the marker says where it went, so
+    finalizing again returns that location instead of failing.
+    """
+    kwargs = call.kwargs
+    try:
+        f = open_file(call, partial, "r+b")
+    except SMBOSError as exc:
+        if exc.errno != errno.ENOENT:
+            raise
+        return _published_location(call, marker, root, length, exc)
+    with f:
+        size = f.seek(0, smbclient.SEEK_END)
+        if size < length:
+            # Truncating up would pad with zeros: refuse rather than publish a hole.
+            raise OSError(errno.EIO, f"partial holds {size} of {length} bytes", partial)
+        if size > length:
+            f.truncate(length)  # storage may hold more than the offset
+        f.flush()  # SMB2 FLUSH: the bytes are durable before the final name appears
+    if relative.parent.parts:
+        smbclient.makedirs(join(root, *relative.parent.parts), exist_ok=True, **kwargs)
+    for candidate in name_variants(relative):
+        target = join(root, *candidate.parts)
+        with open_file(call, marker, "wb") as m:
+            write_all(call, m, candidate.as_posix().encode())
+        if _rename_without_overwrite(call, partial, target):
+            return candidate.as_posix()
+    raise FileExistsError(errno.EEXIST, "no free final name", relative.as_posix())
+
+
+def _published_location(call: Call, marker: str, root: str, length: int, missing: OSError) -> str:
+    """The location an earlier, interrupted finalize renamed the partial to."""
+    try:
+        with open_file(call, marker, "rb") as m:
+            location: str = m.readall().decode()
+        published = smbclient.stat(join(root, *PurePosixPath(location).parts), **call.kwargs)
+    except SMBOSError as exc:
+        if exc.errno == errno.ENOENT:
+            raise missing from None
+        raise
+    if published.st_size != length:
+        raise missing
+    return location
+
+
+def _rename_without_overwrite(call: Call, source: str, target: str) -> bool:
+    """Rename ``source`` to ``target`` unless a file has that name; False if one does.
+
+    smbclient renames without replace-if-exists, so the server refuses to
+    overwrite atomically (STATUS_OBJECT_NAME_COLLISION). smbclient first
+    opens an existing target for execute access, which a server may deny
+    on a non-executable file: that also means the name is taken.
+    """
+    try:
+        smbclient.rename(source, target, **call.kwargs)
+    except SMBOSError as exc:
+        if exc.errno == errno.EEXIST:
+            return False
+        if _exists(call, target):
+            return False
+        raise
+    return True
+
+
+def _exists(call: Call, path: str) -> bool:
+    try:
+        smbclient.stat(path, **call.kwargs)
+    except SMBOSError as exc:
+        if exc.errno == errno.ENOENT:
+            return False
+        raise
+    return True
+
+
+def remove_all(call: Call, paths: list[str]) -> None:
+    for path in paths:
+        try:
+            smbclient.remove(path, **call.kwargs)
+        except SMBOSError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+
+
+def concat_files(call: Call, target: str, sources: list[str]) -> None:
+    """Fill ``target`` from offset 0 with ``sources`` in order, copied by the server.
+
+    smbclient.copyfile's server-side copy (FSCTL_SRV_COPYCHUNK_WRITE), with
+    the target offset of each part instead of 0: the bytes never travel
+    through this process.
+    """
+    with open_file(call, target, "r+b") as dst:
+        offset = 0
+        for source in sources:
+            with open_file(call, source, "rb") as src:
+                size = src.seek(0, smbclient.SEEK_END)
+                if size:
+                    _copy_chunks(call, src, dst, offset, size)
+            offset += size
+        dst.truncate(offset)  # stale bytes of an earlier attempt past the end
+        dst.flush()
+
+
+def _copy_chunks(call: Call, src: SMBRawIO, dst: SMBRawIO, target_offset: int, size: int) -> None:
+    with SMBFileTransaction(src) as transaction:
+        ioctl_request(
+            transaction,
+            CtlCode.FSCTL_SRV_REQUEST_RESUME_KEY,
+            flags=IOCTLFlags.SMB2_0_IOCTL_IS_FSCTL,
+            output_size=32,
+        )
+    resume = SMB2SrvRequestResumeKey()
+    resume.unpack(transaction.results[0])
+    resume_key = resume["resume_key"].get_value()
+    position = 0
+    while position < size:
+        batch: list[SMB2SrvCopyChunk] = []
+        while position < size and len(batch) < _COPY_CHUNKS_PER_REQUEST:
+            chunk = SMB2SrvCopyChunk()
+            chunk["source_offset"] = position
+            chunk["target_offset"] = target_offset + position
+            chunk["length"] = min(_COPY_CHUNK, size - position)
+            batch.append(chunk)
+            position += _COPY_CHUNK
+        request = SMB2SrvCopyChunkCopy()
+        request["source_key"] = resume_key
+        request["chunks"] = batch
+        with SMBFileTransaction(dst) as transaction:
+            ioctl_request(
+                transaction,
+                CtlCode.FSCTL_SRV_COPYCHUNK_WRITE,
+                flags=IOCTLFlags.SMB2_0_IOCTL_IS_FSCTL,
+                output_size=12,
+                input_buffer=request,
+            )
+        response = SMB2SrvCopyChunkResponse()
+        response.unpack(transaction.results[0])
+        if response["chunks_written"].get_value() != len(batch):
+            raise OSError(errno.EIO, "the SMB server copied only part of a chunk batch")
+        call.touch()
+
+
+def stat_file(call: Call, path: str) -> FileStat:
+    result = smbclient.stat(path, **call.kwargs)
+    return FileStat(size=result.st_size, modified=result.st_mtime)
+
+
+def read_at(call: Call, path: str, offset: int, length: int) -> bytes:
+    """Up to ``length`` bytes from ``offset``; fewer only at the end of the file."""
+    parts: list[bytes] = []
+    remaining = length
+    with open_file(call, path, "rb") as f:
+        f.seek(offset)
+        while remaining:
+            data = f.read(remaining)
+            if not data:
+                break
+            parts.append(data)
+            remaining -= len(data)
+            call.touch()
+    return b"".join(parts)
+
+
+def stale_partials(call: Call, staging: str, older_than: float) -> list[str]:
+    found: set[str] = set()
+    for entry in smbclient.scandir(staging, **call.kwargs):
+        name = entry.name
+        upload_id = name.removesuffix(MARKER_SUFFIX)
+        if UPLOAD_ID.fullmatch(upload_id) is None or not entry.is_file():
+            continue
+        if entry.smb_info.last_write_time.timestamp() < older_than:
+            found.add(upload_id)
+    return sorted(found)
+
+
+def join(root: str, *parts: str) -> str:
+    return ntpath.join(root, *parts)
