@@ -2,10 +2,11 @@
 
 ``POST /sink/{name}`` writes the request body to ``<dir>/<name>`` and answers 204. A request
 whose ``Upload-Offset`` header is missing or 0 truncates the file; any other offset appends, so
-a chunked upload can be replayed as a series of requests. There is no tus protocol here, no
-state and no checks: only the cost of receiving bytes through uvicorn and Starlette and writing
-them to disk. It runs with the same uvicorn settings as tusserver (uvloop, httptools, one
-worker, access log off).
+a chunked upload can be replayed as a series of requests. ``HEAD /sink/{name}`` answers 200
+with the file's size as ``Upload-Offset``: the cheapest HEAD a Starlette app on uvicorn can
+give. There is no tus protocol here, no state and no checks: only the cost of receiving bytes
+through uvicorn and Starlette and writing them to disk. It runs with the same uvicorn settings
+as tusserver (uvloop, httptools, one worker, access log off).
 
 Usage: python bench/bare_sink.py --port 8081 --dir /some/dir [--host 127.0.0.1]
 """
@@ -36,7 +37,22 @@ def make_app(directory: str) -> Starlette:
                 f.write(chunk)
         return Response(status_code=204)
 
-    return Starlette(routes=[Route("/sink/{name}", sink, methods=["POST"])])
+    async def offset(request: Request) -> Response:
+        name = request.path_params["name"]
+        if not _NAME.fullmatch(name) or name.startswith("."):
+            return Response(status_code=400)
+        try:
+            size = os.stat(os.path.join(directory, name)).st_size
+        except FileNotFoundError:
+            return Response(status_code=404)
+        return Response(status_code=200, headers={"Upload-Offset": str(size)})
+
+    return Starlette(
+        routes=[
+            Route("/sink/{name}", sink, methods=["POST"]),
+            Route("/sink/{name}", offset, methods=["HEAD"]),
+        ]
+    )
 
 
 def main() -> None:
