@@ -133,7 +133,9 @@ class NginxProxy:
             "-c", str(self.directory / "nginx.conf"),
             "-e", str(self.directory / "error.log"),
         ]  # fmt: skip
-        user = group = extra_groups = None
+        user: int | None = None
+        group: int | None = None
+        extra_groups: list[int] | None = None
         if os.geteuid() == 0:
             account = pwd.getpwnam(UNPRIVILEGED)
             for path in (self.directory, *self.directory.iterdir()):
