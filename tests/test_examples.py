@@ -18,7 +18,7 @@ import pytest
 import yaml
 from tusclient.client import TusClient
 
-from tests.e2e_clients import CuttingProxy, npm_install_and_build
+from tests.e2e_clients import CuttingProxy
 from tests.server_fixtures import RunningServer, ThreadedUvicorn, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,13 +126,6 @@ def test_fastapi_example_serves_tus_under_its_mount_path_and_calls_back_on_finis
     assert finished.length == source.stat().st_size
     assert (tmp_path / "uploads" / finished.location).read_bytes() == source.read_bytes()
     assert listed == [{"id": finished.id, "length": finished.length, "location": finished.location}]
-
-
-@pytest.fixture(scope="session")
-def js_examples() -> Path:
-    folder = ROOT / "examples" / "js"
-    npm_install_and_build(folder, build=True)
-    return folder
 
 
 def test_node_example_resumes_after_ctrl_c_and_uploads_byte_identically(
