@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.js_fixtures",
     "tests.e2e_clients",
     "tests.samba_fixtures",
+    "tests.nginx_fixtures",
 ]

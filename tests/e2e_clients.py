@@ -3,7 +3,9 @@
 ``browser_harness``: tests/browser installed with ``npm ci`` (its lock file)
 and its test page bundled with esbuild, once per session. ``static_site``:
 that page served on its own loopback port, i.e. another origin than any
-tusserver. ``run_node``: a Node script with a bounded run time.
+tusserver. ``js_examples`` and ``dashboard_example``: the same for
+examples/js and its Uppy Dashboard page. ``run_node``: a Node script with a
+bounded run time.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import pytest
 from tests.server_fixtures import free_port
 
 HARNESS = Path(__file__).resolve().parent / "browser"
+EXAMPLES_JS = Path(__file__).resolve().parent.parent / "examples" / "js"
 CHROMIUM = Path("/usr/bin/chromium")
 NPM_TIMEOUT = 300
 
@@ -82,10 +85,10 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def static_site(browser_harness: Path) -> Iterator[StaticSite]:
-    """The bundled test page, served from its own port (its own origin)."""
-    handler = functools.partial(_QuietHandler, directory=str(browser_harness / "dist"))
+@contextlib.contextmanager
+def serve_directory(directory: Path) -> Iterator[StaticSite]:
+    """``directory`` served on a port of its own (an origin of its own)."""
+    handler = functools.partial(_QuietHandler, directory=str(directory))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -95,6 +98,29 @@ def static_site(browser_harness: Path) -> Iterator[StaticSite]:
         server.shutdown()
         server.server_close()
         thread.join(10)
+
+
+@pytest.fixture
+def static_site(browser_harness: Path) -> Iterator[StaticSite]:
+    """The bundled test page, served from its own port (its own origin)."""
+    with serve_directory(browser_harness / "dist") as site:
+        yield site
+
+
+@pytest.fixture(scope="session")
+def js_examples() -> Path:
+    """examples/js installed with ``npm ci`` and its Dashboard page bundled."""
+    npm_install_and_build(EXAMPLES_JS, build=True)
+    return EXAMPLES_JS
+
+
+@pytest.fixture
+def dashboard_example(js_examples: Path) -> Iterator[StaticSite]:
+    """The example's Uppy Dashboard page, laid out as ``npm run dashboard``
+    serves it (index.html at the root, the bundle under dist/), on its own
+    port (its own origin)."""
+    with serve_directory(js_examples / "dashboard") as site:
+        yield site
 
 
 class CuttingProxy:

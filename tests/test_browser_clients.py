@@ -11,6 +11,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from tests.e2e_clients import CHROMIUM, StaticSite, pseudo_random_bytes
 from tests.server_fixtures import RunningServer
@@ -20,13 +21,20 @@ KiB = 1024
 MiB = 1024 * KiB
 
 
-def drive(harness: Path, page: str, steps: list[dict[str, Any]], profile: Path) -> list[Any]:
-    """Run ``steps`` on ``page`` in Chromium; each step's result, in order."""
+def run_browser(
+    harness: Path, page: str, steps: list[dict[str, Any]], profile: Path, **options: Any
+) -> dict[str, Any]:
+    """Run ``steps`` on ``page`` in Chromium: {"results": [...], "console": [...]}.
+
+    ``options`` go to drive.mjs as they are (``ready``: the global a page other
+    than the test page sets when it is ready).
+    """
     spec = {
         "page": page,
         "steps": steps,
         "userDataDir": str(profile),
         "executablePath": str(CHROMIUM),
+        **options,
     }
     done = subprocess.run(
         ["node", "drive.mjs", json.dumps(spec)],
@@ -37,8 +45,13 @@ def drive(harness: Path, page: str, steps: list[dict[str, Any]], profile: Path) 
         check=False,
     )
     assert done.returncode == 0, f"browser run failed:\n{done.stdout}\n{done.stderr}"
-    output = json.loads(done.stdout.strip().splitlines()[-1])
-    results: list[Any] = output["results"]
+    output: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return output
+
+
+def drive(harness: Path, page: str, steps: list[dict[str, Any]], profile: Path) -> list[Any]:
+    """Run ``steps`` on the test page ``page`` in Chromium; each step's result, in order."""
+    results: list[Any] = run_browser(harness, page, steps, profile)["results"]
     return results
 
 
@@ -72,6 +85,39 @@ def test_uppy_dashboard_on_another_origin_uploads_a_file_byte_identically(
     assert result["failed"] == []
     [uploaded] = result["successful"]
     assert upload_file(server, uploaded["url"]).read_bytes() == pseudo_random_bytes(size, seed)
+
+
+def test_the_dashboard_example_uploads_a_chosen_file_from_another_origin_byte_identically(
+    tus_server: StartServer,
+    dashboard_example: StaticSite,
+    browser_harness: Path,
+    tmp_path: Path,
+) -> None:
+    # examples/js/dashboard as shipped and bundled, pointed at this server.
+    server = tus_server(cors_origins=(dashboard_example.origin,))
+    source = tmp_path / "holiday.mov"
+    # Past the example's 8 MiB chunk size: two PATCHes.
+    source.write_bytes(pseudo_random_bytes(9 * MiB + 21, 13))
+    page = f"{dashboard_example.origin}/?{urlencode({'endpoint': server.endpoint})}"
+
+    output = run_browser(
+        browser_harness,
+        page,
+        [
+            # "browse files", then the file in the chooser it opens.
+            {"choose": ".uppy-Dashboard-browse", "files": [str(source)]},
+            {"click": ".uppy-StatusBar-actionBtn--upload"},
+            {"waitFor": ".uppy-StatusBar.is-complete"},
+        ],
+        tmp_path / "profile",
+        ready="uppy",
+    )
+
+    assert output["results"][0] == {"chosen": 1}
+    # What the example prints when Uppy reports the upload complete.
+    [line] = [line for line in output["console"] if line.startswith("log: holiday.mov: ")]
+    url = line.removeprefix("log: holiday.mov: ")
+    assert upload_file(server, url).read_bytes() == source.read_bytes()
 
 
 def test_tus_js_client_in_the_browser_resumes_a_chunked_upload_after_a_reload(

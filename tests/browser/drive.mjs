@@ -3,6 +3,11 @@
 //
 //   node drive.mjs '{"page": URL, "steps": [{"call": NAME, "args": {...}},
 //                   {"click": SELECTOR}, {"reload": true}], "userDataDir": DIR}'
+//
+// A page other than the test page (which sets window.e2e) names the global
+// it sets when ready with "ready", and is driven as a person would with
+// {"choose": SELECTOR, "files": [PATH]} (click, pick the files in the file
+// chooser that opens) and {"waitFor": SELECTOR}.
 import { chromium } from 'playwright-core'
 
 const spec = JSON.parse(process.argv[2])
@@ -28,17 +33,25 @@ try {
   page.on('console', (message) => console.push(`${message.type()}: ${message.text()}`))
   page.on('pageerror', (error) => console.push(`pageerror: ${error.message}`))
   page.setDefaultTimeout(60000)
+  const ready = spec.ready ?? 'e2e'
   await page.goto(spec.page)
-  await page.waitForFunction(() => window.e2e !== undefined)
+  await page.waitForFunction((name) => window[name] !== undefined, ready)
   for (const step of spec.steps) {
     if (step.call) {
       results.push(await page.evaluate(([name, args]) => window.e2e[name](args), [step.call, step.args ?? {}]))
     } else if (step.click) {
       await page.click(step.click)
       results.push({ clicked: step.click })
+    } else if (step.choose) {
+      const [chooser] = await Promise.all([page.waitForEvent('filechooser'), page.click(step.choose)])
+      await chooser.setFiles(step.files)
+      results.push({ chosen: step.files.length })
+    } else if (step.waitFor) {
+      await page.waitForSelector(step.waitFor)
+      results.push({ found: step.waitFor })
     } else if (step.reload) {
       await page.reload()
-      await page.waitForFunction(() => window.e2e !== undefined)
+      await page.waitForFunction((name) => window[name] !== undefined, ready)
       results.push({ reloaded: true })
     }
   }
