@@ -4,8 +4,8 @@
 and its test page bundled with esbuild, once per session. ``static_site``:
 that page served on its own loopback port, i.e. another origin than any
 tusserver. ``js_examples`` and ``dashboard_example``: the same for
-examples/js and its Uppy Dashboard page. ``run_node``: a Node script with a
-bounded run time.
+examples/js and its Uppy Dashboard page. (Node scripts are run with a
+bounded time by ``run_node`` in tests/test_node_clients.py.)
 """
 
 from __future__ import annotations
