@@ -23,6 +23,7 @@ from tusclient.client import TusClient
 from tusclient.uploader import Uploader
 
 from tests.helpers import assert_tus_error, upload_id_of
+from tests.js_fixtures import TusJs
 from tests.samba_fixtures import SambaServer
 from tests.server_fixtures import OCTETS, TUS, RunningServer, free_port
 from tests.test_cli import cli_env, tusserver
@@ -73,6 +74,25 @@ def test_tuspy_upload_lands_byte_identical_on_the_share(
     assert sha256(final.read_bytes()) == sha256(source.read_bytes())
     assert sorted(p.name for p in server.storage.iterdir()) == [".partial", final.name]
     assert list(server.partials.iterdir()) == []
+
+
+def test_tus_js_client_uploads_land_byte_identical_on_the_share(
+    smb_tus_server: StartServer, tus_js: TusJs, tmp_path: Path
+) -> None:
+    # Chunked, then in parallel parts: the second assembles its final upload
+    # on the share by a server-side copy.
+    server = smb_tus_server()
+    source = tmp_path / "js.bin"
+    source.write_bytes(os.urandom(6 * MiB + 77))
+
+    chunked = tus_js(server.endpoint, source, chunkSize=2 * MiB)
+    parallel = tus_js(server.endpoint, source, parallelUploads=3)
+
+    for url in (chunked, parallel):
+        final = server.storage / upload_id_of(url)
+        assert sha256(final.read_bytes()) == sha256(source.read_bytes())
+    published = sorted(p.name for p in server.storage.iterdir() if p.name != ".partial")
+    assert published == sorted(upload_id_of(url) for url in (chunked, parallel))
 
 
 def test_tuspy_upload_in_chunks_is_named_from_metadata_without_overwriting(
