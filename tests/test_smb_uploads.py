@@ -331,6 +331,37 @@ def test_serve_stores_on_the_share_with_the_password_from_the_environment(
     assert "password" not in " ".join(process.args)  # type: ignore[arg-type]
 
 
+def test_sweep_removes_an_orphaned_partial_on_the_share(
+    samba: SambaServer, redis_url: str, tmp_path: Path
+) -> None:
+    # A staging file with no record, older than the expiry: a lost Redis's orphan.
+    staging = samba.share_dir / "sweep" / ".partial"
+    staging.mkdir(parents=True)
+    orphan = staging / ("ab" * 16)
+    orphan.write_bytes(b"left behind")
+    old = time.time() - 7200
+    os.utime(orphan, (old, old))
+
+    result = subprocess.run(
+        tusserver(
+            "sweep",
+            "--storage",
+            samba.url("sweep"),
+            "--redis-url",
+            redis_url,
+            "--expire-after",
+            "1h",
+        ),
+        env=cli_env(TUSSERVER_SMB_PASSWORD=samba.password),
+        capture_output=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    assert f"orphan {'ab' * 16}" in result.stdout.decode()
+    assert not orphan.exists()
+
+
 def test_the_smb_password_is_not_in_the_settings_repr() -> None:
     config = Config(storage="smb://tus@host/share", smb_password="s3cret-value")
 

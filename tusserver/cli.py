@@ -286,6 +286,7 @@ def sweep(
             redis_url=redis_url,
             data_dir=data_dir,
             **_expiry_settings(expire_after, retention),
+            smb_password=os.environ.get(_SMB_PASSWORD_ENV),
         )
         _check_storage(config)
     except ConfigError as exc:
