@@ -32,7 +32,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import anyio
@@ -82,7 +82,7 @@ class Server:
     host: str
     port: int
     username: str
-    password: str | None
+    password: str | None = field(repr=False)  # never in a repr, a log or a traceback
 
     def __str__(self) -> str:  # never the password
         return f"{self.host}:{self.port}"

@@ -6,6 +6,7 @@ and one Lua script may touch them all::
     tus:{<id>}:info   hash: length ("" while deferred), offset, metadata,
                       created, state (partial | complete | failed), location,
                       sha256 (hex, once complete), failure (why it failed),
+                      committer (token of the last commit, for retries),
                       concat (partial | final; absent for a plain upload),
                       parts (a final upload's part URLs, space-separated),
                       expires (until the file is published), completed
@@ -163,10 +164,14 @@ local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[1] then return 'lost' end
 local current = redis.call('HGET', KEYS[1], 'offset')
 if not current then return 'missing' end
--- A retried call (reply lost, redis-py resent it) finds its own commit done.
-if current == ARGV[3] and (not holder or holder == ARGV[1]) then return 'ok' end
+-- A retried call (reply lost, redis-py resent it) finds its own commit done;
+-- "its own": the same offset committed by another writer (this one's lock
+-- lapsed, the other took over and wrote the same range) does not count.
+if current == ARGV[3] and redis.call('HGET', KEYS[1], 'committer') == ARGV[1] then
+  return 'ok'
+end
 if current ~= ARGV[2] then return 'moved' end
-redis.call('HSET', KEYS[1], 'offset', ARGV[3])
+redis.call('HSET', KEYS[1], 'offset', ARGV[3], 'committer', ARGV[1])
 if ARGV[5] ~= '' and redis.call('HEXISTS', KEYS[1], 'expires') == 1 then
   redis.call('HSET', KEYS[1], 'expires', ARGV[5])
 end
