@@ -71,12 +71,15 @@ class Storage(Protocol):
     async def aclose(self) -> None:
         """Release connections and threads. Called once, at shutdown."""
 
-    async def concat(self, upload_id: str, parts: Sequence[str]) -> None:
-        """Fill ``upload_id``'s partial, from offset 0, with the partials of
-        ``parts`` (upload ids, in order; one may appear more than once).
+    async def concat(self, upload_id: str, parts: Sequence[tuple[str, int]]) -> None:
+        """Fill ``upload_id``'s partial, from offset 0, with the first
+        ``length`` bytes of each part's partial (``(upload id, length)``
+        pairs, in order; one id may appear more than once).
 
-        Each part's partial is copied whole, so the caller passes only
-        finished parts, whose partial holds exactly their length. The parts
+        Exactly ``length`` bytes of each part, never its whole file: a
+        partial may hold stale bytes past its committed length (a discarded
+        chunk), and those must not shift the parts after it. A part holding
+        fewer than ``length`` bytes raises ``OSError``. The parts
         are read, never changed, so a part can go into several final uploads.
         Afterwards the partial holds exactly the parts' bytes, whatever it
         held before, so a failed attempt may simply be repeated. The copy

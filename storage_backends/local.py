@@ -113,18 +113,19 @@ class LocalStorage:
     async def aclose(self) -> None:
         """Nothing to release: files are opened per call."""
 
-    async def concat(self, upload_id: str, parts: Sequence[str]) -> None:
+    async def concat(self, upload_id: str, parts: Sequence[tuple[str, int]]) -> None:
         target = self._partial(upload_id)
-        sources = [self._partial(part) for part in parts]
+        sources = [(self._partial(part), length) for part, length in parts]
         # Without O_CREAT, like write(): the final's partial must exist.
         fd = await anyio.to_thread.run_sync(os.open, target, os.O_WRONLY, limiter=self._limiter)
         total = 0
         try:
             # One thread hop per part: other requests get the limiter between parts.
-            for source in sources:
-                total += await anyio.to_thread.run_sync(
-                    _copy_into, source, fd, total, limiter=self._limiter
+            for source, length in sources:
+                await anyio.to_thread.run_sync(
+                    _copy_into, source, fd, total, length, limiter=self._limiter
                 )
+                total += length
             await anyio.to_thread.run_sync(os.ftruncate, fd, total, limiter=self._limiter)
         finally:
             with anyio.CancelScope(shield=True):
@@ -189,15 +190,13 @@ class LocalStorage:
         return stale
 
 
-def _copy_into(source: Path, fd: int, offset: int) -> int:
-    """Copy the whole of ``source`` into ``fd`` at ``offset``; return its size."""
+def _copy_into(source: Path, fd: int, offset: int, length: int) -> None:
+    """Copy the first ``length`` bytes of ``source`` into ``fd`` at ``offset``."""
     src = os.open(source, os.O_RDONLY)
     try:
-        size = os.fstat(src).st_size
-        _copy_range(src, fd, size, offset)
+        _copy_range(src, fd, length, offset)
     finally:
         os.close(src)
-    return size
 
 
 # Errors meaning "this way of copying is not available here", not "the copy

@@ -129,9 +129,9 @@ class SMBStorage:
             paths.append(self._final(location))
         await self._calls.run(remove_all, paths)
 
-    async def concat(self, upload_id: str, parts: Sequence[str]) -> None:
+    async def concat(self, upload_id: str, parts: Sequence[tuple[str, int]]) -> None:
         target = self._partial(upload_id)
-        sources = [self._partial(part) for part in parts]
+        sources = [(self._partial(part), length) for part, length in parts]
         await self._calls.run(concat_files, target, sources)
 
     async def stat(self, upload_id: str, location: str | None) -> FileStat:

@@ -153,8 +153,9 @@ def remove_all(call: Call, paths: list[str]) -> None:
                 raise
 
 
-def concat_files(call: Call, target: str, sources: list[str]) -> None:
-    """Fill ``target`` from offset 0 with ``sources`` in order, copied by the server.
+def concat_files(call: Call, target: str, sources: list[tuple[str, int]]) -> None:
+    """Fill ``target`` from offset 0 with the first ``length`` bytes of each
+    ``(source, length)`` in order, copied by the server.
 
     smbclient.copyfile's server-side copy (FSCTL_SRV_COPYCHUNK_WRITE), with
     the target offset of each part instead of 0: the bytes never travel
@@ -162,12 +163,14 @@ def concat_files(call: Call, target: str, sources: list[str]) -> None:
     """
     with open_file(call, target, "r+b") as dst:
         offset = 0
-        for source in sources:
+        for source, length in sources:
             with open_file(call, source, "rb") as src:
                 size = src.seek(0, smbclient.SEEK_END)
-                if size:
-                    _copy_chunks(call, src, dst, offset, size)
-            offset += size
+                if size < length:
+                    raise OSError(errno.EIO, f"part holds {size} bytes, not {length}", source)
+                if length:
+                    _copy_chunks(call, src, dst, offset, length)
+            offset += length
         dst.truncate(offset)  # stale bytes of an earlier attempt past the end
         dst.flush()
 

@@ -180,12 +180,15 @@ async def test_staging_folder_and_partials_are_private_to_the_service(
 PART_IDS = ("a" * 32, "b" * 32, "c" * 32)
 
 
-async def staged_parts(storage: LocalStorage, *contents: bytes) -> list[str]:
+async def staged_parts(storage: LocalStorage, *contents: bytes) -> list[tuple[str, int]]:
+    """Complete parts holding ``contents``, as the (id, length) pairs concat takes."""
     for upload_id, content in zip(PART_IDS, contents, strict=False):
         await storage.create(upload_id)
         if content:
             await storage.write(upload_id, 0, blocks([content]))
-    return list(PART_IDS[: len(contents)])
+    return [
+        (upload_id, len(content)) for upload_id, content in zip(PART_IDS, contents, strict=False)
+    ]
 
 
 def varied(size: int, seed: int) -> bytes:
@@ -210,7 +213,7 @@ async def test_concat_fills_the_partial_with_the_parts_in_order_and_leaves_them_
 
     expected = contents[2] + b"".join(contents) + contents[2]
     assert partial(storage).read_bytes() == expected
-    for upload_id, content in zip(parts, contents, strict=True):
+    for (upload_id, _), content in zip(parts, contents, strict=True):
         assert partial(storage, upload_id).read_bytes() == content
     assert root_entries(storage) == [".partial"]
 
@@ -290,14 +293,14 @@ async def test_concat_with_a_missing_part_or_partial_raises_file_not_found(
 
     await storage.create(UPLOAD_ID)
     with pytest.raises(FileNotFoundError):
-        await storage.concat(UPLOAD_ID, [parts[0], PART_IDS[1]])
+        await storage.concat(UPLOAD_ID, [parts[0], (PART_IDS[1], 1)])
 
 
 async def test_concat_refuses_ids_that_are_not_opaque_tokens(storage: LocalStorage) -> None:
     await storage.create(UPLOAD_ID)
 
     with pytest.raises(ValueError):
-        await storage.concat(UPLOAD_ID, ["../outside"])
+        await storage.concat(UPLOAD_ID, [("../outside", 1)])
 
     assert partial(storage).read_bytes() == b""
 

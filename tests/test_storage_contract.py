@@ -394,11 +394,36 @@ async def test_concat_fills_the_partial_with_the_parts_in_order(backend: Backend
     # Stale bytes from an earlier attempt, longer than the result.
     await backend.storage.write(UPLOAD_ID, 0, blocks([b"\xff" * (4 * MiB)]))
 
-    await backend.storage.concat(UPLOAD_ID, list(parts))
+    await backend.storage.concat(UPLOAD_ID, [(part, len(data)) for part, data in parts.items()])
 
     assert backend.partial().read_bytes() == b"".join(parts.values())
     for part_id, content in parts.items():
         assert backend.partial(part_id).read_bytes() == content
+
+
+async def test_concat_copies_each_part_up_to_its_length_never_its_stale_tail(
+    backend: Backend,
+) -> None:
+    # A partial may hold bytes past its committed length (a discarded chunk);
+    # they must neither land in the final nor shift the parts after it.
+    await backend.storage.create("first")
+    await backend.storage.write("first", 0, blocks([b"A" * 100 + b"X" * 300]))
+    await backend.storage.create("second")
+    await backend.storage.write("second", 0, blocks([b"BBBBB"]))
+    await backend.storage.create(UPLOAD_ID)
+
+    await backend.storage.concat(UPLOAD_ID, [("first", 100), ("second", 5)])
+
+    assert backend.partial().read_bytes() == b"A" * 100 + b"BBBBB"
+
+
+async def test_concat_of_a_part_shorter_than_its_length_raises(backend: Backend) -> None:
+    await backend.storage.create("short")
+    await backend.storage.write("short", 0, blocks([b"abc"]))
+    await backend.storage.create(UPLOAD_ID)
+
+    with pytest.raises(OSError):
+        await backend.storage.concat(UPLOAD_ID, [("short", 10)])
 
 
 async def test_concat_with_a_missing_part_raises_file_not_found(backend: Backend) -> None:
@@ -407,7 +432,7 @@ async def test_concat_with_a_missing_part_raises_file_not_found(backend: Backend
     await backend.storage.create(UPLOAD_ID)
 
     with pytest.raises(FileNotFoundError):
-        await backend.storage.concat(UPLOAD_ID, ["present", "missing"])
+        await backend.storage.concat(UPLOAD_ID, [("present", 3), ("missing", 1)])
 
 
 async def test_stat_reports_size_and_time_of_the_partial_and_of_the_final_file(

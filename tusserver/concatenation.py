@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import anyio
 from starlette.datastructures import Headers
 
-from tusserver import errors, protocol
+from tusserver import errors, expiry, integrity, protocol
 from tusserver.headers import TUS_MAX_SIZE, UPLOAD_DEFER_LENGTH, UPLOAD_LENGTH, UPLOAD_METADATA
 from tusserver.locking import Lease
 from tusserver.state import CommitStatus, StateUnavailable, Upload, UploadStore
@@ -55,8 +55,11 @@ async def assemble_final(
         # same holds for data sent with its creation (tusd answers alike).
         raise errors.FINAL_UPLOAD_IMMUTABLE
     raw_metadata = headers.get(UPLOAD_METADATA, "").strip()
-    protocol.parse_metadata(raw_metadata, config.max_metadata_size)
-    length = await _length_of_parts(services.store, concat)
+    # The final's declared digest is checked at the end; its format is
+    # checked now, before any byte is copied.
+    integrity.declared_checksum(protocol.parse_metadata(raw_metadata, config.max_metadata_size))
+    lengths = await _lengths_of_parts(services.store, concat)
+    length = sum(lengths)
     if config.max_size is not None and length > config.max_size:
         raise errors.SIZE_EXCEEDED.with_headers({TUS_MAX_SIZE: str(config.max_size)})
 
@@ -78,7 +81,7 @@ async def assemble_final(
     await services.store.create(upload, lock_token=token, lock_ttl_ms=services.locker.ttl_ms)
     lease = services.locker.adopt(upload.id, token)
     try:
-        await _fill(services, upload, lease, concat.ids)
+        await _fill(services, upload, lease, list(zip(concat.ids, lengths, strict=True)))
     except BaseException:
         with anyio.CancelScope(shield=True):
             await _discard(services, upload, lease)
@@ -89,12 +92,13 @@ async def assemble_final(
     return upload, lease
 
 
-async def _length_of_parts(store: UploadStore, concat: protocol.UploadConcat) -> int:
-    """The sum of the parts' lengths, once each is known to be a complete partial upload."""
+async def _lengths_of_parts(store: UploadStore, concat: protocol.UploadConcat) -> list[int]:
+    """Each part's length, once each is known to be a complete partial upload."""
     parts = await store.read_many(concat.ids)
-    length = 0
+    lengths = []
     for number, (url, part) in enumerate(zip(concat.urls, parts, strict=True), start=1):
-        if part is None:
+        if part is None or expiry.has_expired(part):
+            # Expired counts as gone, as HEAD says (410) before the sweeper runs.
             raise errors.concat_part_not_found(number, url)
         if part.concat != protocol.CONCAT_PARTIAL:
             raise errors.concat_part_not_partial(number, url)
@@ -102,12 +106,12 @@ async def _length_of_parts(store: UploadStore, concat: protocol.UploadConcat) ->
         # kept the completion from being recorded: its bytes are committed.
         if not part.is_fully_received or part.length is None:
             raise errors.concat_part_incomplete(number, url)
-        length += part.length
-    return length
+        lengths.append(part.length)
+    return lengths
 
 
 async def _fill(
-    services: Services, upload: Upload, lease: Lease, part_ids: tuple[str, ...]
+    services: Services, upload: Upload, lease: Lease, parts: list[tuple[str, int]]
 ) -> None:
     """Copy the parts into the final's partial and commit offset == length."""
     assert upload.length is not None
@@ -116,7 +120,7 @@ async def _fill(
         # A large copy can outlast the lock's TTL: keep the lock while it runs.
         tasks.start_soon(_keep_locked, lease, services.locker.ttl / 4)
         try:
-            await services.storage.concat(upload.id, part_ids)
+            await services.storage.concat(upload.id, parts)
         except OSError as exc:
             failure = exc
         finally:

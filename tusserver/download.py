@@ -102,7 +102,9 @@ async def download_upload(request: Request, services: Services) -> Response:
         raise errors.NOT_FOUND
     upload, stat = await _locate(services, upload_id)
     finished = upload.is_complete
-    size = stat.size if finished else upload.offset
+    # A published file is exactly its bytes; a partial (unfinished, or a
+    # complete concatenation part) may hold stale bytes past its offset.
+    size = stat.size if upload.location is not None else upload.offset
     metadata = protocol.parse_metadata(upload.metadata, services.config.max_metadata_size)
     headers = tus_headers({ACCEPT_RANGES: "bytes", CONTENT_TYPE_OPTIONS: "nosniff"})
     headers.update(content_headers(metadata))
