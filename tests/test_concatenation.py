@@ -602,3 +602,56 @@ def test_tus_js_client_parallel_uploads_with_chunks_and_metadata_name_the_final_
     assert published(server) == ["report.pdf"]
     assert sha256_of(server.storage / "report.pdf") == sha256_of(source)
     assert server.head(url).headers["Upload-Offset"] == str(source.stat().st_size)
+
+
+# --- stale bytes past a part's length ------------------------------------------
+
+
+def part_with_a_stale_tail(server: RunningServer) -> str:
+    """A complete deferred-length part of 100 bytes whose staging file also holds
+    300 bytes of a chunk refused for its checksum (they lie past its offset)."""
+    url = server.create(None, **{"Upload-Concat": "partial"})
+    refused = server.patch(url, 0, b"X" * 300, Upload_Checksum="sha1 " + b64(bytes(20)))
+    assert refused.status_code == 460
+    done = server.patch(url, 0, b"A" * 100, Upload_Length="100")
+    assert done.headers["Upload-Offset"] == "100"
+    assert (server.partials / upload_id_of(url)).stat().st_size == 300
+    return url
+
+
+def test_a_part_s_stale_tail_never_reaches_the_final_file(
+    tus_server: Callable[..., RunningServer],
+) -> None:
+    server = tus_server()
+    first = part_with_a_stale_tail(server)
+    second = create_partial(server, b"BBBBB")
+
+    response = post_final(server, first, second)
+
+    assert final_file(server, response).read_bytes() == b"A" * 100 + b"BBBBB"
+
+
+def test_a_complete_part_downloads_as_its_committed_bytes(
+    tus_server: Callable[..., RunningServer],
+) -> None:
+    server = tus_server()
+    url = part_with_a_stale_tail(server)
+
+    response = server.client.get(url)
+
+    assert response.status_code == 200
+    assert response.content == b"A" * 100
+
+
+def test_a_final_with_malformed_checksum_metadata_is_refused_before_any_copy(
+    tus_server: Callable[..., RunningServer],
+) -> None:
+    server = tus_server()
+    part = create_partial(server, b"x" * 1000)
+
+    response = post_final(
+        server, *[part] * 50, **{"Upload-Metadata": f"checksum {b64(b'nonsense')}"}
+    )
+
+    assert_tus_error(response, 400, "invalid_upload_metadata")
+    assert staged(server) == [upload_id_of(part)]
