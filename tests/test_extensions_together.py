@@ -7,15 +7,21 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
+import anyio
+import httpx
+import pytest
 import redis
 
 from tests.helpers import assert_tus_error, b64, upload_id_of
 from tests.server_fixtures import TUS, RunningServer
 from tests.test_concatenation import create_partial, final_file, post_final, published, record
 from tests.test_expiry import LATER, sweep
+from tusserver import integrity
 
 StartServer = Callable[..., RunningServer]
 KiB = 1024
@@ -103,3 +109,53 @@ def test_a_download_of_a_failed_upload_is_refused(tus_server: StartServer) -> No
     response = server.client.get(url, headers=TUS)
 
     assert response.status_code == 404
+
+
+def test_a_finalize_longer_than_the_lock_ttl_keeps_the_upload_locked(
+    tus_server: StartServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The last PATCH lands on another instance, which reads the file back to
+    # hash it (slowed down here, as a large file on a share would be). A
+    # DELETE meanwhile must wait for the finalize, not cut it short.
+    real = integrity.digest_stored_bytes
+
+    async def slow(blocks: AsyncIterator[bytes], algorithms: tuple[str, ...]) -> dict[str, bytes]:
+        await anyio.sleep(1.5)
+        return await real(blocks, algorithms)
+
+    monkeypatch.setattr(integrity, "digest_stored_bytes", slow)
+    storage = tmp_path / "shared"
+    first = tus_server(storage=str(storage), lock_ttl=0.3)
+    second = tus_server(storage=str(storage), lock_ttl=0.3)
+    url = first.create(10)
+    assert first.patch(url, 0, b"01234").status_code == 204
+    results: dict[str, httpx.Response] = {}
+
+    def last_patch() -> None:
+        results["patch"] = second.patch(url.replace(first.url, second.url), 5, b"56789")
+
+    finishing = threading.Thread(target=last_patch)
+    finishing.start()
+    time.sleep(0.8)  # the finalize is reading back; the lock's TTL has passed
+    deleted = first.client.delete(url, headers=TUS)
+    finishing.join(30)
+
+    assert results["patch"].status_code == 204, results["patch"].text
+    # The DELETE came after the finalize: it removed a finished upload.
+    assert deleted.status_code == 204
+    assert not (storage / upload_id_of(url)).exists()
+
+
+def test_a_concatenation_part_is_verified_against_its_declared_checksum(
+    tus_server: StartServer, state: redis.Redis
+) -> None:
+    server = tus_server()
+    data = os.urandom(KiB)
+    part = server.create(
+        len(data),
+        **{"Upload-Concat": "partial", "Upload-Metadata": f"checksum {declared('md5', b'x')}"},
+    )
+
+    assert_tus_error(server.patch(part, 0, data), 460, "upload_checksum_mismatch")
+    assert record(state, part)["state"] == "failed"
+    assert_tus_error(post_final(server, part), 400, "concat_part_failed")

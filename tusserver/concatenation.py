@@ -25,7 +25,7 @@ from starlette.datastructures import Headers
 
 from tusserver import errors, expiry, integrity, protocol
 from tusserver.headers import TUS_MAX_SIZE, UPLOAD_DEFER_LENGTH, UPLOAD_LENGTH, UPLOAD_METADATA
-from tusserver.locking import Lease
+from tusserver.locking import Lease, kept_alive
 from tusserver.state import CommitStatus, StateUnavailable, Upload, UploadStore
 
 if TYPE_CHECKING:
@@ -104,6 +104,8 @@ async def _lengths_of_parts(store: UploadStore, concat: protocol.UploadConcat) -
             raise errors.concat_part_not_partial(number, url)
         # Fully received is complete (tus: offset == length), even if a crash
         # kept the completion from being recorded: its bytes are committed.
+        if part.is_failed:
+            raise errors.concat_part_failed(number, url)
         if not part.is_fully_received or part.length is None:
             raise errors.concat_part_incomplete(number, url)
         lengths.append(part.length)
@@ -116,15 +118,12 @@ async def _fill(
     """Copy the parts into the final's partial and commit offset == length."""
     assert upload.length is not None
     failure: OSError | None = None
-    async with anyio.create_task_group() as tasks:
-        # A large copy can outlast the lock's TTL: keep the lock while it runs.
-        tasks.start_soon(_keep_locked, lease, services.locker.ttl / 4)
+    # A large copy can outlast the lock's TTL: keep the lock while it runs.
+    async with kept_alive(lease):
         try:
             await services.storage.concat(upload.id, parts)
         except OSError as exc:
             failure = exc
-        finally:
-            tasks.cancel_scope.cancel()
     if isinstance(failure, FileNotFoundError):
         logger.warning("upload %s: a part vanished during assembly: %s", upload.id, failure)
         raise errors.CONCAT_PART_REMOVED
@@ -136,13 +135,6 @@ async def _fill(
         logger.error("upload %s: assembled but not committed (%s)", upload.id, status.value)
         raise errors.LOCKED
     upload.offset = upload.length
-
-
-async def _keep_locked(lease: Lease, interval: float) -> None:
-    while True:
-        await anyio.sleep(interval)
-        if not await lease.keep_alive():
-            return  # lost: the commit after the copy will be refused
 
 
 async def _discard(services: Services, upload: Upload, lease: Lease) -> None:

@@ -315,6 +315,15 @@ def concat_part_incomplete(number: int, url: str) -> TusError:
     )
 
 
+def concat_part_failed(number: int, url: str) -> TusError:
+    return TusError(
+        400,
+        "concat_part_failed",
+        f"Part {number} of {UPLOAD_CONCAT} ({_shown(url)}) does not match its declared checksum.",
+        "Upload that part again as a new partial upload and list the new URL.",
+    )
+
+
 def unsupported_checksum_algorithm(algorithm: str, supported: str) -> TusError:
     return TusError(
         400,

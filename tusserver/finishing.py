@@ -8,13 +8,14 @@ The caller holds the upload's lock.
 from __future__ import annotations
 
 import logging
+from typing import NoReturn
 
 import anyio
 
 from tusserver import errors, integrity, naming, protocol
 from tusserver.digests import FILE_DIGEST
 from tusserver.hooks import FinishedUpload
-from tusserver.locking import Lease
+from tusserver.locking import Lease, kept_alive
 from tusserver.services import Services
 from tusserver.state import COMPLETE, FAILED, CommitStatus, StateUnavailable, Upload
 
@@ -22,32 +23,31 @@ logger = logging.getLogger(__name__)
 
 
 async def finalize(services: Services, upload: Upload, lease: Lease) -> None:
-    """Verify the whole file, publish it under its final name, record it."""
+    """Verify the whole file, publish it under its final name, record it.
+
+    A concatenation part is verified too, then only marked complete: it stays
+    staged, never published, for final uploads to be made of.
+    """
     assert upload.length is not None
-    if upload.concat == protocol.CONCAT_PARTIAL:
-        # A fragment for final uploads (concatenation): complete, but kept
-        # staged and never published; no location.
-        await _complete_partial(services, upload, lease)
-        return
     metadata = protocol.parse_metadata(upload.metadata, services.config.max_metadata_size)
     declared = integrity.declared_checksum(metadata)
-    digests = await integrity.file_digests(
-        services.storage, services.running, upload, integrity.file_algorithms(declared)
-    )
-    services.running.forget(upload.id)
-    failure = integrity.mismatch(declared, digests)
-    if failure is not None:
-        # Nothing is published; the partial stays for inspection until the
-        # upload expires or is deleted, and the record says why.
-        logger.warning("upload %s: not finalized: %s", upload.id, failure)
-        if await services.store.fail(upload.id, lease.token, failure) is CommitStatus.OK:
-            lease.released = True
-        upload.state, upload.failure = FAILED, failure
-        raise errors.upload_checksum_failed(failure)
-    name = naming.final_name(services.config.final_name, upload.id, metadata)
-    location = await services.storage.finalize(upload.id, name, upload.length)
-    sha256 = digests[FILE_DIGEST].hex()
-    status = await _record_completion(services, upload, lease, location, sha256)
+    # Reading a file back to hash it, and fsyncing a large one, can outlast
+    # the lock's TTL: keep the lock until the outcome is recorded.
+    async with kept_alive(lease):
+        digests = await integrity.file_digests(
+            services.storage, services.running, upload, integrity.file_algorithms(declared)
+        )
+        services.running.forget(upload.id)
+        failure = integrity.mismatch(declared, digests)
+        if failure is not None:
+            await _fail(services, upload, lease, failure)
+        if upload.concat == protocol.CONCAT_PARTIAL:
+            await _complete_partial(services, upload, lease)
+            return
+        name = naming.final_name(services.config.final_name, upload.id, metadata)
+        location = await services.storage.finalize(upload.id, name, upload.length)
+        sha256 = digests[FILE_DIGEST].hex()
+        status = await _record_completion(services, upload, lease, location, sha256)
     if status is not CommitStatus.OK:
         logger.error(
             "upload %s: finalized as %s but could not record it (%s)",
@@ -74,10 +74,20 @@ async def finalize(services: Services, upload: Upload, lease: Lease) -> None:
             logger.exception("upload %s: post-finish hook failed", upload.id)
 
 
+async def _fail(services: Services, upload: Upload, lease: Lease, failure: str) -> NoReturn:
+    """The declared digest does not match: nothing is published; the partial
+    stays for inspection until the upload expires or is deleted, and the
+    record says why."""
+    logger.warning("upload %s: not finalized: %s", upload.id, failure)
+    if await services.store.fail(upload.id, lease.token, failure) is CommitStatus.OK:
+        lease.released = True
+    upload.state, upload.failure = FAILED, failure
+    raise errors.upload_checksum_failed(failure)
+
+
 async def _complete_partial(services: Services, upload: Upload, lease: Lease) -> None:
-    # No file digest: a fragment is never published on its own; the final
-    # upload made of it records its own. It keeps expiring (expiry sweeps it).
-    services.running.forget(upload.id)
+    # It keeps expiring (expiry sweeps it); the final uploads made of it
+    # record their own digests.
     status = await services.store.complete_unpublished(upload.id, lease.token)
     if status is not CommitStatus.OK:
         logger.error("upload %s: could not record completion (%s)", upload.id, status.value)

@@ -75,6 +75,40 @@ class Lease:
             logger.warning("upload %s: lock lost while writing; stopping", self.upload_id)
         return extended
 
+    @property
+    def keep_alive_interval(self) -> float:
+        """How often a ``keep_alive`` call actually extends the lock."""
+        return self._locker.ttl / 3
+
+
+@asynccontextmanager
+async def kept_alive(lease: Lease) -> AsyncIterator[None]:
+    """Keep ``lease`` alive while the block runs: for long work with no bytes
+    arriving to show progress (copying parts, reading a file back to hash
+    it, fsyncing a large file). Without it the lock could lapse mid-way and
+    a second request take the upload over while this one still works on it.
+    """
+
+    async def keep() -> None:
+        while True:
+            await anyio.sleep(lease.keep_alive_interval)
+            if not await lease.keep_alive():
+                return  # lost: the next commit or completion will be refused
+
+    failure: BaseException | None = None
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(keep)
+        try:
+            yield
+        except BaseException as exc:
+            # Re-raised below, as itself: inside the task group it would
+            # come out wrapped in an exception group.
+            failure = exc
+        finally:
+            tasks.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+
 
 class Locker:
     def __init__(self, client: aioredis.Redis, store: UploadStore, *, ttl: float, wait: float):
