@@ -98,6 +98,10 @@ def test_a_final_upload_whose_declared_checksum_differs_is_460_and_not_published
 
     assert_tus_error(response, 460, "upload_checksum_mismatch")
     assert published(server) == []
+    # Its URL was never given out: nothing of the final is left, parts stay.
+    assert sorted(p.name for p in server.partials.iterdir()) == sorted(
+        upload_id_of(part) for part in parts
+    )
 
 
 def test_a_download_of_a_failed_upload_is_refused(tus_server: StartServer) -> None:

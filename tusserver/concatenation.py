@@ -84,7 +84,7 @@ async def assemble_final(
         await _fill(services, upload, lease, list(zip(concat.ids, lengths, strict=True)))
     except BaseException:
         with anyio.CancelScope(shield=True):
-            await _discard(services, upload, lease)
+            await discard(services, upload, lease)
         raise
     logger.info(
         "upload %s assembled from %d partial uploads (%d bytes)", upload.id, len(concat.ids), length
@@ -137,7 +137,7 @@ async def _fill(
     upload.offset = upload.length
 
 
-async def _discard(services: Services, upload: Upload, lease: Lease) -> None:
+async def discard(services: Services, upload: Upload, lease: Lease) -> None:
     """Remove a final upload that could not be assembled; its URL was never given out."""
     try:
         await services.storage.delete(upload.id)

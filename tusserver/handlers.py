@@ -12,6 +12,7 @@ import logging
 import time
 from urllib.parse import urlsplit
 
+import anyio
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
@@ -127,6 +128,12 @@ async def _create_final(
     )
     try:
         await finalize(services, upload, lease)
+    except BaseException:
+        # The client never learns this upload's URL: leave nothing of it
+        # behind (a declared checksum that does not match included).
+        with anyio.CancelScope(shield=True):
+            await concatenation.discard(services, upload, lease)
+        raise
     finally:
         await services.locker.release(lease)
     return _created(request, services.config, upload)
