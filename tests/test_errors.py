@@ -112,6 +112,13 @@ ERROR_CASES = {
     ),
     "PUT on the endpoint": Case(405, lambda s: s.client.put(s.endpoint, headers=TUS)),
     "PUT on an upload": _on_upload(405, lambda s, url: s.client.put(url, headers=TUS)),
+    "WebDAV method on an upload": _on_upload(
+        405, lambda s, url: s.client.request("PROPFIND", url, headers=TUS)
+    ),
+    "unknown method by override": _on_upload(
+        405,
+        lambda s, url: s.client.post(url, headers={**TUS, "X-HTTP-Method-Override": "PURGE"}),
+    ),
     "GET on an unfinished upload": _on_upload(404, lambda s, url: s.client.get(url)),
     "GET of a range outside a finished file": _on_upload(416, _range_outside, length=3),
     "PATCH with stale offset": _on_upload(409, lambda s, url: s.patch(url, 3, b"x")),

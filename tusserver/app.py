@@ -94,13 +94,11 @@ def create_app(config: Config, hooks: Hooks | None = None) -> Starlette:
         upload_methods["GET"] = download_upload
     upload = dispatch(upload_methods)
     base = config.base_path
-    # Every method reaches the dispatcher, so even a 405 is a tus error response.
-    methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
     routes = [
-        Route(base, collection, methods=methods),
-        Route(base.rstrip("/") or "/", collection, methods=methods),
+        Route(base, EveryMethod(collection)),
+        Route(base.rstrip("/") or "/", EveryMethod(collection)),
         # :path so that malformed ids with slashes also get a tus 404, not a bare one.
-        Route(base + "{upload_id:path}", upload, methods=methods),
+        Route(base + "{upload_id:path}", EveryMethod(upload)),
     ]
 
     @asynccontextmanager
@@ -205,6 +203,20 @@ def _transient(request: Request, error: errors.TusError) -> errors.TusError:
     """On HEAD, passing trouble is 423: tus-js-client restarts an upload from
     byte 0 after any other non-2xx HEAD answer (CLIENTS.md)."""
     return errors.TEMPORARILY_UNAVAILABLE if request.method == "HEAD" else error
+
+
+class EveryMethod:
+    """A request endpoint as a plain ASGI app. Starlette lets every method
+    through to a route whose endpoint is an ASGI app (a function endpoint
+    gets a fixed method list and a plain-text 405 for the rest), so any
+    method, even one named by X-HTTP-Method-Override, gets a tus answer."""
+
+    def __init__(self, endpoint: Callable[[Request], Awaitable[Response]]) -> None:
+        self.endpoint = endpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = await self.endpoint(Request(scope, receive, send))
+        await response(scope, receive, send)
 
 
 _METHOD_OVERRIDE = headers.METHOD_OVERRIDE.lower().encode("latin-1")  # ASGI names are lower-case

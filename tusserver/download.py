@@ -27,7 +27,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Send
 
 from storage_backends.base import FileStat
-from tusserver import errors, naming, protocol
+from tusserver import errors, expiry, naming, protocol
 from tusserver.headers import (
     ACCEPT_RANGES,
     CACHE_CONTROL,
@@ -163,6 +163,8 @@ async def _record(services: Services, upload_id: str) -> Upload:
     if claim.status is ClaimStatus.GONE:
         raise errors.GONE
     assert claim.upload is not None
+    if expiry.has_expired(claim.upload):
+        raise errors.GONE  # as HEAD says once Upload-Expires has passed
     if not claim.upload.is_complete and not services.config.download_unfinished:
         raise errors.NOT_FINISHED
     return claim.upload
