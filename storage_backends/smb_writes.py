@@ -40,7 +40,13 @@ def write_block(call: Call, owner: object, path: str, offset: int, block: Block)
         # must fail loudly, not be recreated full of holes.
         handle = open_file(call, path, "r+b")
         call.slot.handles[owner] = handle
-    _write_pipelined(call, handle, deque(_messages(block, offset)))
+    try:
+        _write_pipelined(call, handle, deque(_messages(block, offset)))
+    except BaseException:
+        # The caller only closes handles on slots whose writes succeeded:
+        # close this one now, or a full share would leak a handle per PATCH.
+        close_handle(call, owner)
+        raise
     return call.slot
 
 
