@@ -531,3 +531,30 @@ def test_a_finished_upload_left_in_the_expiry_index_is_moved_to_retention_not_re
 def test_expiry_settings_must_be_positive(fields: dict[str, float], mentions: str) -> None:
     with pytest.raises(ConfigError, match=mentions):
         Config(**fields)  # type: ignore[arg-type]
+
+
+def test_an_upload_whose_finalize_was_cut_short_is_never_swept_and_a_head_finishes_it(
+    tus_server: Callable[..., RunningServer], state: redis.Redis, redis_url: str
+) -> None:
+    server = tus_server(expire_after=1)
+    url = server.create(5)
+    upload_id = upload_id_of(url)
+    assert server.patch(url, 0, b"hello").status_code == 204
+    # As if the process died between publishing the file and recording it:
+    # the record says "fully received", the file is already under its name
+    # and the partial's name still points at it.
+    os.link(server.storage / upload_id, server.partials / upload_id)
+    state.hset(info_key(upload_id), mapping={"state": "partial", "expires": "1"})
+    state.hdel(info_key(upload_id), "location")
+    state.zadd("tus:expiry", {upload_id: 1})
+
+    report = sweep(server, redis_url, now=time.time() + LATER)
+
+    assert report.skipped == [upload_id]
+    assert (server.storage / upload_id).read_bytes() == b"hello"
+    # The record is intact for the HEAD that repairs the finalize.
+    head = server.head(url)
+    assert head.status_code == 200, head.text
+    assert head.headers["Upload-Offset"] == head.headers["Upload-Length"] == "5"
+    assert record(state, upload_id)["state"] == "complete"
+    assert (server.storage / upload_id).read_bytes() == b"hello"

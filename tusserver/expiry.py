@@ -68,7 +68,13 @@ MAX_PER_PASS = 1000
 
 
 def has_expired(upload: Upload, now: float | None = None) -> bool:
-    """Whether the upload's expiry has passed (it may not be swept yet)."""
+    """Whether the upload's expiry has passed (it may not be swept yet).
+
+    Never for an upload whose every byte arrived but whose finalize was cut
+    short: it is finishing, not abandoned (the next HEAD or PATCH repairs it).
+    """
+    if upload.is_fully_received and not upload.is_complete and not upload.is_failed:
+        return False
     return upload.expires is not None and upload.expires <= (time.time() if now is None else now)
 
 
@@ -208,6 +214,11 @@ class _Sweep:
                 # PATCHes slid the expiry; the index keeps the earlier score.
                 await self.store.reschedule_expiry(upload_id, upload.expires)
                 return True
+            if upload.is_fully_received and not upload.is_complete and not upload.is_failed:
+                # A finalize was cut short: the file may already be published
+                # under its final name, which removing the record would orphan.
+                # The next HEAD or PATCH finishes it; until then it stays.
+                return self._skip(upload_id, "fully received but not finalized")
             if not await self._delete_bytes(upload_id):
                 return self._skip(upload_id, "its bytes could not be deleted")
             status = await self.store.forget(upload_id, self.token, EXPIRY_INDEX)
