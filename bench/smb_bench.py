@@ -39,6 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import psutil
 import smbclient
 
 REPO_DIR = Path(__file__).resolve().parent.parent
@@ -50,7 +51,6 @@ from tests.server_fixtures import free_port  # noqa: E402
 MiB = 1024 * 1024
 MB = 1_000_000
 BLOCK = 4 * MiB
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def own_cpu() -> float:
@@ -61,23 +61,22 @@ def own_cpu() -> float:
 
 def process_cpu(pid: int) -> float:
     """CPU seconds of one process, all threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
 
 
 def group_cpu(pgid: int) -> float:
     """CPU seconds of a process group's live members and their reaped children."""
-    total = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    total = 0.0
+    for process in psutil.process_iter():
         try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:
-            total += sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
-    return total / CLOCK_TICKS
+            if os.getpgid(process.pid) != pgid:
+                continue
+            times = process.cpu_times()
+        except (psutil.Error, ProcessLookupError):
+            continue  # gone meanwhile
+        total += times.user + times.system + times.children_user + times.children_system
+    return total
 
 
 def raw_write(
