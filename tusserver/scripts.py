@@ -1,0 +1,85 @@
+"""The Lua scripts of the upload store (see ``tusserver.state``): each does
+one request's Redis work in one round trip, atomically. Plain strings; the
+store registers them with its client.
+
+Keys of one upload share a hash tag (``tus:{<id>}:...``), so each script
+touches one Redis Cluster slot.
+"""
+
+# KEYS: info, lock, gone. ARGV: token, ttl_ms ("" = only read).
+# Returns {status, flat record} where status is claimed|locked|missing|gone.
+CLAIM = """
+local record = redis.call('HGETALL', KEYS[1])
+if #record == 0 then
+  if redis.call('EXISTS', KEYS[3]) == 1 then return {'gone'} end
+  return {'missing'}
+end
+if ARGV[1] == '' then
+  if redis.call('EXISTS', KEYS[2]) == 1 then return {'locked', record} end
+  return {'claimed', record}
+end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {'claimed', record}
+end
+-- A retried call (reply lost, redis-py resent it) finds its own token.
+if redis.call('GET', KEYS[2]) == ARGV[1] then return {'claimed', record} end
+return {'locked', record}
+"""
+
+# KEYS: info, lock. ARGV: token, expected offset, new offset, release (1|0),
+# new expires ("" = unchanged; only an unpublished upload has one).
+COMMIT = """
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[1] then return 'lost' end
+local current = redis.call('HGET', KEYS[1], 'offset')
+if not current then return 'missing' end
+-- A retried call (reply lost, redis-py resent it) finds its own commit done;
+-- "its own": the same offset committed by another writer (this one's lock
+-- lapsed, the other took over and wrote the same range) does not count.
+if current == ARGV[3] and redis.call('HGET', KEYS[1], 'committer') == ARGV[1] then
+  return 'ok'
+end
+if current ~= ARGV[2] then return 'moved' end
+redis.call('HSET', KEYS[1], 'offset', ARGV[3], 'committer', ARGV[1])
+if ARGV[5] ~= '' and redis.call('HEXISTS', KEYS[1], 'expires') == 1 then
+  redis.call('HSET', KEYS[1], 'expires', ARGV[5])
+end
+if holder and ARGV[4] == '1' then redis.call('DEL', KEYS[2]) end
+return 'ok'
+"""
+
+# KEYS: info, lock. ARGV: token, state, published (1|0), then field/value
+# pairs to set. Marks the upload finished (complete: published, or a
+# concatenation part kept staged; failed: never to be published) and
+# releases the lock in the same step. A published file does not expire.
+COMPLETE = """
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[1] then return 'lost' end
+if redis.call('EXISTS', KEYS[1]) == 0 then return 'missing' end
+redis.call('HSET', KEYS[1], 'state', ARGV[2])
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if ARGV[3] == '1' then redis.call('HDEL', KEYS[1], 'expires') end
+if holder then redis.call('DEL', KEYS[2]) end
+return 'ok'
+"""
+
+# KEYS: info, lock, gone. ARGV: token, gone ttl in seconds.
+TERMINATE = """
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[1] then return 'lost' end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('SET', KEYS[3], '1', 'EX', ARGV[2])
+return 'ok'
+"""
+
+# KEYS: lock. ARGV: token. Compare-and-delete.
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS: lock. ARGV: token, ttl_ms. Compare-and-extend.
+EXTEND = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
