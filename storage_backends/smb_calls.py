@@ -57,7 +57,9 @@ _NTSTATUS_ERRNO = {
     NtStatus.STATUS_WRONG_PASSWORD: errno.EACCES,
     NtStatus.STATUS_PASSWORD_EXPIRED: errno.EACCES,
     NtStatus.STATUS_CANNOT_DELETE: errno.EACCES,
-    NtStatus.STATUS_BAD_NETWORK_NAME: errno.ENOENT,
+    # The share itself is gone (a reload, a failover): passing trouble with the
+    # connection, not a missing file (which would end the upload for good).
+    NtStatus.STATUS_BAD_NETWORK_NAME: errno.ECONNRESET,
     NtStatus.STATUS_DELETE_PENDING: errno.ENOENT,
     NtStatus.STATUS_NO_SUCH_FILE: errno.ENOENT,
     NtStatus.STATUS_OBJECT_NAME_INVALID: errno.EINVAL,

@@ -8,6 +8,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -287,7 +288,7 @@ def test_an_unsafe_or_missing_type_is_served_as_an_octet_stream_attachment(
         ({"filename": b"../../etc/passwd"}, "passwd", "passwd"),
         ({"filename": b"C:\\Users\\me\\notes.txt"}, "notes.txt", "notes.txt"),
         ({"filename": b'say "hi".txt'}, "say _hi_.txt", "say%20_hi_.txt"),
-        ({"filename": b"a\r\nSet-Cookie: x=1"}, "a__Set-Cookie_ x=1", "a__Set-Cookie_%20x%3D1"),
+        ({"filename": b"a\r\nSet-Cookie: x=1"}, "a__Set-Cookie_ x_1", "a__Set-Cookie_%20x%3D1"),
         ({"filename": b"100%.txt"}, "100_.txt", "100%25.txt"),
         (
             {"filename": "résumé 日本.txt".encode()},
@@ -308,6 +309,27 @@ def test_the_filename_is_sanitized_with_an_ascii_fallback_and_the_exact_utf8_nam
         f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{encoded_name}"
     )
     assert "set-cookie" not in response.headers
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["x\uff02; filename\uff1d\uff02evil.html", "report\uff3c", "a\uff1bb\uff0fc"],
+    ids=["full-width quote and equals", "full-width backslash", "full-width ; and /"],
+)
+def test_full_width_characters_cannot_break_out_of_the_fallback_filename(
+    tus_server: Server, name: str
+) -> None:
+    # NFKD turns full-width forms back into ASCII quotes, backslashes and
+    # separators: the fallback must not let them end or escape its string.
+    server = tus_server()
+    url = finished(server, filename=name.encode())
+
+    disposition = server.client.get(url).headers["Content-Disposition"]
+
+    fallback = disposition.split('filename="', 1)[1].split('"', 1)[0]
+    assert not set(fallback) & set('"\\;=/')
+    assert disposition.count("filename=") == 1 and disposition.count("filename*=") == 1
+    assert disposition.endswith("filename*=UTF-8''" + quote(name, safe="!#$&+-.^_`|~"))
 
 
 def test_a_filename_accompanies_an_inline_type(tus_server: Server) -> None:

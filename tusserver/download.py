@@ -90,8 +90,11 @@ FALLBACK_TYPE = "application/octet-stream"
 # stops being served at once; "private" keeps users' files out of shared caches.
 FINISHED_CACHE_CONTROL = "private, no-cache"
 _CHARSET = re.compile(r';\s*charset\s*=\s*"?([A-Za-z0-9._:-]{1,40})"?', re.IGNORECASE)
-# RFC 6266 appendix D: some browsers percent-decode the plain filename.
-_FALLBACK_UNSAFE = re.compile(r"[^\x20-\x7e]|%")
+# RFC 6266 appendix D: some browsers percent-decode the plain filename. The
+# quote and backslash would end or escape the quoted string, and NFKD turns
+# full-width forms (U+FF02 and the like) back into them, so they go too,
+# with the path and parameter separators.
+_FALLBACK_UNSAFE = re.compile(r'[^\x20-\x7e]|[%"\\/:;*?<>|=]')
 
 
 async def download_upload(request: Request, services: Services) -> Response:
