@@ -32,6 +32,11 @@ TUS_REQUEST_HEADERS = {
     "upload-checksum",
     "content-type",
     "x-http-method-override",
+    # a download resumed or revalidated with fetch()
+    "range",
+    "if-range",
+    "if-none-match",
+    "if-modified-since",
 }
 TUS_RESPONSE_HEADERS = {
     "location",
@@ -229,3 +234,13 @@ def test_cli_takes_origins_from_a_comma_or_space_separated_variable_in_every_wor
         assert "Access-Control-Allow-Origin" not in refused.headers
         server.process.send_signal(signal.SIGTERM)
         assert server.wait_exit() == 0
+
+
+def test_a_configured_origin_matches_as_browsers_spell_it(tus_server: StartServer) -> None:
+    # Browsers send Origin in lower case and without a default port.
+    server = tus_server(cors_origins=("HTTPS://App.Example:443",))
+
+    response = preflight(server, server.endpoint, "https://app.example", "POST")
+
+    assert response.status_code == 200
+    assert response.headers["Access-Control-Allow-Origin"] == "https://app.example"

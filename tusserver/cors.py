@@ -45,6 +45,11 @@ REQUEST_HEADERS = (
     headers.UPLOAD_CHECKSUM,
     headers.CONTENT_TYPE,
     headers.METHOD_OVERRIDE,
+    # GET download: a page resuming or revalidating a file with fetch().
+    headers.RANGE,
+    headers.IF_RANGE,
+    headers.IF_NONE_MATCH,
+    headers.IF_MODIFIED_SINCE,
     headers.AUTHORIZATION,
     headers.X_REQUESTED_WITH,
     headers.X_REQUEST_ID,
@@ -107,7 +112,7 @@ def cors_middleware(config: Config, render: Render) -> list[Middleware]:
         Middleware(
             TusCORSMiddleware,
             render=render,
-            allow_origins=config.cors_origins,
+            allow_origins=[browser_origin(origin) for origin in config.cors_origins],
             allow_methods=METHODS,
             allow_headers=REQUEST_HEADERS,
             allow_credentials=config.cors_allow_credentials,
@@ -115,3 +120,17 @@ def cors_middleware(config: Config, render: Render) -> list[Middleware]:
             max_age=MAX_AGE,
         )
     ]
+
+
+_DEFAULT_PORTS = {"http": ":80", "https": ":443"}
+
+
+def browser_origin(origin: str) -> str:
+    """``origin`` as browsers send it in Origin (RFC 6454: lower case, no
+    default port), since the comparison is exact: ``HTTPS://App.Example.com:443``
+    must still match."""
+    if origin == "*":
+        return origin
+    origin = origin.lower()
+    scheme = origin.partition("://")[0]
+    return origin.removesuffix(_DEFAULT_PORTS.get(scheme, "\0"))
