@@ -70,16 +70,20 @@ def test_location_is_absolute_under_a_configured_public_url(tus_server: StartSer
             r"https://tus\.example" + UPLOAD_PATH,
         ),
         (
-            {"Forwarded": 'for=192.0.2.1;proto=https;host="tus.example:8443", for=10.0.0.1'},
+            # Of a list, the last element counts: the one our proxy appended
+            # (the first may be anything a client sent along).
+            {"Forwarded": 'proto=http;host="evil.example", proto=https;host="tus.example:8443"'},
             r"https://tus\.example:8443" + UPLOAD_PATH,
         ),
         (
-            # Forwarded wins; of a list, the first (client-facing) proxy counts.
+            # X-Forwarded-* win: proxies overwrite them but often pass a
+            # client's Forwarded through untouched.
             {
-                "Forwarded": "proto=https;host=first.example",
-                "X-Forwarded-Host": "second.example, inner.example",
+                "Forwarded": "proto=http;host=evil.example",
+                "X-Forwarded-Proto": "https",
+                "X-Forwarded-Host": "evil.example, tus.example",
             },
-            r"https://first\.example" + UPLOAD_PATH,
+            r"https://tus\.example" + UPLOAD_PATH,
         ),
         (
             {"X-Forwarded-Proto": "https", "X-Forwarded-Prefix": "/tus/"},

@@ -8,8 +8,9 @@ Three ways, chosen by configuration:
 - ``public_url``: ``<public_url><id>``, absolute, for set-ups where the
   client-facing path differs from the app's (a proxy that strips a prefix).
 - ``behind_proxy``: the scheme, host and path prefix the proxy reports in
-  ``Forwarded`` (RFC 7239) or ``X-Forwarded-Proto/-Host/-Prefix``. Only when
-  the operator says a proxy sets them: a client could send them too.
+  ``X-Forwarded-Proto/-Host/-Prefix`` or ``Forwarded`` (RFC 7239). Only when
+  the operator says a proxy sets them: a client could send them too, so
+  only the values the nearest proxy wrote are used (see forwarded_origin).
 
 This module builds URLs only; it never parses them back.
 """
@@ -47,28 +48,28 @@ def upload_url(request: Request, config: Config, upload_id: str) -> str:
 
 
 def forwarded_origin(headers: Headers) -> tuple[str | None, str | None, str]:
-    """(scheme, host, path prefix) reported by the nearest-to-client proxy.
+    """(scheme, host, path prefix) as reported by the proxy in front of us.
 
-    ``Forwarded`` wins over ``X-Forwarded-*`` for the scheme and host. Of a
-    list (several proxies), the first element is the client-facing one.
+    Only what that proxy wrote can be trusted, not what a client sent along:
+    - ``X-Forwarded-*`` win over ``Forwarded``: proxies commonly overwrite the
+      former and pass the latter through from the client untouched;
+    - of a list, the *last* element counts: a proxy appends its own.
     Malformed values are ignored rather than copied into a Location.
     """
-    proto = host = None
+    proto = _last(headers.get(X_FORWARDED_PROTO))
+    host = _last(headers.get(X_FORWARDED_HOST))
     forwarded = headers.get(FORWARDED)
-    if forwarded:
-        pairs = _forwarded_pairs(forwarded.split(",", 1)[0])
-        proto, host = pairs.get("proto"), pairs.get("host")
-    if proto is None:
-        proto = _first(headers.get(X_FORWARDED_PROTO))
-    if host is None:
-        host = _first(headers.get(X_FORWARDED_HOST))
+    if forwarded and (proto is None or host is None):
+        pairs = _forwarded_pairs(forwarded.rsplit(",", 1)[-1])
+        proto = proto if proto is not None else pairs.get("proto")
+        host = host if host is not None else pairs.get("host")
     if proto is not None:
         proto = proto.lower()
         if proto not in _PROTOS:
             proto = None
     if host is not None and not _HOST.fullmatch(host):
         host = None
-    prefix = _first(headers.get(X_FORWARDED_PREFIX)) or ""
+    prefix = _last(headers.get(X_FORWARDED_PREFIX)) or ""
     if not (prefix.startswith("/") and _PREFIX.fullmatch(prefix)):
         prefix = ""
     return proto, host, prefix.rstrip("/")
@@ -87,7 +88,8 @@ def _forwarded_pairs(element: str) -> dict[str, str]:
     return pairs
 
 
-def _first(value: str | None) -> str | None:
+def _last(value: str | None) -> str | None:
+    """The last element of a comma-separated header: the nearest proxy's."""
     if value is None:
         return None
-    return value.split(",", 1)[0].strip() or None
+    return value.rsplit(",", 1)[-1].strip() or None
