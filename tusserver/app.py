@@ -28,7 +28,7 @@ from storage_backends.local import LocalStorage
 from storage_backends.smb import SMBStorage
 from storage_backends.smb_location import SMBLocation
 from tusserver import errors, expiry, headers, protocol
-from tusserver.config import Config, ConfigError
+from tusserver.config import Config, ConfigError, redact_url
 from tusserver.cors import cors_middleware
 from tusserver.download import download_upload
 from tusserver.embedded_redis import EmbeddedRedis
@@ -117,7 +117,9 @@ def create_app(config: Config, hooks: Hooks | None = None) -> Starlette:
             try:
                 await storage.check()
             except OSError as exc:
-                raise ConfigError(f"storage {config.storage!r} is not usable: {exc}") from exc
+                raise ConfigError(
+                    f"storage {redact_url(config.storage)!r} is not usable: {exc}"
+                ) from exc
             store = UploadStore(client)
             locker = Locker(client, store, ttl=config.lock_ttl, wait=config.lock_wait)
             services_box.append(Services(config, store, locker, storage, hooks=hooks or Hooks()))
@@ -168,7 +170,7 @@ def open_storage(config: Config) -> Storage:
     if parsed.scheme == "smb":
         return _open_smb(config)
     raise ConfigError(
-        f"storage {config.storage!r} is not supported; use a folder path, a file:// "
+        f"storage {redact_url(config.storage)!r} is not supported; use a folder path, a file:// "
         "or an smb:// URL."
     )
 

@@ -31,7 +31,7 @@ from starlette.applications import Starlette
 
 from tusserver.app import create_app, open_storage
 from tusserver.app import sweep as app_sweep
-from tusserver.config import Config, ConfigError, parse_duration, parse_size
+from tusserver.config import Config, ConfigError, parse_duration, parse_size, redact_url
 from tusserver.embedded_redis import EmbeddedRedis, EmbeddedRedisError, running_url
 from tusserver.expiry import SweepReport
 from tusserver.state import StateUnavailable
@@ -310,7 +310,8 @@ def sweep(
         raise click.ClickException(f"Redis failed during the sweep: {exc}.") from None
     except OSError as exc:
         raise click.ClickException(
-            f"storage {config.storage!r} failed during the sweep: {exc.strerror or exc}."
+            f"storage {redact_url(config.storage)!r} failed during the sweep:"
+            f" {exc.strerror or exc}."
         ) from None
     finally:
         if embedded is not None:
@@ -404,7 +405,7 @@ def _check_storage(config: Config) -> None:
         anyio.run(check)
     except OSError as exc:
         raise ConfigError(
-            f"storage {config.storage!r} is not usable: {exc.strerror or exc}."
+            f"storage {redact_url(config.storage)!r} is not usable: {exc.strerror or exc}."
         ) from None
 
 
@@ -413,17 +414,9 @@ def _check_redis(url: str) -> None:
     try:
         client.ping()
     except redis.RedisError as exc:
-        raise ConfigError(f"Redis at {_redact(url)} does not answer: {exc}.") from None
+        raise ConfigError(f"Redis at {redact_url(url)} does not answer: {exc}.") from None
     finally:
         client.close()
-
-
-def _redact(url: str) -> str:
-    """Never print a password from a URL."""
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        rest = "***@" + rest.rsplit("@", 1)[1]
-    return scheme + sep + rest
 
 
 def _dump(config: Config) -> str:

@@ -36,6 +36,18 @@ def parse_duration(text: str, setting: str) -> float:
     return float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
 
 
+def redact_url(text: str) -> str:
+    """A storage or Redis URL fit for a message: never a password, whether in
+    the user info or in the query (``?password=``, which redis-py accepts)."""
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        return text if "@" not in text else "***"
+    rest = rest.split("?", 1)[0].split("#", 1)[0]
+    if "@" in rest:
+        rest = "***@" + rest.rsplit("@", 1)[1]
+    return scheme + sep + rest
+
+
 @dataclass(frozen=True)
 class Config:
     # Where finished files land (a folder path or file:// URL). Partials live
@@ -137,11 +149,11 @@ class Config:
         if self.redis_url is not None and not self.redis_url.startswith(
             ("redis://", "rediss://", "unix://")
         ):
-            scheme = self.redis_url.partition("://")[0]
-            # Only the scheme: the rest of the URL may carry a password.
-            raise ConfigError(
-                f"redis URL must start with redis://, rediss:// or unix://, not {scheme}://."
-            )
+            scheme, sep, _ = self.redis_url.partition("://")
+            # Only the scheme, and only if there is one: the rest of the URL
+            # (or all of it, without a scheme) may carry a password.
+            shown = f", not {scheme}://" if sep else ""
+            raise ConfigError(f"redis URL must start with redis://, rediss:// or unix://{shown}.")
         if self.download_unfinished and not self.downloads:
             raise ConfigError("downloading unfinished uploads needs downloads enabled.")
         for name in ("expire_after", "sweep_interval"):
