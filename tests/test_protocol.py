@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+
 import pytest
 
 from tests.helpers import b64
-from tusserver import naming, protocol
+from tusserver import errors, naming, protocol
 from tusserver.config import Config, ConfigError, redact_url
 from tusserver.errors import TusError
 
@@ -412,3 +414,24 @@ def test_a_redis_url_without_a_scheme_is_refused_without_echoing_it() -> None:
     with pytest.raises(ConfigError) as raised:
         Config(redis_url="default:hunter2@redis:6379/0")
     assert "hunter2" not in str(raised.value)
+
+
+# --- storage faults as answers ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("exc", "reading", "status", "code", "retryable"),
+    [
+        (OSError(errno.ENOSPC, "full"), False, 507, "storage_full", False),
+        (OSError(errno.EDQUOT, "quota"), False, 507, "storage_full", False),
+        (PermissionError(errno.EACCES, "denied"), False, 500, "storage_refused", False),
+        (OSError(errno.EROFS, "read-only"), False, 500, "storage_refused", False),
+        (ConnectionResetError(errno.ECONNRESET, "reset"), False, 503, "storage_failed", True),
+        (OSError(errno.EIO, "io"), True, 503, "storage_read_failed", True),
+    ],
+)
+def test_storage_faults_answer_by_what_they_are(
+    exc: OSError, reading: bool, status: int, code: str, retryable: bool
+) -> None:
+    error = errors.storage_failure(exc, reading=reading)
+    assert (error.status, error.code, error.retryable) == (status, code, retryable)

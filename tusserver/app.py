@@ -75,7 +75,8 @@ def create_app(config: Config, hooks: Hooks | None = None) -> Starlette:
                 return render(_transient(request, errors.STATE_UNAVAILABLE))
             except OSError as exc:
                 logger.error("%s %s: storage failed: %s", request.method, request.url.path, exc)
-                return render(_transient(request, errors.STORAGE_FAILED))
+                failure = errors.storage_failure(exc, reading=request.method == "GET")
+                return render(_transient(request, failure))
             except Exception:
                 logger.exception("%s %s: unexpected failure", request.method, request.url.path)
                 return render(_transient(request, errors.INTERNAL))

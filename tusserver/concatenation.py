@@ -129,7 +129,7 @@ async def _fill(
         raise errors.CONCAT_PART_REMOVED
     if failure is not None:
         logger.error("upload %s: assembly failed: %s", upload.id, failure)
-        raise errors.STORAGE_FAILED
+        raise errors.storage_failure(failure)
     status = await services.store.commit(upload.id, lease.token, 0, upload.length, release=False)
     if status is not CommitStatus.OK:
         logger.error("upload %s: assembled but not committed (%s)", upload.id, status.value)

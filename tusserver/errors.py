@@ -14,6 +14,7 @@ they do, in the manner of tusd's ``ErrMismatchOffset``.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Mapping
 
 from tusserver.headers import (
@@ -370,3 +371,34 @@ def cors_refused(what: str) -> TusError:
         f"This cross-origin request is not allowed ({what[:100]}).",
         "The server's --cors-origin setting must list the page's origin.",
     )
+
+
+STORAGE_FULL = TusError(
+    507,
+    "storage_full",
+    "The storage is full (or over its quota).",
+    "Retrying will not help until the operator frees space; bytes already acknowledged are safe.",
+)
+STORAGE_REFUSED = TusError(
+    500,
+    "storage_refused",
+    "The storage refused the server's access.",
+    "Report the time and the upload URL to the operator; retrying will not help.",
+)
+STORAGE_READ_FAILED = TusError(
+    503,
+    "storage_read_failed",
+    "The storage could not be read.",
+    "Retry in a moment.",
+    retryable=True,
+)
+
+
+def storage_failure(exc: OSError, *, reading: bool = False) -> TusError:
+    """The answer to a storage fault, by what it is: a full disk or a refused
+    access is not passing trouble, and a client should not retry it."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return STORAGE_FULL
+    if isinstance(exc, PermissionError) or exc.errno == errno.EROFS:
+        return STORAGE_REFUSED
+    return STORAGE_READ_FAILED if reading else STORAGE_FAILED

@@ -87,7 +87,7 @@ async def receive_body(
             raise errors.GONE
         if transfer.failure is not None:
             logger.error("upload %s: storage write failed: %s", upload.id, transfer.failure)
-            raise errors.STORAGE_FAILED
+            raise errors.storage_failure(transfer.failure)
         if checksum is not None and not transfer.whole_body:
             raise errors.CHECKSUM_INCOMPLETE
         if checksum is not None and not digests.chunk_matches():
