@@ -174,11 +174,13 @@ class _Watchdog:
         interval = min(1.0, self.timeout / 4)
         while not self._stopping.wait(interval):
             now = time.monotonic()
+            # Under the lock: a call that ends meanwhile is unwatched before
+            # its slot goes to the next call, whose connection must not be cut.
             with self._lock:
-                stuck = [c for c in self._calls if now - c.progress > self.timeout]
-            for call in stuck:
-                call.timed_out = True
-                call.slot.sever()
+                for call in self._calls:
+                    if now - call.progress > self.timeout:
+                        call.timed_out = True
+                        call.slot.sever()
 
 
 class SMBCalls:

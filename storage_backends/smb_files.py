@@ -88,6 +88,7 @@ def finalize_file(
             raise OSError(errno.EIO, f"partial holds {size} of {length} bytes", partial)
         if size > length:
             f.truncate(length)  # storage may hold more than the offset
+        call.touch()  # the FLUSH gets the whole no-progress timeout to itself
         f.flush()  # SMB2 FLUSH: the bytes are durable before the final name appears
     if relative.parent.parts:
         smbclient.makedirs(join(root, *relative.parent.parts), exist_ok=True, **kwargs)
