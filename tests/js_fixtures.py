@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
+from tests.e2e_clients import npm_install_and_build
+
 JS_DIR = Path(__file__).parent / "js"
-NPM_CI_TIMEOUT = 300
 UPLOAD_TIMEOUT = 120
 
 TusJs = Callable[..., str]
@@ -33,7 +34,7 @@ def tus_js() -> TusJs:
             "(apt-get install nodejs npm; .ci/run does it when they are missing)."
         )
     if not (JS_DIR / "node_modules" / "tus-js-client").is_dir():
-        _npm_ci(npm)
+        npm_install_and_build(JS_DIR, build=False)
 
     def upload(endpoint: str, path: Path, **options: Any) -> str:
         try:
@@ -51,19 +52,3 @@ def tus_js() -> TusJs:
         return url
 
     return upload
-
-
-def _npm_ci(npm: str) -> None:
-    try:
-        subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund"],
-            cwd=JS_DIR,
-            capture_output=True,
-            text=True,
-            timeout=NPM_CI_TIMEOUT,
-            check=True,
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"npm ci in tests/js took longer than {NPM_CI_TIMEOUT} s (registry reachable?)")
-    except subprocess.CalledProcessError as exc:
-        pytest.fail(f"npm ci in tests/js failed (exit {exc.returncode}):\n{exc.stderr[-3000:]}")
