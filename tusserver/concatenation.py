@@ -24,9 +24,10 @@ import anyio
 from starlette.datastructures import Headers
 
 from tusserver import errors, expiry, integrity, protocol
+from tusserver.finishing import discard_unannounced
 from tusserver.headers import TUS_MAX_SIZE, UPLOAD_DEFER_LENGTH, UPLOAD_LENGTH, UPLOAD_METADATA
 from tusserver.locking import Lease, kept_alive
-from tusserver.state import CommitStatus, StateUnavailable, Upload, UploadStore
+from tusserver.state import CommitStatus, Upload, UploadStore
 
 if TYPE_CHECKING:
     from tusserver.services import Services
@@ -84,7 +85,7 @@ async def assemble_final(
         await _fill(services, upload, lease, list(zip(concat.ids, lengths, strict=True)))
     except BaseException:
         with anyio.CancelScope(shield=True):
-            await discard(services, upload, lease)
+            await discard_unannounced(services, upload, lease)
         raise
     logger.info(
         "upload %s assembled from %d partial uploads (%d bytes)", upload.id, len(concat.ids), length
@@ -135,15 +136,3 @@ async def _fill(
         logger.error("upload %s: assembled but not committed (%s)", upload.id, status.value)
         raise errors.LOCKED
     upload.offset = upload.length
-
-
-async def discard(services: Services, upload: Upload, lease: Lease) -> None:
-    """Remove a final upload that could not be assembled; its URL was never given out."""
-    try:
-        await services.storage.delete(upload.id)
-        await services.store.terminate(upload.id, lease.token)
-        lease.released = True
-    except (OSError, StateUnavailable) as exc:
-        # The expiry sweeper removes what is left (an unfinished upload).
-        logger.warning("upload %s: could not discard the failed final upload: %s", upload.id, exc)
-    await services.locker.release(lease)

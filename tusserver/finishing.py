@@ -117,3 +117,15 @@ async def _record_completion(
 
 def needs_finalize(upload: Upload) -> bool:
     return upload.is_fully_received and not upload.is_complete and not upload.is_failed
+
+
+async def discard_unannounced(services: Services, upload: Upload, lease: Lease) -> None:
+    """Remove an upload whose URL was never given out (its creation failed):
+    bytes, record and lock. Never raises: what is left, the sweeper removes."""
+    try:
+        await services.storage.delete(upload.id)
+        await services.store.terminate(upload.id, lease.token)
+        lease.released = True
+    except (OSError, StateUnavailable) as exc:
+        logger.warning("upload %s: could not discard the refused upload: %s", upload.id, exc)
+    await services.locker.release(lease)

@@ -19,7 +19,7 @@ from starlette.responses import Response
 
 from tusserver import concatenation, errors, expiry, integrity, protocol
 from tusserver.config import Config
-from tusserver.finishing import finalize, needs_finalize
+from tusserver.finishing import discard_unannounced, finalize, needs_finalize
 from tusserver.headers import (
     CACHE_CONTROL,
     CONTENT_LENGTH,
@@ -110,8 +110,7 @@ async def create_upload(request: Request, services: Services) -> Response:
         except errors.TusError as error:
             if error.status in (413, 460):
                 # The client never learns this upload's URL: do not leave it behind.
-                await services.storage.delete(upload.id)
-                await services.store.terminate(upload.id, lease.token)
+                await discard_unannounced(services, upload, lease)
             raise
         finally:
             await services.locker.release(lease)
@@ -132,7 +131,7 @@ async def _create_final(
         # The client never learns this upload's URL: leave nothing of it
         # behind (a declared checksum that does not match included).
         with anyio.CancelScope(shield=True):
-            await concatenation.discard(services, upload, lease)
+            await discard_unannounced(services, upload, lease)
         raise
     finally:
         await services.locker.release(lease)
