@@ -42,7 +42,7 @@ from tusserver.protocol import TUS_VERSION
 from tusserver.receiving import receive_body
 from tusserver.services import Services, tus_headers
 from tusserver.state import CommitStatus, Upload
-from tusserver.urls import upload_url
+from tusserver.urls import upload_url, uploads_path
 
 logger = logging.getLogger(__name__)
 
@@ -145,12 +145,6 @@ def _created(request: Request, config: Config, upload: Upload) -> Response:
     return Response(status_code=201, headers=created)
 
 
-def _uploads_path(request: Request, config: Config) -> str:
-    """The URL path under which this app serves uploads (its mount point included)."""
-    root_path: str = request.scope.get("root_path", "")
-    return root_path + config.base_path
-
-
 def _upload_concat(request: Request, config: Config) -> protocol.UploadConcat | None:
     value = request.headers.get(UPLOAD_CONCAT)
     if value is None:
@@ -159,7 +153,7 @@ def _upload_concat(request: Request, config: Config) -> protocol.UploadConcat | 
     # proxy or a public URL, those paths differ from the app's own.
     public_path = urlsplit(upload_url(request, config, "")).path
     return protocol.parse_upload_concat(
-        value, request.url.path, _uploads_path(request, config), public_path
+        value, request.url.path, uploads_path(request, config), public_path
     )
 
 

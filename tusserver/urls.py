@@ -32,12 +32,17 @@ _PROTOS = ("http", "https")
 _PREFIX = re.compile(r"(?:/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)*/?")
 
 
+def uploads_path(request: Request, config: Config) -> str:
+    """The URL path under which this app serves uploads (its mount point included)."""
+    root_path: str = request.scope.get("root_path", "")
+    return root_path + config.base_path
+
+
 def upload_url(request: Request, config: Config, upload_id: str) -> str:
     """Where the client finds upload ``upload_id`` (see the module docstring)."""
     if config.public_url is not None:
         return config.public_url.rstrip("/") + "/" + upload_id
-    root_path: str = request.scope.get("root_path", "")
-    path = root_path + config.base_path + upload_id
+    path = uploads_path(request, config) + upload_id
     if not config.behind_proxy:
         return path
     proto, host, prefix = forwarded_origin(request.headers)
