@@ -73,7 +73,7 @@ def has_expired(upload: Upload, now: float | None = None) -> bool:
     Never for an upload whose every byte arrived but whose finalize was cut
     short: it is finishing, not abandoned (the next HEAD or PATCH repairs it).
     """
-    if upload.is_fully_received and not upload.is_complete and not upload.is_failed:
+    if upload.needs_finalize:
         return False
     return upload.expires is not None and upload.expires <= (time.time() if now is None else now)
 
@@ -214,7 +214,7 @@ class _Sweep:
                 # PATCHes slid the expiry; the index keeps the earlier score.
                 await self.store.reschedule_expiry(upload_id, upload.expires)
                 return True
-            if upload.is_fully_received and not upload.is_complete and not upload.is_failed:
+            if upload.needs_finalize:
                 # A finalize was cut short: the file may already be published
                 # under its final name, which removing the record would orphan.
                 # The next HEAD or PATCH finishes it; until then it stays.

@@ -115,10 +115,6 @@ async def _record_completion(
     )
 
 
-def needs_finalize(upload: Upload) -> bool:
-    return upload.is_fully_received and not upload.is_complete and not upload.is_failed
-
-
 async def discard_unannounced(services: Services, upload: Upload, lease: Lease) -> None:
     """Remove an upload whose URL was never given out (its creation failed):
     bytes, record and lock. Never raises: what is left, the sweeper removes."""

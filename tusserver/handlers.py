@@ -19,7 +19,7 @@ from starlette.responses import Response
 
 from tusserver import concatenation, errors, expiry, integrity, protocol
 from tusserver.config import Config
-from tusserver.finishing import discard_unannounced, finalize, needs_finalize
+from tusserver.finishing import discard_unannounced, finalize
 from tusserver.headers import (
     CACHE_CONTROL,
     CONTENT_LENGTH,
@@ -165,10 +165,10 @@ async def head_upload(request: Request, services: Services) -> Response:
     upload = await services.locker.read_unlocked(upload_id)
     if expiry.has_expired(upload):
         raise errors.GONE  # in line with the Upload-Expires announced; not swept yet
-    if needs_finalize(upload):
+    if upload.needs_finalize:
         # A finalize was interrupted (crash): finish it before saying "done".
         async with services.locker.hold(upload_id) as (upload, lease):
-            if needs_finalize(upload):
+            if upload.needs_finalize:
                 await finalize(services, upload, lease)
     if upload.is_failed:
         # Not "offset == length": the client must not believe it is done.

@@ -110,6 +110,12 @@ class Upload:
     def is_fully_received(self) -> bool:
         return self.length is not None and self.offset == self.length
 
+    @property
+    def needs_finalize(self) -> bool:
+        """Every byte is in but the upload is neither finished nor failed: a
+        finalize is due, or was cut short (a crash) and must be repeated."""
+        return self.is_fully_received and not self.is_complete and not self.is_failed
+
 
 @dataclass
 class Claim:
