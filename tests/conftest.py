@@ -3,8 +3,8 @@
 pytest_plugins = [
     "tests.redis_fixtures",
     "tests.server_fixtures",
+    "tests.e2e_clients",  # before js_fixtures, which imports it
     "tests.js_fixtures",
-    "tests.e2e_clients",
     "tests.samba_fixtures",
     "tests.nginx_fixtures",
 ]
