@@ -8,16 +8,16 @@ of this backend's own limiter, a connection of its own, a watchdog bound
 and errors translated into builtin ``OSError`` subclasses.
 
 Throughput (measured on a loopback Samba, see README's "SMB throughput"):
-smbprotocol copies every written byte several times in Python and signs
-it, so CPU per byte decides the speed, not round trips. A PATCH therefore
-keeps its partial open on one connection while it runs (no open and close
-per block) and sends each block as writes of ``_WRITE_SIZE``, up to
+CPU per byte decides the speed, not round trips. A PATCH therefore keeps
+its partial open on one connection while it runs (no open and close per
+block) and sends each block as writes of ``_WRITE_SIZE``, up to
 ``_WRITES_IN_FLIGHT`` of them on the wire at once (pipelined on that
 connection, each at its own offset, so no byte can land out of place
-whatever order the server completes them in). Messages of 1 MiB cost less
-CPU per byte than larger ones, and one connection with writes in flight
-beats the same writes spread over several threads contending for the
-interpreter lock.
+whatever order the server completes them in). Each WRITE is framed and
+signed by ``smb_wire`` straight from the received body's pieces, without
+the copies smbprotocol's own framing makes; one connection with writes in
+flight beats the same writes spread over several threads contending for
+the interpreter lock.
 """
 
 from __future__ import annotations

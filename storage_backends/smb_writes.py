@@ -7,7 +7,6 @@ from __future__ import annotations
 import errno
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import smbclient
 from smbclient._io import SMBRawIO
@@ -15,21 +14,20 @@ from smbprotocol.exceptions import SMBException
 
 from storage_backends.base import Block
 from storage_backends.smb_calls import Call, Slot
-
-# Where a finalize records the name it is publishing under, before the rename
+from storage_backends.smb_wire import CREDIT_BYTES, WireWriter
 
 # Size of one SMB WRITE request, and how many a PATCH keeps in flight on its
-# connection. Larger messages cost more CPU per byte in smbprotocol (each is
-# copied whole several times, and a send the socket takes only partly
-# copies the rest again); fewer in flight leave the server idle between them.
+# connection: fewer leave the server idle between them.
 _WRITE_SIZE = 1024 * 1024
 _WRITES_IN_FLIGHT = 4
-# One SMB2 credit pays for 64 KiB of a request (MS-SMB2 3.1.5.2).
-_CREDIT_BYTES = 65536
 # Every handle shares read, write and delete: the pieces of one block are
 # open on several connections at once, and a rename or delete must not be
 # refused because a read is in progress.
 SHARE_MODE = "rwd"
+
+# One WRITE request's worth of a block: the file offset and the pieces of
+# the received body it covers, in order, referenced rather than copied.
+Message = tuple[int, list[memoryview]]
 
 
 def write_block(call: Call, owner: object, path: str, offset: int, block: Block) -> Slot:
@@ -50,12 +48,8 @@ def write_block(call: Call, owner: object, path: str, offset: int, block: Block)
     return call.slot
 
 
-def _messages(block: Block, offset: int) -> Iterator[tuple[int, bytes]]:
-    """(file offset, bytes) of up to _WRITE_SIZE each, covering ``block`` in order.
-
-    One join per message: smbprotocol needs each message's bytes in one
-    buffer, and passing ``bytes`` (not a view) spares it another copy.
-    """
+def _messages(block: Block, offset: int) -> Iterator[Message]:
+    """Messages of up to _WRITE_SIZE bytes each, covering ``block`` in order."""
     gathered: list[memoryview] = []
     size = 0
     for piece in block:
@@ -66,34 +60,71 @@ def _messages(block: Block, offset: int) -> Iterator[tuple[int, bytes]]:
             size += take
             view = view[take:]
             if size == _WRITE_SIZE:
-                yield offset, b"".join(gathered)
+                yield offset, gathered
                 offset += size
                 gathered, size = [], 0
     if size:
-        yield offset, b"".join(gathered)
+        yield offset, gathered
 
 
-def _write_pipelined(call: Call, handle: SMBRawIO, todo: deque[tuple[int, bytes]]) -> None:
-    """Send every (offset, bytes) of ``todo`` as SMB2 WRITEs, several in flight.
+def _split(pieces: list[memoryview], at: int) -> tuple[list[memoryview], list[memoryview]]:
+    """The first ``at`` bytes of ``pieces``, and the rest."""
+    head: list[memoryview] = []
+    for index, piece in enumerate(pieces):
+        if at < len(piece):
+            rest = [piece[at:], *pieces[index + 1 :]] if at or head else pieces[index:]
+            if at:
+                head.append(piece[:at])
+            return head, rest
+        head.append(piece)
+        at -= len(piece)
+    return head, []
+
+
+class _Sender:
+    """Sends one WRITE and receives its answer: framed by ``smb_wire`` where it can,
+    by smbprotocol (one joined copy of the data, and several more inside) where not."""
+
+    def __init__(self, handle: SMBRawIO) -> None:
+        self._file = handle.fd
+        self._wire = WireWriter.for_open(self._file)
+        self.connection = self._file.connection
+
+    def send(self, at: int, pieces: list[memoryview], credit_request: int) -> Callable[[], int]:
+        """Send a WRITE of ``pieces`` at ``at``; a function that waits for its byte count."""
+        if self._wire is not None:
+            wire, request = self._wire, self._wire.send(at, pieces, credit_request)
+            return lambda: wire.receive(request)
+        file = self._file
+        message, receive = file.write(b"".join(pieces), offset=at, send=False)
+        request = self.connection.send(
+            message,
+            sid=file.tree_connect.session.session_id,
+            tid=file.tree_connect.tree_connect_id,
+            credit_request=credit_request,
+        )
+        return lambda: int(receive(request))
+
+
+def _write_pipelined(call: Call, handle: SMBRawIO, todo: deque[Message]) -> None:
+    """Send every message of ``todo`` as SMB2 WRITEs, several in flight.
 
     Returns once the server confirmed every byte. A write the server took
     only partly is sent again for its rest; each lands at its own offset,
     so completion order does not matter.
     """
-    file = handle.fd
-    connection = file.connection
-    session_id = file.tree_connect.session.session_id
-    tree_id = file.tree_connect.tree_connect_id
+    sender = _Sender(handle)
+    connection = sender.connection
     largest = min(_WRITE_SIZE, connection.max_write_size)
-    in_flight: deque[tuple[Any, Callable[[Any], int], int, bytes]] = deque()
+    in_flight: deque[tuple[Callable[[], int], int, list[memoryview], int]] = deque()
 
     def confirm_oldest() -> None:
-        request, receive, at, data = in_flight.popleft()
-        count = receive(request)
+        receive, at, pieces, size = in_flight.popleft()
+        count = receive()
         if not count:
             raise OSError(errno.EIO, "the SMB server wrote nothing")
-        if count < len(data):
-            todo.appendleft((at + count, data[count:]))
+        if count < size:
+            todo.appendleft((at + count, _split(pieces, count)[1]))
         call.touch()
 
     try:
@@ -101,31 +132,30 @@ def _write_pipelined(call: Call, handle: SMBRawIO, todo: deque[tuple[int, bytes]
             if not todo or len(in_flight) >= _WRITES_IN_FLIGHT:
                 confirm_oldest()
                 continue
-            at, data = todo[0]
+            at, pieces = todo[0]
+            length = sum(len(piece) for piece in pieces)
             window = connection.sequence_window
             available = window["high"] - window["low"]
-            credits = (min(len(data), largest) - 1) // _CREDIT_BYTES + 1
+            credits = (min(length, largest) - 1) // CREDIT_BYTES + 1
             if credits > available and in_flight:
                 confirm_oldest()  # its response grants credits
                 continue
             todo.popleft()
-            size = min(len(data), largest, max(1, available) * _CREDIT_BYTES)
-            if size < len(data):
-                todo.appendleft((at + size, data[size:]))
-                data = data[:size]
-            credits = (size - 1) // _CREDIT_BYTES + 1
-            message, receive = file.write(data, offset=at, send=False)
+            size = min(length, largest, max(1, available) * CREDIT_BYTES)
+            if size < length:
+                pieces, rest = _split(pieces, size)
+                todo.appendleft((at + size, rest))
+            credits = (size - 1) // CREDIT_BYTES + 1
             # Ask for enough credits to keep the pipeline full (MS-SMB2 3.2.4.1.5).
             wanted = credits + max(0, _WRITES_IN_FLIGHT * credits - (available - credits))
-            request = connection.send(message, sid=session_id, tid=tree_id, credit_request=wanted)
-            in_flight.append((request, receive, at, data))
+            in_flight.append((sender.send(at, pieces, wanted), at, pieces, size))
     finally:
         # Collect the answers to writes already sent, so none is left
         # behind on the connection; the first failure is what counts.
         while in_flight:
-            request, receive = in_flight.popleft()[:2]
+            receive = in_flight.popleft()[0]
             try:
-                receive(request)
+                receive()
             except (SMBException, OSError):
                 pass  # on a lost connection each fails at once
 

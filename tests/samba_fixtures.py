@@ -57,8 +57,12 @@ def _port_open(port: int) -> bool:
 class SambaServer:
     """One smbd serving ``//127.0.0.1:<port>/uploads`` from ``<directory>/share``."""
 
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    def __init__(
+        self, directory: Path, port: int | None = None, settings: dict[str, str] | None = None
+    ) -> None:
         self.directory = directory.resolve()
+        # Extra [global] lines, e.g. {"server max protocol": "SMB3_00"}.
+        self.settings = dict(settings or {})
         self.port = port or free_port()
         self.host = "127.0.0.1"
         self.share = SHARE
@@ -163,6 +167,7 @@ class SambaServer:
 
     def _config(self, unix_user: str) -> str:
         d = self.directory
+        extra = "".join(f"  {name} = {value}\n" for name, value in self.settings.items())
         return f"""\
 [global]
   server role = standalone server
@@ -191,7 +196,7 @@ class SambaServer:
   printing = bsd
   printcap name = /dev/null
   disable spoolss = yes
-
+{extra}
 [{self.share}]
   path = {self.share_dir}
   read only = no
