@@ -216,17 +216,22 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
-@pytest.fixture(scope="session")
-def samba() -> Iterator[SambaServer]:
-    """One real smbd for the whole session; tests use their own folders in its share."""
+def running_samba(settings: dict[str, str] | None = None) -> Iterator[SambaServer]:
+    """A started smbd in a fresh folder (with extra [global] ``settings``), stopped after."""
     directory = short_temp_dir()
-    server = SambaServer(directory)
+    server = SambaServer(directory, settings=settings)
     try:
         server.start()
         yield server
     finally:
         server.stop()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def samba() -> Iterator[SambaServer]:
+    """One real smbd for the whole session; tests use their own folders in its share."""
+    yield from running_samba()
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import socket
 import threading
 import uuid
@@ -28,8 +27,7 @@ from storage_backends.smb import SMBStorage
 from storage_backends.smb_location import SMBLocation
 from storage_backends.smb_wire import WireWriter, _signer, send_buffers
 from storage_backends.smb_writes import _split
-from tests.redis_fixtures import short_temp_dir
-from tests.samba_fixtures import SambaServer
+from tests.samba_fixtures import SambaServer, running_samba
 
 UPLOAD_ID = "0123456789abcdef0123456789abcdef"
 MiB = 1024 * 1024
@@ -48,21 +46,10 @@ SAMBA_VARIANTS = {
 }
 
 
-def _started(settings: dict[str, str]) -> Iterator[SambaServer]:
-    directory = short_temp_dir()
-    server = SambaServer(directory, settings=settings)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(directory, ignore_errors=True)
-
-
 @pytest.fixture(scope="module", params=list(SAMBA_VARIANTS))
 def samba_variant(request: pytest.FixtureRequest) -> Iterator[tuple[SambaServer, int]]:
     settings, algorithm = SAMBA_VARIANTS[request.param]
-    for server in _started(settings):
+    for server in running_samba(settings):
         yield server, algorithm
 
 
@@ -124,7 +111,7 @@ async def test_storage_writes_through_each_dialect(
 @pytest.fixture(scope="module")
 def sealed_samba() -> Iterator[SambaServer]:
     """A share that requires encryption: every message is sealed whole."""
-    yield from _started({"server smb encrypt": "required"})
+    yield from running_samba({"server smb encrypt": "required"})
 
 
 @pytest.mark.anyio
