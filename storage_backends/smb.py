@@ -34,8 +34,6 @@ from storage_backends.names import (
     safe_relative,
 )
 from storage_backends.smb_calls import Server, Slot, SMBCalls
-
-# Where a finalize records the name it is publishing under, before the rename
 from storage_backends.smb_files import (
     MARKER_SUFFIX,
     check_share,

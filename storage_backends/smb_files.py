@@ -28,8 +28,6 @@ from storage_backends.names import (
     name_variants,
 )
 from storage_backends.smb_calls import Call
-
-# Where a finalize records the name it is publishing under, before the rename
 from storage_backends.smb_writes import open_file, write_all
 
 # Where a finalize records the name it is publishing under, before the rename
