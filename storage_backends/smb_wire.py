@@ -23,7 +23,9 @@ parsed by smbprotocol as usual.
 from __future__ import annotations
 
 import errno
+import functools
 import hmac
+import logging
 import socket
 import struct
 from collections.abc import Callable, Sequence
@@ -36,6 +38,8 @@ from smbprotocol.connection import Dialects, Request, SigningAlgorithms
 from smbprotocol.exceptions import SMBException
 from smbprotocol.header import Commands, Smb2Flags, SMB2HeaderRequest
 from smbprotocol.open import SMB2WriteRequest, SMB2WriteResponse
+
+logger = logging.getLogger(__name__)
 
 Buffer = bytes | bytearray | memoryview
 
@@ -50,6 +54,8 @@ _SIGNATURE = slice(48, 64)
 CREDIT_BYTES = 65536
 # sendmsg takes at most IOV_MAX (1024 on Linux) buffers per call.
 _MOST_BUFFERS = 512
+# The Direct TCP length field has 24 bits (MS-SMB2 2.1).
+_MOST_FRAME = 0xFFFFFF
 
 # The connection and session attributes the framing relies on.
 _CONNECTION_NEEDS = (
@@ -58,6 +64,7 @@ _CONNECTION_NEEDS = (
     "outstanding_requests",
     "supports_multi_credit",
     "dialect",
+    "max_write_size",
     "signing_algorithm_id",
     "transport",
     "receive",
@@ -95,6 +102,8 @@ class WireWriter:
             return None
         if session.encrypt_data or getattr(tree, "encrypt_data", False):
             return None  # an encrypted message is sealed whole: nothing to spare
+        if not _framing_fits():
+            return None
         if not (session.signing_required and session.signing_key):
             return cls(file, None)
         signer = _signer(connection, session.signing_key)
@@ -108,7 +117,9 @@ class WireWriter:
         """
         connection = self._connection
         size = sum(len(piece) for piece in pieces)
-        charge = (size - 1) // CREDIT_BYTES + 1 if connection.supports_multi_credit else 0
+        if size > connection.max_write_size or size > _MOST_FRAME - _HEADER_SIZE - 48:
+            raise SMBException(f"a {size}-byte write is more than one WRITE may carry")
+        charge = max(0, size - 1) // CREDIT_BYTES + 1 if connection.supports_multi_credit else 0
         with connection.sequence_lock:
             window = connection.sequence_window
             if charge > window["high"] - window["low"]:
@@ -143,7 +154,19 @@ class WireWriter:
         length = len(packed) + len(fields) + size
         # Direct TCP transport (MS-SMB2 2.1): a 4-byte big-endian length.
         first = struct.pack(">I", length) + packed + fields
-        self._send_all([memoryview(first), *(memoryview(piece) for piece in pieces)])
+        try:
+            self._send_all([memoryview(first), *(memoryview(piece) for piece in pieces)])
+        except BaseException as exc:
+            # Part of the frame may be out: whatever followed on this
+            # connection would be read as the rest of this WRITE (and,
+            # unsigned, written into the file). No answer will come for it.
+            connection.outstanding_requests.pop(message_id, None)
+            self._cut()
+            if isinstance(exc, Exception):
+                raise ConnectionResetError(
+                    errno.ECONNRESET, "the SMB connection broke during a write"
+                ) from exc
+            raise
         return request
 
     def receive(self, request: Any) -> int:
@@ -153,6 +176,15 @@ class WireWriter:
         answer.unpack(response["data"].get_value())
         return int(answer["count"].get_value())
 
+    def _cut(self) -> None:
+        """Shut the connection's socket: smbprotocol then fails every call on it at once."""
+        sock: socket.socket | None = getattr(self._connection.transport, "_sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed
+
     def _send_all(self, buffers: list[memoryview]) -> None:
         transport = self._connection.transport
         with transport._sock_lock:
@@ -160,6 +192,32 @@ class WireWriter:
             if sock is None or not getattr(transport, "connected", True):
                 raise ConnectionResetError(errno.ECONNRESET, "the SMB connection is closed")
             send_buffers(sock, buffers)
+
+
+@functools.cache
+def _framing_fits() -> bool:
+    """Whether this smbprotocol's header and request objects are the ones framed here.
+
+    Built once with dummy values: a release that renamed a field or changed
+    ``Request`` then falls back to smbprotocol's framing instead of failing
+    every write.
+    """
+    try:
+        header = SMB2HeaderRequest()
+        for name in ("credit_charge", "credit_request", "message_id", "session_id", "tree_id"):
+            header[name] = 1
+        header["command"] = Commands.SMB2_WRITE
+        header["data"] = b""
+        header["flags"].set_flag(Smb2Flags.SMB2_FLAGS_SIGNED)
+        header["signature"] = bytes(16)
+        request = Request(header, SMB2WriteRequest, None, session_id=1)
+        fits = len(header.pack()) == _HEADER_SIZE and request.message is header
+        fits = fits and request.message["message_id"].get_value() == 1
+    except Exception:  # any mismatch at all means: not ours to frame
+        fits = False
+    if not fits:
+        logger.warning("smbprotocol's messages changed shape: SMB writes use its own framing")
+    return fits
 
 
 def send_buffers(sock: socket.socket, buffers: list[memoryview]) -> None:

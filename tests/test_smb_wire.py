@@ -9,19 +9,23 @@ where the lean one cannot go (an encrypted share).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import random
 import socket
-import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import smbclient
 from smbprotocol.connection import Connection, Dialects, SigningAlgorithms
+from smbprotocol.exceptions import SMBConnectionClosed
 from smbprotocol.header import Commands
 
+import storage_backends.smb_wire as smb_wire
 import storage_backends.smb_writes as smb_writes
 from storage_backends.smb import SMBStorage
 from storage_backends.smb_location import SMBLocation
@@ -43,6 +47,11 @@ SAMBA_VARIANTS = {
     "smb3.1.1-gmac": ({}, SigningAlgorithms.AES_GMAC),
     "smb3.0-cmac": ({"server max protocol": "SMB3_00"}, SigningAlgorithms.AES_CMAC),
     "smb2.1-hmac": ({"server max protocol": "SMB2_10"}, SigningAlgorithms.HMAC_SHA256),
+    # No multi-credit: a message takes one id whatever its size.
+    "smb2.0.2-hmac": (
+        {"server min protocol": "SMB2_02", "server max protocol": "SMB2_02"},
+        SigningAlgorithms.HMAC_SHA256,
+    ),
 }
 
 
@@ -80,7 +89,7 @@ def test_lean_writes_are_signed_as_the_server_expects(
     unc = rf"\\{samba.host}\{samba.share}\{name}"
     # Pieces of odd sizes, as the HTTP body arrives: each is signed and sent
     # by reference, and must land in order.
-    pieces = [os.urandom(size) for size in (1, 65535, 70000, 3, 200_001)]
+    sizes = (1, 65535, 70000, 3, 200_001)
     try:
         with smbclient.open_file(unc, mode="wb", buffering=0, **_kwargs(samba, cache)) as handle:
             file = handle.fd
@@ -88,6 +97,9 @@ def test_lean_writes_are_signed_as_the_server_expects(
             assert _negotiated_signing(file.connection) == algorithm
             writer = WireWriter.for_open(file)
             assert writer is not None, "the installed smbprotocol no longer suits smb_wire"
+            if file.connection.max_write_size < sum(sizes):  # SMB 2.0.2: 64 KiB
+                sizes = (1, 30_000, 3, 35_000)
+            pieces = [os.urandom(size) for size in sizes]
             first = writer.send(5, [memoryview(p) for p in pieces], credit_request=8)
             second = writer.send(0, [b"head!"], credit_request=8)
             assert writer.receive(first) == sum(map(len, pieces))
@@ -99,13 +111,22 @@ def test_lean_writes_are_signed_as_the_server_expects(
 
 @pytest.mark.anyio
 async def test_storage_writes_through_each_dialect(
-    samba_variant: tuple[SambaServer, int],
+    samba_variant: tuple[SambaServer, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A PATCH-sized write through the backend (pipelined, several messages)."""
+    """A PATCH-sized write through the backend: pipelined lean WRITEs, nothing else."""
     samba, _ = samba_variant
+    sent: list[int] = []
+    lean_send = WireWriter.send
+
+    def counted(self: WireWriter, offset: int, pieces: Any, credit_request: int) -> Any:
+        sent.append(sum(len(piece) for piece in pieces))
+        return lean_send(self, offset, pieces, credit_request)
+
+    monkeypatch.setattr(WireWriter, "send", counted)
     data = os.urandom(9 * MiB + 12345)
     stored = await _write_through_storage(samba, data)
     assert hashlib.sha256(stored).digest() == hashlib.sha256(data).digest()
+    assert sum(sent) == len(data) and len(sent) >= 10
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +149,77 @@ async def test_sealed_share_falls_back_to_smbprotocol_framing(
         smbclient.reset_connection_cache(connection_cache=cache)
     data = os.urandom(5 * MiB + 7)
     assert await _write_through_storage(sealed_samba, data) == data
+
+
+@pytest.fixture(scope="module")
+def unsigned_samba() -> Iterator[SambaServer]:
+    yield from running_samba({"server max protocol": "SMB2_10", "server signing": "disabled"})
+
+
+def test_unsigned_session_gets_unsigned_writes(unsigned_samba: SambaServer) -> None:
+    samba = unsigned_samba
+    cache: dict[str, object] = {}
+    kwargs = _kwargs(samba, cache)
+    smbclient.register_session(samba.host, require_signing=False, **kwargs)  # type: ignore[arg-type]
+    try:
+        with smbclient.open_file(
+            rf"\\{samba.host}\{samba.share}\plain.bin", "wb", 0, **kwargs
+        ) as f:
+            assert not f.fd.tree_connect.session.signing_required
+            writer = WireWriter.for_open(f.fd)
+            assert writer is not None
+            request = writer.send(0, [b"not ", b"signed"], credit_request=8)
+            assert writer.receive(request) == 10
+    finally:
+        smbclient.reset_connection_cache(connection_cache=cache)
+    assert (samba.share_dir / "plain.bin").read_bytes() == b"not signed"
+
+
+def test_a_write_the_socket_refuses_ends_the_connection(samba: SambaServer) -> None:
+    """No request is left waiting, and nothing can follow a frame cut short."""
+    cache: dict[str, object] = {}
+    try:
+        unc = rf"\\{samba.host}\{samba.share}\cut-{uuid.uuid4().hex[:8]}.bin"
+        f = smbclient.open_file(unc, "wb", 0, **_kwargs(samba, cache))
+        writer = WireWriter.for_open(f.fd)
+        assert writer is not None
+        connection = f.fd.connection
+        waiting = set(connection.outstanding_requests)
+        connection.transport._sock.shutdown(socket.SHUT_WR)
+        with pytest.raises(ConnectionResetError):
+            writer.send(0, [os.urandom(MiB)], credit_request=8)
+        assert set(connection.outstanding_requests) == waiting
+        # The connection is cut, not left mid-frame for the next message
+        # (which one of the two smbprotocol raises depends on whether its
+        # receive thread has seen the end of the stream yet).
+        with pytest.raises((SMBConnectionClosed, BrokenPipeError)):
+            f.close()
+    finally:
+        with contextlib.suppress(SMBConnectionClosed, OSError):  # its logoff finds no socket
+            smbclient.reset_connection_cache(connection_cache=cache)
+
+
+def test_changed_smbprotocol_messages_fall_back(
+    samba: SambaServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Request that no longer takes what smb_wire passes: smbprotocol frames instead."""
+
+    class MovedRequest:
+        def __init__(self, message: Any) -> None:
+            self.message = message
+
+    monkeypatch.setattr(smb_wire, "Request", MovedRequest)
+    smb_wire._framing_fits.cache_clear()
+    try:
+        cache: dict[str, object] = {}
+        unc = rf"\\{samba.host}\{samba.share}\moved.bin"
+        try:
+            with smbclient.open_file(unc, "wb", 0, **_kwargs(samba, cache)) as f:
+                assert WireWriter.for_open(f.fd) is None
+        finally:
+            smbclient.reset_connection_cache(connection_cache=cache)
+    finally:
+        smb_wire._framing_fits.cache_clear()
 
 
 @pytest.mark.anyio
@@ -196,29 +288,32 @@ def test_unknown_signing_algorithm_is_not_guessed() -> None:
 
 
 def test_send_buffers_survives_partial_sends() -> None:
-    """A socket that takes a little at a time still gets every byte, in order."""
-    sender, receiver = socket.socketpair()
-    sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    buffers = [os.urandom(size) for size in (10, 0, 300_000, 1, 70_000)] + [b"x"] * 2000
-    expected = b"".join(buffers)
-    received = bytearray()
+    """Whatever prefix each sendmsg takes, every byte goes out once, in order."""
 
-    def drain() -> None:
-        while len(received) < len(expected):
-            chunk = receiver.recv(1000)  # small reads: the sender blocks often
-            if not chunk:
-                return
-            received.extend(chunk)
+    class ShortSocket:
+        """Takes a random prefix of what it is offered, as a full socket buffer does."""
 
-    reader = threading.Thread(target=drain)
-    reader.start()
-    try:
-        send_buffers(sender, [memoryview(b) for b in buffers])
-    finally:
-        reader.join(30)
-        sender.close()
-        receiver.close()
-    assert bytes(received) == expected
+        def __init__(self) -> None:
+            self.out = bytearray()
+            self.calls = 0
+            self.most_buffers = 0
+            self.random = random.Random(7)
+
+        def sendmsg(self, buffers: list[memoryview]) -> int:
+            self.calls += 1
+            self.most_buffers = max(self.most_buffers, len(buffers))
+            offered = b"".join(buffers)
+            taken = self.random.randint(1, len(offered)) if offered else 0
+            self.out += offered[:taken]
+            return taken
+
+    sizes = [10, 0, 300_000, 1, 0, 70_000] + [1] * 1500 + [5000]
+    buffers = [os.urandom(size) for size in sizes]
+    sock = ShortSocket()
+    send_buffers(sock, [memoryview(b) for b in buffers])  # type: ignore[arg-type]
+    assert bytes(sock.out) == b"".join(buffers)
+    assert sock.calls > 20  # it really was fed in many short pieces
+    assert sock.most_buffers <= 1024  # IOV_MAX
 
 
 @pytest.mark.parametrize("at", [0, 1, 4, 5, 6, 9, 10])
