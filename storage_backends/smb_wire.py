@@ -15,9 +15,10 @@ from the connection's sequence window under its lock, the request is
 registered where smbprotocol's receive thread looks for its answer, and
 the socket is written under the transport's lock. Those are smbprotocol
 internals (checked by ``WireWriter.for_open``, which returns None when a
-release moved them, or when the session encrypts, and the caller then
-uses smbprotocol's own framing). The answers are received, verified and
-parsed by smbprotocol as usual.
+release moved or reshaped them, or when the session encrypts, and the
+caller then uses smbprotocol's own framing). The answers are received,
+verified and parsed by smbprotocol as usual. A send that fails part-way
+shuts the connection: nothing may follow half a frame.
 """
 
 from __future__ import annotations
