@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -44,6 +43,8 @@ from smbprotocol.exceptions import (
     SMBResponseException,
 )
 from smbprotocol.header import NtStatus
+
+from storage_backends.smb_wire import shut_down
 
 logger = logging.getLogger(__name__)
 
@@ -105,18 +106,9 @@ class Slot:
         self.handles: dict[object, Any] = {}
 
     def sever(self) -> None:
-        """Cut the connection's socket; a call blocked on it fails at once.
-
-        A shutdown, not Connection.disconnect(): that takes locks a blocked
-        send holds, and sends a logoff to a server that does not answer.
-        """
+        """Cut the connection's socket; a call blocked on it fails at once."""
         for connection in list(self.cache.values()):
-            sock = getattr(connection.transport, "_sock", None)
-            if sock is not None:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass  # already closed
+            shut_down(connection)
 
     def forget(self) -> None:
         """Drop a connection in an unknown state; the next call connects afresh.

@@ -55,8 +55,8 @@ _SIGNATURE = slice(48, 64)
 CREDIT_BYTES = 65536
 # sendmsg takes at most IOV_MAX (1024 on Linux) buffers per call.
 _MOST_BUFFERS = 512
-# The Direct TCP length field has 24 bits (MS-SMB2 2.1).
-_MOST_FRAME = 0xFFFFFF
+# The Direct TCP length field has 24 bits (MS-SMB2 2.1): what is left for data.
+_MOST_DATA = 0xFFFFFF - _HEADER_SIZE - _WRITE_FIELDS.size
 
 # The connection and session attributes the framing relies on.
 _CONNECTION_NEEDS = (
@@ -118,7 +118,7 @@ class WireWriter:
         """
         connection = self._connection
         size = sum(len(piece) for piece in pieces)
-        if size > connection.max_write_size or size > _MOST_FRAME - _HEADER_SIZE - 48:
+        if size > min(connection.max_write_size, _MOST_DATA):
             raise SMBException(f"a {size}-byte write is more than one WRITE may carry")
         charge = max(0, size - 1) // CREDIT_BYTES + 1 if connection.supports_multi_credit else 0
         with connection.sequence_lock:
@@ -162,7 +162,7 @@ class WireWriter:
             # connection would be read as the rest of this WRITE (and,
             # unsigned, written into the file). No answer will come for it.
             connection.outstanding_requests.pop(message_id, None)
-            self._cut()
+            shut_down(connection)
             if isinstance(exc, Exception):
                 raise ConnectionResetError(
                     errno.ECONNRESET, "the SMB connection broke during a write"
@@ -177,15 +177,6 @@ class WireWriter:
         answer.unpack(response["data"].get_value())
         return int(answer["count"].get_value())
 
-    def _cut(self) -> None:
-        """Shut the connection's socket: smbprotocol then fails every call on it at once."""
-        sock: socket.socket | None = getattr(self._connection.transport, "_sock", None)
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # already closed
-
     def _send_all(self, buffers: list[memoryview]) -> None:
         transport = self._connection.transport
         with transport._sock_lock:
@@ -193,6 +184,20 @@ class WireWriter:
             if sock is None or not getattr(transport, "connected", True):
                 raise ConnectionResetError(errno.ECONNRESET, "the SMB connection is closed")
             send_buffers(sock, buffers)
+
+
+def shut_down(connection: Any) -> None:
+    """Shut an smbprotocol connection's socket; every call on it then fails at once.
+
+    A shutdown, not ``Connection.disconnect()``: that takes locks a blocked
+    send holds, and sends a logoff to a server that may not answer.
+    """
+    sock: socket.socket | None = getattr(connection.transport, "_sock", None)
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed
 
 
 @functools.cache

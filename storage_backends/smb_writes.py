@@ -72,10 +72,9 @@ def _split(pieces: list[memoryview], at: int) -> tuple[list[memoryview], list[me
     head: list[memoryview] = []
     for index, piece in enumerate(pieces):
         if at < len(piece):
-            rest = [piece[at:], *pieces[index + 1 :]] if at or head else pieces[index:]
-            if at:
-                head.append(piece[:at])
-            return head, rest
+            if not at:
+                return head, pieces[index:]
+            return [*head, piece[:at]], [piece[at:], *pieces[index + 1 :]]
         head.append(piece)
         at -= len(piece)
     return head, []
