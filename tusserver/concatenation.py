@@ -76,7 +76,7 @@ async def assemble_final(
     )
     # Expiring like any upload until published: a crash mid-assembly leaves
     # nothing the sweeper does not remove in time.
-    upload.expires = upload.created + config.expire_after
+    upload.expires = expiry.expiry_from(config, upload.created)
     token = services.locker.new_token()
     await services.storage.create(upload.id)
     await services.store.create(upload, lock_token=token, lock_ttl_ms=services.locker.ttl_ms)

@@ -67,6 +67,11 @@ BATCH = 100
 MAX_PER_PASS = 1000
 
 
+def expiry_from(config: Config, moment: float) -> float:
+    """When an unpublished upload created or last written to at ``moment`` expires."""
+    return moment + config.expire_after
+
+
 def has_expired(upload: Upload, now: float | None = None) -> bool:
     """Whether the upload's expiry has passed (it may not be swept yet).
 

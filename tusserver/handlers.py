@@ -94,7 +94,7 @@ async def create_upload(request: Request, services: Services) -> Response:
         created=time.time(),
         concat="" if concat is None else concat.role,
     )
-    upload.expires = upload.created + config.expire_after
+    upload.expires = expiry.expiry_from(config, upload.created)
     # Only a creation that writes or finishes needs the lock; taking it costs
     # nothing extra here (one pipeline with the record). Data with neither
     # Content-Length nor chunked framing is possible over HTTP/2: read it.

@@ -13,7 +13,7 @@ import time
 import anyio
 from starlette.requests import Request
 
-from tusserver import errors, integrity, protocol
+from tusserver import errors, expiry, integrity, protocol
 from tusserver.config import Config
 from tusserver.digests import Digests, Hasher
 from tusserver.finishing import finalize
@@ -131,7 +131,7 @@ def _keep_file_digests(
 async def _commit(services: Services, upload: Upload, lease: Lease, new_offset: int) -> None:
     finishing = upload.length is not None and new_offset == upload.length
     # Sliding expiry: stored bytes show the client is still at it.
-    expires = time.time() + services.config.expire_after
+    expires = expiry.expiry_from(services.config, time.time())
     status = await services.store.commit(
         upload.id, lease.token, upload.offset, new_offset, release=not finishing, expires=expires
     )
