@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import ntpath
 from pathlib import PurePosixPath
+from typing import Any
 
 import smbclient
 from smbclient._io import SMBFileTransaction, SMBRawIO, ioctl_request
@@ -175,15 +176,8 @@ def concat_files(call: Call, target: str, sources: list[tuple[str, int]]) -> Non
 
 
 def _copy_chunks(call: Call, src: SMBRawIO, dst: SMBRawIO, target_offset: int, size: int) -> None:
-    with SMBFileTransaction(src) as transaction:
-        ioctl_request(
-            transaction,
-            CtlCode.FSCTL_SRV_REQUEST_RESUME_KEY,
-            flags=IOCTLFlags.SMB2_0_IOCTL_IS_FSCTL,
-            output_size=32,
-        )
     resume = SMB2SrvRequestResumeKey()
-    resume.unpack(transaction.results[0])
+    resume.unpack(_fsctl(src, CtlCode.FSCTL_SRV_REQUEST_RESUME_KEY, output_size=32))
     resume_key = resume["resume_key"].get_value()
     position = 0
     while position < size:
@@ -198,19 +192,24 @@ def _copy_chunks(call: Call, src: SMBRawIO, dst: SMBRawIO, target_offset: int, s
         request = SMB2SrvCopyChunkCopy()
         request["source_key"] = resume_key
         request["chunks"] = batch
-        with SMBFileTransaction(dst) as transaction:
-            ioctl_request(
-                transaction,
-                CtlCode.FSCTL_SRV_COPYCHUNK_WRITE,
-                flags=IOCTLFlags.SMB2_0_IOCTL_IS_FSCTL,
-                output_size=12,
-                input_buffer=request,
-            )
         response = SMB2SrvCopyChunkResponse()
-        response.unpack(transaction.results[0])
+        response.unpack(_fsctl(dst, CtlCode.FSCTL_SRV_COPYCHUNK_WRITE, 12, request))
         if response["chunks_written"].get_value() != len(batch):
             raise OSError(errno.EIO, "the SMB server copied only part of a chunk batch")
         call.touch()
+
+
+def _fsctl(handle: SMBRawIO, code: int, output_size: int, input_buffer: Any = b"") -> Any:
+    """Send one FSCTL on ``handle``'s file; the server's output buffer."""
+    with SMBFileTransaction(handle) as transaction:
+        ioctl_request(
+            transaction,
+            code,
+            flags=IOCTLFlags.SMB2_0_IOCTL_IS_FSCTL,
+            output_size=output_size,
+            input_buffer=input_buffer,
+        )
+    return transaction.results[0]
 
 
 def stat_file(call: Call, path: str) -> FileStat:
