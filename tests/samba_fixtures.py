@@ -26,13 +26,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
 import pytest
 
 from tests.redis_fixtures import short_temp_dir
-from tests.server_fixtures import RunningServer, ThreadedUvicorn, free_port
-from tusserver import Config, create_app
+from tests.server_fixtures import RunningServer, ServedApps, free_port
+from tusserver import Config
 
 SHARE = "uploads"
 USER = "tus"
@@ -260,23 +259,14 @@ def smb_tus_server(redis_url: str, samba: SambaServer) -> Iterator[Callable[...,
     fresh folder of the share, and ``RunningServer.storage`` is that folder
     as Samba serves it from this machine's disk.
     """
-    running: list[tuple[ThreadedUvicorn, httpx.Client]] = []
+    served = ServedApps()
 
     def start(samba_server: SambaServer | None = None, **fields: Any) -> RunningServer:
         server_samba = samba_server or samba
         folder = f"http-{uuid.uuid4().hex[:12]}"
         fields.setdefault("smb_password", server_samba.password)
         config = Config(storage=server_samba.url(folder), redis_url=redis_url, **fields)
-        port = free_port()
-        server = ThreadedUvicorn(create_app(config), port)
-        server.start()
-        client = httpx.Client(timeout=60)
-        running.append((server, client))
-        url = f"http://127.0.0.1:{port}"
-        storage = server_samba.share_dir / folder
-        return RunningServer(url, url + config.base_path, storage, config, client)
+        return served.start(config, server_samba.share_dir / folder, timeout=60)
 
     yield start
-    for server, client in running:
-        client.close()
-        server.stop()
+    served.stop()

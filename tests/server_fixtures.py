@@ -89,6 +89,31 @@ class ThreadedUvicorn:
         self.thread.join(timeout)
 
 
+class ServedApps:
+    """tusserver apps on real uvicorn at 127.0.0.1, each with a client; ``stop`` ends them all."""
+
+    def __init__(self) -> None:
+        self._running: list[tuple[ThreadedUvicorn, httpx.Client]] = []
+
+    def __len__(self) -> int:
+        return len(self._running)
+
+    def start(self, config: Config, storage: Path, *, timeout: float = 30) -> RunningServer:
+        """Serve ``config``'s app; ``storage`` is where its files show on this machine."""
+        port = free_port()
+        server = ThreadedUvicorn(create_app(config), port)
+        server.start()
+        client = httpx.Client(timeout=timeout)
+        self._running.append((server, client))
+        url = f"http://127.0.0.1:{port}"
+        return RunningServer(url, url + config.base_path, storage, config, client)
+
+    def stop(self) -> None:
+        for server, client in self._running:
+            client.close()
+            server.stop()
+
+
 @pytest.fixture
 def tus_server(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
     """Factory: ``tus_server(max_size=100, ...)`` -> a running server (one per call).
@@ -96,20 +121,11 @@ def tus_server(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., Running
     Each server gets a fresh storage folder, unless ``storage`` names one (two
     instances of one deployment share it).
     """
-    running: list[tuple[ThreadedUvicorn, httpx.Client]] = []
+    served = ServedApps()
 
     def start(storage: Path | None = None, **fields: Any) -> RunningServer:
-        storage = storage or tmp_path / f"storage{len(running)}"
-        config = Config(storage=str(storage), redis_url=redis_url, **fields)
-        port = free_port()
-        server = ThreadedUvicorn(create_app(config), port)
-        server.start()
-        client = httpx.Client(timeout=30)
-        running.append((server, client))
-        url = f"http://127.0.0.1:{port}"
-        return RunningServer(url, url + config.base_path, storage, config, client)
+        storage = storage or tmp_path / f"storage{len(served)}"
+        return served.start(Config(storage=str(storage), redis_url=redis_url, **fields), storage)
 
     yield start
-    for server, client in running:
-        client.close()
-        server.stop()
+    served.stop()

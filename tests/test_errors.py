@@ -14,8 +14,8 @@ import redis
 
 from tests.helpers import upload_id_of
 from tests.redis_fixtures import short_temp_dir
-from tests.server_fixtures import OCTETS, TUS, RunningServer, ThreadedUvicorn, free_port
-from tusserver import Config, create_app
+from tests.server_fixtures import OCTETS, TUS, RunningServer, ServedApps
+from tusserver import Config
 from tusserver.embedded_redis import EmbeddedRedis
 
 UNKNOWN_ID = "0123456789abcdef0123456789abcdef"
@@ -253,32 +253,18 @@ def test_patch_after_the_partial_vanished_answers_410_and_the_upload_is_gone(
 # --- Redis outages ------------------------------------------------------------
 
 
-@dataclass
-class LoneServer:
-    url: str
-    storage: Path
-    client: httpx.Client
-
-
 @pytest.fixture
-def lone_server(tmp_path: Path) -> Iterator[Callable[[str], LoneServer]]:
+def lone_server(tmp_path: Path) -> Iterator[Callable[[str], RunningServer]]:
     """A tusserver on a Redis of the test's choosing (not the session's)."""
-    started: list[tuple[ThreadedUvicorn, httpx.Client]] = []
+    served = ServedApps()
 
-    def start(redis_url: str) -> LoneServer:
-        storage = tmp_path / f"storage{len(started)}"
+    def start(redis_url: str) -> RunningServer:
+        storage = tmp_path / f"storage{len(served)}"
         config = Config(storage=str(storage), redis_url=redis_url, lock_wait=0.5)
-        port = free_port()
-        server = ThreadedUvicorn(create_app(config), port)
-        server.start()
-        client = httpx.Client(timeout=30)
-        started.append((server, client))
-        return LoneServer(f"http://127.0.0.1:{port}", storage, client)
+        return served.start(config, storage)
 
     yield start
-    for server, client in started:
-        client.close()
-        server.stop()
+    served.stop()
 
 
 @pytest.fixture
@@ -295,7 +281,7 @@ def private_redis() -> Iterator[EmbeddedRedis]:
 
 
 def test_head_when_redis_stops_answers_423_retryable_not_5xx(
-    lone_server: Callable[[str], LoneServer], private_redis: EmbeddedRedis
+    lone_server: Callable[[str], RunningServer], private_redis: EmbeddedRedis
 ) -> None:
     server = lone_server(private_redis.url)
     created = server.client.post(server.url + "/files/", headers={**TUS, "Upload-Length": "10"})
@@ -324,7 +310,7 @@ def test_head_when_redis_stops_answers_423_retryable_not_5xx(
 
 
 def test_server_without_reachable_redis_starts_and_answers_head_423_and_post_503(
-    lone_server: Callable[[str], LoneServer],
+    lone_server: Callable[[str], RunningServer],
 ) -> None:
     missing_socket = short_temp_dir()
     try:
