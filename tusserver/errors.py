@@ -280,47 +280,57 @@ def _shown(url: str) -> str:
     return repr(url if len(url) <= 200 else url[:200] + "...")
 
 
+def _concat_part_error(code: str, number: int, url: str, problem: str, hint: str) -> TusError:
+    """A 400 naming the part of an ``Upload-Concat: final`` list that is at fault."""
+    return TusError(400, code, f"Part {number} of {UPLOAD_CONCAT} ({_shown(url)}) {problem}", hint)
+
+
 def concat_part_invalid(number: int, url: str) -> TusError:
-    return TusError(
-        400,
+    return _concat_part_error(
         "invalid_concat_part",
-        f"Part {number} of {UPLOAD_CONCAT} ({_shown(url)}) is not an upload URL of this endpoint.",
+        number,
+        url,
+        "is not an upload URL of this endpoint.",
         "List the URLs this endpoint returned in Location for the partial uploads.",
     )
 
 
 def concat_part_not_found(number: int, url: str) -> TusError:
-    return TusError(
-        400,
+    return _concat_part_error(
         "concat_part_not_found",
-        f"Part {number} of {UPLOAD_CONCAT} ({_shown(url)}) does not exist (any more).",
+        number,
+        url,
+        "does not exist (any more).",
         "Upload that part again, then send the final upload.",
     )
 
 
 def concat_part_not_partial(number: int, url: str) -> TusError:
-    return TusError(
-        400,
+    return _concat_part_error(
         "concat_part_not_partial",
-        f"Part {number} of {UPLOAD_CONCAT} ({_shown(url)}) was not created as a partial upload.",
+        number,
+        url,
+        "was not created as a partial upload.",
         f"Create the parts with {UPLOAD_CONCAT}: partial.",
     )
 
 
 def concat_part_incomplete(number: int, url: str) -> TusError:
-    return TusError(
-        400,
+    return _concat_part_error(
         "concat_part_incomplete",
-        f"Part {number} of {UPLOAD_CONCAT} ({_shown(url)}) is not complete.",
+        number,
+        url,
+        "is not complete.",
         "Finish uploading every part (HEAD shows its offset) before sending the final upload.",
     )
 
 
 def concat_part_failed(number: int, url: str) -> TusError:
-    return TusError(
-        400,
+    return _concat_part_error(
         "concat_part_failed",
-        f"Part {number} of {UPLOAD_CONCAT} ({_shown(url)}) does not match its declared checksum.",
+        number,
+        url,
+        "does not match its declared checksum.",
         "Upload that part again as a new partial upload and list the new URL.",
     )
 
