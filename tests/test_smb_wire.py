@@ -199,7 +199,8 @@ def test_a_write_the_socket_refuses_ends_the_connection(samba: SambaServer) -> N
             smbclient.reset_connection_cache(connection_cache=cache)
 
 
-def test_changed_smbprotocol_messages_fall_back(
+@pytest.mark.anyio
+async def test_changed_smbprotocol_messages_fall_back(
     samba: SambaServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A Request that no longer takes what smb_wire passes: smbprotocol frames instead."""
@@ -218,6 +219,8 @@ def test_changed_smbprotocol_messages_fall_back(
                 assert WireWriter.for_open(f.fd) is None
         finally:
             smbclient.reset_connection_cache(connection_cache=cache)
+        data = os.urandom(5 * MiB + 1)
+        assert await _write_through_storage(samba, data) == data
     finally:
         smb_wire._framing_fits.cache_clear()
 
