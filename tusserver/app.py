@@ -62,7 +62,7 @@ def create_app(config: Config, hooks: Hooks | None = None) -> Starlette:
         async def endpoint(request: Request) -> Response:
             handler = table.get(request.method)
             if handler is None:
-                return render(errors.METHOD_NOT_ALLOWED.with_headers({headers.ALLOW: allowed}))
+                return render(errors.method_not_allowed(allowed))
             try:
                 result = handler(request, services_box[0])
                 return result if isinstance(result, Response) else await result
@@ -72,14 +72,14 @@ def create_app(config: Config, hooks: Hooks | None = None) -> Starlette:
                 logger.warning(
                     "%s %s: state store unavailable: %s", request.method, request.url.path, exc
                 )
-                return render(_transient(request, errors.STATE_UNAVAILABLE))
+                return render(_transient(request, errors.state_unavailable()))
             except OSError as exc:
                 logger.error("%s %s: storage failed: %s", request.method, request.url.path, exc)
                 failure = errors.storage_failure(exc, reading=request.method == "GET")
                 return render(_transient(request, failure))
             except Exception:
                 logger.exception("%s %s: unexpected failure", request.method, request.url.path)
-                return render(_transient(request, errors.INTERNAL))
+                return render(_transient(request, errors.internal()))
 
         return endpoint
 
@@ -205,7 +205,7 @@ def render(error: errors.TusError) -> Response:
 def _transient(request: Request, error: errors.TusError) -> errors.TusError:
     """On HEAD, passing trouble is 423: tus-js-client restarts an upload from
     byte 0 after any other non-2xx HEAD answer (CLIENTS.md)."""
-    return errors.TEMPORARILY_UNAVAILABLE if request.method == "HEAD" else error
+    return errors.temporarily_unavailable() if request.method == "HEAD" else error
 
 
 class EveryMethod:

@@ -105,6 +105,16 @@ _retention_option = _option(
     help="End a PATCH that sends no bytes for this long, keeping what arrived.",
 )
 @_option(
+    "--lock-wait",
+    default="3s",
+    help="How long a request waits for another request's lock before answering 423.",
+)
+@_option(
+    "--lock-ttl",
+    default="10s",
+    help="Lifetime of an upload's lock without progress: how long a crashed writer blocks it.",
+)
+@_option(
     "--final-name",
     default="{id}",
     help="Name of finished files: {id}, or {filename} from the client's metadata.",
@@ -178,6 +188,8 @@ def serve(
     redis_url: str | None,
     max_size: str | None,
     idle_timeout: str,
+    lock_wait: str,
+    lock_ttl: str,
     final_name: str,
     file_mode: str,
     workers: int,
@@ -208,6 +220,8 @@ def serve(
             base_path=base_path,
             max_size=None if max_size is None else parse_size(max_size, "max size"),
             idle_timeout=parse_duration(idle_timeout, "idle timeout"),
+            lock_wait=parse_duration(lock_wait, "lock wait"),
+            lock_ttl=parse_duration(lock_ttl, "lock TTL"),
             final_name=final_name,
             file_mode=_parse_mode(file_mode),
             downloads=downloads,

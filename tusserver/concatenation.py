@@ -25,7 +25,7 @@ from starlette.datastructures import Headers
 
 from tusserver import errors, expiry, integrity, protocol
 from tusserver.finishing import discard_unannounced
-from tusserver.headers import TUS_MAX_SIZE, UPLOAD_DEFER_LENGTH, UPLOAD_LENGTH, UPLOAD_METADATA
+from tusserver.headers import UPLOAD_DEFER_LENGTH, UPLOAD_LENGTH, UPLOAD_METADATA
 from tusserver.locking import Lease, kept_alive
 from tusserver.state import CommitStatus, Upload, UploadStore
 
@@ -50,11 +50,11 @@ async def assemble_final(
     # Spec: "The Client MUST NOT include the Upload-Length header in the
     # final upload creation"; the length is the parts' to decide.
     if UPLOAD_LENGTH in headers or UPLOAD_DEFER_LENGTH in headers:
-        raise errors.FINAL_LENGTH_NOT_ALLOWED
+        raise errors.final_length_not_allowed()
     if has_body:
         # Spec: a final upload must not be modified (403 for PATCH); the
         # same holds for data sent with its creation (tusd answers alike).
-        raise errors.FINAL_UPLOAD_IMMUTABLE
+        raise errors.final_upload_immutable()
     raw_metadata = headers.get(UPLOAD_METADATA, "").strip()
     # The final's declared digest is checked at the end; its format is
     # checked now, before any byte is copied.
@@ -62,7 +62,7 @@ async def assemble_final(
     lengths = await _lengths_of_parts(services.store, concat)
     length = sum(lengths)
     if config.max_size is not None and length > config.max_size:
-        raise errors.SIZE_EXCEEDED.with_headers({TUS_MAX_SIZE: str(config.max_size)})
+        raise errors.size_exceeded(config.max_size)
 
     upload = Upload(
         id=protocol.new_upload_id(),
@@ -127,12 +127,12 @@ async def _fill(
             failure = exc
     if isinstance(failure, FileNotFoundError):
         logger.warning("upload %s: a part vanished during assembly: %s", upload.id, failure)
-        raise errors.CONCAT_PART_REMOVED
+        raise errors.concat_part_removed()
     if failure is not None:
         logger.error("upload %s: assembly failed: %s", upload.id, failure)
         raise errors.storage_failure(failure)
     status = await services.store.commit(upload.id, lease.token, 0, upload.length, release=False)
     if status is not CommitStatus.OK:
         logger.error("upload %s: assembled but not committed (%s)", upload.id, status.value)
-        raise errors.LOCKED
+        raise errors.locked()
     upload.offset = upload.length

@@ -102,7 +102,7 @@ async def download_upload(request: Request, services: Services) -> Response:
     download link is followed by a plain browser, not a tus client."""
     upload_id = request.path_params["upload_id"]
     if not protocol.is_upload_id(upload_id):
-        raise errors.NOT_FOUND
+        raise errors.not_found()
     upload, stat = await _locate(services, upload_id)
     finished = upload.is_complete
     # A published file is exactly its bytes; a partial (unfinished, or a
@@ -147,14 +147,14 @@ async def _locate(services: Services, upload_id: str) -> tuple[Upload, FileStat]
     except FileNotFoundError:
         if upload.is_complete:
             logger.error("upload %s: finished file %s is missing", upload_id, upload.location)
-            raise errors.GONE from None
+            raise errors.gone() from None
     # The partial's name is gone: a finalize may have published it since the
     # record was read. Look once more; still missing means the bytes are lost.
     upload = await _record(services, upload_id)
     try:
         return upload, await services.storage.stat(upload_id, _source(upload))
     except FileNotFoundError:
-        raise errors.GONE from None
+        raise errors.gone() from None
 
 
 async def _record(services: Services, upload_id: str) -> Upload:
@@ -162,14 +162,14 @@ async def _record(services: Services, upload_id: str) -> Upload:
     longer changes, and a partial never changes below the committed offset."""
     claim = await services.store.read(upload_id)
     if claim.status is ClaimStatus.MISSING:
-        raise errors.NOT_FOUND
+        raise errors.not_found()
     if claim.status is ClaimStatus.GONE:
-        raise errors.GONE
+        raise errors.gone()
     assert claim.upload is not None
     if expiry.has_expired(claim.upload):
-        raise errors.GONE  # as HEAD says once Upload-Expires has passed
+        raise errors.gone()  # as HEAD says once Upload-Expires has passed
     if not claim.upload.is_complete and not services.config.download_unfinished:
-        raise errors.NOT_FINISHED
+        raise errors.not_finished()
     return claim.upload
 
 

@@ -8,8 +8,10 @@
 ``tusserver.app`` renders every TusError as a JSON body
 ``{"error": {"code", "message", "hint", "retryable"}}`` plus the tus headers;
 any other exception becomes a logged 500 with no internals in the body.
-Named errors are module constants when they take no arguments, functions when
-they do, in the manner of tusd's ``ErrMismatchOffset``.
+Named errors are functions that return a fresh ``TusError`` each time, in the
+manner of tusd's ``ErrMismatchOffset``. Never a shared instance: raising an
+exception extends its ``__traceback__``, so a module-level error raised on
+every 404 would keep each request's frames alive for the life of the process.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import errno
 from collections.abc import Mapping
 
 from tusserver.headers import (
+    ALLOW,
     CONTENT_RANGE,
+    TUS_MAX_SIZE,
     UPLOAD_CONCAT,
     UPLOAD_DEFER_LENGTH,
     UPLOAD_LENGTH,
@@ -46,16 +50,9 @@ class TusError(Exception):
         self.headers: dict[str, str] = dict(headers or {})
 
     def with_headers(self, headers: Mapping[str, str]) -> TusError:
-        """A copy carrying extra response headers (module constants stay pristine)."""
-        merged = {**self.headers, **headers}
-        return TusError(
-            self.status,
-            self.code,
-            self.message,
-            self.hint,
-            retryable=self.retryable,
-            headers=merged,
-        )
+        """This error, carrying extra response headers too."""
+        self.headers.update(headers)
+        return self
 
     def body(self) -> dict[str, dict[str, object]]:
         return {
@@ -68,135 +65,195 @@ class TusError(Exception):
         }
 
 
-VERSION_MISSING = TusError(
-    412,
-    "tus_resumable_missing",
-    "The Tus-Resumable header is missing.",
-    "Send Tus-Resumable: 1.0.0 with every request except OPTIONS.",
-)
-VERSION_UNSUPPORTED = TusError(
-    412,
-    "tus_version_unsupported",
-    "This server does not speak the requested tus version.",
-    "Use one of the versions listed in Tus-Version.",
-)
-UNSUPPORTED_CONTENT_TYPE = TusError(
-    415,
-    "unsupported_content_type",
-    "Upload data must be sent as application/offset+octet-stream.",
-    "Set Content-Type: application/offset+octet-stream on PATCH (and on POST with data).",
-)
-MISSING_UPLOAD_OFFSET = TusError(
-    400,
-    "upload_offset_missing",
-    "The Upload-Offset header is missing.",
-    "Send the offset returned by HEAD as Upload-Offset.",
-)
-MISSING_UPLOAD_LENGTH = TusError(
-    400,
-    "upload_length_missing",
-    "Neither Upload-Length nor Upload-Defer-Length was sent.",
-    "Send Upload-Length with the size in bytes, or Upload-Defer-Length: 1 if it is not known yet.",
-)
-LENGTH_AND_DEFER = TusError(
-    400,
-    "upload_length_conflict",
-    "Upload-Length and Upload-Defer-Length were both sent.",
-    "Send exactly one of them.",
-)
-LENGTH_CHANGED = TusError(
-    400,
-    "upload_length_immutable",
-    "The upload's length is already set and cannot be changed.",
-    "Send the same Upload-Length as before, or none.",
-)
-LENGTH_BELOW_OFFSET = TusError(
-    400,
-    "upload_length_too_small",
-    "Upload-Length is smaller than the bytes already received.",
-    "Check the file size; HEAD returns how many bytes the server has.",
-)
-SIZE_EXCEEDED = TusError(
-    413,
-    "upload_too_large",
-    "The upload would be larger than allowed.",
-    "Check Upload-Length and Tus-Max-Size (OPTIONS); nothing beyond the limit was stored.",
-)
-BODY_EXCEEDS_LENGTH = TusError(
-    413,
-    "body_exceeds_upload_length",
-    "The request body runs past the declared Upload-Length.",
-    "Send at most Upload-Length minus Upload-Offset bytes; this request's bytes were discarded.",
-)
-NOT_FOUND = TusError(
-    404,
-    "upload_not_found",
-    "No upload exists at this URL.",
-    "Create a new upload with POST.",
-)
-GONE = TusError(
-    410,
-    "upload_gone",
-    "This upload was terminated or has expired.",
-    "Create a new upload with POST.",
-)
-LOCKED = TusError(
-    423,
-    "upload_locked",
-    "Another request is working on this upload.",
-    "Retry in a moment; the other request is being asked to finish.",
-    retryable=True,
-)
-TEMPORARILY_UNAVAILABLE = TusError(
-    423,
-    "upload_temporarily_unavailable",
-    "The upload's state cannot be read right now.",
-    "Retry in a moment; nothing was lost.",
-    retryable=True,
-)
-STATE_UNAVAILABLE = TusError(
-    503,
-    "state_unavailable",
-    "The upload state store is not reachable.",
-    "Retry in a moment; bytes already acknowledged are safe.",
-    retryable=True,
-)
-STORAGE_FAILED = TusError(
-    503,
-    "storage_failed",
-    "The storage could not be written.",
-    "Retry in a moment with HEAD to learn the offset the server kept.",
-    retryable=True,
-)
-INTERNAL = TusError(
-    500,
-    "internal_error",
-    "The server failed to handle this request.",
-    "Retry; if it persists, report the time and the upload URL to the operator.",
-    retryable=True,
-)
-METHOD_NOT_ALLOWED = TusError(
-    405,
-    "method_not_allowed",
-    "This method is not supported at this URL.",
-    "POST to the endpoint creates uploads; HEAD, PATCH and DELETE act on an upload URL.",
-)
+def version_missing() -> TusError:
+    return TusError(
+        412,
+        "tus_resumable_missing",
+        "The Tus-Resumable header is missing.",
+        "Send Tus-Resumable: 1.0.0 with every request except OPTIONS.",
+    )
 
 
-CHECKSUM_MISMATCH = TusError(
-    460,
-    "checksum_mismatch",
-    "The body does not match its Upload-Checksum.",
-    "Resend this chunk from the same Upload-Offset; its bytes were discarded.",
-    retryable=True,
-)
-CHECKSUM_INCOMPLETE = TusError(
-    460,
-    "checksum_body_incomplete",
-    "The body ended before the whole chunk arrived, so its Upload-Checksum cannot be verified.",
-    "Resend this chunk from the same Upload-Offset; its bytes were discarded.",
-    retryable=True,
-)
+def version_unsupported() -> TusError:
+    return TusError(
+        412,
+        "tus_version_unsupported",
+        "This server does not speak the requested tus version.",
+        "Use one of the versions listed in Tus-Version.",
+    )
+
+
+def unsupported_content_type() -> TusError:
+    return TusError(
+        415,
+        "unsupported_content_type",
+        "Upload data must be sent as application/offset+octet-stream.",
+        "Set Content-Type: application/offset+octet-stream on PATCH (and on POST with data).",
+    )
+
+
+def missing_upload_offset() -> TusError:
+    return TusError(
+        400,
+        "upload_offset_missing",
+        "The Upload-Offset header is missing.",
+        "Send the offset returned by HEAD as Upload-Offset.",
+    )
+
+
+def missing_upload_length() -> TusError:
+    return TusError(
+        400,
+        "upload_length_missing",
+        "Neither Upload-Length nor Upload-Defer-Length was sent.",
+        "Send Upload-Length with the size in bytes, "
+        "or Upload-Defer-Length: 1 if it is not known yet.",
+    )
+
+
+def length_and_defer() -> TusError:
+    return TusError(
+        400,
+        "upload_length_conflict",
+        "Upload-Length and Upload-Defer-Length were both sent.",
+        "Send exactly one of them.",
+    )
+
+
+def length_changed() -> TusError:
+    return TusError(
+        400,
+        "upload_length_immutable",
+        "The upload's length is already set and cannot be changed.",
+        "Send the same Upload-Length as before, or none.",
+    )
+
+
+def length_below_offset() -> TusError:
+    return TusError(
+        400,
+        "upload_length_too_small",
+        "Upload-Length is smaller than the bytes already received.",
+        "Check the file size; HEAD returns how many bytes the server has.",
+    )
+
+
+def size_exceeded(max_size: int | None) -> TusError:
+    return TusError(
+        413,
+        "upload_too_large",
+        "The upload would be larger than allowed.",
+        "Check Upload-Length and Tus-Max-Size (OPTIONS); nothing beyond the limit was stored.",
+        headers={TUS_MAX_SIZE: str(max_size)},
+    )
+
+
+def body_exceeds_length() -> TusError:
+    return TusError(
+        413,
+        "body_exceeds_upload_length",
+        "The request body runs past the declared Upload-Length.",
+        "Send at most Upload-Length minus Upload-Offset bytes; "
+        "this request's bytes were discarded.",
+    )
+
+
+def not_found() -> TusError:
+    return TusError(
+        404,
+        "upload_not_found",
+        "No upload exists at this URL.",
+        "Create a new upload with POST.",
+    )
+
+
+def gone() -> TusError:
+    return TusError(
+        410,
+        "upload_gone",
+        "This upload was terminated or has expired.",
+        "Create a new upload with POST.",
+    )
+
+
+def locked() -> TusError:
+    return TusError(
+        423,
+        "upload_locked",
+        "Another request is working on this upload.",
+        "Retry in a moment; the other request is being asked to finish.",
+        retryable=True,
+    )
+
+
+def temporarily_unavailable() -> TusError:
+    return TusError(
+        423,
+        "upload_temporarily_unavailable",
+        "The upload's state cannot be read right now.",
+        "Retry in a moment; nothing was lost.",
+        retryable=True,
+    )
+
+
+def state_unavailable() -> TusError:
+    return TusError(
+        503,
+        "state_unavailable",
+        "The upload state store is not reachable.",
+        "Retry in a moment; bytes already acknowledged are safe.",
+        retryable=True,
+    )
+
+
+def storage_failed() -> TusError:
+    return TusError(
+        503,
+        "storage_failed",
+        "The storage could not be written.",
+        "Retry in a moment with HEAD to learn the offset the server kept.",
+        retryable=True,
+    )
+
+
+def internal() -> TusError:
+    return TusError(
+        500,
+        "internal_error",
+        "The server failed to handle this request.",
+        "Retry; if it persists, report the time and the upload URL to the operator.",
+        retryable=True,
+    )
+
+
+def method_not_allowed(allowed: str) -> TusError:
+    return TusError(
+        405,
+        "method_not_allowed",
+        "This method is not supported at this URL.",
+        "POST to the endpoint creates uploads; HEAD, PATCH and DELETE act on an upload URL.",
+        headers={ALLOW: allowed},
+    )
+
+
+def checksum_mismatch() -> TusError:
+    return TusError(
+        460,
+        "checksum_mismatch",
+        "The body does not match its Upload-Checksum.",
+        "Resend this chunk from the same Upload-Offset; its bytes were discarded.",
+        retryable=True,
+    )
+
+
+def checksum_incomplete() -> TusError:
+    return TusError(
+        460,
+        "checksum_body_incomplete",
+        "The body ended before the whole chunk arrived, so its Upload-Checksum cannot be verified.",
+        "Resend this chunk from the same Upload-Offset; its bytes were discarded.",
+        retryable=True,
+    )
 
 
 def invalid_header(header: str, expected: str) -> TusError:
@@ -239,31 +296,43 @@ def mismatched_offset(current: int) -> TusError:
 
 # --- concatenation (tus "Concatenation" extension) ----------------------------
 
-CONCAT_WITHOUT_PARTS = TusError(
-    400,
-    "concat_without_parts",
-    f"{UPLOAD_CONCAT}: final lists no partial uploads.",
-    f"Send {UPLOAD_CONCAT}: final;<url> <url> ... with the URLs of the partial uploads, in order.",
-)
-FINAL_LENGTH_NOT_ALLOWED = TusError(
-    400,
-    "final_upload_length_not_allowed",
-    f"A final upload's length is the sum of its parts; {UPLOAD_LENGTH} and "
-    f"{UPLOAD_DEFER_LENGTH} are not allowed with it.",
-    f"Send {UPLOAD_CONCAT}: final;... without {UPLOAD_LENGTH} or {UPLOAD_DEFER_LENGTH}.",
-)
-FINAL_UPLOAD_IMMUTABLE = TusError(
-    403,
-    "final_upload_immutable",
-    "A final upload is assembled from its partial uploads and takes no data of its own.",
-    "Upload the bytes to the partial uploads; the final upload is complete once created.",
-)
-CONCAT_PART_REMOVED = TusError(
-    400,
-    "concat_part_removed",
-    "A partial upload was removed while the final upload was being assembled.",
-    "Upload that part again and send the final upload anew.",
-)
+
+def concat_without_parts() -> TusError:
+    return TusError(
+        400,
+        "concat_without_parts",
+        f"{UPLOAD_CONCAT}: final lists no partial uploads.",
+        f"Send {UPLOAD_CONCAT}: final;<url> <url> ... "
+        "with the URLs of the partial uploads, in order.",
+    )
+
+
+def final_length_not_allowed() -> TusError:
+    return TusError(
+        400,
+        "final_upload_length_not_allowed",
+        f"A final upload's length is the sum of its parts; {UPLOAD_LENGTH} and "
+        f"{UPLOAD_DEFER_LENGTH} are not allowed with it.",
+        f"Send {UPLOAD_CONCAT}: final;... without {UPLOAD_LENGTH} or {UPLOAD_DEFER_LENGTH}.",
+    )
+
+
+def final_upload_immutable() -> TusError:
+    return TusError(
+        403,
+        "final_upload_immutable",
+        "A final upload is assembled from its partial uploads and takes no data of its own.",
+        "Upload the bytes to the partial uploads; the final upload is complete once created.",
+    )
+
+
+def concat_part_removed() -> TusError:
+    return TusError(
+        400,
+        "concat_part_removed",
+        "A partial upload was removed while the final upload was being assembled.",
+        "Upload that part again and send the final upload anew.",
+    )
 
 
 def too_many_concat_parts(limit: int) -> TusError:
@@ -354,12 +423,13 @@ def upload_checksum_failed(reason: str) -> TusError:
     )
 
 
-NOT_FINISHED = TusError(
-    404,
-    "upload_not_finished",
-    "This upload is not finished, so there is nothing to download yet.",
-    "HEAD shows how many bytes have arrived; download once Upload-Offset equals Upload-Length.",
-)
+def not_finished() -> TusError:
+    return TusError(
+        404,
+        "upload_not_finished",
+        "This upload is not finished, so there is nothing to download yet.",
+        "HEAD shows how many bytes have arrived; download once Upload-Offset equals Upload-Length.",
+    )
 
 
 def range_not_satisfiable(size: int) -> TusError:
@@ -383,32 +453,40 @@ def cors_refused(what: str) -> TusError:
     )
 
 
-STORAGE_FULL = TusError(
-    507,
-    "storage_full",
-    "The storage is full (or over its quota).",
-    "Retrying will not help until the operator frees space; bytes already acknowledged are safe.",
-)
-STORAGE_REFUSED = TusError(
-    500,
-    "storage_refused",
-    "The storage refused the server's access.",
-    "Report the time and the upload URL to the operator; retrying will not help.",
-)
-STORAGE_READ_FAILED = TusError(
-    503,
-    "storage_read_failed",
-    "The storage could not be read.",
-    "Retry in a moment.",
-    retryable=True,
-)
+def storage_full() -> TusError:
+    return TusError(
+        507,
+        "storage_full",
+        "The storage is full (or over its quota).",
+        "Retrying will not help until the operator frees space; "
+        "bytes already acknowledged are safe.",
+    )
+
+
+def storage_refused() -> TusError:
+    return TusError(
+        500,
+        "storage_refused",
+        "The storage refused the server's access.",
+        "Report the time and the upload URL to the operator; retrying will not help.",
+    )
+
+
+def storage_read_failed() -> TusError:
+    return TusError(
+        503,
+        "storage_read_failed",
+        "The storage could not be read.",
+        "Retry in a moment.",
+        retryable=True,
+    )
 
 
 def storage_failure(exc: OSError, *, reading: bool = False) -> TusError:
     """The answer to a storage fault, by what it is: a full disk or a refused
     access is not passing trouble, and a client should not retry it."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return STORAGE_FULL
+        return storage_full()
     if isinstance(exc, PermissionError) or exc.errno == errno.EROFS:
-        return STORAGE_REFUSED
-    return STORAGE_READ_FAILED if reading else STORAGE_FAILED
+        return storage_refused()
+    return storage_read_failed() if reading else storage_failed()

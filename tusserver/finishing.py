@@ -55,7 +55,7 @@ async def finalize(services: Services, upload: Upload, lease: Lease) -> None:
             location,
             status.value,
         )
-        raise errors.INTERNAL
+        raise errors.internal()
     lease.released = True
     upload.state, upload.location, upload.sha256 = COMPLETE, location, sha256
     upload.expires = None  # a published file does not expire
@@ -91,7 +91,7 @@ async def _complete_partial(services: Services, upload: Upload, lease: Lease) ->
     status = await services.store.complete_unpublished(upload.id, lease.token)
     if status is not CommitStatus.OK:
         logger.error("upload %s: could not record completion (%s)", upload.id, status.value)
-        raise errors.INTERNAL
+        raise errors.internal()
     lease.released = True
     upload.state = COMPLETE
     logger.info("upload %s: partial upload complete (%d bytes)", upload.id, upload.length)

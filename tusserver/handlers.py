@@ -74,7 +74,7 @@ async def create_upload(request: Request, services: Services) -> Response:
         return await _create_final(request, services, concat)
     length = _declared_length(headers)
     if length is not None and config.max_size is not None and length > config.max_size:
-        raise errors.SIZE_EXCEEDED.with_headers({TUS_MAX_SIZE: str(config.max_size)})
+        raise errors.size_exceeded(config.max_size)
     raw_metadata = headers.get(UPLOAD_METADATA, "").strip()
     integrity.declared_checksum(protocol.parse_metadata(raw_metadata, config.max_metadata_size))
     checksum = _chunk_checksum(headers)
@@ -84,7 +84,7 @@ async def create_upload(request: Request, services: Services) -> Response:
         protocol.OFFSET_OCTET_STREAM
     )
     if has_body and not with_data:
-        raise errors.UNSUPPORTED_CONTENT_TYPE
+        raise errors.unsupported_content_type()
 
     upload = Upload(
         id=protocol.new_upload_id(),
@@ -164,7 +164,7 @@ async def head_upload(request: Request, services: Services) -> Response:
     protocol.check_tus_resumable(request.headers.get(TUS_RESUMABLE))
     upload = await services.locker.read_unlocked(upload_id)
     if expiry.has_expired(upload):
-        raise errors.GONE  # in line with the Upload-Expires announced; not swept yet
+        raise errors.gone()  # in line with the Upload-Expires announced; not swept yet
     if upload.needs_finalize:
         # A finalize was interrupted (crash): finish it before saying "done".
         async with services.locker.hold(upload_id) as (upload, lease):
@@ -204,10 +204,10 @@ async def patch_upload(request: Request, services: Services) -> Response:
     protocol.check_tus_resumable(headers.get(TUS_RESUMABLE))
     content_type = protocol.parse_content_type(headers.get(CONTENT_TYPE))
     if content_type != protocol.OFFSET_OCTET_STREAM:
-        raise errors.UNSUPPORTED_CONTENT_TYPE
+        raise errors.unsupported_content_type()
     offset_header = headers.get(UPLOAD_OFFSET)
     if offset_header is None:
-        raise errors.MISSING_UPLOAD_OFFSET
+        raise errors.missing_upload_offset()
     offset = protocol.parse_non_negative(offset_header, UPLOAD_OFFSET)
     length_header = headers.get(UPLOAD_LENGTH)
     length = (
@@ -218,11 +218,11 @@ async def patch_upload(request: Request, services: Services) -> Response:
 
     async with services.locker.hold(upload_id) as (upload, lease):
         if expiry.has_expired(upload):
-            raise errors.GONE  # in line with the Upload-Expires announced; not swept yet
+            raise errors.gone()  # in line with the Upload-Expires announced; not swept yet
         if upload.is_failed:
             raise errors.upload_checksum_failed(upload.failure or "unknown")
         if upload.concat == protocol.CONCAT_FINAL:
-            raise errors.FINAL_UPLOAD_IMMUTABLE  # spec: 403, and nothing modified
+            raise errors.final_upload_immutable()  # spec: 403, and nothing modified
         if upload.is_complete:
             # Idempotent completion: a client retrying its last PATCH after
             # a lost 204 learns it is done instead of getting an error.
@@ -242,7 +242,7 @@ async def delete_upload(request: Request, services: Services) -> Response:
     async with services.locker.hold(upload_id) as (upload, lease):
         await services.storage.delete(upload_id, upload.location)
         if await services.store.terminate(upload_id, lease.token) is not CommitStatus.OK:
-            raise errors.LOCKED
+            raise errors.locked()
         lease.released = True
     services.running.forget(upload_id)
     logger.info("upload %s terminated", upload_id)
@@ -253,13 +253,13 @@ async def _settle_length(services: Services, upload: Upload, length: int) -> Non
     """creation-defer-length: the length is set once, on a PATCH, never changed."""
     if upload.length is not None:
         if length != upload.length:
-            raise errors.LENGTH_CHANGED
+            raise errors.length_changed()
         return
     if length < upload.offset:
-        raise errors.LENGTH_BELOW_OFFSET
+        raise errors.length_below_offset()
     max_size = services.config.max_size
     if max_size is not None and length > max_size:
-        raise errors.SIZE_EXCEEDED.with_headers({TUS_MAX_SIZE: str(max_size)})
+        raise errors.size_exceeded(max_size)
     await services.store.set_length(upload.id, length)
     upload.length = length
 
@@ -274,13 +274,13 @@ def _declared_length(headers: Headers) -> int | None:
     length = headers.get(UPLOAD_LENGTH)
     defer = headers.get(UPLOAD_DEFER_LENGTH)
     if length is not None and defer is not None:
-        raise errors.LENGTH_AND_DEFER
+        raise errors.length_and_defer()
     if length is not None:
         return protocol.parse_non_negative(length, UPLOAD_LENGTH)
     if defer is not None:
         protocol.parse_defer_length(defer)
         return None
-    raise errors.MISSING_UPLOAD_LENGTH
+    raise errors.missing_upload_length()
 
 
 def _content_length(headers: Headers) -> int | None:
@@ -306,7 +306,7 @@ def _upload_id(request: Request) -> str:
     upload_id: str = request.path_params["upload_id"]
     # Checked before any Redis key or path is derived from it.
     if not protocol.is_upload_id(upload_id):
-        raise errors.NOT_FOUND
+        raise errors.not_found()
     return upload_id
 
 

@@ -170,14 +170,14 @@ class Locker:
         while True:
             claim = await attempt()
             if claim.status is ClaimStatus.MISSING:
-                raise errors.NOT_FOUND
+                raise errors.not_found()
             if claim.status is ClaimStatus.GONE:
-                raise errors.GONE
+                raise errors.gone()
             if claim.status is ClaimStatus.CLAIMED:
                 return claim
             now = time.monotonic()
             if now >= deadline:
-                raise errors.LOCKED
+                raise errors.locked()
             if now - asked_at >= _REPUBLISH_SECONDS:
                 asked_at = now
                 await self._request_release(upload_id)

@@ -66,9 +66,9 @@ def is_upload_id(text: str) -> bool:
 def check_tus_resumable(value: str | None) -> None:
     """Every request but OPTIONS must name a version we speak (412 otherwise)."""
     if value is None:
-        raise errors.VERSION_MISSING
+        raise errors.version_missing()
     if value.strip() not in SUPPORTED_VERSIONS:
-        raise errors.VERSION_UNSUPPORTED
+        raise errors.version_unsupported()
 
 
 def parse_non_negative(value: str, header: str) -> int:
@@ -203,7 +203,7 @@ def parse_upload_concat(
         )
     urls = tuple(listed.split())
     if not urls:
-        raise errors.CONCAT_WITHOUT_PARTS
+        raise errors.concat_without_parts()
     if len(urls) > MAX_CONCAT_PARTS:
         raise errors.too_many_concat_parts(MAX_CONCAT_PARTS)
     ids = tuple(

@@ -17,7 +17,6 @@ from tusserver import errors, expiry, integrity, protocol
 from tusserver.config import Config
 from tusserver.digests import Digests, Hasher
 from tusserver.finishing import finalize
-from tusserver.headers import TUS_MAX_SIZE
 from tusserver.locking import Lease
 from tusserver.services import Services
 from tusserver.state import CommitStatus, Upload
@@ -84,15 +83,15 @@ async def receive_body(
             logger.error("upload %s: partial missing; terminating the upload", upload.id)
             await services.store.terminate(upload.id, lease.token)
             lease.released = True
-            raise errors.GONE
+            raise errors.gone()
         if transfer.failure is not None:
             logger.error("upload %s: storage write failed: %s", upload.id, transfer.failure)
             raise errors.storage_failure(transfer.failure)
         if checksum is not None and not transfer.whole_body:
-            raise errors.CHECKSUM_INCOMPLETE
+            raise errors.checksum_incomplete()
         if checksum is not None and not digests.chunk_matches():
             logger.info("upload %s: Upload-Checksum mismatch; chunk discarded", upload.id)
-            raise errors.CHECKSUM_MISMATCH
+            raise errors.checksum_mismatch()
     if upload.is_fully_received:
         await finalize(services, upload, lease)
 
@@ -136,11 +135,11 @@ async def _commit(services: Services, upload: Upload, lease: Lease, new_offset: 
         upload.id, lease.token, upload.offset, new_offset, release=not finishing, expires=expires
     )
     if status is CommitStatus.MISSING:
-        raise errors.GONE
+        raise errors.gone()
     if status is not CommitStatus.OK:
         # Our lock lapsed and another request moved on: these bytes do not count.
         logger.warning("upload %s: commit refused (%s)", upload.id, status.value)
-        raise errors.LOCKED
+        raise errors.locked()
     upload.offset = new_offset
     if upload.expires is not None:
         upload.expires = expires
@@ -158,5 +157,5 @@ def _remaining(upload: Upload, max_size: int | None) -> int | None:
 
 def _too_large(upload: Upload, config: Config) -> errors.TusError:
     if upload.length is not None:
-        return errors.BODY_EXCEEDS_LENGTH
-    return errors.SIZE_EXCEEDED.with_headers({TUS_MAX_SIZE: str(config.max_size)})
+        return errors.body_exceeds_length()
+    return errors.size_exceeded(config.max_size)
