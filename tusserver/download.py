@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import re
 import unicodedata
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from urllib.parse import quote
 
 from starlette.requests import Request
@@ -108,9 +108,8 @@ async def download_upload(request: Request, services: Services) -> Response:
     # A published file is exactly its bytes; a partial (unfinished, or a
     # complete concatenation part) may hold stale bytes past its offset.
     size = stat.size if upload.location is not None else upload.offset
-    metadata = protocol.parse_metadata(upload.metadata, services.config.max_metadata_size)
     headers = tus_headers({ACCEPT_RANGES: "bytes", CONTENT_TYPE_OPTIONS: "nosniff"})
-    headers.update(content_headers(metadata))
+    headers.update(content_headers(upload.metadata.values))
     etag = modified = None
     if finished:
         etag, modified = entity_tag(upload_id, stat), stat.modified
@@ -184,7 +183,7 @@ def entity_tag(upload_id: str, stat: FileStat) -> str:
     return f'"{upload_id}-{stat.size:x}-{int(stat.modified * 1_000_000):x}"'
 
 
-def content_headers(metadata: dict[str, bytes]) -> dict[str, str]:
+def content_headers(metadata: Mapping[str, bytes]) -> dict[str, str]:
     """Content-Type and Content-Disposition from the client's metadata.
 
     Uppy sends ``type`` and ``name`` and copies them to ``filetype`` and

@@ -186,6 +186,17 @@ def locked() -> TusError:
     )
 
 
+def lock_lost() -> TusError:
+    return TusError(
+        423,
+        "upload_lock_lost",
+        "Another request took this upload over while this one was working on it.",
+        "Send HEAD and resume from the Upload-Offset it returns; "
+        "bytes this request sent past it were not counted.",
+        retryable=True,
+    )
+
+
 def temporarily_unavailable() -> TusError:
     return TusError(
         423,

@@ -26,6 +26,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from tusserver import errors
+from tusserver.held import HeldUpload
 from tusserver.state import Claim, ClaimStatus, StateUnavailable, Upload, UploadStore
 
 logger = logging.getLogger(__name__)
@@ -123,14 +124,14 @@ class Locker:
     def new_token() -> str:
         return secrets.token_hex(16)
 
-    def adopt(self, upload_id: str, token: str) -> Lease:
-        """The lease of an upload whose lock this request set with its record (creation)."""
-        lease = Lease(self, upload_id, token)
-        self._leases[upload_id] = lease
-        return lease
+    def adopt(self, upload: Upload, token: str) -> HeldUpload:
+        """An upload whose lock this request set with its record (creation)."""
+        lease = Lease(self, upload.id, token)
+        self._leases[upload.id] = lease
+        return HeldUpload(upload, lease, self)
 
     @asynccontextmanager
-    async def hold(self, upload_id: str) -> AsyncIterator[tuple[Upload, Lease]]:
+    async def hold(self, upload_id: str) -> AsyncIterator[HeldUpload]:
         """Claim the upload, asking a current holder to let go; 404/410/423 otherwise."""
         lease = Lease(self, upload_id, self.new_token())
         claim = await self._wait_for(
@@ -139,7 +140,7 @@ class Locker:
         assert claim.upload is not None
         self._leases[upload_id] = lease
         try:
-            yield claim.upload, lease
+            yield HeldUpload(claim.upload, lease, self)
         finally:
             await self.release(lease)
 

@@ -17,9 +17,9 @@ from tusserver import errors, expiry, integrity, protocol
 from tusserver.config import Config
 from tusserver.digests import Digests, Hasher
 from tusserver.finishing import finalize
-from tusserver.locking import Lease
+from tusserver.held import HeldUpload
 from tusserver.services import Services
-from tusserver.state import CommitStatus, Upload
+from tusserver.state import Upload
 from tusserver.transfer import End, Transfer, receive_into_storage
 
 logger = logging.getLogger(__name__)
@@ -28,19 +28,19 @@ logger = logging.getLogger(__name__)
 async def receive_body(
     request: Request,
     services: Services,
-    upload: Upload,
-    lease: Lease,
+    held: HeldUpload,
     content_length: int | None,
     checksum: protocol.Checksum | None,
 ) -> None:
     """Store the request body at the upload's offset, commit, finalize if done.
 
-    Updates ``upload`` in place. The caller holds ``lease``. With a
+    The caller holds the upload (``held``). With a
     ``checksum`` (Upload-Checksum), the chunk counts only if it arrived whole
     and matches; otherwise its bytes stay past the offset, where the next
     write overwrites them.
     """
     config = services.config
+    upload = held.upload
     limit = _remaining(upload, config.max_size)
     if content_length is not None and limit is not None and content_length > limit:
         raise _too_large(upload, config)
@@ -52,7 +52,7 @@ async def receive_body(
                 transfer,
                 request.receive,
                 services.storage,
-                lease,
+                held.lease,
                 upload.offset,
                 limit=limit,
                 block_size=config.block_size,
@@ -65,7 +65,9 @@ async def receive_body(
             # client resumes after them. A body too large counts for nothing.
             with anyio.CancelScope(shield=True):
                 if _countable(transfer, digests):
-                    await _commit(services, upload, lease, upload.offset + transfer.stored)
+                    # Sliding expiry: stored bytes show the client is still at it.
+                    expires = expiry.expiry_from(config, time.time())
+                    await held.commit(upload.offset + transfer.stored, expires=expires)
                     _keep_file_digests(services, upload, transfer, digests)
         if transfer.end is End.TOO_LARGE:
             raise _too_large(upload, config)
@@ -81,8 +83,7 @@ async def receive_body(
             # record counts are lost, so the upload is too. 410 makes a
             # client start over instead of retrying forever.
             logger.error("upload %s: partial missing; terminating the upload", upload.id)
-            await services.store.terminate(upload.id, lease.token)
-            lease.released = True
+            await held.try_terminate()
             raise errors.gone()
         if transfer.failure is not None:
             logger.error("upload %s: storage write failed: %s", upload.id, transfer.failure)
@@ -93,7 +94,7 @@ async def receive_body(
             logger.info("upload %s: Upload-Checksum mismatch; chunk discarded", upload.id)
             raise errors.checksum_mismatch()
     if upload.is_fully_received:
-        await finalize(services, upload, lease)
+        await finalize(services, held)
 
 
 def _countable(transfer: Transfer, digests: Digests) -> bool:
@@ -112,8 +113,7 @@ def _countable(transfer: Transfer, digests: Digests) -> bool:
 
 
 def _running_file_digests(services: Services, upload: Upload) -> dict[str, Hasher] | None:
-    metadata = protocol.parse_metadata(upload.metadata, services.config.max_metadata_size)
-    algorithms = integrity.file_algorithms(integrity.declared_checksum(metadata))
+    algorithms = integrity.file_algorithms(upload.declared_checksum)
     return services.running.resume(upload.id, upload.offset, algorithms)
 
 
@@ -125,25 +125,6 @@ def _keep_file_digests(
         services.running.keep(upload.id, upload.offset, digests.file)
     else:
         services.running.forget(upload.id)
-
-
-async def _commit(services: Services, upload: Upload, lease: Lease, new_offset: int) -> None:
-    finishing = upload.length is not None and new_offset == upload.length
-    # Sliding expiry: stored bytes show the client is still at it.
-    expires = expiry.expiry_from(services.config, time.time())
-    status = await services.store.commit(
-        upload.id, lease.token, upload.offset, new_offset, release=not finishing, expires=expires
-    )
-    if status is CommitStatus.MISSING:
-        raise errors.gone()
-    if status is not CommitStatus.OK:
-        # Our lock lapsed and another request moved on: these bytes do not count.
-        logger.warning("upload %s: commit refused (%s)", upload.id, status.value)
-        raise errors.locked()
-    upload.offset = new_offset
-    if upload.expires is not None:
-        upload.expires = expires
-    lease.released = not finishing
 
 
 def _remaining(upload: Upload, max_size: int | None) -> int | None:

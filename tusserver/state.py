@@ -3,7 +3,11 @@
 Keys of one upload share a hash tag, so they live on one Redis Cluster slot
 and one Lua script may touch them all::
 
-    tus:{<id>}:info   hash: length ("" while deferred), offset, metadata,
+    tus:{<id>}:info   hash: length ("" while deferred), offset, metadata (the
+                      header as sent, echoed on HEAD), meta (its values,
+                      parsed once at creation: JSON, each value's bytes as
+                      latin-1 text), checksum (the whole-file digest the
+                      client declared: "<algorithm> <base64>"),
                       created, state (partial | complete | failed), location,
                       sha256 (hex, once complete), failure (why it failed),
                       committer (token of the last commit, for retries),
@@ -42,9 +46,11 @@ Every Redis failure leaves this module as ``StateUnavailable``.
 
 from __future__ import annotations
 
+import base64
+import json
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from enum import Enum
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
@@ -54,6 +60,7 @@ from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
 from tusserver import scripts
+from tusserver.protocol import Checksum, Metadata
 
 PARTIAL = "partial"
 COMPLETE = "complete"
@@ -87,7 +94,9 @@ class Upload:
     id: str
     offset: int
     length: int | None  # None while the length is deferred
-    metadata: str = ""  # Upload-Metadata exactly as the client sent it
+    metadata: Metadata = field(default_factory=Metadata)
+    # The whole-file digest the client declared in its metadata, if any.
+    declared_checksum: Checksum | None = None
     created: float = 0.0
     state: str = PARTIAL
     location: str | None = None  # where the finished file is, relative to storage
@@ -178,10 +187,14 @@ class UploadStore:
         fields: dict[FieldT, EncodableT] = {
             "offset": str(upload.offset),
             "length": "" if upload.length is None else str(upload.length),
-            "metadata": upload.metadata,
+            "metadata": upload.metadata.raw,
             "created": repr(upload.created or time.time()),
             "state": upload.state,
         }
+        if upload.metadata.values:
+            fields["meta"] = _encode_values(upload.metadata.values)
+        if upload.declared_checksum is not None:
+            fields["checksum"] = _encode_checksum(upload.declared_checksum)
         if upload.concat:
             fields["concat"] = upload.concat
         if upload.parts:
@@ -403,7 +416,8 @@ def _to_upload(upload_id: str, fields: dict[str, str]) -> Upload:
         id=upload_id,
         offset=int(fields.get("offset", "0")),
         length=int(length) if length else None,
-        metadata=fields.get("metadata", ""),
+        metadata=Metadata(fields.get("metadata", ""), _decode_values(fields.get("meta"))),
+        declared_checksum=_decode_checksum(fields.get("checksum")),
         created=float(fields.get("created", "0")),
         state=fields.get("state", PARTIAL),
         location=fields.get("location") or None,
@@ -418,3 +432,27 @@ def _to_upload(upload_id: str, fields: dict[str, str]) -> Upload:
 
 def _optional_float(value: str | None) -> float | None:
     return float(value) if value else None
+
+
+# Metadata values are bytes; JSON holds text. Latin-1 maps each byte to one
+# code point and back, so any value survives, and reading the record needs no
+# second validation of what creation already checked.
+def _encode_values(values: Mapping[str, bytes]) -> str:
+    return json.dumps({key: value.decode("latin-1") for key, value in values.items()})
+
+
+def _decode_values(text: str | None) -> dict[str, bytes]:
+    if not text:
+        return {}
+    return {key: value.encode("latin-1") for key, value in json.loads(text).items()}
+
+
+def _encode_checksum(checksum: Checksum) -> str:
+    return f"{checksum.algorithm} {base64.b64encode(checksum.digest).decode('ascii')}"
+
+
+def _decode_checksum(text: str | None) -> Checksum | None:
+    if not text:
+        return None
+    algorithm, _, encoded = text.partition(" ")
+    return Checksum(algorithm, base64.b64decode(encoded))
