@@ -26,8 +26,8 @@ from tusserver import expiry, integrity, protocol
 from tusserver.headers import UPLOAD_METADATA
 from tusserver.held import HeldUpload
 from tusserver.protocol import Checksum, Metadata
+from tusserver.record import Upload
 from tusserver.services import Services
-from tusserver.state import Upload
 
 logger = logging.getLogger(__name__)
 

@@ -51,8 +51,9 @@ from tusserver.ranges import (
     none_match,
     parse_range,
 )
+from tusserver.record import Upload
 from tusserver.services import Services, tus_headers
-from tusserver.state import ClaimStatus, Upload
+from tusserver.state import ClaimStatus
 
 logger = logging.getLogger(__name__)
 

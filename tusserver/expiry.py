@@ -46,13 +46,13 @@ from tusserver import protocol
 from tusserver.config import Config
 from tusserver.headers import UPLOAD_EXPIRES
 from tusserver.locking import Locker
+from tusserver.record import Upload
 from tusserver.state import (
     EXPIRY_INDEX,
     RETENTION_INDEX,
     ClaimStatus,
     CommitStatus,
     StateUnavailable,
-    Upload,
     UploadStore,
 )
 

@@ -39,8 +39,8 @@ from tusserver.headers import TUS_VERSION as TUS_VERSION_HEADER
 from tusserver.held import HeldUpload
 from tusserver.protocol import TUS_VERSION
 from tusserver.receiving import receive_body
+from tusserver.record import Upload
 from tusserver.services import Services, tus_headers
-from tusserver.state import Upload
 from tusserver.urls import upload_url, uploads_path
 
 logger = logging.getLogger(__name__)

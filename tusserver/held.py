@@ -20,7 +20,8 @@ import logging
 from typing import TYPE_CHECKING
 
 from tusserver import errors
-from tusserver.state import COMPLETE, FAILED, CommitStatus, StateUnavailable, Upload, UploadStore
+from tusserver.record import COMPLETE, FAILED, Upload
+from tusserver.state import CommitStatus, StateUnavailable, UploadStore
 
 if TYPE_CHECKING:
     from tusserver.locking import Lease, Locker

@@ -27,7 +27,8 @@ from redis.exceptions import RedisError
 
 from tusserver import errors
 from tusserver.held import HeldUpload
-from tusserver.state import Claim, ClaimStatus, StateUnavailable, Upload, UploadStore
+from tusserver.record import Upload
+from tusserver.state import Claim, ClaimStatus, StateUnavailable, UploadStore
 
 logger = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from tusserver.config import Config
 from tusserver.digests import Digests, Hasher
 from tusserver.finishing import finalize
 from tusserver.held import HeldUpload
+from tusserver.record import Upload
 from tusserver.services import Services
-from tusserver.state import Upload
 from tusserver.transfer import End, Transfer, receive_into_storage
 
 logger = logging.getLogger(__name__)
