@@ -204,7 +204,7 @@ def render(error: errors.TusError) -> Response:
 
 def _transient(request: Request, error: errors.TusError) -> errors.TusError:
     """On HEAD, passing trouble is 423: tus-js-client restarts an upload from
-    byte 0 after any other non-2xx HEAD answer (CLIENTS.md)."""
+    byte 0 after any other non-2xx HEAD answer (docs/clients.md)."""
     return errors.temporarily_unavailable() if request.method == "HEAD" else error
 
 

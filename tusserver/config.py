@@ -66,7 +66,7 @@ class Config:
     # kept (tus: store as much as possible); frees the lock of a dead client.
     idle_timeout: float = 60.0
     # How long a request waits for another request's lock (after asking it to
-    # let go) before answering 423. Clients retry 423 (CLIENTS.md).
+    # let go) before answering 423. Clients retry 423 (docs/clients.md).
     lock_wait: float = 3.0
     # Lock lifetime without progress. A crashed holder blocks its upload for at
     # most this long; a live holder extends it while bytes arrive.

@@ -49,7 +49,7 @@ logger = logging.getLogger(__name__)
 def options(request: Request, services: Services) -> Response:
     """Server discovery. No Tus-Resumable check (spec: OPTIONS ignores it).
 
-    200 rather than 204: some browsers reject a 204 preflight (CLIENTS.md).
+    200 rather than 204: some browsers reject a 204 preflight (docs/clients.md).
     """
     headers = {
         TUS_RESUMABLE: TUS_VERSION,
