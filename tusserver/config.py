@@ -71,6 +71,12 @@ class Config:
     # Lock lifetime without progress. A crashed holder blocks its upload for at
     # most this long; a live holder extends it while bytes arrive.
     lock_ttl: float = 10.0
+    # While a body streams, the bytes stored are committed every this many
+    # bytes or seconds, whichever comes first, so that a process that dies
+    # mid-PATCH (SIGKILL, OOM, a node drained) loses at most those. Each
+    # commit is one Redis round trip beside the stream, never stalling it.
+    checkpoint_bytes: int = 16 * 1024 * 1024
+    checkpoint_interval: float = 1.0
     # Name of a finished file: `{id}` (default, never collides) or
     # `{filename}` (sanitized client metadata, falls back to the id).
     final_name: str = "{id}"
@@ -135,9 +141,11 @@ class Config:
             raise ConfigError(
                 "max size must be a positive number of bytes (or unset for no limit)."
             )
-        for name in ("idle_timeout", "lock_wait", "lock_ttl", "smb_timeout"):
+        for name in ("idle_timeout", "lock_wait", "lock_ttl", "smb_timeout", "checkpoint_interval"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.replace('_', ' ')} must be greater than zero.")
+        if self.checkpoint_bytes <= 0:
+            raise ConfigError("checkpoint bytes must be greater than zero.")
         if not 64 * 1024 <= self.block_size <= 64 * 1024 * 1024:
             raise ConfigError("block size must be between 64 KiB and 64 MiB.")
         if "{id}" not in self.final_name and "{filename}" not in self.final_name:

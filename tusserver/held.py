@@ -48,21 +48,30 @@ class HeldUpload:
         one) and, with ``expires``, slide the expiry of an unpublished upload;
         the lock is released with it unless every byte is now in (finalize
         follows under the same lock)."""
+        length = self.upload.length
+        finishing = length is not None and new_offset == length
+        await self._move_offset(new_offset, release=not finishing, expires=expires)
+        self.lease.released = not finishing
+
+    async def checkpoint(self, new_offset: int, *, expires: float) -> None:
+        """Commit the bytes stored so far while the body still streams,
+        keeping the lock: what a crash of this process can no longer lose."""
+        await self._move_offset(new_offset, release=False, expires=expires)
+
+    async def _move_offset(self, new_offset: int, *, release: bool, expires: float | None) -> None:
         upload = self.upload
-        finishing = upload.length is not None and new_offset == upload.length
         status = await self._store.commit(
             upload.id,
             self.lease.token,
             upload.offset,
             new_offset,
-            release=not finishing,
+            release=release,
             expires=expires,  # the script ignores it once the file is published
         )
         self._check(status, "commit")
         upload.offset = new_offset
         if expires is not None and upload.expires is not None:
             upload.expires = expires
-        self.lease.released = not finishing
 
     async def set_length(self, length: int) -> None:
         """Fix a deferred length (creation-defer-length); the caller checked it was unset."""

@@ -20,7 +20,8 @@ from tusserver.finishing import finalize
 from tusserver.held import HeldUpload
 from tusserver.record import Upload
 from tusserver.services import Services
-from tusserver.transfer import End, Transfer, receive_into_storage
+from tusserver.state import StateUnavailable
+from tusserver.transfer import Checkpoints, End, Transfer, receive_into_storage
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ async def receive_body(
     if content_length is not None and limit is not None and content_length > limit:
         raise _too_large(upload, config)
     if content_length != 0 and not upload.is_fully_received:
+        start = upload.offset
         digests = Digests(_running_file_digests(services, upload), checksum)
         transfer = Transfer()
         try:
@@ -58,6 +60,7 @@ async def receive_body(
                 block_size=config.block_size,
                 idle_timeout=config.idle_timeout,
                 digests=digests,
+                checkpoints=_checkpoints(services, held, start, content_length, checksum, limit),
             )
         finally:
             # Shielded, so that it also runs when the server cancels this
@@ -67,7 +70,7 @@ async def receive_body(
                 if _countable(transfer, digests):
                     # Sliding expiry: stored bytes show the client is still at it.
                     expires = expiry.expiry_from(config, time.time())
-                    await held.commit(upload.offset + transfer.stored, expires=expires)
+                    await held.commit(start + transfer.stored, expires=expires)
                     _keep_file_digests(services, upload, transfer, digests)
         if transfer.end is End.TOO_LARGE:
             raise _too_large(upload, config)
@@ -95,6 +98,38 @@ async def receive_body(
             raise errors.checksum_mismatch()
     if upload.is_fully_received:
         await finalize(services, held)
+
+
+def _checkpoints(
+    services: Services,
+    held: HeldUpload,
+    start: int,
+    content_length: int | None,
+    checksum: protocol.Checksum | None,
+    limit: int | None,
+) -> Checkpoints | None:
+    """Commits while the body streams, so that a crash of this process keeps
+    what was stored (the offset is otherwise moved only when the body ends).
+
+    None where bytes must not count before the body ends: a checksummed
+    chunk counts only whole and matching, and a body of unknown length under
+    a size limit counts for nothing if it runs past the limit.
+    """
+    config = services.config
+    if checksum is not None or (content_length is None and limit is not None):
+        return None
+
+    async def commit(stored: int) -> bool:
+        try:
+            await held.checkpoint(start + stored, expires=expiry.expiry_from(config, time.time()))
+        except StateUnavailable as exc:
+            # The next checkpoint, or the commit at the end, tries again.
+            logger.warning("upload %s: checkpoint not committed: %s", held.id, exc)
+        except errors.TusError:
+            return False  # the lock was lost, or the upload removed: stop writing
+        return True
+
+    return Checkpoints(commit, config.checkpoint_bytes, config.checkpoint_interval)
 
 
 def _countable(transfer: Transfer, digests: Digests) -> bool:
