@@ -17,6 +17,7 @@ import os
 import stat
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
 import anyio
 import anyio.to_thread
@@ -29,6 +30,7 @@ from storage_backends.names import (
     name_variants,
     safe_relative,
 )
+from storage_backends.registry import StorageSettings
 
 # pwritev takes at most IOV_MAX buffers per call (1024 on Linux).
 _IOV_MAX = getattr(os, "IOV_MAX", 1024)
@@ -37,6 +39,13 @@ _COPY_BUFFER = 1024 * 1024
 # One read per thread hop: large enough that the hop costs little, small
 # enough that a download holds about one block in memory.
 _READ_BLOCK = 1024 * 1024
+
+
+def open_storage(url: str, settings: StorageSettings) -> LocalStorage:
+    """The registry's opener: a folder path, or a ``file://`` URL of one."""
+    parsed = urlsplit(url)
+    root = parsed.path if parsed.scheme == "file" else url
+    return LocalStorage(Path(root), file_mode=settings.file_mode)
 
 
 class LocalStorage:

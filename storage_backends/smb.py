@@ -23,6 +23,7 @@ the interpreter lock.
 from __future__ import annotations
 
 import errno
+import os
 from collections.abc import AsyncIterator, Sequence
 
 import anyio
@@ -33,6 +34,7 @@ from storage_backends.names import (
     check_upload_id,
     safe_relative,
 )
+from storage_backends.registry import StorageSettingError, StorageSettings
 from storage_backends.smb_calls import Server, Slot, SMBCalls
 from storage_backends.smb_files import (
     MARKER_SUFFIX,
@@ -50,6 +52,25 @@ from storage_backends.smb_writes import close_handle, write_block
 
 # Reads (GET) go out in blocks of this size, each in a worker thread.
 _READ_BLOCK = 1024 * 1024
+# The only source of the password: argv is visible to every local user, and
+# a URL ends up in logs and process listings.
+PASSWORD_ENV = "TUSSERVER_SMB_PASSWORD"
+
+
+def open_storage(url: str, settings: StorageSettings) -> SMBStorage:
+    """The registry's opener for ``smb://`` URLs; the password from ``PASSWORD_ENV``.
+
+    Files get the share's permissions: ``settings.file_mode`` does not apply.
+    """
+    try:
+        location = SMBLocation.parse(url)
+    except ValueError as exc:
+        # Not the URL itself: it may carry a password by mistake.
+        raise StorageSettingError(f"storage URL is not usable: {str(exc).rstrip('.')}.") from None
+    password = os.environ.get(PASSWORD_ENV)
+    if password is None:
+        raise StorageSettingError(f"SMB storage needs the password in {PASSWORD_ENV}.")
+    return SMBStorage(location, password)
 
 
 class SMBStorage:
@@ -57,15 +78,12 @@ class SMBStorage:
         self,
         location: SMBLocation,
         password: str | None,
-        *,
-        connections: int = 8,
-        timeout: float = 30.0,
     ) -> None:
         self.location = location
         self._calls = SMBCalls(
             Server(location.host, location.port, location.username, password),
-            connections=connections,
-            timeout=timeout,
+            connections=location.options.connections,
+            timeout=location.options.timeout,
         )
 
     async def check(self) -> None:

@@ -237,7 +237,7 @@ async def test_unknown_internals_fall_back_to_smbprotocol_framing(
 
 async def _write_through_storage(samba: SambaServer, data: bytes) -> bytes:
     folder = f"wire-{uuid.uuid4().hex[:12]}"
-    storage = SMBStorage(SMBLocation.parse(samba.url(folder)), samba.password, timeout=10)
+    storage = SMBStorage(SMBLocation.parse(samba.url(folder) + "?timeout=10s"), samba.password)
     try:
         await storage.check()
         await storage.create(UPLOAD_ID)

@@ -62,8 +62,8 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         samba: SambaServer = request.getfixturevalue("samba")
         folder = f"contract-{uuid.uuid4().hex[:12]}"
         root = samba.share_dir / folder
-        location = SMBLocation.parse(samba.url(folder))
-        storage = SMBStorage(location, samba.password, timeout=10)
+        location = SMBLocation.parse(samba.url(folder) + "?timeout=10s")
+        storage = SMBStorage(location, samba.password)
     await storage.check()
     try:
         yield Backend(storage, root)
