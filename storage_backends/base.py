@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 # A block is a run of buffers that are stored contiguously. Handing over the
 # pieces as they arrived from the network (instead of joining them) lets a
@@ -71,24 +71,6 @@ class Storage(Protocol):
     async def aclose(self) -> None:
         """Release connections and threads. Called once, at shutdown."""
 
-    async def concat(self, upload_id: str, parts: Sequence[tuple[str, int]]) -> None:
-        """Fill ``upload_id``'s partial, from offset 0, with the first
-        ``length`` bytes of each part's partial (``(upload id, length)``
-        pairs, in order; one id may appear more than once).
-
-        Exactly ``length`` bytes of each part, never its whole file: a
-        partial may hold stale bytes past its committed length (a discarded
-        chunk), and those must not shift the parts after it. A part holding
-        fewer than ``length`` bytes raises ``OSError``. The parts
-        are read, never changed, so a part can go into several final uploads.
-        Afterwards the partial holds exactly the parts' bytes, whatever it
-        held before, so a failed attempt may simply be repeated. The copy
-        stays inside the storage (no pass through the server where the
-        storage allows it). The caller holds ``upload_id``'s lock. Raises
-        ``FileNotFoundError`` if the partial of ``upload_id`` or of a part is
-        missing, ``OSError`` on I/O faults.
-        """
-
     async def stat(self, upload_id: str, location: str | None) -> FileStat:
         """Size and modification time of the finished file at ``location``,
         or of the upload's partial when ``location`` is None.
@@ -119,4 +101,32 @@ class Storage(Protocol):
 
         Lists only what looks like an upload id; publishes and removes
         nothing. Raises ``OSError`` if the staging area cannot be listed.
+        """
+
+
+# --- optional capabilities ------------------------------------------------------
+# One method each, in the manner of tusd's composer: the server asks
+# ``isinstance(storage, Concatenator)`` and advertises the matching tus
+# extension only when the backend has it (tusserver/extensions.py), so
+# nothing is advertised that is not implemented.
+
+
+@runtime_checkable
+class Concatenator(Protocol):
+    async def concat(self, upload_id: str, parts: Sequence[tuple[str, int]]) -> None:
+        """Fill ``upload_id``'s partial, from offset 0, with the first
+        ``length`` bytes of each part's partial (``(upload id, length)``
+        pairs, in order; one id may appear more than once).
+
+        Exactly ``length`` bytes of each part, never its whole file: a
+        partial may hold stale bytes past its committed length (a discarded
+        chunk), and those must not shift the parts after it. A part holding
+        fewer than ``length`` bytes raises ``OSError``. The parts
+        are read, never changed, so a part can go into several final uploads.
+        Afterwards the partial holds exactly the parts' bytes, whatever it
+        held before, so a failed attempt may simply be repeated. The copy
+        stays inside the storage (no pass through the server where the
+        storage allows it). The caller holds ``upload_id``'s lock. Raises
+        ``FileNotFoundError`` if the partial of ``upload_id`` or of a part is
+        missing, ``OSError`` on I/O faults.
         """

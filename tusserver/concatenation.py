@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import anyio
 from starlette.datastructures import Headers
 
-from tusserver import errors, expiry, integrity, protocol
+from tusserver import errors, expiry, extensions, integrity, protocol
 from tusserver.finishing import discard_unannounced
 from tusserver.headers import UPLOAD_DEFER_LENGTH, UPLOAD_LENGTH, UPLOAD_METADATA
 from tusserver.locking import Lease, kept_alive
@@ -122,7 +122,7 @@ async def _fill(
     # A large copy can outlast the lock's TTL: keep the lock while it runs.
     async with kept_alive(lease):
         try:
-            await services.storage.concat(upload.id, parts)
+            await extensions.concatenator(services.storage).concat(upload.id, parts)
         except OSError as exc:
             failure = exc
     if isinstance(failure, FileNotFoundError):
