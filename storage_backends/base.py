@@ -1,15 +1,28 @@
 """The storage interface: bytes only, no HTTP, no Redis.
 
 A backend keeps an unfinished upload as a *partial* in a staging area that
-nobody browses, and finalizes it by one atomic rename to its final name on
-the same volume. It never decides whether bytes count: the caller (holding
-the upload's lock) commits an offset only after ``write`` says the bytes are
-stored.
+nobody browses, and finalizes it by publishing it under its final name in
+one step, never replacing a file (the file-system backends share one
+algorithm for that: storage_backends/finalizing.py). It never decides
+whether bytes count: the caller commits an offset only after ``write`` says
+the bytes are stored.
+
+Locks: the backend takes none. The caller holds the upload's lock (in
+Redis) around ``write``, ``finalize``, ``concat`` and ``delete`` of an
+upload, so one upload's partial has one writer at a time; ``create`` runs
+before the upload's URL exists; ``stat``, ``read`` and ``stale_partials``
+run without it and must cope with a partial that grows meanwhile.
 
 Errors: backends raise builtin ``OSError`` subclasses (``FileNotFoundError``
 for a missing partial, ``FileExistsError`` only internally while choosing a
 free final name, ``PermissionError``, plain ``OSError`` for I/O faults);
-foreign exceptions are translated at the backend's boundary.
+foreign exceptions are translated at the backend's boundary. Ids that are
+not opaque tokens raise ``ValueError`` and names that would leave the
+storage root ``PermissionError``, before any I/O.
+
+Optional capabilities are separate one-method protocols at the end of this
+module; the tus extensions a server advertises follow from them
+(tusserver/extensions.py).
 """
 
 from __future__ import annotations
@@ -61,8 +74,10 @@ class Storage(Protocol):
         the location, calls ``delete(upload_id)``; until then, finalizing
         again returns the same location instead of publishing a second
         copy, so a crash between publishing and recording is repaired by
-        finalizing again. Raises ``FileNotFoundError`` if the
-        partial is gone, ``OSError`` if it holds fewer than ``length`` bytes.
+        finalizing again. Raises ``FileNotFoundError`` if the partial is
+        gone and no earlier finalize of it published a file that is still
+        there, ``OSError`` if it holds fewer than ``length`` bytes (then
+        nothing is published and the partial is left as it was).
         """
 
     async def delete(self, upload_id: str, location: str | None = None) -> None:

@@ -109,7 +109,6 @@ def _load(scheme: str, backend: Backend) -> Opener:
             raise  # the backend itself is missing: a broken installation, not a setting
         hint = f"install tusserver[{backend.extra}]" if backend.extra else f"install {exc.name}"
         raise StorageSettingError(
-            f"{scheme}:// storage needs the {exc.name} package, which is not installed"
-            f" ({hint})."
+            f"{scheme}:// storage needs the {exc.name} package, which is not installed ({hint})."
         ) from None
     return cast(Opener, getattr(module, attribute))

@@ -30,6 +30,7 @@ import anyio
 
 from storage_backends.base import Block, FileStat
 from storage_backends.names import (
+    NOTE_SUFFIX,
     STAGING_DIR,
     check_upload_id,
     safe_relative,
@@ -37,7 +38,6 @@ from storage_backends.names import (
 from storage_backends.registry import StorageSettingError, StorageSettings
 from storage_backends.smb_calls import Server, Slot, SMBCalls
 from storage_backends.smb_files import (
-    MARKER_SUFFIX,
     check_share,
     concat_files,
     create_file,
@@ -133,14 +133,14 @@ class SMBStorage:
         return await self._calls.run(
             finalize_file,
             self._partial(upload_id),
-            self._partial(upload_id) + MARKER_SUFFIX,
+            self._partial(upload_id) + NOTE_SUFFIX,
             self.location.unc(),
             relative,
             length,
         )
 
     async def delete(self, upload_id: str, location: str | None = None) -> None:
-        paths = [self._partial(upload_id), self._partial(upload_id) + MARKER_SUFFIX]
+        paths = [self._partial(upload_id), self._partial(upload_id) + NOTE_SUFFIX]
         if location is not None:
             paths.append(self._final(location))
         await self._calls.run(remove_all, paths)

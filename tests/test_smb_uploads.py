@@ -359,4 +359,3 @@ def test_sweep_removes_an_orphaned_partial_on_the_share(
     assert result.returncode == 0, result.stderr.decode(errors="replace")
     assert f"orphan {'ab' * 16}" in result.stdout.decode()
     assert not orphan.exists()
-
