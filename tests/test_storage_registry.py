@@ -11,18 +11,21 @@ import os
 import subprocess
 import sys
 import textwrap
+import tomllib
+from importlib.metadata import version
 from pathlib import Path
 
 import anyio
 import httpx
 import pytest
+from packaging.requirements import Requirement
 
 from storage_backends.local import LocalStorage
 from storage_backends.registry import StorageSettingError, StorageSettings, open_storage
 from storage_backends.smb import SMBStorage
 from storage_backends.smb_location import SMBOptions
 from tests.server_fixtures import TUS, free_port
-from tests.test_cli import cli_env, serve, tusserver, upload
+from tests.test_cli import REPO_ROOT, cli_env, serve, tusserver, upload
 
 SMB_URL = "smb://tus@files.example:4450/share/incoming"
 PASSWORD = "s3cret-value"
@@ -263,3 +266,20 @@ def test_serve_has_no_smb_flags_and_its_storage_help_points_to_the_backend_docs(
 
     assert "docs/storage.md" in result.stdout
     assert "--smb-" not in result.stdout
+
+
+def test_the_base_install_leaves_the_smb_packages_to_the_smb_extra() -> None:
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    names = {Requirement(text).name for text in project["dependencies"]}
+    smb = {
+        Requirement(text).name: Requirement(text)
+        for text in project["optional-dependencies"]["smb"]
+    }
+
+    assert not names & {"smbprotocol", "cryptography", "pyspnego"}
+    assert set(smb) == {"smbprotocol", "cryptography"}
+    # The tests (and .ci/run, which installs .[test]) run the SMB backend too.
+    assert "tusserver[smb]" in project["optional-dependencies"]["test"]
+    # The lean write path's guard specs run on a release inside the cap.
+    assert smb["smbprotocol"].specifier.contains(version("smbprotocol"))
+    assert not smb["smbprotocol"].specifier.contains("99")
