@@ -1,14 +1,18 @@
 """The storage contract (storage_backends/base.py), pinned for every backend alike.
 
-Each spec runs against the local backend and against the SMB backend on a
-real Samba. Results are read back through the backend itself (``stat``,
-``read``, ``stale_partials``), never from a disk, so a backend that is not
-a file system can join by adding itself to the ``backend`` fixture.
+Each spec runs against the local backend, the SMB backend on a real Samba,
+and the in-memory backend of examples/memory_storage.py (the walk-through
+of docs/storage.md, which has no file system at all). Results are read
+back through the backend itself (``stat``, ``read``, ``stale_partials``),
+never from a disk, so any backend can join by adding itself to the
+``storage`` fixture.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -19,6 +23,7 @@ import pytest
 
 from storage_backends.base import Concatenator, FileStat, Storage
 from storage_backends.local import LocalStorage
+from storage_backends.registry import StorageSettings
 from storage_backends.smb import SMBStorage
 from storage_backends.smb_location import SMBLocation
 from tests.samba_fixtures import SambaServer
@@ -26,6 +31,7 @@ from tests.samba_fixtures import SambaServer
 UPLOAD_ID = "0123456789abcdef0123456789abcdef"
 OTHER_ID = "fedcba9876543210fedcba9876543210"
 MiB = 1024 * 1024
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "memory_storage.py"
 # Later than any file of a test is modified: stale_partials(FUTURE) lists
 # everything in staging.
 FUTURE = time.time() + 10 * 365 * 86400
@@ -38,11 +44,26 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture(params=["local", "smb"])
+def memory_storage() -> Storage:
+    """The example's backend, loaded from its file as a module of its own."""
+    module = sys.modules.get("memory_storage")
+    if module is None:
+        spec = importlib.util.spec_from_file_location("memory_storage", EXAMPLE)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # as an import would: its dataclasses look it up
+        spec.loader.exec_module(module)
+    storage: Storage = module.open_storage("memory://", StorageSettings())
+    return storage
+
+
+@pytest.fixture(params=["local", "smb", "memory"])
 async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Storage]:
     backend: Storage
     if request.param == "local":
         backend = LocalStorage(tmp_path / "root")
+    elif request.param == "memory":
+        backend = memory_storage()
     else:
         samba: SambaServer = request.getfixturevalue("samba")
         folder = f"contract-{uuid.uuid4().hex[:12]}"

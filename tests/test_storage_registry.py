@@ -283,3 +283,16 @@ def test_the_base_install_leaves_the_smb_packages_to_the_smb_extra() -> None:
     # The lean write path's guard specs run on a release inside the cap.
     assert smb["smbprotocol"].specifier.contains(version("smbprotocol"))
     assert not smb["smbprotocol"].specifier.contains("99")
+
+
+def test_the_walk_through_quotes_the_example_backend_as_it_is() -> None:
+    """docs/storage.md shows examples/memory_storage.py in excerpts: each line it
+    quotes must still be in the example, which the contract suite runs."""
+    doc = (REPO_ROOT / "docs" / "storage.md").read_text()
+    example = (REPO_ROOT / "examples" / "memory_storage.py").read_text().splitlines()
+    excerpt = doc.split("```python\n", 1)[1].split("```", 1)[0]
+
+    quoted = [line for line in excerpt.splitlines() if line.strip() not in ("", "...")]
+
+    assert len(quoted) > 10
+    assert [line for line in quoted if line not in example] == []
