@@ -73,7 +73,7 @@ def open_storage(url: str, settings: StorageSettings) -> Storage:
     Raises ``StorageSettingError`` for an unknown scheme, a backend whose
     dependencies are not installed, or a URL its backend refuses.
     """
-    scheme = _scheme(url)
+    scheme = urlsplit(url).scheme  # "" for a folder path
     backend = BUILTIN.get(scheme) or _entry_point(scheme)
     if backend is None:
         known = ", ".join(f"{name}://" for name in sorted(schemes()) if name)
@@ -86,12 +86,6 @@ def open_storage(url: str, settings: StorageSettings) -> Storage:
 def schemes() -> set[str]:
     """Every scheme a storage URL may use here: the built-in ones and the registered ones."""
     return set(BUILTIN) | {point.name for point in entry_points(group=ENTRY_POINT_GROUP)}
-
-
-def _scheme(url: str) -> str:
-    scheme = urlsplit(url).scheme.lower()
-    # "C:\\uploads" parses as scheme "c": a one-letter scheme is a drive.
-    return "" if len(scheme) == 1 else scheme
 
 
 def _entry_point(scheme: str) -> Backend | None:
