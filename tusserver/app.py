@@ -1,7 +1,9 @@
 """The ASGI application: routes, error rendering, resources in the lifespan.
 
-This is the only module that names concrete classes (which state store,
-which storage backend); everything else receives them.
+This is the only module that names concrete classes (which state store);
+the storage backend comes from the registry by its URL's scheme
+(storage_backends/registry.py), or ready-made from the caller. Everything
+else receives them.
 """
 
 from __future__ import annotations
@@ -9,8 +11,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from pathlib import Path
-from urllib.parse import urlsplit
 
 import anyio
 import redis.asyncio as aioredis
@@ -23,10 +23,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from storage_backends import registry
 from storage_backends.base import Storage
-from storage_backends.local import LocalStorage
-from storage_backends.smb import SMBStorage
-from storage_backends.smb_location import SMBLocation
 from tusserver import errors, expiry, headers, protocol
 from tusserver.config import Config, ConfigError, redact_url
 from tusserver.cors import cors_middleware
@@ -49,10 +47,15 @@ logger = logging.getLogger(__name__)
 Handler = Callable[[Request, Services], Awaitable[Response] | Response]
 
 
-def create_app(config: Config, hooks: Hooks | None = None) -> Starlette:
+def create_app(
+    config: Config, hooks: Hooks | None = None, *, storage: Storage | None = None
+) -> Starlette:
     """A tus server as an ordinary ASGI app: run it, or mount it under a path.
 
     ``hooks``: callbacks of the application that mounts it (tusserver.hooks).
+    ``storage``: a backend built by the caller; then ``config.storage`` is not
+    used. Either way the app checks the backend at start-up and closes it at
+    shutdown (it owns it from then on, as an httpx client owns its transport).
     """
     services_box: list[Services] = []
 
@@ -113,20 +116,21 @@ def create_app(config: Config, hooks: Hooks | None = None) -> Starlette:
                 redis_url = embedded.url
             client = _connect(redis_url)
             stack.push_async_callback(client.aclose)
-            storage = open_storage(config)
-            stack.push_async_callback(storage.aclose)
+            backend = open_storage(config) if storage is None else storage
+            stack.push_async_callback(backend.aclose)
             try:
-                await storage.check()
+                await backend.check()
             except OSError as exc:
-                raise ConfigError(
-                    f"storage {redact_url(config.storage)!r} is not usable: {exc}"
-                ) from exc
+                shown = (
+                    f"storage {redact_url(config.storage)!r}" if storage is None else "the storage"
+                )
+                raise ConfigError(f"{shown} is not usable: {exc}") from exc
             store = UploadStore(client)
             locker = Locker(client, store, ttl=config.lock_ttl, wait=config.lock_wait)
-            services_box.append(Services(config, store, locker, storage, hooks=hooks or Hooks()))
+            services_box.append(Services(config, store, locker, backend, hooks=hooks or Hooks()))
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(locker.listen_for_release_requests)
-                tasks.start_soon(expiry.run_sweeper, store, storage, config)
+                tasks.start_soon(expiry.run_sweeper, store, backend, config)
                 yield
                 with anyio.move_on_after(5):
                     await locker.drain()
@@ -163,33 +167,13 @@ async def sweep(config: Config) -> expiry.SweepReport:
 
 
 def open_storage(config: Config) -> Storage:
-    """The backend named by the storage setting: a folder path, file:// or smb:// URL."""
-    parsed = urlsplit(config.storage)
-    if parsed.scheme in ("", "file"):
-        root = parsed.path if parsed.scheme == "file" else config.storage
-        return LocalStorage(Path(root), file_mode=config.file_mode)
-    if parsed.scheme == "smb":
-        return _open_smb(config)
-    raise ConfigError(
-        f"storage {redact_url(config.storage)!r} is not supported; use a folder path, a file:// "
-        "or an smb:// URL."
-    )
-
-
-def _open_smb(config: Config) -> SMBStorage:
+    """The backend registered for the storage setting's scheme: a folder path,
+    a file:// or smb:// URL, or a scheme another package registers."""
+    settings = registry.StorageSettings(file_mode=config.file_mode)
     try:
-        location = SMBLocation.parse(config.storage)
-    except ValueError as exc:
-        # Not the URL itself: it may carry a password by mistake.
-        raise ConfigError(f"storage URL is not usable: {exc}.") from None
-    if config.smb_password is None:
-        raise ConfigError("SMB storage needs the password in TUSSERVER_SMB_PASSWORD.")
-    return SMBStorage(
-        location,
-        config.smb_password,
-        connections=config.smb_connections,
-        timeout=config.smb_timeout,
-    )
+        return registry.open_storage(config.storage, settings)
+    except registry.StorageSettingError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def render(error: errors.TusError) -> Response:

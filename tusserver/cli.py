@@ -42,8 +42,6 @@ FC = TypeVar("FC", bound=Callable[..., Any])
 _CONFIG_ENV = "TUSSERVER_WORKER_CONFIG"
 # How long `tusserver sweep` waits for a sweep already running elsewhere.
 _SWEEP_WAIT_SECONDS = 10.0
-# The only source of the SMB password (never a flag: argv is public).
-_SMB_PASSWORD_ENV = "TUSSERVER_SMB_PASSWORD"
 
 
 def _option(name: str, **kwargs: Any) -> Callable[[FC], FC]:
@@ -64,8 +62,9 @@ def main() -> None:
 _storage_option = _option(
     "--storage",
     default="./uploads",
-    help="Where finished files go: a folder, file:// or smb://USER@HOST[:PORT]/SHARE/PATH URL "
-    "(password in TUSSERVER_SMB_PASSWORD). Partials wait in its .partial/.",
+    help="Where finished files go: a folder, or a storage URL with the backend's options, "
+    "e.g. smb://USER@HOST/SHARE/PATH?timeout=30s (see docs/storage.md). "
+    "Partials wait in its .partial/.",
 )
 _data_dir_option = _option(
     "--data-dir",
@@ -168,17 +167,6 @@ _retention_option = _option(
     default=False,
     help="Trust Forwarded and X-Forwarded-Host/-Proto/-Prefix for Locations.",
 )
-@_option(
-    "--smb-timeout",
-    default="30s",
-    help="Fail an SMB call that makes no progress for this long (also the connect timeout).",
-)
-@_option(
-    "--smb-connections",
-    default=8,
-    type=click.IntRange(1, 64),
-    help="SMB connections (each with a worker thread) per worker process.",
-)
 def serve(
     host: str,
     port: int,
@@ -204,8 +192,6 @@ def serve(
     cors_allow_credentials: bool,
     public_url: str | None,
     behind_proxy: bool,
-    smb_timeout: str,
-    smb_connections: int,
 ) -> None:
     """Run the tus server.
 
@@ -232,9 +218,6 @@ def serve(
             cors_allow_credentials=cors_allow_credentials,
             public_url=public_url,
             behind_proxy=behind_proxy,
-            smb_password=os.environ.get(_SMB_PASSWORD_ENV),
-            smb_timeout=parse_duration(smb_timeout, "SMB timeout"),
-            smb_connections=smb_connections,
         )
         _check_storage(config)
     except ConfigError as exc:
@@ -300,7 +283,6 @@ def sweep(
             redis_url=redis_url,
             data_dir=data_dir,
             **_expiry_settings(expire_after, retention),
-            smb_password=os.environ.get(_SMB_PASSWORD_ENV),
         )
         _check_storage(config)
     except ConfigError as exc:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from starlette.datastructures import Headers
 
-from tusserver import errors, expiry, protocol
+from tusserver import errors, expiry, extensions, protocol
 from tusserver.creation import Draft, read_metadata
 from tusserver.headers import UPLOAD_DEFER_LENGTH, UPLOAD_LENGTH
 from tusserver.held import HeldUpload
@@ -103,7 +103,7 @@ async def fill(services: Services, held: HeldUpload, parts: list[tuple[str, int]
     # A large copy can outlast the lock's TTL: keep the lock while it runs.
     async with kept_alive(held.lease):
         try:
-            await services.storage.concat(upload.id, parts)
+            await extensions.concatenator(services.storage).concat(upload.id, parts)
         except OSError as exc:
             failure = exc
     if isinstance(failure, FileNotFoundError):

@@ -8,7 +8,7 @@ application that mounts tusserver builds a ``Config`` directly.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -50,8 +50,10 @@ def redact_url(text: str) -> str:
 
 @dataclass(frozen=True)
 class Config:
-    # Where finished files land (a folder path or file:// URL). Partials live
-    # in its `.partial/` subfolder so finalize is one rename on one volume.
+    # Where finished files land: a folder path or the URL of a registered
+    # backend (file://, smb://; storage_backends/registry.py), which carries
+    # the backend's own options. Partials live in its `.partial/` subfolder
+    # so finalize is one rename on one volume.
     storage: str = "./uploads"
     # Redis holding upload state. None: start an embedded redis-server on a
     # unix socket inside `data_dir`, so the quick start needs nothing else.
@@ -81,7 +83,9 @@ class Config:
     # `{filename}` (sanitized client metadata, falls back to the id).
     final_name: str = "{id}"
     # Permissions of finished files: readable by others (a web server, a
-    # scanner), writable by the service only.
+    # scanner), writable by the service only. A policy for published files,
+    # not a backend's connection detail: every backend whose storage has
+    # POSIX permissions honours it (an SMB share applies its own).
     file_mode: int = 0o644
     # Size of the blocks handed to storage: large writes are what disks and SMB
     # like, and per-request memory stays bounded by about two of them.
@@ -120,17 +124,6 @@ class Config:
     # Trust Forwarded / X-Forwarded-Host, -Proto and -Prefix for Locations.
     # Off: any client could otherwise make the server hand out foreign URLs.
     behind_proxy: bool = False
-    # Password of the user in an smb:// storage URL. The CLI reads it from
-    # TUSSERVER_SMB_PASSWORD only (argv is visible to every local user); it
-    # is never shown in the repr or logged.
-    smb_password: str | None = field(default=None, repr=False)
-    # Longest an SMB call may go without progress (and the connect timeout):
-    # a share that stopped answering fails a request within this, retryably.
-    smb_timeout: float = 30.0
-    # SMB connections, each with its worker thread, per process. A PATCH
-    # writes on one of them at a time, several writes in flight (see
-    # storage_backends.smb).
-    smb_connections: int = 8
 
     def __post_init__(self) -> None:
         if not (self.base_path.startswith("/") and self.base_path.endswith("/")):
@@ -141,7 +134,7 @@ class Config:
             raise ConfigError(
                 "max size must be a positive number of bytes (or unset for no limit)."
             )
-        for name in ("idle_timeout", "lock_wait", "lock_ttl", "smb_timeout", "checkpoint_interval"):
+        for name in ("idle_timeout", "lock_wait", "lock_ttl", "checkpoint_interval"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.replace('_', ' ')} must be greater than zero.")
         if self.checkpoint_bytes <= 0:
@@ -150,8 +143,6 @@ class Config:
             raise ConfigError("block size must be between 64 KiB and 64 MiB.")
         if "{id}" not in self.final_name and "{filename}" not in self.final_name:
             raise ConfigError("final name template must contain {id} or {filename}.")
-        if not 1 <= self.smb_connections <= 64:
-            raise ConfigError("SMB connections must be between 1 and 64.")
         if not 0 <= self.file_mode <= 0o777:
             raise ConfigError("file mode must be an octal permission such as 644.")
         if self.redis_url is not None and not self.redis_url.startswith(
