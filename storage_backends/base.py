@@ -145,3 +145,17 @@ class Concatenator(Protocol):
         ``FileNotFoundError`` if the partial of ``upload_id`` or of a part is
         missing, ``OSError`` on I/O faults.
         """
+
+
+@runtime_checkable
+class Flusher(Protocol):
+    async def flush(self, upload_id: str) -> None:
+        """Make the bytes written to the upload's partial so far durable: on
+        stable storage, where a crash of the machine (not only of the
+        process) keeps them.
+
+        Called with ``durable_commits`` before an offset that counts those
+        bytes is committed. The caller holds the upload's lock and no write
+        of it is in flight. Raises ``FileNotFoundError`` if the partial is
+        gone, ``OSError`` on I/O faults.
+        """

@@ -42,6 +42,7 @@ from storage_backends.smb_files import (
     concat_files,
     create_file,
     finalize_file,
+    flush_file,
     read_at,
     remove_all,
     stale_partials,
@@ -127,6 +128,9 @@ class SMBStorage:
                 for opened in used:
                     await self._calls.run_on(opened, close_handle, owner)
         return written
+
+    async def flush(self, upload_id: str) -> None:
+        await self._calls.run(flush_file, self._partial(upload_id))
 
     async def finalize(self, upload_id: str, final_name: str, length: int) -> str:
         relative = safe_relative(final_name)

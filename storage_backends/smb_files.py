@@ -60,6 +60,13 @@ def create_file(call: Call, path: str) -> None:
         pass
 
 
+def flush_file(call: Call, path: str) -> None:
+    """SMB2 FLUSH: the server writes what it holds of the file to its disk."""
+    with _missing_as_builtin(), open_file(call, path, "r+b") as f:
+        call.touch()  # the FLUSH gets the whole no-progress timeout to itself
+        f.flush()
+
+
 def finalize_file(
     call: Call, partial: str, note: str, root: str, relative: PurePosixPath, length: int
 ) -> str:

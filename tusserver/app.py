@@ -24,7 +24,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from storage_backends import registry
-from storage_backends.base import Storage
+from storage_backends.base import Flusher, Storage
 from tusserver import errors, expiry, headers, protocol
 from tusserver.config import Config, ConfigError, redact_url
 from tusserver.cors import cors_middleware
@@ -125,6 +125,8 @@ def create_app(
                     f"storage {redact_url(config.storage)!r}" if storage is None else "the storage"
                 )
                 raise ConfigError(f"{shown} is not usable: {exc}") from exc
+            if config.durable_commits and not isinstance(backend, Flusher):
+                raise ConfigError("durable commits need a storage that can flush its bytes.")
             store = UploadStore(client)
             locker = Locker(client, store, ttl=config.lock_ttl, wait=config.lock_wait)
             services_box.append(Services(config, store, locker, backend, hooks=hooks or Hooks()))

@@ -79,6 +79,12 @@ class Config:
     # commit is one Redis round trip beside the stream, never stalling it.
     checkpoint_bytes: int = 16 * 1024 * 1024
     checkpoint_interval: float = 1.0
+    # Flush the stored bytes to stable storage (fdatasync, SMB FLUSH) before
+    # each commit counts them. Off, a commit can count bytes still in the
+    # page cache, which a crash of the machine (not of the process) loses;
+    # the offset then runs ahead of the file. On, every checkpoint and every
+    # PATCH pays for a flush.
+    durable_commits: bool = False
     # Name of a finished file: `{id}` (default, never collides) or
     # `{filename}` (sanitized client metadata, falls back to the id).
     final_name: str = "{id}"

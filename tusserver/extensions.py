@@ -9,7 +9,7 @@ implemented, and a request for it is refused before any state is written.
 
 from __future__ import annotations
 
-from storage_backends.base import Concatenator, Storage
+from storage_backends.base import Concatenator, Flusher, Storage
 from tusserver import errors
 
 # In the order OPTIONS lists them; None: every backend has what it needs.
@@ -31,6 +31,13 @@ def advertised(storage: Storage) -> tuple[str, ...]:
         for name, capability in _EXTENSIONS
         if capability is None or isinstance(storage, capability)
     )
+
+
+def flusher(storage: Storage) -> Flusher:
+    """``storage`` as a Flusher; checked at start-up when durable commits are on."""
+    if not isinstance(storage, Flusher):
+        raise TypeError(f"{type(storage).__name__} cannot flush, so commits cannot be durable")
+    return storage
 
 
 def concatenator(storage: Storage) -> Concatenator:

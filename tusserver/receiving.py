@@ -13,7 +13,7 @@ import time
 import anyio
 from starlette.requests import Request
 
-from tusserver import errors, expiry, integrity, protocol
+from tusserver import errors, expiry, extensions, integrity, protocol
 from tusserver.config import Config
 from tusserver.digests import Digests, Hasher
 from tusserver.finishing import finalize
@@ -68,6 +68,7 @@ async def receive_body(
             # client resumes after them. A body too large counts for nothing.
             with anyio.CancelScope(shield=True):
                 if _countable(transfer, digests):
+                    await _make_durable(services, held)
                     # Sliding expiry: stored bytes show the client is still at it.
                     expires = expiry.expiry_from(config, time.time())
                     await held.commit(start + transfer.stored, expires=expires)
@@ -121,8 +122,9 @@ def _checkpoints(
 
     async def commit(stored: int) -> bool:
         try:
+            await _make_durable(services, held)
             await held.checkpoint(start + stored, expires=expiry.expiry_from(config, time.time()))
-        except StateUnavailable as exc:
+        except (StateUnavailable, OSError) as exc:
             # The next checkpoint, or the commit at the end, tries again.
             logger.warning("upload %s: checkpoint not committed: %s", held.id, exc)
         except errors.TusError:
@@ -130,6 +132,12 @@ def _checkpoints(
         return True
 
     return Checkpoints(commit, config.checkpoint_bytes, config.checkpoint_interval)
+
+
+async def _make_durable(services: Services, held: HeldUpload) -> None:
+    """With durable commits, flush what was stored before a commit counts it."""
+    if services.config.durable_commits:
+        await extensions.flusher(services.storage).flush(held.id)
 
 
 def _countable(transfer: Transfer, digests: Digests) -> bool:
