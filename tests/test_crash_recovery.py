@@ -15,6 +15,7 @@ import hashlib
 import random
 import socket
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ import redis
 
 from tests.helpers import upload_id_of
 from tests.process_fixtures import ServeProcess
+from tests.samba_fixtures import SambaServer
 from tests.server_fixtures import OCTETS, TUS
 
 MiB = 1024 * 1024
@@ -178,6 +180,21 @@ def test_another_instance_takes_over_from_a_killed_one_without_a_restart(
     first, second = serve_process(*options), serve_process(*options)
 
     run_kills([first, second], state, partial_size(storage))
+
+
+def test_on_an_smb_share_a_sigkill_mid_patch_keeps_what_was_stored(
+    serve_process: Callable[..., ServeProcess],
+    redis_url: str,
+    state: redis.Redis,
+    samba: SambaServer,
+) -> None:
+    folder = f"crash-{uuid.uuid4().hex[:12]}"
+    server = serve_process(
+        "--storage", samba.url(folder), "--redis-url", redis_url, *LOCK_OPTIONS,
+        env={"TUSSERVER_SMB_PASSWORD": samba.password},
+    )  # fmt: skip
+
+    run_kills([server], state, partial_size(samba.share_dir / folder))
 
 
 def test_a_checksummed_chunk_cut_by_sigkill_counts_for_nothing(
