@@ -39,6 +39,7 @@ from tusserver.handlers import (
 )
 from tusserver.hooks import Hooks
 from tusserver.locking import Locker
+from tusserver.log_safety import describe, origin
 from tusserver.services import Services, tus_headers
 from tusserver.state import StateUnavailable, UploadStore
 
@@ -73,15 +74,29 @@ def create_app(
                 return render(_transient(request, error) if error.status >= 500 else error)
             except StateUnavailable as exc:
                 logger.warning(
-                    "%s %s: state store unavailable: %s", request.method, request.url.path, exc
+                    "%s %s: state store unavailable: %s",
+                    request.method,
+                    request.url.path,
+                    describe(exc),
                 )
                 return render(_transient(request, errors.state_unavailable()))
             except OSError as exc:
-                logger.error("%s %s: storage failed: %s", request.method, request.url.path, exc)
+                logger.error(
+                    "%s %s: storage failed: %s", request.method, request.url.path, describe(exc)
+                )
                 failure = errors.storage_failure(exc, reading=request.method == "GET")
                 return render(_transient(request, failure))
-            except Exception:
-                logger.exception("%s %s: unexpected failure", request.method, request.url.path)
+            except Exception as exc:
+                # No trace: it would carry paths and whatever text the
+                # exception holds. Its kind and where it was raised suffice to
+                # reproduce it.
+                logger.error(
+                    "%s %s: unexpected failure: %s at %s",
+                    request.method,
+                    request.url.path,
+                    describe(exc),
+                    origin(exc),
+                )
                 return render(_transient(request, errors.internal()))
 
         return endpoint

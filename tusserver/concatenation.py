@@ -26,6 +26,7 @@ from tusserver.creation import Draft, read_metadata
 from tusserver.headers import UPLOAD_DEFER_LENGTH, UPLOAD_LENGTH
 from tusserver.held import HeldUpload
 from tusserver.locking import kept_alive
+from tusserver.log_safety import describe
 from tusserver.services import Services
 from tusserver.state import UploadStore
 
@@ -107,10 +108,10 @@ async def fill(services: Services, held: HeldUpload, parts: list[tuple[str, int]
         except OSError as exc:
             failure = exc
     if isinstance(failure, FileNotFoundError):
-        logger.warning("upload %s: a part vanished during assembly: %s", upload.id, failure)
+        logger.warning("upload %s: a part vanished during assembly", upload.id)
         raise errors.concat_part_removed()
     if failure is not None:
-        logger.error("upload %s: assembly failed: %s", upload.id, failure)
+        logger.error("upload %s: assembly failed: %s", upload.id, describe(failure))
         raise errors.storage_failure(failure)
     await held.commit(upload.length)
     logger.info(

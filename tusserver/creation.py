@@ -25,6 +25,7 @@ from starlette.datastructures import Headers
 from tusserver import expiry, integrity, protocol
 from tusserver.headers import UPLOAD_METADATA
 from tusserver.held import HeldUpload
+from tusserver.log_safety import describe
 from tusserver.protocol import Checksum, Metadata
 from tusserver.record import Upload
 from tusserver.services import Services
@@ -108,6 +109,8 @@ async def discard(services: Services, held: HeldUpload) -> None:
     try:
         await services.storage.delete(held.id)
     except OSError as exc:
-        logger.warning("upload %s: could not remove the refused upload's bytes: %s", held.id, exc)
+        logger.warning(
+            "upload %s: could not remove the refused upload's bytes: %s", held.id, describe(exc)
+        )
     await held.try_terminate()
     await held.release()

@@ -46,6 +46,7 @@ from tusserver import protocol
 from tusserver.config import Config
 from tusserver.headers import UPLOAD_EXPIRES
 from tusserver.locking import Locker
+from tusserver.log_safety import describe
 from tusserver.record import Upload
 from tusserver.state import (
     EXPIRY_INDEX,
@@ -149,9 +150,9 @@ async def run_sweeper(store: UploadStore, storage: Storage, config: Config) -> N
         try:
             report = await sweep_once(store, storage, config)
         except StateUnavailable as exc:
-            logger.warning("sweep stopped: state store unavailable: %s", exc)
+            logger.warning("sweep stopped: state store unavailable: %s", describe(exc))
         except OSError as exc:
-            logger.warning("sweep stopped: storage failed: %s", exc)
+            logger.warning("sweep stopped: storage failed: %s", describe(exc))
         else:
             if report.expired or report.retired or report.orphans or report.skipped:
                 logger.info("sweep done: %s", report.summary())
@@ -272,7 +273,7 @@ class _Sweep:
         try:
             await self.storage.delete(upload_id)
         except OSError as exc:
-            logger.warning("upload %s: could not delete its partial: %s", upload_id, exc)
+            logger.warning("upload %s: could not delete its partial: %s", upload_id, describe(exc))
             return False
         return True
 

@@ -16,6 +16,7 @@ from tusserver.digests import FILE_DIGEST
 from tusserver.held import HeldUpload
 from tusserver.hooks import FinishedUpload
 from tusserver.locking import kept_alive
+from tusserver.log_safety import describe, origin
 from tusserver.services import Services
 from tusserver.state import StateUnavailable
 
@@ -61,14 +62,17 @@ async def finalize(services: Services, held: HeldUpload) -> None:
     try:
         await services.storage.delete(upload.id)  # the partial's name; the bytes stay published
     except OSError as exc:
-        logger.warning("upload %s: could not remove the partial's name: %s", upload.id, exc)
+        logger.warning(
+            "upload %s: could not remove the partial's name: %s", upload.id, describe(exc)
+        )
     if services.hooks.post_finish is not None:
         metadata = upload.metadata.values
         finished = FinishedUpload(upload.id, upload.length, metadata, location, sha256)
         try:
             await services.hooks.post_finish(finished)
-        except Exception:
-            logger.exception("upload %s: post-finish hook failed", upload.id)
+        except Exception as exc:
+            failure, where = describe(exc), origin(exc)
+            logger.error("upload %s: post-finish hook failed: %s at %s", upload.id, failure, where)
 
 
 async def _record_completion(

@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 
 from tusserver import errors
 from tusserver.held import HeldUpload
+from tusserver.log_safety import describe
 from tusserver.record import Upload
 from tusserver.state import Claim, ClaimStatus, StateUnavailable, UploadStore
 
@@ -71,7 +72,7 @@ class Lease:
         except StateUnavailable as exc:
             # Redis may be back at the next tick; the commit's compare-and-set
             # protects the offset meanwhile.
-            logger.warning("upload %s: could not extend lock: %s", self.upload_id, exc)
+            logger.warning("upload %s: could not extend lock: %s", self.upload_id, describe(exc))
             return True
         if not extended:
             logger.warning("upload %s: lock lost while writing; stopping", self.upload_id)
@@ -214,5 +215,7 @@ class Locker:
                             logger.info("upload %s: release requested", lease.upload_id)
                             lease.release_requested.set()
             except RedisError as exc:
-                logger.warning("release-request listener lost Redis (%s); reconnecting", exc)
+                logger.warning(
+                    "release-request listener lost Redis (%s); reconnecting", describe(exc)
+                )
                 await anyio.sleep(1)

@@ -18,6 +18,7 @@ from tusserver.config import Config
 from tusserver.digests import Digests, Hasher
 from tusserver.finishing import finalize
 from tusserver.held import HeldUpload
+from tusserver.log_safety import describe
 from tusserver.record import Upload
 from tusserver.services import Services
 from tusserver.state import StateUnavailable
@@ -90,7 +91,8 @@ async def receive_body(
             await held.try_terminate()
             raise errors.gone()
         if transfer.failure is not None:
-            logger.error("upload %s: storage write failed: %s", upload.id, transfer.failure)
+            failure = describe(transfer.failure)
+            logger.error("upload %s: storage write failed: %s", upload.id, failure)
             raise errors.storage_failure(transfer.failure)
         if checksum is not None and not transfer.whole_body:
             raise errors.checksum_incomplete()
@@ -126,7 +128,7 @@ def _checkpoints(
             await held.checkpoint(start + stored, expires=expiry.expiry_from(config, time.time()))
         except (StateUnavailable, OSError) as exc:
             # The next checkpoint, or the commit at the end, tries again.
-            logger.warning("upload %s: checkpoint not committed: %s", held.id, exc)
+            logger.warning("upload %s: checkpoint not committed: %s", held.id, describe(exc))
         except errors.TusError:
             return False  # the lock was lost, or the upload removed: stop writing
         return True
