@@ -27,7 +27,7 @@ from storage_backends.base import Storage
 from storage_backends.local import LocalStorage
 from storage_backends.smb import SMBStorage
 from storage_backends.smb_location import SMBLocation
-from tusserver import errors, expiry, headers, protocol
+from tusserver import errors, headers, protocol, sweeper
 from tusserver.config import Config, ConfigError, redact_url
 from tusserver.cors import cors_middleware
 from tusserver.download import download_upload
@@ -126,7 +126,7 @@ def create_app(config: Config, hooks: Hooks | None = None) -> Starlette:
             services_box.append(Services(config, store, locker, storage, hooks=hooks or Hooks()))
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(locker.listen_for_release_requests)
-                tasks.start_soon(expiry.run_sweeper, store, storage, config)
+                tasks.start_soon(sweeper.run_sweeper, store, storage, config)
                 yield
                 with anyio.move_on_after(5):
                     await locker.drain()
@@ -150,7 +150,7 @@ def _connect(redis_url: str) -> aioredis.Redis:
     )
 
 
-async def sweep(config: Config) -> expiry.SweepReport:
+async def sweep(config: Config) -> sweeper.SweepReport:
     """One expiry pass against the Redis at ``config.redis_url`` (``tusserver sweep``)."""
     if config.redis_url is None:
         raise ConfigError("a sweep needs the URL of the Redis holding the upload state.")
@@ -159,7 +159,7 @@ async def sweep(config: Config) -> expiry.SweepReport:
         stack.push_async_callback(client.aclose)
         storage = open_storage(config)
         stack.push_async_callback(storage.aclose)
-        return await expiry.sweep_once(UploadStore(client), storage, config)
+        return await sweeper.sweep_once(UploadStore(client), storage, config)
 
 
 def open_storage(config: Config) -> Storage:

@@ -33,8 +33,8 @@ from tusserver.app import create_app, open_storage
 from tusserver.app import sweep as app_sweep
 from tusserver.config import Config, ConfigError, parse_duration, parse_size, redact_url
 from tusserver.embedded_redis import EmbeddedRedis, EmbeddedRedisError, running_url
-from tusserver.expiry import SweepReport
 from tusserver.state import StateUnavailable
+from tusserver.sweeper import SweepReport
 
 FC = TypeVar("FC", bound=Callable[..., Any])
 
