@@ -31,7 +31,6 @@ from tusserver import errors, headers, protocol, sweeper
 from tusserver.config import Config, ConfigError, redact_url
 from tusserver.cors import cors_middleware
 from tusserver.download import download_upload
-from tusserver.embedded_redis import EmbeddedRedis
 from tusserver.handlers import (
     create_upload,
     delete_upload,
@@ -42,6 +41,7 @@ from tusserver.handlers import (
 from tusserver.hooks import Hooks
 from tusserver.locking import Locker
 from tusserver.services import Services, tus_headers
+from tusserver.startup import check_storage, state_redis_in_thread
 from tusserver.state import StateUnavailable, UploadStore
 
 logger = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ def create_app(config: Config, hooks: Hooks | None = None) -> Starlette:
     """A tus server as an ordinary ASGI app: run it, or mount it under a path.
 
     ``hooks``: callbacks of the application that mounts it (tusserver.hooks).
+    Its start-up fails with ConfigError if the storage is unusable.
     """
     services_box: list[Services] = []
 
@@ -105,22 +106,13 @@ def create_app(config: Config, hooks: Hooks | None = None) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            redis_url = config.redis_url
-            if redis_url is None:
-                # Started from the event loop's thread, which lives as long as
-                # the process: the child's parent-death signal is tied to it.
-                embedded = stack.enter_context(EmbeddedRedis(config.data_dir))
-                redis_url = embedded.url
-            client = _connect(redis_url)
-            stack.push_async_callback(client.aclose)
             storage = open_storage(config)
             stack.push_async_callback(storage.aclose)
-            try:
-                await storage.check()
-            except OSError as exc:
-                raise ConfigError(
-                    f"storage {redact_url(config.storage)!r} is not usable: {exc}"
-                ) from exc
+            await check_storage(storage, config)
+            # After the check: a refused start leaves no embedded Redis behind.
+            redis_url = await stack.enter_async_context(state_redis_in_thread(config))
+            client = _connect(redis_url)
+            stack.push_async_callback(client.aclose)
             store = UploadStore(client)
             locker = Locker(client, store, ttl=config.lock_ttl, wait=config.lock_wait)
             services_box.append(Services(config, store, locker, storage, hooks=hooks or Hooks()))
