@@ -49,11 +49,15 @@ logger = logging.getLogger(__name__)
 Handler = Callable[[Request, Services], Awaitable[Response] | Response]
 
 
-def create_app(config: Config, hooks: Hooks | None = None) -> Starlette:
+def create_app(
+    config: Config, hooks: Hooks | None = None, *, storage_checked: bool = False
+) -> Starlette:
     """A tus server as an ordinary ASGI app: run it, or mount it under a path.
 
     ``hooks``: callbacks of the application that mounts it (tusserver.hooks).
-    Its start-up fails with ConfigError if the storage is unusable.
+    Its start-up fails with ConfigError if the storage is unusable, unless
+    ``storage_checked``: the caller checked it already, once for all its
+    processes (``tusserver serve`` does, before starting anything).
     """
     services_box: list[Services] = []
 
@@ -108,7 +112,8 @@ def create_app(config: Config, hooks: Hooks | None = None) -> Starlette:
         async with AsyncExitStack() as stack:
             storage = open_storage(config)
             stack.push_async_callback(storage.aclose)
-            await check_storage(storage, config)
+            if not storage_checked:
+                await check_storage(storage, config)
             # After the check: a refused start leaves no embedded Redis behind.
             redis_url = await stack.enter_async_context(state_redis_in_thread(config))
             client = _connect(redis_url)

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
 import anyio
+import redis
 
 from storage_backends.base import Storage
 from tusserver.config import Config, ConfigError, redact_url
@@ -31,6 +32,21 @@ async def check_storage(storage: Storage, config: Config) -> None:
         raise ConfigError(
             f"storage {redact_url(config.storage)!r} is not usable: {exc.strerror or exc}."
         ) from None
+
+
+def check_redis(url: str) -> None:
+    """Raise ConfigError, one sentence, if no Redis answers at ``url``.
+
+    For commands only: an app started without its Redis answers 503 and 423
+    until Redis is back, rather than not starting.
+    """
+    client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise ConfigError(f"Redis at {redact_url(url)} does not answer: {exc}.") from None
+    finally:
+        client.close()
 
 
 @contextmanager
