@@ -14,7 +14,7 @@ from typing import Any
 import psutil
 
 from tests.raw_http import RawRequest
-from tests.test_cli import serve
+from tests.test_cli import serve, wait_gone
 from tusserver.config import Config
 from tusserver.serving import WorkerApp
 
@@ -148,3 +148,15 @@ def test_every_worker_gets_the_data_dir_and_both_cors_origins(tmp_path: Path) ->
         assert answered == {
             (worker.pid, origin): origin for worker in workers for origin in (first, second)
         }
+
+
+def test_the_redis_the_workers_share_dies_with_a_killed_supervising_process(
+    tmp_path: Path,
+) -> None:
+    with serve(tmp_path, "--workers", "2") as server:
+        redis = server.redis()  # one, for both workers
+
+        server.process.kill()
+        server.wait_exit()
+
+        assert not wait_gone([redis], 10), "redis-server outlived its killed supervisor"

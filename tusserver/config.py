@@ -69,7 +69,8 @@ def redact_url(text: str) -> str:
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-@dataclass(frozen=True)
+# Keywords only: a setting is always named where it is given.
+@dataclass(frozen=True, kw_only=True)
 class Config:
     # How `tusserver serve` runs the app on uvicorn. An application that
     # mounts tusserver serves it its own way and ignores these five.

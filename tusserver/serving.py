@@ -3,9 +3,9 @@
 
 Workers are started by multiprocessing's spawn, which pickles what each one
 needs: uvicorn's settings and the app factory ``WorkerApp``, which carries
-the frozen ``Config`` itself. Every field arrives as the type it was, and
-nothing of the settings (not the SMB password, not a Redis URL with a
-password) goes through argv or the environment.
+the frozen ``Config`` itself, over a pipe. Every field arrives as the type
+it was, and no setting is put into argv or the environment to reach them
+(neither the SMB password nor a Redis URL with a password).
 """
 
 from __future__ import annotations

@@ -9,7 +9,6 @@ holding upload state known (and running, when it is the embedded one).
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -20,8 +19,6 @@ import redis
 from storage_backends.base import Storage
 from tusserver.config import Config, ConfigError, redact_url
 from tusserver.embedded_redis import EmbeddedRedis, running_url
-
-logger = logging.getLogger(__name__)
 
 
 async def check_storage(storage: Storage, config: Config) -> None:
