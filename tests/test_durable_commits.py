@@ -107,7 +107,7 @@ def test_durable_commits_on_a_storage_that_cannot_flush_refuse_to_start(
         async with app.router.lifespan_context(app):
             pass
 
-    with pytest.raises(ConfigError, match="durable commits need a storage that can flush"):
+    with pytest.raises(ConfigError, match="cannot flush its bytes, so commits cannot be durable"):
         asyncio.run(start())
 
 

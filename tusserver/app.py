@@ -24,12 +24,11 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from storage_backends import registry
-from storage_backends.base import Flusher, Storage
-from tusserver import errors, expiry, headers, protocol
-from tusserver.config import Config, ConfigError, redact_url
+from storage_backends.base import Storage
+from tusserver import errors, headers, protocol, sweeper
+from tusserver.config import Config, ConfigError
 from tusserver.cors import cors_middleware
 from tusserver.download import download_upload
-from tusserver.embedded_redis import EmbeddedRedis
 from tusserver.handlers import (
     create_upload,
     delete_upload,
@@ -41,6 +40,7 @@ from tusserver.hooks import Hooks
 from tusserver.locking import Locker
 from tusserver.log_safety import describe, origin
 from tusserver.services import Services, tus_headers
+from tusserver.startup import check_storage, state_redis_in_thread
 from tusserver.state import StateUnavailable, UploadStore
 
 logger = logging.getLogger(__name__)
@@ -49,14 +49,21 @@ Handler = Callable[[Request, Services], Awaitable[Response] | Response]
 
 
 def create_app(
-    config: Config, hooks: Hooks | None = None, *, storage: Storage | None = None
+    config: Config,
+    hooks: Hooks | None = None,
+    *,
+    storage: Storage | None = None,
+    storage_checked: bool = False,
 ) -> Starlette:
     """A tus server as an ordinary ASGI app: run it, or mount it under a path.
 
     ``hooks``: callbacks of the application that mounts it (tusserver.hooks).
     ``storage``: a backend built by the caller; then ``config.storage`` is not
-    used. Either way the app checks the backend at start-up and closes it at
-    shutdown (it owns it from then on, as an httpx client owns its transport).
+    used. Either way the app closes it at shutdown (it owns it from then on,
+    as an httpx client owns its transport).
+    Its start-up fails with ConfigError if the storage is unusable, unless
+    ``storage_checked``: the caller checked it already, once for all its
+    processes (``tusserver serve`` does, before starting anything).
     """
     services_box: list[Services] = []
 
@@ -123,31 +130,20 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            redis_url = config.redis_url
-            if redis_url is None:
-                # Started from the event loop's thread, which lives as long as
-                # the process: the child's parent-death signal is tied to it.
-                embedded = stack.enter_context(EmbeddedRedis(config.data_dir))
-                redis_url = embedded.url
-            client = _connect(redis_url)
-            stack.push_async_callback(client.aclose)
             backend = open_storage(config) if storage is None else storage
             stack.push_async_callback(backend.aclose)
-            try:
-                await backend.check()
-            except OSError as exc:
-                shown = (
-                    f"storage {redact_url(config.storage)!r}" if storage is None else "the storage"
-                )
-                raise ConfigError(f"{shown} is not usable: {exc}") from exc
-            if config.durable_commits and not isinstance(backend, Flusher):
-                raise ConfigError("durable commits need a storage that can flush its bytes.")
+            if not storage_checked:
+                await check_storage(backend, config, given=storage is not None)
+            # After the check: a refused start leaves no embedded Redis behind.
+            redis_url = await stack.enter_async_context(state_redis_in_thread(config))
+            client = _connect(redis_url)
+            stack.push_async_callback(client.aclose)
             store = UploadStore(client)
             locker = Locker(client, store, ttl=config.lock_ttl, wait=config.lock_wait)
             services_box.append(Services(config, store, locker, backend, hooks=hooks or Hooks()))
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(locker.listen_for_release_requests)
-                tasks.start_soon(expiry.run_sweeper, store, backend, config)
+                tasks.start_soon(sweeper.run_sweeper, store, backend, config)
                 yield
                 with anyio.move_on_after(5):
                     await locker.drain()
@@ -171,7 +167,7 @@ def _connect(redis_url: str) -> aioredis.Redis:
     )
 
 
-async def sweep(config: Config) -> expiry.SweepReport:
+async def sweep(config: Config) -> sweeper.SweepReport:
     """One expiry pass against the Redis at ``config.redis_url`` (``tusserver sweep``)."""
     if config.redis_url is None:
         raise ConfigError("a sweep needs the URL of the Redis holding the upload state.")
@@ -180,7 +176,7 @@ async def sweep(config: Config) -> expiry.SweepReport:
         stack.push_async_callback(client.aclose)
         storage = open_storage(config)
         stack.push_async_callback(storage.aclose)
-        return await expiry.sweep_once(UploadStore(client), storage, config)
+        return await sweeper.sweep_once(UploadStore(client), storage, config)
 
 
 def open_storage(config: Config) -> Storage:

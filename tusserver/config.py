@@ -36,6 +36,24 @@ def parse_duration(text: str, setting: str) -> float:
     return float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
 
 
+def format_duration(seconds: float) -> str:
+    """The inverse of ``parse_duration`` for help texts, in the smallest unit
+    that counts it whole and below 100: ``60.0`` -> ``"60s"``, ``86400.0`` -> ``"24h"``."""
+    for unit in ("s", "m", "h", "d"):
+        count = seconds / _DURATION_UNITS[unit]
+        if count == int(count) and (count < 100 or unit == "d"):
+            return f"{int(count)}{unit}"
+    return f"{seconds:g}s"
+
+
+def parse_mode(text: str, setting: str) -> int:
+    """``"644"`` -> ``0o644``."""
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise ConfigError(f"{setting} must be octal such as 644, not {text!r}.") from None
+
+
 def redact_url(text: str) -> str:
     """A storage or Redis URL fit for a message: never a password, whether in
     the user info or in the query (``?password=``, which redis-py accepts)."""
@@ -48,8 +66,24 @@ def redact_url(text: str) -> str:
     return scheme + sep + rest
 
 
-@dataclass(frozen=True)
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+# Keywords only: a setting is always named where it is given.
+@dataclass(frozen=True, kw_only=True)
 class Config:
+    # How `tusserver serve` runs the app on uvicorn. An application that
+    # mounts tusserver serves it its own way and ignores these five.
+    # Loopback only: exposing an upload endpoint is a decision to make.
+    host: str = "127.0.0.1"
+    # Unprivileged, and the port tus examples commonly use.
+    port: int = 8080
+    # One process suffices for I/O-bound uploads; more share the same Redis.
+    workers: int = 1
+    # Start-up, expiry and failures, not every request (see access_log).
+    log_level: str = "info"
+    # One line per request is noise at upload rates (every PATCH is one).
+    access_log: bool = False
     # Where finished files land: a folder path or the URL of a registered
     # backend (file://, smb://; storage_backends/registry.py), which carries
     # the backend's own options. Partials live in its `.partial/` subfolder
@@ -132,6 +166,12 @@ class Config:
     behind_proxy: bool = False
 
     def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be between 0 and 65535, not {self.port}.")
+        if not 1 <= self.workers <= 64:
+            raise ConfigError(f"workers must be between 1 and 64, not {self.workers}.")
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"log level must be one of {', '.join(LOG_LEVELS)}.")
         if not (self.base_path.startswith("/") and self.base_path.endswith("/")):
             raise ConfigError(
                 f"base path must start and end with '/', like /files/, not {self.base_path!r}."
