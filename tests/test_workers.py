@@ -46,9 +46,9 @@ NOT_DEFAULT: dict[str, Any] = {
     "cors_allow_credentials": True,
     "public_url": "https://example.com/api/uploads/",
     "behind_proxy": True,
-    "smb_password": "not-a-real-password",
-    "smb_timeout": 3.0,
-    "smb_connections": 2,
+    "checkpoint_bytes": 4 * 1024 * 1024,
+    "checkpoint_interval": 0.5,
+    "durable_commits": True,
 }
 
 
