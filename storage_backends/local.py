@@ -15,7 +15,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
@@ -93,7 +93,7 @@ class LocalStorage:
 
     async def flush(self, upload_id: str) -> None:
         path = self._partial(upload_id)
-        await anyio.to_thread.run_sync(_fdatasync, path, limiter=self._limiter)
+        await anyio.to_thread.run_sync(_fsync, path, os.fdatasync, limiter=self._limiter)
 
     async def finalize(self, upload_id: str, final_name: str, length: int) -> str:
         staged = _DiskUpload(self, self._partial(upload_id))
@@ -359,19 +359,11 @@ def _move_without_overwrite(source: Path, target: Path) -> bool:
     return True
 
 
-def _fsync(path: Path) -> None:
+def _fsync(path: Path, sync: Callable[[int], None] = os.fsync) -> None:
+    # Any descriptor will do: the kernel flushes the file, not the descriptor.
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fdatasync(path: Path) -> None:
-    # Any descriptor will do: the kernel flushes the file, not the descriptor.
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        os.fdatasync(fd)
+        sync(fd)
     finally:
         os.close(fd)
 
