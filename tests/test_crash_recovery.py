@@ -68,14 +68,19 @@ class Survival:
         return sum(self.kept) / sum(self.reached)
 
 
+def patch_head(path: str, offset: int, length: int, extra: str = "") -> bytes:
+    """A PATCH's request line and headers, for a body sent by hand."""
+    return (
+        f"PATCH {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nTus-Resumable: 1.0.0\r\n"
+        f"Content-Type: {OCTETS}\r\nUpload-Offset: {offset}\r\n{extra}"
+        f"Content-Length: {length}\r\n\r\n"
+    ).encode()
+
+
 def stream_until_killed(server: ServeProcess, path: str, offset: int, seconds: float) -> int:
     """PATCH from ``offset`` at RATE, SIGKILL the server after ``seconds``;
     returns how many bytes the server process read meanwhile."""
-    head = (
-        f"PATCH {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nTus-Resumable: 1.0.0\r\n"
-        f"Content-Type: {OCTETS}\r\nUpload-Offset: {offset}\r\n"
-        f"Content-Length: {LENGTH - offset}\r\n\r\n"
-    ).encode()
+    head = patch_head(path, offset, LENGTH - offset)
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
         read_before = server.bytes_read()
         sock.sendall(head)
@@ -205,11 +210,7 @@ def test_a_checksummed_chunk_cut_by_sigkill_counts_for_nothing(
     created = httpx.post(server.endpoint, headers={**TUS, "Upload-Length": str(len(chunk))})
     path = created.headers["Location"]
     checksum = base64.b64encode(hashlib.sha1(chunk).digest()).decode()
-    head = (
-        f"PATCH {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        f"Tus-Resumable: 1.0.0\r\nContent-Type: {OCTETS}\r\nUpload-Offset: 0\r\n"
-        f"Upload-Checksum: sha1 {checksum}\r\nContent-Length: {len(chunk)}\r\n\r\n"
-    ).encode()
+    head = patch_head(path, 0, len(chunk), f"Upload-Checksum: sha1 {checksum}\r\n")
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
         sock.sendall(head)
         # Well past any checkpoint, well short of the whole chunk.
