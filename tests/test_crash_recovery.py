@@ -100,13 +100,23 @@ def stream_until_killed(server: ServeProcess, path: str, offset: int, seconds: f
 
 
 def offset_once_free(server: ServeProcess, path: str) -> int:
-    """HEAD until the dead writer's lock lapsed; never a 5xx meanwhile."""
+    """What a client does after the crash: HEAD (never a 5xx), then PATCH from
+    its offset, retrying the 423 it gets until the dead writer's lock lapsed.
+    The PATCH here is empty: it only shows the upload is writable again."""
     deadline = time.monotonic() + 30
     while True:
-        response = httpx.head(server.url + path, headers=TUS)
-        assert response.status_code in (200, 423), response.status_code
-        if response.status_code == 200:
-            return int(response.headers["Upload-Offset"])
+        head = httpx.head(server.url + path, headers=TUS)
+        assert head.status_code == 200, head.status_code
+        offset = int(head.headers["Upload-Offset"])
+        probe = httpx.patch(
+            server.url + path,
+            headers={**TUS, "Content-Type": OCTETS, "Upload-Offset": str(offset)},
+            content=b"",
+            timeout=30,
+        )
+        assert probe.status_code in (204, 423), probe.status_code
+        if probe.status_code == 204:
+            return offset
         assert time.monotonic() < deadline, "the dead writer's lock never lapsed"
 
 

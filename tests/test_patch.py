@@ -415,7 +415,7 @@ def test_deferred_upload_exceeding_max_size_with_content_length_returns_413(
 # --- finished, unknown and terminated uploads --------------------------------
 
 
-def test_patch_on_a_finished_upload_returns_204_with_the_unchanged_offset_and_keeps_the_file(
+def test_patch_on_a_finished_upload_is_409_with_the_final_offset_and_keeps_the_file(
     tus_server: Callable[..., RunningServer], state: redis.Redis
 ) -> None:
     server = tus_server()
@@ -428,8 +428,12 @@ def test_patch_on_a_finished_upload_returns_204_with_the_unchanged_offset_and_ke
     retried = server.patch(url, 5, b"WORLD")
     at_end = server.patch(url, 10, b"")
 
+    # A repeated (or racing) PATCH is never told its bytes were accepted;
+    # the offset it gets back says the upload is done. At the end: 204.
+    assert retried.status_code == 409
+    assert retried.json()["error"]["code"] == "mismatched_offset"
+    assert at_end.status_code == 204
     for response in (retried, at_end):
-        assert response.status_code == 204
         assert response.headers["Upload-Offset"] == "10"
     assert final.read_bytes() == b"helloworld"
     assert final.stat().st_mtime_ns == before.st_mtime_ns
@@ -495,15 +499,17 @@ def test_patch_while_another_holder_keeps_the_lock_returns_423_after_the_lock_wa
     assert 0.25 <= waited < 5
     assert record(state, url)["offset"] == "0"
     assert (server.partials / upload_id_of(url)).stat().st_size == 0
+    # A HEAD reads the committed offset, whoever holds the lock.
     head = server.head(url)
-    assert head.status_code == 423
-    assert head.content == b""
+    assert head.status_code == 200
+    assert head.headers["Upload-Offset"] == "0"
 
 
-def test_head_during_a_stalled_patch_takes_over_and_reports_the_bytes_received(
+def test_head_during_a_stalled_patch_answers_at_once_and_a_patch_takes_over(
     tus_server: Callable[..., RunningServer], state: redis.Redis
 ) -> None:
-    server = tus_server(lock_wait=5)
+    # No checkpoint during the test: the HEAD sees the offset from before the PATCH.
+    server = tus_server(lock_wait=5, takeover_after=0.2, checkpoint_interval=60)
     url = server.create(10_000)
     resume = threading.Event()
     outcome: list[object] = []
@@ -535,12 +541,24 @@ def test_head_during_a_stalled_patch_takes_over_and_reports_the_bytes_received(
         time.sleep(0.3)  # let the first bytes reach the server
 
         head = server.head(url)
+        assert writer.is_alive()  # a HEAD never interrupts a PATCH
+        taker = server.patch(url, 0, b"")
+        writer.join(10)
     finally:
         resume.set()
         writer.join(30)
 
     assert head.status_code == 200
-    assert head.headers["Upload-Offset"] == "1000"
+    assert head.headers["Upload-Offset"] == "0"
+    # The PATCH took over; the stalled one committed what it had, so the
+    # taker's offset is stale (409), and the stalled one hears 423, not 2xx.
+    assert taker.status_code == 409, taker.text
+    (stalled,) = outcome
+    assert isinstance(stalled, httpx.Response)
+    assert stalled.status_code == 423, stalled.text
+    assert stalled.json()["error"]["code"] == "upload_taken_over"
+    assert stalled.headers["Upload-Offset"] == "1000"
+    assert server.head(url).headers["Upload-Offset"] == "1000"
     assert record(state, url)["offset"] == "1000"
     assert (server.partials / upload_id_of(url)).read_bytes() == b"z" * 1000
     assert not writer.is_alive()

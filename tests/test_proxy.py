@@ -163,8 +163,14 @@ def test_a_patch_cut_off_between_client_and_nginx_keeps_what_arrived_and_resumes
         assert time.monotonic() < deadline, "nothing of the cut-off PATCH was kept"
         time.sleep(0.1)
 
-    resumed = patch(client, url, offset, data[offset:])
-
+    assert 0 < offset <= sent
+    # As a tus client does: a 409 (the cut PATCH committed more since the
+    # HEAD) means HEAD again and resume from there.
+    for _ in range(5):
+        resumed = patch(client, url, offset, data[offset:])
+        if resumed.status_code != 409:
+            break
+        offset = int(client.head(url, headers=TUS).headers["Upload-Offset"])
     assert 0 < offset <= sent
     assert resumed.status_code == 204, resumed.text
     assert digest(stored(server, url).read_bytes()) == digest(data)

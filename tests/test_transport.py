@@ -14,11 +14,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import redis
 
 from tests.raw_http import RawRequest, RawResponse, chunked, raw_patch, send_in_pieces, wait_until
-from tests.server_fixtures import TUS, RunningServer
+from tests.server_fixtures import RunningServer
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -115,13 +114,14 @@ def test_client_disconnect_mid_patch_keeps_received_bytes_and_upload_resumes_to_
     finish_upload(server, upload_url, source, offset)
 
 
-def test_head_taking_over_a_streaming_patch_never_stores_a_byte_twice(
+def test_a_patch_taking_over_a_stalled_patch_never_stores_a_byte_twice(
     tus_server: StartServer, redis_url: str
 ) -> None:
-    # A HEAD that arrives while the PATCH is busy handing blocks to storage
-    # makes it stop mid-stream; what it commits must be exactly the bytes it
-    # received, once each. Repeated because the hand-over moment varies.
-    server = tus_server(block_size=256 * KiB)
+    # A PATCH whose client went silent mid-stream is taken over by the next
+    # PATCH; what it commits must be exactly the bytes it received, once
+    # each, even when the take-over lands while blocks are still on their
+    # way to storage. Repeated because that moment varies.
+    server = tus_server(block_size=256 * KiB, takeover_after=0.05)
     rounds, burst = 16, 2 * MiB
     source = os.urandom(rounds * burst + 1)
     upload_url = server.create(len(source))
@@ -133,17 +133,54 @@ def test_head_taking_over_a_streaming_patch_never_stores_a_byte_twice(
             with raw_patch(upload_url, offset, content_length=len(source) - offset) as request:
                 send_in_pieces(request, source[offset : offset + burst])
                 wait_until(lambda: bool(state.exists(lock_key)), "the PATCH took the lock")
-                taken_over = head_offset(server, upload_url)
+                taker = server.patch(upload_url, offset, b"")
                 answer = request.response(timeout=10)
-            assert offset < taken_over <= offset + burst, (offset, taken_over)
-            assert answer.status == 204, answer
-            assert int(answer.headers["upload-offset"]) == taken_over
+            # The stalled PATCH is told it lost the upload, never a 2xx,
+            # with how far it got.
+            assert answer.status == 423, answer
+            assert b"upload_taken_over" in answer.body
+            taken_over = int(answer.headers["upload-offset"])
+            assert offset <= taken_over <= offset + burst, (offset, taken_over)
+            # The taker finds the offset moved if the stalled PATCH kept bytes.
+            assert taker.status_code == (409 if taken_over > offset else 204), taker.text
+            assert head_offset(server, upload_url) == taken_over
             stored = partial_range(server, upload_url, offset, taken_over)
             assert stored == source[offset:taken_over], describe_mismatch(stored, source, offset)
             offset = taken_over
     finally:
         state.close()
+    assert offset > 0
     finish_upload(server, upload_url, source, offset)
+
+
+def test_head_polling_never_interrupts_a_patch_that_is_receiving(
+    tus_server: StartServer, redis_url: str
+) -> None:
+    # A progress page polls HEAD while the PATCH streams: every HEAD answers
+    # at once with a committed offset that only grows, and the PATCH runs
+    # to the end in one piece.
+    server = tus_server(block_size=64 * KiB, checkpoint_bytes=256 * KiB)
+    source = os.urandom(8 * MiB)
+    upload_url = server.create(len(source))
+    lock_key = f"tus:{{{upload_id(upload_url)}}}:lock"
+    state = redis.Redis.from_url(redis_url)
+    offsets: list[int] = []
+    try:
+        with raw_patch(upload_url, 0, content_length=len(source)) as request:
+            for start in range(0, len(source), 256 * KiB):
+                assert request.send(source[start : start + 256 * KiB])
+                if start == 0:
+                    wait_until(lambda: bool(state.exists(lock_key)), "the PATCH took the lock")
+                offsets.append(head_offset(server, upload_url))
+            answer = request.response(timeout=30)
+    finally:
+        state.close()
+    assert answer.status == 204, answer
+    assert int(answer.headers["upload-offset"]) == len(source)
+    assert offsets == sorted(offsets)
+    assert 0 < offsets[-1] <= len(source)
+    assert head_offset(server, upload_url) == len(source)
+    assert file_sha256(server.storage / upload_id(upload_url)) == sha256(source)
 
 
 def test_two_concurrent_patches_never_interleave_bytes(tus_server: StartServer) -> None:
@@ -176,27 +213,65 @@ def test_two_concurrent_patches_never_interleave_bytes(tus_server: StartServer) 
     assert not any(thread.is_alive() for thread in threads.values()), "a PATCH never finished"
     assert not failures, failures
 
+    # A keeps the upload while its bytes arrive (B waits, never interrupts
+    # it): A's whole body counts, and B, which finds the offset moved, is
+    # told so. Exactly one 204.
     offset = head_offset(server, upload_url)
-    stored = partial_bytes(server, upload_url)[:offset]
-    assert offset > 0, "neither PATCH stored anything"
-    assert stored in (bodies["A"][:offset], bodies["B"][:offset]), (
-        f"the committed {offset} bytes mix both bodies: "
-        f"{stored.count(b'A')} x 'A', {stored.count(b'B')} x 'B'"
-    )
-    for name, response in responses.items():
-        assert response.status in (204, 409, 423), (name, response)
-        if response.status in (204, 409):
-            answered = int(response.headers["upload-offset"])
-            assert answered <= offset, (name, response)
-    assert any(
-        response.status == 204 and int(response.headers["upload-offset"]) == offset
-        for response in responses.values()
-    ), responses
+    assert offset == size
+    assert partial_bytes(server, upload_url)[:offset] == bodies["A"]
+    assert responses["A"].status == 204, responses["A"]
+    assert int(responses["A"].headers["upload-offset"]) == size
+    assert responses["B"].status in (409, 423), responses["B"]
 
 
-def test_reconnecting_client_head_takes_over_from_stale_patch_within_seconds(
+def test_eight_patches_racing_at_one_offset_give_exactly_one_204(
     tus_server: StartServer,
 ) -> None:
+    # Eight clients PATCH the same upload at offset 0 at once, each at a
+    # steady pace. One gets the lock and keeps it while it receives; every
+    # other one waits and is then refused. None is told 2xx without its
+    # bytes counting, and the bytes counted are one body, whole.
+    server = tus_server(block_size=64 * KiB, lock_wait=5)
+    size = 256 * KiB
+    upload_url = server.create(size)
+    bodies = {number: bytes([65 + number]) * size for number in range(8)}
+    responses: dict[int, RawResponse] = {}
+    failures: dict[int, BaseException] = {}
+    start = threading.Barrier(len(bodies))
+
+    def patch(number: int) -> None:
+        try:
+            with raw_patch(upload_url, 0, content_length=size) as request:
+                start.wait(10)
+                trickle(request, bodies[number], 16 * KiB, 0.02)
+                responses[number] = request.response(timeout=30)
+        except BaseException as exc:
+            failures[number] = exc
+
+    threads = [threading.Thread(target=patch, args=(number,)) for number in bodies]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads), "a PATCH never finished"
+    assert not failures, failures
+
+    winners = [number for number, answer in responses.items() if answer.status == 204]
+    assert len(winners) == 1, responses
+    assert all(answer.status in (204, 409, 423) for answer in responses.values()), responses
+    assert head_offset(server, upload_url) == size
+    final = server.storage / upload_id(upload_url)
+    assert final.read_bytes() == bodies[winners[0]]
+
+
+def test_reconnecting_client_takes_over_its_stalled_patch_within_the_lock_wait(
+    tus_server: StartServer,
+) -> None:
+    # What tus-js-client does after its connection died unseen by the
+    # server: HEAD (answered at once), then PATCH from that offset. The
+    # PATCH takes the upload over from the stalled one within the lock wait;
+    # if the stalled one kept bytes the HEAD had not seen yet, the client
+    # learns it from a 409 and HEADs again, as tus clients do.
     lock_wait = 3.0
     server = tus_server(block_size=64 * KiB, idle_timeout=60, lock_wait=lock_wait)
     source = os.urandom(4 * MiB)
@@ -207,22 +282,23 @@ def test_reconnecting_client_head_takes_over_from_stale_patch_within_seconds(
         send_in_pieces(stalled, source[:sent])
         time.sleep(0.5)  # the server has read what was sent; the client now stays silent
 
+        offset = head_offset(server, upload_url)
+        assert 0 <= offset <= sent
         started = time.monotonic()
-        with httpx.Client(timeout=30) as reconnected:
-            head = reconnected.head(upload_url, headers=TUS)
+        resumed = server.patch(upload_url, offset, source[offset:])
         elapsed = time.monotonic() - started
-
-        assert head.status_code == 200, head.text
-        assert elapsed < lock_wait + 2, f"HEAD took {elapsed:.1f} s"
-        offset = int(head.headers["Upload-Offset"])
-        assert offset == sent
-        assert partial_bytes(server, upload_url)[:offset] == source[:offset]
-        # The stalled PATCH was asked to stop and says how far it got.
+        if resumed.status_code == 409:
+            offset = head_offset(server, upload_url)
+            resumed = server.patch(upload_url, offset, source[offset:])
+        # The stalled PATCH was told it lost the upload, and how far it got.
         answer = stalled.response(timeout=10)
-        assert answer.status == 204
-        assert int(answer.headers["upload-offset"]) == sent
 
-    finish_upload(server, upload_url, source, offset)
+    assert resumed.status_code == 204, resumed.text
+    assert elapsed < lock_wait + 2, f"the take-over took {elapsed:.1f} s"
+    assert answer.status == 423, answer
+    assert int(answer.headers["upload-offset"]) == sent
+    final = server.storage / upload_id(upload_url)
+    assert file_sha256(final) == sha256(source)
 
 
 def test_idle_patch_is_ended_after_idle_timeout_and_bytes_are_kept(
@@ -345,8 +421,7 @@ def test_patch_pausing_longer_than_the_lock_ttl_keeps_its_lock_and_its_bytes(
 ) -> None:
     # The client pauses (laptop lid, network switch) for longer than the lock
     # TTL but less than the idle timeout: its PATCH is alive, so the lock
-    # must still be its own, and a HEAD must take over from it rather than
-    # find no lock and report the offset from before the PATCH.
+    # must still be its own, and it finishes when the client goes on.
     server = tus_server(block_size=64 * KiB, lock_ttl=1.5, idle_timeout=30)
     source = os.urandom(4 * MiB)
     sent = 2 * MiB
@@ -360,10 +435,13 @@ def test_patch_pausing_longer_than_the_lock_ttl_keeps_its_lock_and_its_bytes(
             time.sleep(3.0)  # twice the TTL, well inside the idle timeout
             assert state.exists(lock_key), "the live PATCH lost its lock"
 
+            # Its bytes were committed while it paused (a checkpoint), and the
+            # HEAD reads them without interrupting it.
             assert head_offset(server, upload_url) == sent
+            assert paused.send(source[sent:])
             answer = paused.response(timeout=10)
             assert answer.status == 204
-            assert int(answer.headers["upload-offset"]) == sent
+            assert int(answer.headers["upload-offset"]) == len(source)
     finally:
         state.close()
-    finish_upload(server, upload_url, source, sent)
+    assert file_sha256(server.storage / upload_id(upload_url)) == sha256(source)

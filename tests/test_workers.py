@@ -33,6 +33,7 @@ NOT_DEFAULT: dict[str, Any] = {
     "max_size": 10 * 1024**3,
     "idle_timeout": 12.5,
     "lock_wait": 0.5,
+    "takeover_after": 0.25,
     "lock_ttl": 30.0,
     "final_name": "{filename}",
     "file_mode": 0o600,

@@ -21,7 +21,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from storage_backends import registry
 from storage_backends.base import Storage
@@ -215,8 +215,39 @@ class EveryMethod:
         self.endpoint = endpoint
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = await self.endpoint(Request(scope, receive, send))
-        await response(scope, receive, send)
+        body = _BodyWatch(receive)
+        response = await self.endpoint(Request(scope, body.receive, send))
+        if body.left_unread(scope):
+            # Answered before its body was read to the end (a 409, 413, 423
+            # ...): close the connection after the answer. Kept alive, the
+            # client would go on pushing a body nobody reads, and its next
+            # request would wait behind it (Node's tus-js-client hangs so).
+            response.headers["connection"] = "close"
+        await response(scope, body.receive, send)
+
+
+class _BodyWatch:
+    """Passes the request's body messages on, noting whether the last one came."""
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self.ended = False
+
+    async def receive(self) -> Message:
+        message = await self._receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            self.ended = True
+        return message
+
+    def left_unread(self, scope: Scope) -> bool:
+        if self.ended:
+            return False
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                return value.strip() not in (b"0", b"")
+            if name == b"transfer-encoding":
+                return True
+        return False
 
 
 _METHOD_OVERRIDE = headers.METHOD_OVERRIDE.lower().encode("latin-1")  # ASGI names are lower-case

@@ -82,6 +82,11 @@ _retention_option = option(
     help="How long a request waits for another request's lock before answering 423.",
 )
 @option(
+    "--takeover-after",
+    help="A writer that received no bytes for this long lets a new request take the upload over"
+    " (one still receiving keeps it).",
+)
+@option(
     "--lock-ttl",
     help="Lifetime of an upload's lock without progress: how long a crashed writer blocks it.",
 )

@@ -104,6 +104,13 @@ class Config:
     # How long a request waits for another request's lock (after asking it to
     # let go) before answering 423. Clients retry 423 (docs/clients.md).
     lock_wait: float = 3.0
+    # A request that finds the lock held asks the holder to let go, and a
+    # holder that is receiving bytes keeps the upload: it lets go only once
+    # no byte arrived for this long (a dead or stalled connection). So a
+    # reconnecting client takes over its own dead PATCH, and a second writer
+    # never interrupts a live one. Keep it below lock_wait, or a reconnecting
+    # client gets a 423 first (and takes over on its retry).
+    takeover_after: float = 1.0
     # Lock lifetime without progress. A crashed holder blocks its upload for at
     # most this long; a live holder extends it while bytes arrive.
     lock_ttl: float = 10.0
@@ -180,7 +187,13 @@ class Config:
             raise ConfigError(
                 "max size must be a positive number of bytes (or unset for no limit)."
             )
-        for name in ("idle_timeout", "lock_wait", "lock_ttl", "checkpoint_interval"):
+        for name in (
+            "idle_timeout",
+            "lock_wait",
+            "lock_ttl",
+            "takeover_after",
+            "checkpoint_interval",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.replace('_', ' ')} must be greater than zero.")
         if self.checkpoint_bytes <= 0:

@@ -197,6 +197,18 @@ def lock_lost() -> TusError:
     )
 
 
+def taken_over(offset: int) -> TusError:
+    return TusError(
+        423,
+        "upload_taken_over",
+        "This request stalled and another request took the upload over.",
+        "Send HEAD and resume from the Upload-Offset it returns; this request's bytes "
+        "up to the Upload-Offset given here were kept.",
+        retryable=True,
+        headers={UPLOAD_OFFSET: str(offset)},
+    )
+
+
 def temporarily_unavailable() -> TusError:
     return TusError(
         423,

@@ -128,11 +128,12 @@ def _upload_concat(request: Request, config: Config) -> protocol.UploadConcat | 
 
 
 async def head_upload(request: Request, services: Services) -> Response:
-    """HEAD: where to resume. Asks a running PATCH to let go first, so the
-    offset is fresh (a reconnecting client's HEAD is how it takes over)."""
+    """HEAD: where to resume: the committed offset, at once, even while a PATCH
+    runs (see ``Locker.read``); the PATCH that follows takes the upload over
+    from a writer that stalled (``transfer``)."""
     upload_id = _upload_id(request)
     protocol.check_tus_resumable(request.headers.get(TUS_RESUMABLE))
-    upload = await services.locker.read_unlocked(upload_id)
+    upload = await services.locker.read(upload_id)
     if expiry.has_expired(upload):
         raise errors.gone()  # in line with the Upload-Expires announced; not swept yet
     if upload.needs_finalize:
@@ -195,11 +196,13 @@ async def patch_upload(request: Request, services: Services) -> Response:
             raise errors.upload_checksum_failed(upload.failure or "unknown")
         if upload.concat == protocol.CONCAT_FINAL:
             raise errors.final_upload_immutable()  # spec: 403, and nothing modified
-        if upload.is_complete:
-            # Idempotent completion: a client retrying its last PATCH after
-            # a lost 204 learns it is done instead of getting an error.
-            return _patched(upload)
+        if upload.is_complete and offset == upload.offset:
+            return _patched(upload)  # nothing left to send: done
         if offset != upload.offset:
+            # Also for a complete upload (as tusd does): a PATCH that raced
+            # the one that finished it, or a client repeating its last PATCH
+            # after a lost 204, must not read a 2xx as "these bytes were
+            # accepted"; the current offset tells it the upload is done.
             raise errors.mismatched_offset(upload.offset)
         if length is not None:
             await _settle_length(services, held, length)

@@ -4,10 +4,12 @@ The lock is ``tus:{id}:lock = <token>`` with a TTL (see ``state``). A request
 that finds it held does not just wait: it publishes a *release request* for
 the upload on ``tus:release``. Every process listens on that channel; the
 process whose request holds the lock wakes it, and that request stops
-reading its body, commits what it has stored and lets go. This is how a
-client that reconnects after a dropped connection is not stuck behind its
-own dead PATCH (tusd does the same). The newcomer then takes over, or
-answers 423 after ``lock_wait``.
+reading its body, commits what it has stored and lets go, but only if no
+byte arrived for ``takeover_after``: a writer that is receiving keeps the
+upload (``transfer``). This is how a client that reconnects after a dropped
+connection is not stuck behind its own dead PATCH, while a second writer
+never interrupts a live one. The newcomer then takes over, or answers 423
+after ``lock_wait``. Readers (HEAD) never ask: they read what is committed.
 
 The holder keeps the lock alive while bytes arrive (``Lease.keep_alive``),
 so a hung request lets it lapse after ``lock_ttl``; nothing else extends it.
@@ -156,9 +158,19 @@ class Locker:
         finally:
             await self.release(lease)
 
-    async def read_unlocked(self, upload_id: str) -> Upload:
-        """The record once no request is writing it (HEAD must not report a stale offset)."""
-        claim = await self._wait_for(upload_id, lambda: self.store.read(upload_id))
+    async def read(self, upload_id: str) -> Upload:
+        """The record as committed, whether or not a request is writing it; 404/410.
+
+        Never waits and never asks a writer to let go: a HEAD that polls
+        progress must not slow or interrupt the PATCH it watches. A writer
+        commits every ``checkpoint_interval`` while bytes stream, so the
+        offset read is at most that stale.
+        """
+        claim = await self.store.read(upload_id)
+        if claim.status is ClaimStatus.MISSING:
+            raise errors.not_found()
+        if claim.status is ClaimStatus.GONE:
+            raise errors.gone()
         assert claim.upload is not None
         return claim.upload
 

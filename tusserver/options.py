@@ -46,6 +46,7 @@ _KINDS: dict[str, _Kind] = {
     "max_size": _Kind(parse_size, str),
     "idle_timeout": _DURATION,
     "lock_wait": _DURATION,
+    "takeover_after": _DURATION,
     "lock_ttl": _DURATION,
     "file_mode": _Kind(parse_mode, lambda mode: f"{mode:o}"),
     "expire_after": _DURATION,

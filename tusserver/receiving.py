@@ -60,6 +60,7 @@ async def receive_body(
                 limit=limit,
                 block_size=config.block_size,
                 idle_timeout=config.idle_timeout,
+                takeover_after=config.takeover_after,
                 digests=digests,
                 checkpoints=_checkpoints(services, held, start, content_length, checksum, limit),
             )
@@ -76,6 +77,10 @@ async def receive_body(
                     _keep_file_digests(services, upload, transfer, digests)
         if transfer.end is End.TOO_LARGE:
             raise _too_large(upload, config)
+        if transfer.end is End.RELEASED:
+            # Never a 2xx: another request has the upload now, and a client
+            # reads a 2xx as "all sent was accepted".
+            raise errors.taken_over(upload.offset)
         if transfer.end is not End.COMPLETE:
             logger.info(
                 "upload %s: body ended early (%s); kept %d bytes",

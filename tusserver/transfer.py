@@ -12,8 +12,10 @@ Three tasks cooperate for one PATCH (or POST with data):
 - the *hasher* (when digests are wanted) hashes each block in another worker
   thread while the writer writes it, so hashing adds no latency per block;
 - the *watchdog* ends the reading when no byte arrived for ``idle_timeout``,
-  when another request asked for the lock (see ``locking``) or when the
-  lock was lost, and keeps the lock alive while the request is not idle;
+  when another request asked for the lock (see ``locking``) and no byte
+  arrived for ``takeover_after`` (a writer that is receiving keeps the
+  upload), or when the lock was lost, and keeps the lock alive while the
+  request is not idle;
 - *checkpoints* (when the caller asks for them) commit the bytes stored so
   far while the body still streams, every ``Checkpoints.every_bytes`` or
   ``every_seconds``, whichever comes first, so that a process that dies
@@ -45,7 +47,7 @@ class End(enum.Enum):
     COMPLETE = "complete"  # the client sent the whole body
     DISCONNECT = "disconnect"  # the connection went away
     IDLE = "idle"  # no byte for idle_timeout
-    RELEASED = "released"  # another request asked for the lock
+    RELEASED = "released"  # another request took the upload over from this stalled one
     TOO_LARGE = "too_large"  # the body ran past the limit: discard it all
     LOCK_LOST = "lock_lost"  # the lock lapsed and was taken: the commit will be refused
 
@@ -87,6 +89,9 @@ class Checkpoints:
 @dataclass
 class Transfer:
     received: int = 0  # bytes taken from the body (up to the limit)
+    # When the last body bytes arrived (time.monotonic()): whether this
+    # writer is alive when another request asks for the upload.
+    last_bytes_at: float = field(default_factory=time.monotonic)
     stored: int = 0  # bytes the storage confirmed written
     end: End = End.COMPLETE
     # The receiver saw the end of the body (not merely stopped reading it).
@@ -105,6 +110,7 @@ async def receive_into_storage(
     limit: int | None,
     block_size: int,
     idle_timeout: float,
+    takeover_after: float,
     digests: Digests | None = None,
     checkpoints: Checkpoints | None = None,
 ) -> None:
@@ -149,6 +155,7 @@ async def receive_into_storage(
                             pieces = []
                             break
                         transfer.received += len(body)
+                        transfer.last_bytes_at = time.monotonic()
                         pieces.append(body)
                         size += len(body)
                         if size >= block_size:
@@ -178,12 +185,16 @@ async def receive_into_storage(
         while True:
             with anyio.move_on_after(min(1.0, idle_timeout / 4)):
                 await lease.release_requested.wait()
-            if lease.release_requested.is_set():
-                transfer.end = End.RELEASED
-                reading.cancel()
-                return
-            activity = transfer.received + transfer.stored
             now = time.monotonic()
+            if lease.release_requested.is_set():
+                if now - transfer.last_bytes_at >= takeover_after:
+                    transfer.end = End.RELEASED
+                    reading.cancel()
+                    return
+                # Bytes are arriving: this writer keeps the upload, and the
+                # asker waits (it asks again while it waits).
+                lease.release_requested = anyio.Event()
+            activity = transfer.received + transfer.stored
             if activity != last_activity:
                 last_activity, active_at = activity, now
             elif now - active_at >= idle_timeout:
