@@ -31,7 +31,14 @@ from starlette.applications import Starlette
 
 from tusserver.app import create_app, open_storage
 from tusserver.app import sweep as app_sweep
-from tusserver.config import Config, ConfigError, parse_duration, parse_size, redact_url
+from tusserver.config import (
+    HOOK_EVENTS,
+    Config,
+    ConfigError,
+    parse_duration,
+    parse_size,
+    redact_url,
+)
 from tusserver.embedded_redis import EmbeddedRedis, EmbeddedRedisError, running_url
 from tusserver.expiry import SweepReport
 from tusserver.state import StateUnavailable
@@ -179,6 +186,48 @@ _retention_option = _option(
     type=click.IntRange(1, 64),
     help="SMB connections (each with a worker thread) per worker process.",
 )
+@_option(
+    "--hooks-url",
+    default=None,
+    help="Send upload events to this URL as tusd v2 HTTP hooks (POST, JSON). Unset: no hooks.",
+)
+@_option(
+    "--hooks-events",
+    default=",".join(HOOK_EVENTS),
+    help="Comma-separated events to send to --hooks-url.",
+)
+@_option(
+    "--hooks-timeout",
+    default="5s",
+    help="Longest one hook call may take; a blocking hook past it fails the request with 503.",
+)
+@_option(
+    "--hooks-retries",
+    default=2,
+    type=click.IntRange(0, 10),
+    help="Attempts after the first for a hook that is down or answers non-2xx.",
+)
+@_option(
+    "--hooks-header",
+    multiple=True,
+    help="Header NAME:VALUE sent with every hook request, e.g. a shared secret. Repeatable; "
+    "the variable takes a space-separated list.",
+)
+@_option(
+    "--hooks-forward-auth/--no-hooks-forward-auth",
+    default=False,
+    help="Pass the client's Authorization and Cookie headers to hooks (else redacted).",
+)
+@_option(
+    "--progress-interval",
+    default="1s",
+    help="Send post-receive at most this often per upload.",
+)
+@_option(
+    "--hooks-reclaim-after",
+    default="30s",
+    help="Deliver a post-finish hook another instance took and then left for this long.",
+)
 def serve(
     host: str,
     port: int,
@@ -206,6 +255,14 @@ def serve(
     behind_proxy: bool,
     smb_timeout: str,
     smb_connections: int,
+    hooks_url: str | None,
+    hooks_events: str,
+    hooks_timeout: str,
+    hooks_retries: int,
+    hooks_header: tuple[str, ...],
+    hooks_forward_auth: bool,
+    progress_interval: str,
+    hooks_reclaim_after: str,
 ) -> None:
     """Run the tus server.
 
@@ -235,6 +292,14 @@ def serve(
             smb_password=os.environ.get(_SMB_PASSWORD_ENV),
             smb_timeout=parse_duration(smb_timeout, "SMB timeout"),
             smb_connections=smb_connections,
+            hooks_url=hooks_url,
+            hooks_events=tuple(e.strip() for e in hooks_events.split(",") if e.strip()),
+            hooks_timeout=parse_duration(hooks_timeout, "hooks timeout"),
+            hooks_retries=hooks_retries,
+            hooks_headers=hooks_header,
+            hooks_forward_auth=hooks_forward_auth,
+            progress_interval=parse_duration(progress_interval, "progress interval"),
+            hooks_reclaim_after=parse_duration(hooks_reclaim_after, "hooks reclaim after"),
         )
         _check_storage(config)
     except ConfigError as exc:
@@ -443,6 +508,8 @@ def _load(text: str) -> Config:
     fields = json.loads(text)
     fields["data_dir"] = Path(fields["data_dir"])
     fields["cors_origins"] = tuple(fields["cors_origins"])
+    fields["hooks_events"] = tuple(fields["hooks_events"])
+    fields["hooks_headers"] = tuple(fields["hooks_headers"])
     return Config(**fields)
 
 
