@@ -177,3 +177,63 @@ def test_node_example_resumes_after_ctrl_c_and_uploads_byte_identically(
 
 
 # examples/nginx.conf runs in a real nginx in tests/test_proxy.py.
+
+
+def test_hook_receiver_example_refuses_unnamed_uploads_chooses_ids_and_records_finishes(
+    tus_server: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    spec = importlib.util.spec_from_file_location(
+        "hook_receiver", ROOT / "examples" / "hook_receiver.py"
+    )
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    receiver = ThreadedUvicorn(example.app, free_port())
+    receiver.start()
+    receiver_url = f"http://127.0.0.1:{receiver.server.config.port}"
+    try:
+        server = tus_server(
+            hooks_url=receiver_url + "/tus-hooks", hooks_headers=("X-Hook-Secret:change-me",)
+        )
+        wrong_secret = tus_server(
+            hooks_url=receiver_url + "/tus-hooks", hooks_headers=("X-Hook-Secret:wrong",)
+        )
+        unnamed = server.client.post(
+            server.endpoint, headers={"Tus-Resumable": "1.0.0", "Upload-Length": "1"}
+        )
+        refused = wrong_secret.client.post(
+            wrong_secret.endpoint,
+            headers={
+                "Tus-Resumable": "1.0.0",
+                "Upload-Length": "1",
+                "Upload-Metadata": "filename eA==",
+            },
+        )
+        source = tmp_path / "report.pdf"
+        source.write_bytes(os.urandom(50_000))
+        uploader = TusClient(server.endpoint).uploader(
+            file_path=str(source), metadata={"filename": "report.pdf"}
+        )
+        uploader.upload()
+        deadline = time.monotonic() + 10
+        while not example.finished and time.monotonic() < deadline:
+            time.sleep(0.02)
+        listed = httpx.get(receiver_url + "/finished", timeout=10).json()
+    finally:
+        receiver.stop()
+
+    assert unnamed.status_code == 400
+    assert unnamed.json() == {"message": "name the file (metadata 'filename')"}
+    assert refused.status_code == 503  # a receiver that says no to the caller is a failed hook
+    assert str(uploader.url).endswith("/files/upload-00000001")
+    assert listed == {
+        "upload-00000001": {
+            "size": 50_000,
+            "filename": "report.pdf",
+            "storage": {
+                "Type": "tusserver",
+                "Location": "upload-00000001",
+                "SHA256": hashlib.sha256(source.read_bytes()).hexdigest(),
+            },
+        }
+    }
