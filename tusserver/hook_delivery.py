@@ -11,7 +11,9 @@ script would lose the event if the process died in between; so:
    same step that marks the upload complete: the event exists if and only if
    the finish is recorded;
 3. every instance runs a ``Deliverer``, a consumer of one consumer group on
-   the stream. For each entry it reads the upload's event: present, it is
+   the stream. For each entry it reads the upload's event, together with
+   its record in one transaction (a COMPLETE between two separate reads
+   would make a recorded event look delivered): present, it is
    delivered to the hook, then deleted, then the entry acked and removed;
    absent, the finish is either already delivered (a repeated entry) or not
    recorded: if the upload's record shows it still waiting for its finish (a

@@ -3,8 +3,9 @@
 Keys of one upload share a hash tag, so they live on one Redis Cluster slot
 and one Lua script may touch them all: ``tus:{<id>}:info`` (the record, see
 ``tusserver.record``), ``tus:{<id>}:lock`` (the token of the request allowed
-to write, see ``locking``) and ``tus:{<id>}:gone`` (tombstone of a
-terminated or expired upload: 410, not 404).
+to write, see ``locking``), ``tus:{<id>}:gone`` (tombstone of a
+terminated or expired upload: 410, not 404) and ``tus:{<id>}:post-finish``
+(its post-finish event until delivered, see ``hook_delivery``).
 
 Two global indexes let the sweeper find its work without scanning keys (see
 ``expiry``); they are sorted sets of upload ids:
