@@ -19,6 +19,7 @@ import httpx
 import pytest
 import uvicorn
 
+from storage_backends.base import Storage
 from tusserver import Config, create_app
 
 TUS = {"Tus-Resumable": "1.0.0"}
@@ -98,10 +99,15 @@ class ServedApps:
     def __len__(self) -> int:
         return len(self._running)
 
-    def start(self, config: Config, storage: Path, *, timeout: float = 30) -> RunningServer:
-        """Serve ``config``'s app; ``storage`` is where its files show on this machine."""
+    def start(
+        self, config: Config, storage: Path, *, timeout: float = 30, backend: Storage | None = None
+    ) -> RunningServer:
+        """Serve ``config``'s app; ``storage`` is where its files show on this machine.
+
+        ``backend``: a ready storage backend for the app, instead of ``config.storage``'s.
+        """
         port = free_port()
-        server = ThreadedUvicorn(create_app(config), port)
+        server = ThreadedUvicorn(create_app(config, storage=backend), port)
         server.start()
         client = httpx.Client(timeout=timeout)
         self._running.append((server, client))

@@ -15,6 +15,7 @@ import hashlib
 import random
 import socket
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ import redis
 
 from tests.helpers import upload_id_of
 from tests.process_fixtures import ServeProcess
+from tests.samba_fixtures import SambaServer
 from tests.server_fixtures import OCTETS, TUS
 
 MiB = 1024 * 1024
@@ -66,14 +68,19 @@ class Survival:
         return sum(self.kept) / sum(self.reached)
 
 
+def patch_head(path: str, offset: int, length: int, extra: str = "") -> bytes:
+    """A PATCH's request line and headers, for a body sent by hand."""
+    return (
+        f"PATCH {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nTus-Resumable: 1.0.0\r\n"
+        f"Content-Type: {OCTETS}\r\nUpload-Offset: {offset}\r\n{extra}"
+        f"Content-Length: {length}\r\n\r\n"
+    ).encode()
+
+
 def stream_until_killed(server: ServeProcess, path: str, offset: int, seconds: float) -> int:
     """PATCH from ``offset`` at RATE, SIGKILL the server after ``seconds``;
     returns how many bytes the server process read meanwhile."""
-    head = (
-        f"PATCH {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nTus-Resumable: 1.0.0\r\n"
-        f"Content-Type: {OCTETS}\r\nUpload-Offset: {offset}\r\n"
-        f"Content-Length: {LENGTH - offset}\r\n\r\n"
-    ).encode()
+    head = patch_head(path, offset, LENGTH - offset)
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
         read_before = server.bytes_read()
         sock.sendall(head)
@@ -180,6 +187,21 @@ def test_another_instance_takes_over_from_a_killed_one_without_a_restart(
     run_kills([first, second], state, partial_size(storage))
 
 
+def test_on_an_smb_share_a_sigkill_mid_patch_keeps_what_was_stored(
+    serve_process: Callable[..., ServeProcess],
+    redis_url: str,
+    state: redis.Redis,
+    samba: SambaServer,
+) -> None:
+    folder = f"crash-{uuid.uuid4().hex[:12]}"
+    server = serve_process(
+        "--storage", samba.url(folder), "--redis-url", redis_url, *LOCK_OPTIONS,
+        env={"TUSSERVER_SMB_PASSWORD": samba.password},
+    )  # fmt: skip
+
+    run_kills([server], state, partial_size(samba.share_dir / folder))
+
+
 def test_a_checksummed_chunk_cut_by_sigkill_counts_for_nothing(
     serve_process: Callable[..., ServeProcess], redis_url: str, state: redis.Redis, storage: Path
 ) -> None:
@@ -188,11 +210,7 @@ def test_a_checksummed_chunk_cut_by_sigkill_counts_for_nothing(
     created = httpx.post(server.endpoint, headers={**TUS, "Upload-Length": str(len(chunk))})
     path = created.headers["Location"]
     checksum = base64.b64encode(hashlib.sha1(chunk).digest()).decode()
-    head = (
-        f"PATCH {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        f"Tus-Resumable: 1.0.0\r\nContent-Type: {OCTETS}\r\nUpload-Offset: 0\r\n"
-        f"Upload-Checksum: sha1 {checksum}\r\nContent-Length: {len(chunk)}\r\n\r\n"
-    ).encode()
+    head = patch_head(path, 0, len(chunk), f"Upload-Checksum: sha1 {checksum}\r\n")
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
         sock.sendall(head)
         # Well past any checkpoint, well short of the whole chunk.

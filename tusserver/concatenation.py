@@ -21,11 +21,12 @@ from dataclasses import dataclass
 
 from starlette.datastructures import Headers
 
-from tusserver import errors, expiry, protocol
+from tusserver import errors, expiry, extensions, protocol
 from tusserver.creation import Draft, read_metadata
 from tusserver.headers import UPLOAD_DEFER_LENGTH, UPLOAD_LENGTH
 from tusserver.held import HeldUpload
 from tusserver.locking import kept_alive
+from tusserver.log_safety import describe
 from tusserver.services import Services
 
 logger = logging.getLogger(__name__)
@@ -104,14 +105,14 @@ async def fill(services: Services, held: HeldUpload, parts: list[tuple[str, int]
     # A large copy can outlast the lock's TTL: keep the lock while it runs.
     async with kept_alive(held.lease):
         try:
-            await services.storage.concat(upload.id, parts)
+            await extensions.concatenator(services.storage).concat(upload.id, parts)
         except OSError as exc:
             failure = exc
     if isinstance(failure, FileNotFoundError):
-        logger.warning("upload %s: a part vanished during assembly: %s", upload.id, failure)
+        logger.warning("upload %s: a part vanished during assembly", upload.id)
         raise errors.concat_part_removed()
     if failure is not None:
-        logger.error("upload %s: assembly failed: %s", upload.id, failure)
+        logger.error("upload %s: assembly failed: %s", upload.id, describe(failure))
         raise errors.storage_failure(failure)
     await held.commit(upload.length)
     logger.info(

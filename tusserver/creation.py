@@ -28,6 +28,7 @@ from tusserver.headers import UPLOAD_METADATA
 from tusserver.held import HeldUpload
 from tusserver.hook_events import FileInfo, HookType
 from tusserver.hooking import file_info, metadata_text, rejection
+from tusserver.log_safety import describe
 from tusserver.protocol import Checksum, Metadata
 from tusserver.record import Upload
 from tusserver.services import Services
@@ -172,6 +173,8 @@ async def discard(services: Services, held: HeldUpload) -> None:
     try:
         await services.storage.delete(held.id)
     except OSError as exc:
-        logger.warning("upload %s: could not remove the refused upload's bytes: %s", held.id, exc)
+        logger.warning(
+            "upload %s: could not remove the refused upload's bytes: %s", held.id, describe(exc)
+        )
     await held.try_terminate()
     await held.release()

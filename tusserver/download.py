@@ -43,6 +43,7 @@ from tusserver.headers import (
     LAST_MODIFIED,
     RANGE,
 )
+from tusserver.log_safety import describe
 from tusserver.ranges import (
     ByteRange,
     http_date,
@@ -270,7 +271,9 @@ class BlockStreamResponse(StreamingResponse):
                 except OSError as exc:
                     # The status line is sent: all that is left is to end the
                     # connection short of Content-Length, which clients detect.
-                    logger.error("upload %s: download failed mid-stream: %s", self.upload_id, exc)
+                    logger.error(
+                        "upload %s: download failed mid-stream: %s", self.upload_id, describe(exc)
+                    )
                     return
                 await send({"type": "http.response.body", "body": block, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})

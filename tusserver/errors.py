@@ -311,6 +311,15 @@ def mismatched_offset(current: int) -> TusError:
 # --- concatenation (tus "Concatenation" extension) ----------------------------
 
 
+def concatenation_unsupported() -> TusError:
+    return TusError(
+        400,
+        "concatenation_unsupported",
+        f"This server's storage cannot concatenate uploads; {UPLOAD_CONCAT} is not accepted.",
+        "Upload the file as one upload; Tus-Extension on OPTIONS lists what the server supports.",
+    )
+
+
 def concat_without_parts() -> TusError:
     return TusError(
         400,

@@ -17,6 +17,7 @@ from tusserver.held import HeldUpload
 from tusserver.hook_events import HookType
 from tusserver.hooking import file_info
 from tusserver.locking import kept_alive
+from tusserver.log_safety import describe
 from tusserver.services import Services
 from tusserver.state import StateUnavailable
 
@@ -68,7 +69,9 @@ async def finalize(services: Services, held: HeldUpload) -> None:
     try:
         await services.storage.delete(upload.id)  # the partial's name; the bytes stay published
     except OSError as exc:
-        logger.warning("upload %s: could not remove the partial's name: %s", upload.id, exc)
+        logger.warning(
+            "upload %s: could not remove the partial's name: %s", upload.id, describe(exc)
+        )
 
 
 async def _record_completion(

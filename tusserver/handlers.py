@@ -15,7 +15,7 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tusserver import concatenation, creation, errors, expiry, protocol
+from tusserver import concatenation, creation, errors, expiry, extensions, protocol
 from tusserver.config import Config
 from tusserver.finishing import finalize
 from tusserver.headers import (
@@ -57,7 +57,7 @@ def options(request: Request, services: Services) -> Response:
     headers = {
         TUS_RESUMABLE: TUS_VERSION,
         TUS_VERSION_HEADER: ",".join(protocol.SUPPORTED_VERSIONS),
-        TUS_EXTENSION: ",".join(protocol.EXTENSIONS),
+        TUS_EXTENSION: ",".join(extensions.advertised(services.storage)),
         TUS_CHECKSUM_ALGORITHM: ",".join(protocol.CHECKSUM_ALGORITHMS),
     }
     if services.config.max_size is not None:
@@ -72,6 +72,8 @@ async def create_upload(request: Request, services: Services) -> Response:
     headers = request.headers
     protocol.check_tus_resumable(headers.get(TUS_RESUMABLE))
     concat = _upload_concat(request, config)
+    if concat is not None:
+        extensions.concatenator(services.storage)  # 400 before anything is created
     if concat is not None and concat.is_final:
         return await _create_final(request, services, concat)
     length = _declared_length(headers)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from tusserver import errors
 from tusserver.hook_events import HookResponse
+from tusserver.log_safety import describe
 from tusserver.record import COMPLETE, FAILED, Upload
 from tusserver.state import CommitStatus, StateUnavailable, UploadStore
 
@@ -127,7 +128,7 @@ class HeldUpload:
         try:
             await self.terminate()
         except (StateUnavailable, errors.TusError) as exc:
-            logger.warning("upload %s: could not remove the record: %s", self.upload.id, exc)
+            logger.warning("upload %s: could not remove the record: %s", self.id, describe(exc))
 
     async def release(self) -> None:
         """Let go of the lock unless a script already did. Never raises."""

@@ -40,7 +40,9 @@ import anyio
 
 from tusserver.hook_events import decode_event
 from tusserver.hook_outbox import Entry, HookOutbox
+from tusserver.hooking import hook_failure
 from tusserver.hooks import Hook
+from tusserver.log_safety import describe
 from tusserver.record import from_fields
 from tusserver.state import StateUnavailable
 
@@ -101,7 +103,7 @@ class Deliverer:
                 await self._outbox.keep(self.consumer, list(self._retries))
             except StateUnavailable as exc:
                 # Redis away, or emptied (the group with it): join again later.
-                logger.warning("post-finish delivery paused: %s", exc)
+                logger.warning("post-finish delivery paused: %s", describe(exc))
                 joined = False
                 await anyio.sleep(1)
 
@@ -130,7 +132,7 @@ class Deliverer:
             logger.warning(
                 "upload %s: post-finish hook not delivered (%s); retrying",
                 entry.upload_id,
-                "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__,
+                hook_failure(exc),
             )
             self._later(entry)
             return

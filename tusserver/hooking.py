@@ -41,6 +41,8 @@ from tusserver.hook_events import (
 )
 from tusserver.hook_outbox import HookOutbox
 from tusserver.hooks import Hook
+from tusserver.http_hooks import HookFailed
+from tusserver.log_safety import describe, origin
 from tusserver.record import Upload
 from tusserver.state import StateUnavailable
 
@@ -110,7 +112,7 @@ class HookRunner:
                 "upload %s: %s hook failed (%s); refusing the request",
                 info.id or "(new)",
                 event.value,
-                _why(exc),
+                hook_failure(exc),
             )
             raise errors.hook_unavailable(event.value) from None
 
@@ -192,10 +194,13 @@ class HookRunner:
                 logger.info("upload %s: stopped by the post-receive hook", event.upload.id)
                 on_stop(answer)
         except StateUnavailable as exc:
-            logger.warning("upload %s: post-receive skipped: %s", event.upload.id, exc)
+            logger.warning("upload %s: post-receive skipped: %s", event.upload.id, describe(exc))
         except Exception as exc:  # a notification's failure is only logged
             logger.warning(
-                "upload %s: %s hook failed: %s", event.upload.id, event.type.value, _why(exc)
+                "upload %s: %s hook failed: %s",
+                event.upload.id,
+                event.type.value,
+                hook_failure(exc),
             )
         finally:
             self._in_flight -= 1
@@ -277,8 +282,11 @@ def _canonical(name: str) -> str:
     return "-".join(part[:1].upper() + part[1:].lower() for part in name.split("-"))
 
 
-def _why(exc: BaseException) -> str:
-    """What failed, without a hook answer's body or a trace."""
+def hook_failure(exc: BaseException) -> str:
+    """What failed, as log_safety shows it: never a hook answer's body, a
+    URL, a header's value or a trace. HookFailed's text is tusserver's own."""
     if isinstance(exc, TimeoutError):
         return "timed out"
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if isinstance(exc, HookFailed):
+        return f"{describe(exc)}: {exc}"
+    return f"{describe(exc)} at {origin(exc)}"

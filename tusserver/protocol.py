@@ -25,16 +25,6 @@ SUPPORTED_VERSIONS = (TUS_VERSION,)
 OFFSET_OCTET_STREAM = "application/offset+octet-stream"
 
 
-EXTENSIONS = (
-    "creation",
-    "creation-with-upload",
-    "creation-defer-length",
-    "termination",
-    "checksum",
-    "concatenation",
-    "expiration",
-)
-
 # checksum extension: sha1 is the one the spec requires; the others are what
 # tusd and the clients offer. Digest sizes in bytes, to refuse a malformed
 # value before any body is read.

@@ -14,13 +14,14 @@ from typing import NoReturn
 import anyio
 from starlette.requests import Request
 
-from tusserver import errors, expiry, integrity, protocol
+from tusserver import errors, expiry, extensions, integrity, protocol
 from tusserver.config import Config
 from tusserver.digests import Digests, Hasher
 from tusserver.finishing import finalize
 from tusserver.held import HeldUpload
 from tusserver.hook_events import HookResponse, HookType
 from tusserver.hooking import file_info, rejection
+from tusserver.log_safety import describe
 from tusserver.record import Upload
 from tusserver.services import Services
 from tusserver.state import StateUnavailable
@@ -71,6 +72,7 @@ async def receive_body(
             # client resumes after them. A body too large counts for nothing.
             with anyio.CancelScope(shield=True):
                 if _countable(transfer, digests):
+                    await _make_durable(services, held)
                     # Sliding expiry: stored bytes show the client is still at it.
                     expires = expiry.expiry_from(config, time.time())
                     await held.commit(start + transfer.stored, expires=expires)
@@ -95,7 +97,8 @@ async def receive_body(
             await held.try_terminate()
             raise errors.gone()
         if transfer.failure is not None:
-            logger.error("upload %s: storage write failed: %s", upload.id, transfer.failure)
+            failure = describe(transfer.failure)
+            logger.error("upload %s: storage write failed: %s", upload.id, failure)
             raise errors.storage_failure(transfer.failure)
         if checksum is not None and not transfer.whole_body:
             raise errors.checksum_incomplete()
@@ -127,11 +130,12 @@ def _checkpoints(
 
     async def commit(stored: int) -> bool:
         try:
+            await _make_durable(services, held)
             await held.checkpoint(start + stored, expires=expiry.expiry_from(config, time.time()))
             _progress(services, held)
-        except StateUnavailable as exc:
+        except (StateUnavailable, OSError) as exc:
             # The next checkpoint, or the commit at the end, tries again.
-            logger.warning("upload %s: checkpoint not committed: %s", held.id, exc)
+            logger.warning("upload %s: checkpoint not committed: %s", held.id, describe(exc))
         except errors.TusError:
             return False  # the lock was lost, or the upload removed: stop writing
         return True
@@ -161,11 +165,19 @@ async def _stop(services: Services, held: HeldUpload, answer: HookResponse) -> N
     try:
         await services.storage.delete(upload.id)
     except OSError as exc:
-        logger.warning("upload %s: could not remove the stopped upload's bytes: %s", upload.id, exc)
+        logger.warning(
+            "upload %s: could not remove the stopped upload's bytes: %s", upload.id, describe(exc)
+        )
     await held.try_terminate()
     services.running.forget(upload.id)
     services.hooks.notify(HookType.POST_TERMINATE, file_info(upload))
     raise rejection(answer, 400, "upload_stopped", "The server stopped this upload.")
+
+
+async def _make_durable(services: Services, held: HeldUpload) -> None:
+    """With durable commits, flush what was stored before a commit counts it."""
+    if services.config.durable_commits:
+        await extensions.flusher(services.storage).flush(held.id)
 
 
 def _countable(transfer: Transfer, digests: Digests) -> bool:
