@@ -4,6 +4,7 @@ how its answers reach real clients (tuspy, tus-js-client)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -142,6 +143,38 @@ def test_only_the_configured_events_are_sent(
     hook_receiver.wait_for("post-terminate")
 
     assert [r.type for r in hook_receiver.received()] == ["post-create", "post-terminate"]
+
+
+def test_hook_failures_never_log_the_hooks_headers_or_the_clients_credentials(
+    tus_server: StartServer, hook_receiver: HookReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = hooked(
+        tus_server, hook_receiver, hooks_retries=0, hooks_headers=("X-Hook-Secret: hdr-s3cret",)
+    )
+    hook_receiver.answer("pre-create", status=500)
+    hook_receiver.answer("post-create", status=500)
+    tusserver_logger = logging.getLogger("tusserver")
+    tusserver_logger.addHandler(caplog.handler)  # it may not propagate to the root
+    try:
+        with caplog.at_level(logging.INFO, logger="tusserver"):
+            refused = server.client.post(
+                server.endpoint,
+                headers={**TUS, "Upload-Length": "1", "Authorization": "Bearer tok-s3cret"},
+            )
+            hook_receiver.answer("pre-create")
+            server.create(1, Authorization="Bearer tok-s3cret")
+            hook_receiver.wait_for("post-create")
+            deadline = time.monotonic() + 10
+            while "post-create hook failed" not in caplog.text:
+                assert time.monotonic() < deadline, caplog.text
+                time.sleep(0.02)
+    finally:
+        tusserver_logger.removeHandler(caplog.handler)
+
+    assert_tus_error(refused, 503, "hook_unavailable")
+    assert "pre-create hook failed (HookFailed: answered 500)" in caplog.text
+    for leak in ("hdr-s3cret", "tok-s3cret", "X-Hook-Secret", "Traceback"):
+        assert leak not in caplog.text
 
 
 # --- pre-create -------------------------------------------------------------

@@ -3,6 +3,7 @@ typed events in, the same decisions as an HTTP hook's answer out."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -126,6 +127,43 @@ def test_a_python_pre_create_hook_that_raises_fails_creation_with_503(
     assert_tus_error(response, 503, "hook_unavailable")
     assert "own bug" not in response.text
     assert [key for key in state.keys("tus:*") if not key.startswith("tus:hooks:")] == []
+
+
+def test_a_failing_hook_is_logged_by_its_kind_and_origin_never_by_its_text(
+    serve_with_hooks: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = "s3cret-in-the-message"
+
+    async def broken(event: HookEvent) -> None:
+        raise RuntimeError(f"cannot read /srv/private/{secret}")
+
+    async def finished(event: HookEvent) -> None:
+        raise PermissionError(13, f"denied {secret}", "/srv/private/finished")
+
+    refusing = serve_with_hooks(Hooks(pre_create=broken))
+    notifying = serve_with_hooks(Hooks(post_create=broken, post_finish=finished))
+    # Attached to tusserver's logger itself: it may not propagate to the root.
+    tusserver_logger = logging.getLogger("tusserver")
+    tusserver_logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="tusserver"), httpx.Client(timeout=10) as client:
+            token = {"Authorization": "Bearer tok-of-the-client"}
+            refused = client.post(
+                refusing + "/files/", headers={**TUS, "Upload-Length": "1", **token}
+            )
+            upload(client, notifying, b"abc", token)
+            wait_until(lambda: "post-finish hook not delivered" in caplog.text)
+            wait_until(lambda: "post-create hook failed" in caplog.text)
+    finally:
+        tusserver_logger.removeHandler(caplog.handler)
+
+    assert_tus_error(refused, 503, "hook_unavailable")
+    text = caplog.text
+    assert "pre-create hook failed (RuntimeError at tests.test_python_hooks:" in text
+    assert "post-create hook failed: RuntimeError at tests.test_python_hooks:" in text
+    assert "post-finish hook not delivered (PermissionError EACCES at " in text
+    for leak in (secret, "/srv/private", "tok-of-the-client", "Traceback"):
+        assert leak not in text
 
 
 def test_a_failing_post_finish_hook_does_not_fail_the_upload_and_is_retried_until_it_succeeds(

@@ -22,6 +22,7 @@ to pass it along; credentials in it are redacted unless ``--hooks-forward-auth``
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
@@ -289,4 +290,9 @@ def hook_failure(exc: BaseException) -> str:
         return "timed out"
     if isinstance(exc, HookFailed):
         return f"{describe(exc)}: {exc}"
-    return f"{describe(exc)} at {origin(exc)}"
+    kind = describe(exc)
+    if isinstance(exc, OSError) and exc.errno is not None:
+        # Raised by a Python hook, its strerror is the application's text,
+        # not the system's: the errno's name says as much.
+        kind = f"{type(exc).__name__} {errno.errorcode.get(exc.errno, str(exc.errno))}"
+    return f"{kind} at {origin(exc)}"
