@@ -23,6 +23,7 @@ from tests.helpers import assert_tus_error, b64, upload_id_of
 from tests.hook_receiver import HookReceiver
 from tests.js_fixtures import JS_DIR, TusJs
 from tests.server_fixtures import OCTETS, TUS, RunningServer, free_port
+from tests.test_cli import cli_env, tusserver
 
 StartServer = Callable[..., RunningServer]
 
@@ -515,3 +516,36 @@ def test_tus_js_client_uploads_to_the_id_pre_create_chose(
 
     assert url.endswith("/files/chosen-by-the-hook")
     assert (server.storage / "chosen-by-the-hook").read_bytes() == source.read_bytes()
+
+
+# --- settings ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("settings", "mentions"),
+    [
+        ({"TUSSERVER_HOOKS_EVENTS": "pre-create,post-nothing"}, "'post-nothing' is unknown"),
+        ({"TUSSERVER_HOOKS_HEADER": "X-Hook-Secret=hdr-s3cret"}, "must be NAME:VALUE"),
+        # The variable's list is split at spaces: "abc" arrives as a header of its own.
+        ({"TUSSERVER_HOOKS_HEADER": "X-Hook-Secret: hdr-s3cret"}, "must be NAME:VALUE"),
+        ({"TUSSERVER_HOOKS_URL": "ftp://hooks.example/tus"}, "absolute http(s) URL"),
+        ({"TUSSERVER_HOOKS_TIMEOUT": "0s"}, "hooks timeout must be greater than zero"),
+    ],
+)
+def test_a_bad_hook_setting_stops_the_start_with_one_sentence_that_shows_no_header_value(
+    tmp_path: Path, settings: dict[str, str], mentions: str
+) -> None:
+    env = cli_env(**{"TUSSERVER_HOOKS_URL": "http://127.0.0.1:9/tus-hooks", **settings})
+    argv = tusserver(
+        "serve", "--port", str(free_port()), "--storage", str(tmp_path / "files"),
+        "--data-dir", str(tmp_path / "data"),
+    )  # fmt: skip
+
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert mentions in lines[0]
+    assert "hdr-s3cret" not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr

@@ -280,9 +280,13 @@ def parse_header(text: str) -> tuple[str, str]:
     """``"X-Hook-Secret: s3cret"`` -> ("X-Hook-Secret", "s3cret")."""
     name, sep, value = text.partition(":")
     name, value = name.strip(), value.strip()
-    if not sep or not _HEADER_NAME.fullmatch(name) or not _HEADER_VALUE.fullmatch(value):
-        # Not the value: it is likely a secret.
-        raise ConfigError(f"hooks header must be NAME:VALUE, like X-Hook-Secret:abc, not {name!r}.")
+    named = bool(sep) and _HEADER_NAME.fullmatch(name) is not None
+    if not named or not value or not _HEADER_VALUE.fullmatch(value):
+        # Never the value, nor text without a colon: either is likely a
+        # secret (the variable's list is split at spaces, so "Name: secret"
+        # arrives as "Name:" and "secret").
+        shown = f" ({name} has no usable value)" if named else ""
+        raise ConfigError(f"hooks header must be NAME:VALUE, like X-Hook-Secret:abc{shown}.")
     return name, value
 
 
