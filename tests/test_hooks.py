@@ -397,6 +397,36 @@ def test_pre_terminate_refuses_a_delete_seen_by_tuspy_and_the_upload_stays(
     assert hook_receiver.received("post-terminate") == []
 
 
+# --- pre-finish -------------------------------------------------------------
+
+
+def test_without_a_pre_finish_answer_nothing_is_published_until_a_head_finishes_it(
+    tus_server: StartServer, hook_receiver: HookReceiver
+) -> None:
+    server = hooked(tus_server, hook_receiver, hooks_retries=0)
+    url = server.create(3)
+    upload_id = upload_id_of(url)
+    hook_receiver.answer("pre-finish", status=500)
+
+    patched = server.patch(url, 0, b"abc")
+    held_back = server.head(url)
+
+    assert_tus_error(patched, 503, "hook_unavailable")
+    # Every byte is in, but the file waits for the hook's agreement.
+    assert held_back.status_code == 423
+    assert not (server.storage / upload_id).exists()
+    assert hook_receiver.received("post-finish") == []
+
+    hook_receiver.answer("pre-finish")
+    finished = server.head(url)
+
+    assert finished.headers["Upload-Offset"] == "3"
+    assert (server.storage / upload_id).read_bytes() == b"abc"
+    [delivered] = hook_receiver.wait_for("post-finish")
+    assert delivered.upload["ID"] == upload_id
+    assert delivered.upload["Storage"]["Location"] == upload_id
+
+
 # --- post-receive -----------------------------------------------------------
 
 
