@@ -1,4 +1,4 @@
-"""A FastAPI app with tusserver mounted under /uploads and an on-finish callback.
+"""A FastAPI app with tusserver mounted under /uploads and a post-finish hook.
 
     uvicorn --app-dir examples fastapi_app:app --port 8000
 
@@ -19,21 +19,28 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from tusserver import Config, create_app
-from tusserver.hooks import FinishedUpload, Hooks
+from tusserver.hook_events import HookEvent
+from tusserver.hooks import Hooks
 
 logger = logging.getLogger("uvicorn.error")
 
 # What this app learned about finished uploads; a real app would write to its
-# database or queue a job (keep the callback short: the client waits for it).
-finished: list[FinishedUpload] = []
+# database or queue a job. post-finish is delivered at least once (recorded
+# in Redis, retried until the callback returns), so key the work on the id.
+finished: dict[str, HookEvent] = {}
 
 
-async def on_finish(upload: FinishedUpload) -> None:
-    name = upload.metadata.get("filename", b"").decode(errors="replace")
+async def on_finish(event: HookEvent) -> None:
+    upload = event.upload
+    location = (upload.storage or {}).get("Location", "")
     logger.info(
-        "upload %s finished: %r, %d bytes, at %s", upload.id, name, upload.length, upload.location
+        "upload %s finished: %r, %d bytes, at %s",
+        upload.id,
+        upload.metadata.get("filename", ""),
+        upload.offset,
+        location,
     )
-    finished.append(upload)
+    finished[upload.id] = event
 
 
 tus = create_app(
@@ -60,7 +67,14 @@ app = FastAPI(lifespan=lifespan)
 
 @app.get("/uploads-finished")
 async def uploads_finished() -> list[dict[str, object]]:
-    return [{"id": u.id, "length": u.length, "location": u.location} for u in finished]
+    return [
+        {
+            "id": upload_id,
+            "length": event.upload.offset,
+            "location": (event.upload.storage or {}).get("Location"),
+        }
+        for upload_id, event in finished.items()
+    ]
 
 
 app.mount("/uploads", tus)

@@ -35,6 +35,8 @@ def value_shown(field: str, text: str, default: Any) -> Any:
         return parse_duration(text, field)
     if isinstance(default, int):
         return int(text)
+    if isinstance(default, tuple):  # a list the help shows comma-separated
+        return tuple(text.split(","))
     return text
 
 

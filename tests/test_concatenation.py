@@ -370,7 +370,7 @@ def test_an_upload_that_is_not_a_partial_is_refused_as_a_part(
         pytest.param(lambda s, i: f"/files/{i}/", id="trailing slash"),
         pytest.param(lambda s, i: f"/files/{i.upper()}", id="not an upload id"),
         pytest.param(lambda s, i: f"/files/%{i[:2]}{i[2:]}", id="percent-encoded"),
-        pytest.param(lambda s, i: f"/files/../files/{i}x", id="dot segments"),
+        pytest.param(lambda s, i: f"/files/../other/{i}", id="dot segments"),
         pytest.param(lambda s, i: "/files/", id="the endpoint itself"),
         pytest.param(lambda s, i: f"http://[::1/files/{i}", id="broken host"),
     ],

@@ -121,16 +121,22 @@ def test_fastapi_example_serves_tus_under_its_mount_path_and_calls_back_on_finis
             file_path=str(source), metadata={"filename": "report.pdf"}
         )
         uploader.upload()
+        # post-finish is delivered from Redis just after the client's answer.
+        deadline = time.monotonic() + 10
+        while not example.finished and time.monotonic() < deadline:
+            time.sleep(0.02)
         listed = httpx.get(f"http://127.0.0.1:{port}/uploads-finished", timeout=10).json()
     finally:
         server.stop()
 
     assert str(uploader.url).startswith(f"http://127.0.0.1:{port}/uploads/files/")
-    [finished] = example.finished
-    assert finished.metadata["filename"] == b"report.pdf"
-    assert finished.length == source.stat().st_size
-    assert (tmp_path / "uploads" / finished.location).read_bytes() == source.read_bytes()
-    assert listed == [{"id": finished.id, "length": finished.length, "location": finished.location}]
+    [(upload_id, event)] = example.finished.items()
+    assert str(uploader.url).endswith(upload_id)
+    assert event.upload.metadata["filename"] == "report.pdf"
+    assert event.upload.offset == source.stat().st_size
+    location = event.upload.storage["Location"]
+    assert (tmp_path / "uploads" / location).read_bytes() == source.read_bytes()
+    assert listed == [{"id": upload_id, "length": event.upload.offset, "location": location}]
 
 
 def test_node_example_resumes_after_ctrl_c_and_uploads_byte_identically(
@@ -176,3 +182,67 @@ def test_node_example_resumes_after_ctrl_c_and_uploads_byte_identically(
 
 
 # examples/nginx.conf runs in a real nginx in tests/test_proxy.py.
+
+
+def test_hook_receiver_example_refuses_unnamed_uploads_chooses_ids_and_records_finishes(
+    tus_server: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    spec = importlib.util.spec_from_file_location(
+        "hook_receiver", ROOT / "examples" / "hook_receiver.py"
+    )
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    receiver = ThreadedUvicorn(example.app, free_port())
+    receiver.start()
+    receiver_url = f"http://127.0.0.1:{receiver.server.config.port}"
+    try:
+        server = tus_server(
+            hooks_url=receiver_url + "/tus-hooks", hooks_headers=("X-Hook-Secret:change-me",)
+        )
+        # Only pre-create: instances sharing a Redis share the post-finish
+        # deliveries too, and this one could never deliver.
+        wrong_secret = tus_server(
+            hooks_url=receiver_url + "/tus-hooks",
+            hooks_headers=("X-Hook-Secret:wrong",),
+            hooks_events=("pre-create",),
+        )
+        unnamed = server.client.post(
+            server.endpoint, headers={"Tus-Resumable": "1.0.0", "Upload-Length": "1"}
+        )
+        refused = wrong_secret.client.post(
+            wrong_secret.endpoint,
+            headers={
+                "Tus-Resumable": "1.0.0",
+                "Upload-Length": "1",
+                "Upload-Metadata": "filename eA==",
+            },
+        )
+        source = tmp_path / "report.pdf"
+        source.write_bytes(os.urandom(50_000))
+        uploader = TusClient(server.endpoint).uploader(
+            file_path=str(source), metadata={"filename": "report.pdf"}
+        )
+        uploader.upload()
+        deadline = time.monotonic() + 10
+        while not example.finished and time.monotonic() < deadline:
+            time.sleep(0.02)
+        listed = httpx.get(receiver_url + "/finished", timeout=10).json()
+    finally:
+        receiver.stop()
+
+    assert unnamed.status_code == 400
+    assert unnamed.json() == {"message": "name the file (metadata 'filename')"}
+    assert refused.status_code == 503  # a receiver that says no to the caller is a failed hook
+    assert str(uploader.url).endswith("/files/upload-00000001")
+    assert listed == {
+        "upload-00000001": {
+            "size": 50_000,
+            "filename": "report.pdf",
+            "storage": {
+                "Type": "tusserver",
+                "Location": "upload-00000001",
+                "SHA256": hashlib.sha256(source.read_bytes()).hexdigest(),
+            },
+        }
+    }

@@ -108,8 +108,9 @@ def test_head_of_an_unknown_id_returns_404(
     [
         pytest.param("ABC", id="short uppercase"),
         pytest.param("0123456789ABCDEF0123456789ABCDEF", id="uppercase hex"),
-        pytest.param("0123456789abcdef0123456789abcde", id="31 hex chars"),
-        pytest.param("0123456789abcdef0123456789abcdef0", id="33 hex chars"),
+        pytest.param("0123456", id="7 characters"),
+        pytest.param("0123456789abcdef" * 4 + "0", id="65 characters"),
+        pytest.param("tus{0123456789}", id="hash tag braces"),
         pytest.param("..", id="dot dot"),
         pytest.param("%2E%2E", id="encoded dot dot"),
         pytest.param("..%2F..%2Fetc", id="encoded traversal"),

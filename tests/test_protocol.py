@@ -191,9 +191,14 @@ def test_parse_content_type_drops_parameters_and_case(
     [
         pytest.param(UPLOAD_ID, True, id="32 lowercase hex"),
         pytest.param(UPLOAD_ID.upper(), False, id="uppercase hex"),
-        pytest.param(UPLOAD_ID[:31], False, id="31 hex chars"),
-        pytest.param(UPLOAD_ID + "0", False, id="33 hex chars"),
-        pytest.param("g" * 32, False, id="not hex"),
+        pytest.param("invoice-2024_0001", True, id="chosen by a hook"),
+        pytest.param("a" * 64, True, id="64 characters"),
+        pytest.param("a" * 65, False, id="65 characters"),
+        pytest.param("abcdefg", False, id="7 characters"),
+        pytest.param("-abcdefgh", False, id="leading dash"),
+        pytest.param("Invoice-2024", False, id="uppercase letter"),
+        pytest.param("tus{x}yz-123", False, id="hash tag braces"),
+        pytest.param("abc.defgh", False, id="dot"),
         pytest.param(UPLOAD_ID + "\n", False, id="trailing newline"),
         pytest.param("../../etc", False, id="path traversal"),
         pytest.param("ABC", False, id="short uppercase"),
@@ -201,7 +206,9 @@ def test_parse_content_type_drops_parameters_and_case(
         pytest.param(UPLOAD_ID[:16] + "/" + UPLOAD_ID[17:], False, id="slash inside"),
     ],
 )
-def test_is_upload_id_accepts_only_32_lowercase_hex_digits(text: str, valid: bool) -> None:
+def test_is_upload_id_accepts_8_to_64_lowercase_letters_digits_dashes_underscores(
+    text: str, valid: bool
+) -> None:
     assert protocol.is_upload_id(text) is valid
 
 

@@ -50,6 +50,14 @@ NOT_DEFAULT: dict[str, Any] = {
     "checkpoint_bytes": 4 * 1024 * 1024,
     "checkpoint_interval": 0.5,
     "durable_commits": True,
+    "hooks_url": "http://hooks.example:8000/tus-hooks",
+    "hooks_events": ("pre-create", "post-finish"),
+    "hooks_timeout": 2.5,
+    "hooks_retries": 4,
+    "hooks_headers": ("X-Hook-Secret: abc", "X-Tenant: one"),
+    "hooks_forward_auth": True,
+    "progress_interval": 0.25,
+    "hooks_reclaim_after": 90.0,
 }
 
 

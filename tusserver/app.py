@@ -36,6 +36,9 @@ from tusserver.handlers import (
     options,
     patch_upload,
 )
+from tusserver.hook_outbox import HookOutbox
+from tusserver.hook_setup import check_hooks, open_hooks
+from tusserver.hooking import current_request
 from tusserver.hooks import Hooks
 from tusserver.locking import Locker
 from tusserver.log_safety import describe, origin
@@ -57,7 +60,8 @@ def create_app(
 ) -> Starlette:
     """A tus server as an ordinary ASGI app: run it, or mount it under a path.
 
-    ``hooks``: callbacks of the application that mounts it (tusserver.hooks).
+    ``hooks``: Python hooks of the application that mounts it
+    (tusserver.hooks), or HTTP hooks from ``config.hooks_url``; not both.
     ``storage``: a backend built by the caller; then ``config.storage`` is not
     used. Either way the app closes it at shutdown (it owns it from then on,
     as an httpx client owns its transport).
@@ -65,6 +69,7 @@ def create_app(
     ``storage_checked``: the caller checked it already, once for all its
     processes (``tusserver serve`` does, before starting anything).
     """
+    check_hooks(config, hooks)
     services_box: list[Services] = []
 
     def dispatch(table: dict[str, Handler]) -> Callable[[Request], Awaitable[Response]]:
@@ -74,6 +79,7 @@ def create_app(
             handler = table.get(request.method)
             if handler is None:
                 return render(errors.method_not_allowed(allowed))
+            current_request.set(request)  # what hook events of this request describe
             try:
                 result = handler(request, services_box[0])
                 return result if isinstance(result, Response) else await result
@@ -140,10 +146,14 @@ def create_app(
             stack.push_async_callback(client.aclose)
             store = UploadStore(client)
             locker = Locker(client, store, ttl=config.lock_ttl, wait=config.lock_wait)
-            services_box.append(Services(config, store, locker, backend, hooks=hooks or Hooks()))
+            hook_set = await open_hooks(config, hooks, HookOutbox(client), stack)
+            services_box.append(Services(config, store, locker, backend, hooks=hook_set.runner))
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(locker.listen_for_release_requests)
                 tasks.start_soon(sweeper.run_sweeper, store, backend, config)
+                tasks.start_soon(hook_set.runner.run)
+                if hook_set.deliverer is not None:
+                    tasks.start_soon(hook_set.deliverer.run)
                 yield
                 with anyio.move_on_after(5):
                     await locker.drain()
@@ -196,6 +206,10 @@ def render(error: errors.TusError) -> Response:
     response_headers[headers.CACHE_CONTROL] = "no-store"
     if error.status == 412:
         response_headers[headers.TUS_VERSION] = ",".join(protocol.SUPPORTED_VERSIONS)
+    if error.raw_body is not None:
+        if not any(name.lower() == "content-type" for name in response_headers):
+            response_headers["Content-Type"] = "text/plain; charset=utf-8"
+        return Response(error.raw_body, status_code=error.status, headers=response_headers)
     return JSONResponse(error.body(), status_code=error.status, headers=response_headers)
 
 

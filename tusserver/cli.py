@@ -145,6 +145,36 @@ _retention_option = option(
     "--durable-commits/--no-durable-commits",
     help="Flush stored bytes to disk (fdatasync, SMB FLUSH) before a commit counts them.",
 )
+@option(
+    "--hooks-url",
+    help="Send upload events to this URL as tusd v2 HTTP hooks (POST, JSON). Unset: no hooks.",
+)
+@option("--hooks-events", help="Comma-separated events to send to --hooks-url.")
+@option(
+    "--hooks-timeout",
+    help="Longest one hook call may take; a blocking hook past it fails the request with 503.",
+)
+@option(
+    "--hooks-retries",
+    type=click.IntRange(0, 10),
+    help="Attempts after the first for a hook that is down or answers non-2xx.",
+)
+@option(
+    "--hooks-header",
+    "hooks_headers",
+    multiple=True,
+    help="Header NAME:VALUE sent with every hook request, e.g. a shared secret. Repeatable; "
+    "the variable takes a space-separated list. Unset: none.",
+)
+@option(
+    "--hooks-forward-auth/--no-hooks-forward-auth",
+    help="Pass the client's Authorization and Cookie headers to hooks (else redacted).",
+)
+@option("--progress-interval", help="Send post-receive at most this often per upload.")
+@option(
+    "--hooks-reclaim-after",
+    help="Deliver a post-finish event another instance took and then left for this long.",
+)
 def serve(**options: Any) -> None:
     """Run the tus server.
 

@@ -28,7 +28,6 @@ from tusserver.held import HeldUpload
 from tusserver.locking import kept_alive
 from tusserver.log_safety import describe
 from tusserver.services import Services
-from tusserver.state import UploadStore
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +57,7 @@ async def check_final(
     # Spec: the parts' metadata is not transferred; the final has its own.
     # Its declared digest is checked at the end, its format now.
     metadata, declared = read_metadata(headers, config.max_metadata_size)
-    lengths = await _lengths_of_parts(services.store, concat)
+    lengths = await _lengths_of_parts(services, concat)
     length = sum(lengths)
     if config.max_size is not None and length > config.max_size:
         raise errors.size_exceeded(config.max_size)
@@ -72,9 +71,10 @@ async def check_final(
     return FinalUpload(draft, list(zip(concat.ids, lengths, strict=True)))
 
 
-async def _lengths_of_parts(store: UploadStore, concat: protocol.UploadConcat) -> list[int]:
-    """Each part's length, once each is known to be a complete partial upload."""
-    parts = await store.read_many(concat.ids)
+async def _lengths_of_parts(services: Services, concat: protocol.UploadConcat) -> list[int]:
+    """Each part's length, once each is known to be a complete partial upload
+    that the pre-access hook lets this request use."""
+    parts = await services.store.read_many(concat.ids)
     lengths = []
     for number, (url, part) in enumerate(zip(concat.urls, parts, strict=True), start=1):
         if part is None or expiry.has_expired(part):
@@ -88,6 +88,7 @@ async def _lengths_of_parts(store: UploadStore, concat: protocol.UploadConcat) -
             raise errors.concat_part_failed(number, url)
         if not part.is_fully_received or part.length is None:
             raise errors.concat_part_incomplete(number, url)
+        await services.hooks.check_access(part)
         lengths.append(part.length)
     return lengths
 

@@ -8,8 +8,13 @@ application that mounts tusserver builds a ``Config`` directly.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from tusserver.hook_events import HookType
+
+# Every hook event, in the order of an upload's life.
+HOOK_EVENTS: tuple[str, ...] = tuple(event.value for event in HookType)
 
 
 class ConfigError(ValueError):
@@ -171,6 +176,34 @@ class Config:
     # Trust Forwarded / X-Forwarded-Host, -Proto and -Prefix for Locations.
     # Off: any client could otherwise make the server hand out foreign URLs.
     behind_proxy: bool = False
+    # tusd v2-compatible HTTP hooks: each enabled event is POSTed here as
+    # tusd's JSON, so a receiver written for tusd works unchanged. None: no
+    # HTTP hooks (an application that mounts tusserver may pass Python ones).
+    hooks_url: str | None = None
+    # The events sent to hooks_url. All by default: a receiver ignores what
+    # it does not want more cheaply than an operator debugs a missing event.
+    hooks_events: tuple[str, ...] = HOOK_EVENTS
+    # Longest one hook call may take. A blocking hook (pre-*) holds its
+    # request that long at most before the client gets a retryable 503.
+    hooks_timeout: float = 5.0
+    # Attempts after the first for a hook that is unreachable or answers
+    # non-2xx (0.5 s, then doubling, between them); passing trouble on the
+    # receiver's side should not fail an upload.
+    hooks_retries: int = 2
+    # Extra headers on every hook request ("Name: Value"), e.g. a shared
+    # secret the receiver checks; never logged or shown.
+    hooks_headers: tuple[str, ...] = field(default=(), repr=False)
+    # Forward the client's Authorization, Proxy-Authorization and Cookie to
+    # hooks. Off: redacted, since a receiver is another service with its own
+    # logs; on for receivers that authenticate the client themselves.
+    hooks_forward_auth: bool = False
+    # post-receive is sent at most this often per upload (as tusd's
+    # -progress-hooks-interval): progress, not a message per block.
+    progress_interval: float = 1.0
+    # A post-finish delivery taken by an instance that then went silent (it
+    # died) is taken over by another after this long; a live instance keeps
+    # touching the ones it retries.
+    hooks_reclaim_after: float = 30.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -234,9 +267,46 @@ class Config:
                 "public URL must be the endpoint's absolute http(s) URL, "
                 f"like https://example.com/files/, not {self.public_url!r}."
             )
+        _check_hooks(self)
+
+
+def _check_hooks(config: Config) -> None:
+    if config.hooks_url is not None and not _HOOKS_URL.fullmatch(config.hooks_url):
+        raise ConfigError(
+            "hooks URL must be an absolute http(s) URL, like http://127.0.0.1:8000/tus-hooks."
+        )
+    for event in config.hooks_events:
+        if event not in HOOK_EVENTS:
+            raise ConfigError(
+                f"hook event {event[:40]!r} is unknown; the events are {', '.join(HOOK_EVENTS)}."
+            )
+    for name in ("hooks_timeout", "progress_interval", "hooks_reclaim_after"):
+        if getattr(config, name) <= 0:
+            raise ConfigError(f"{name.replace('_', ' ')} must be greater than zero.")
+    if not 0 <= config.hooks_retries <= 10:
+        raise ConfigError("hooks retries must be between 0 and 10.")
+    for header in config.hooks_headers:
+        parse_header(header)
+
+
+def parse_header(text: str) -> tuple[str, str]:
+    """``"X-Hook-Secret: s3cret"`` -> ("X-Hook-Secret", "s3cret")."""
+    name, sep, value = text.partition(":")
+    name, value = name.strip(), value.strip()
+    named = bool(sep) and _HEADER_NAME.fullmatch(name) is not None
+    if not named or not value or not _HEADER_VALUE.fullmatch(value):
+        # Never the value, nor text without a colon: either is likely a
+        # secret (the variable's list is split at spaces, so "Name: secret"
+        # arrives as "Name:" and "secret").
+        shown = f" ({name} has no usable value)" if named else ""
+        raise ConfigError(f"hooks header must be NAME:VALUE, like X-Hook-Secret:abc{shown}.")
+    return name, value
 
 
 # What browsers send in Origin: a scheme, a host and maybe a port, nothing else
 # (a trailing slash would never match).
 _ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#@\s]+", re.IGNORECASE)
+_HOOKS_URL = re.compile(r"https?://[^/?#@\s]+(/[^#\s]*)?", re.IGNORECASE)
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HEADER_VALUE = re.compile(r"[^\x00-\x1f\x7f]*")
 _PUBLIC_URL = re.compile(r"https?://[^/?#@\s]+(/[^?#\s]*)?", re.IGNORECASE)

@@ -13,18 +13,21 @@ An upload whose creation fails after its record exists is removed again by
 
 from __future__ import annotations
 
+import base64
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import anyio
 from starlette.datastructures import Headers
 
-from tusserver import expiry, integrity, protocol
+from tusserver import errors, expiry, integrity, protocol
 from tusserver.headers import UPLOAD_METADATA
 from tusserver.held import HeldUpload
+from tusserver.hook_events import FileInfo, HookType
+from tusserver.hooking import file_info, metadata_text, rejection
 from tusserver.log_safety import describe
 from tusserver.protocol import Checksum, Metadata
 from tusserver.record import Upload
@@ -79,9 +82,10 @@ async def create_held(services: Services, draft: Draft) -> AsyncIterator[HeldUpl
 
 
 async def _store_new(services: Services, draft: Draft, *, lock_token: str | None) -> Upload:
+    upload_id, draft = await _pre_create(services, draft)
     created = time.time()
     upload = Upload(
-        id=protocol.new_upload_id(),
+        id=upload_id,
         offset=0,
         length=draft.length,
         metadata=draft.metadata,
@@ -93,14 +97,74 @@ async def _store_new(services: Services, draft: Draft, *, lock_token: str | None
         # nothing the sweeper does not remove in time.
         expires=expiry.expiry_from(services.config, created),
     )
+    # Creating a partial is idempotent and never truncates, so a hook-chosen
+    # id that turns out taken leaves the other upload's bytes alone.
     await services.storage.create(upload.id)
-    await services.store.create(upload, lock_token=lock_token, lock_ttl_ms=services.locker.ttl_ms)
+    stored = await services.store.create(
+        upload, lock_token=lock_token, lock_ttl_ms=services.locker.ttl_ms
+    )
+    if not stored:
+        logger.info("upload %s: not created: the id is taken", upload.id)
+        raise errors.upload_id_taken()
     logger.info(
         "upload %s created (length %s)",
         upload.id,
         "deferred" if upload.length is None else upload.length,
     )
+    services.hooks.notify(HookType.POST_CREATE, file_info(upload))
     return upload
+
+
+async def _pre_create(services: Services, draft: Draft) -> tuple[str, Draft]:
+    """Ask the pre-create hook: it may refuse the upload, choose its id and
+    replace its metadata (tusd's RejectUpload and ChangeFileInfo)."""
+    hooks = services.hooks
+    if not hooks.enabled(HookType.PRE_CREATE):
+        return protocol.new_upload_id(), draft
+    info = FileInfo(
+        id="",
+        size=draft.length,
+        offset=0,
+        metadata=metadata_text(draft.metadata.values),
+        is_partial=draft.concat == protocol.CONCAT_PARTIAL,
+        is_final=draft.concat == protocol.CONCAT_FINAL,
+        partial_uploads=(
+            tuple(url.rstrip("/").rsplit("/", 1)[-1] for url in draft.parts)
+            if draft.concat == protocol.CONCAT_FINAL
+            else None
+        ),
+    )
+    answer = await hooks.decide(HookType.PRE_CREATE, info)
+    if answer.reject_upload:
+        logger.info("upload refused by the pre-create hook")
+        raise rejection(answer, 400, "upload_rejected", "The server refused to create this upload.")
+    changes = answer.change_file_info
+    upload_id = changes.id or protocol.new_upload_id()
+    if not protocol.is_upload_id(upload_id):
+        logger.warning("the pre-create hook chose an invalid upload id; refusing the creation")
+        raise errors.hook_invalid_answer(
+            HookType.PRE_CREATE.value,
+            "the upload id it chose is not 8 to 64 lowercase letters, digits, '-' or '_'",
+        )
+    if changes.metadata is not None:
+        draft = _with_hook_metadata(draft, changes.metadata, services)
+    return upload_id, draft
+
+
+def _with_hook_metadata(draft: Draft, values: Mapping[str, str], services: Services) -> Draft:
+    """Metadata a pre-create hook gave, as if the client had sent it: encoded
+    into the header HEAD echoes, held to the same rules (keys, size, a
+    declared digest's format)."""
+    raw = ",".join(
+        f"{key} {base64.b64encode(value.encode()).decode()}" if value else key
+        for key, value in values.items()
+    )
+    try:
+        parsed = protocol.parse_metadata(raw, services.config.max_metadata_size)
+        declared = integrity.declared_checksum(parsed)
+    except errors.TusError as exc:
+        raise errors.hook_invalid_answer(HookType.PRE_CREATE.value, exc.message) from None
+    return replace(draft, metadata=Metadata(raw, parsed), declared_checksum=declared)
 
 
 async def discard(services: Services, held: HeldUpload) -> None:

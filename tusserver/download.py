@@ -106,6 +106,7 @@ async def download_upload(request: Request, services: Services) -> Response:
     if not protocol.is_upload_id(upload_id):
         raise errors.not_found()
     upload, stat = await _locate(services, upload_id)
+    await services.hooks.check_access(upload)
     finished = upload.is_complete
     # A published file is exactly its bytes; a partial (unfinished, or a
     # complete concatenation part) may hold stale bytes past its offset.

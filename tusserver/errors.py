@@ -48,6 +48,9 @@ class TusError(Exception):
         self.hint = hint
         self.retryable = retryable
         self.headers: dict[str, str] = dict(headers or {})
+        # A body given verbatim instead of the JSON one: a hook's rejection
+        # (tusd's HTTPResponse.Body), which its receiver wrote for the client.
+        self.raw_body: str | None = None
 
     def with_headers(self, headers: Mapping[str, str]) -> TusError:
         """This error, carrying extra response headers too."""
@@ -522,3 +525,71 @@ def storage_failure(exc: OSError, *, reading: bool = False) -> TusError:
     if isinstance(exc, PermissionError) or exc.errno == errno.EROFS:
         return storage_refused()
     return storage_read_failed() if reading else storage_failed()
+
+
+# --- hooks (tusserver.hooking) ----------------------------------------------
+
+
+def hook_unavailable(event: str) -> TusError:
+    """A blocking hook did not answer (down, timed out, failed): never let
+    the request through as if it had agreed."""
+    return TusError(
+        503,
+        "hook_unavailable",
+        f"The server could not check this request ({event} hook unavailable).",
+        "Retry in a moment; nothing was changed.",
+        retryable=True,
+    )
+
+
+def hook_invalid_answer(event: str, detail: str) -> TusError:
+    """The hook answered, but with something that cannot be applied: the
+    operator's receiver must be fixed; retrying would get the same answer."""
+    return TusError(
+        502,
+        "hook_invalid_answer",
+        f"The server's {event} hook gave an answer that cannot be used: {detail}.",
+        "Report the time to the operator; retrying will not help until it is fixed.",
+    )
+
+
+def upload_id_taken() -> TusError:
+    return TusError(
+        409,
+        "upload_id_taken",
+        "An upload with the id chosen for this one exists already (or was removed recently).",
+        "Resume the existing upload by its URL, or create this one under other metadata.",
+    )
+
+
+# Hook response headers a hook may not set: framing and the tus protocol's
+# own, which the server alone decides.
+_RESERVED_HEADERS = frozenset(
+    {"content-length", "transfer-encoding", "connection", "tus-resumable", "upload-offset"}
+)
+
+
+def hook_rejected(
+    status: int,
+    body: str,
+    headers: Mapping[str, str],
+    *,
+    default_status: int,
+    code: str,
+    message: str,
+) -> TusError:
+    """A hook's refusal (pre-create, pre-access, pre-terminate, a stopped
+    upload): its status (a 4xx or 5xx; anything else gets ``default_status``),
+    its body verbatim when it gave one, and its headers beside the tus ones."""
+    error = TusError(
+        status if 400 <= status <= 599 else default_status,
+        code,
+        message,
+        "The server's policy refused it; retrying the same request will not help.",
+    )
+    for name, value in headers.items():
+        if name.lower() not in _RESERVED_HEADERS:
+            error.headers[name] = value
+    if body:
+        error.raw_body = body
+    return error

@@ -14,9 +14,10 @@ import anyio
 from tusserver import errors, integrity, naming, protocol
 from tusserver.digests import FILE_DIGEST
 from tusserver.held import HeldUpload
-from tusserver.hooks import FinishedUpload
+from tusserver.hook_events import HookType
+from tusserver.hooking import file_info
 from tusserver.locking import kept_alive
-from tusserver.log_safety import describe, origin
+from tusserver.log_safety import describe
 from tusserver.services import Services
 from tusserver.state import StateUnavailable
 
@@ -46,16 +47,22 @@ async def finalize(services: Services, held: HeldUpload) -> None:
             logger.warning("upload %s: not finalized: %s", upload.id, failure)
             await held.fail(failure)
             raise errors.upload_checksum_failed(failure)
+        # Blocking: nothing is published until the hook agreed; without an
+        # answer (503) the upload stays fully received, and the client's next
+        # HEAD or PATCH finalizes it again.
+        await services.hooks.decide(HookType.PRE_FINISH, file_info(upload))
         if upload.concat == protocol.CONCAT_PARTIAL:
             # It keeps expiring (expiry sweeps it); the final uploads made of
             # it record their own digests.
-            await held.complete_unpublished()
+            post_finish = await services.hooks.announce_finish(upload)
+            await held.complete_unpublished(post_finish=post_finish)
             logger.info("upload %s: partial upload complete (%d bytes)", upload.id, upload.length)
             return
         name = naming.final_name(services.config.final_name, upload.id, upload.metadata.values)
         location = await services.storage.finalize(upload.id, name, upload.length)
         sha256 = digests[FILE_DIGEST].hex()
-        await _record_completion(services, held, location, sha256)
+        post_finish = await services.hooks.announce_finish(upload, location, sha256)
+        await _record_completion(services, held, location, sha256, post_finish)
     logger.info(
         "upload %s finished as %s (%d bytes, sha256 %s)", upload.id, location, upload.length, sha256
     )
@@ -65,18 +72,10 @@ async def finalize(services: Services, held: HeldUpload) -> None:
         logger.warning(
             "upload %s: could not remove the partial's name: %s", upload.id, describe(exc)
         )
-    if services.hooks.post_finish is not None:
-        metadata = upload.metadata.values
-        finished = FinishedUpload(upload.id, upload.length, metadata, location, sha256)
-        try:
-            await services.hooks.post_finish(finished)
-        except Exception as exc:
-            failure, where = describe(exc), origin(exc)
-            logger.error("upload %s: post-finish hook failed: %s at %s", upload.id, failure, where)
 
 
 async def _record_completion(
-    services: Services, held: HeldUpload, location: str, sha256: str
+    services: Services, held: HeldUpload, location: str, sha256: str, post_finish: str | None
 ) -> None:
     """Record the finished file, retrying a passing Redis fault a few times:
     the partial is already renamed, so failing here would strand the upload
@@ -85,9 +84,9 @@ async def _record_completion(
     retention = services.config.retention
     for delay in (0.2, 0.4):
         try:
-            await held.complete(location, sha256, retention=retention)
+            await held.complete(location, sha256, retention=retention, post_finish=post_finish)
             return
         except StateUnavailable:
             logger.warning("upload %s: finalized as %s; retrying to record it", held.id, location)
             await anyio.sleep(delay)
-    await held.complete(location, sha256, retention=retention)
+    await held.complete(location, sha256, retention=retention, post_finish=post_finish)

@@ -37,6 +37,9 @@ from tusserver.headers import (
 )
 from tusserver.headers import TUS_VERSION as TUS_VERSION_HEADER
 from tusserver.held import HeldUpload
+from tusserver.hook_events import HookType
+from tusserver.hooking import file_info
+from tusserver.locking import kept_alive
 from tusserver.protocol import TUS_VERSION
 from tusserver.receiving import receive_body
 from tusserver.record import Upload
@@ -136,6 +139,7 @@ async def head_upload(request: Request, services: Services) -> Response:
     upload = await services.locker.read(upload_id)
     if expiry.has_expired(upload):
         raise errors.gone()  # in line with the Upload-Expires announced; not swept yet
+    await services.hooks.check_access(upload)
     if upload.needs_finalize:
         # A finalize was interrupted (crash): finish it before saying "done".
         async with services.locker.hold(upload_id) as held:
@@ -192,6 +196,7 @@ async def patch_upload(request: Request, services: Services) -> Response:
         upload = held.upload
         if expiry.has_expired(upload):
             raise errors.gone()  # in line with the Upload-Expires announced; not swept yet
+        await _check_access(services, held)
         if upload.is_failed:
             raise errors.upload_checksum_failed(upload.failure or "unknown")
         if upload.concat == protocol.CONCAT_FINAL:
@@ -215,11 +220,23 @@ async def delete_upload(request: Request, services: Services) -> Response:
     upload_id = _upload_id(request)
     protocol.check_tus_resumable(request.headers.get(TUS_RESUMABLE))
     async with services.locker.hold(upload_id) as held:
+        await _check_access(services, held)
+        if services.hooks.enabled(HookType.PRE_TERMINATE):
+            async with kept_alive(held.lease):
+                await services.hooks.check_termination(held.upload)
         await services.storage.delete(upload_id, held.upload.location)
         await held.terminate()
     services.running.forget(upload_id)
     logger.info("upload %s terminated", upload_id)
+    services.hooks.notify(HookType.POST_TERMINATE, file_info(held.upload))
     return Response(status_code=204, headers=tus_headers())
+
+
+async def _check_access(services: Services, held: HeldUpload) -> None:
+    """pre-access with the lock held: kept alive while the hook answers."""
+    if services.hooks.enabled(HookType.PRE_ACCESS):
+        async with kept_alive(held.lease):
+            await services.hooks.check_access(held.upload)
 
 
 async def _settle_length(services: Services, held: HeldUpload, length: int) -> None:

@@ -20,6 +20,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from tusserver import errors
+from tusserver.hook_events import HookResponse
 from tusserver.log_safety import describe
 from tusserver.record import COMPLETE, FAILED, Upload
 from tusserver.state import CommitStatus, StateUnavailable, UploadStore
@@ -35,6 +36,9 @@ class HeldUpload:
         self.upload = upload
         self.lease = lease
         self._locker = locker
+        # Set when a post-receive hook said StopUpload while this request
+        # writes: its answer, for the client (see receiving).
+        self.stopped_by_hook: HookResponse | None = None
 
     @property
     def id(self) -> str:
@@ -79,10 +83,18 @@ class HeldUpload:
         await self._store.set_length(self.upload.id, length)
         self.upload.length = length
 
-    async def complete(self, location: str, sha256: str, *, retention: float | None) -> None:
-        """Record the published file and its SHA-256; releases the lock."""
+    async def complete(
+        self, location: str, sha256: str, *, retention: float | None, post_finish: str | None
+    ) -> None:
+        """Record the published file and its SHA-256, with its post-finish
+        event if any (see hook_delivery); releases the lock."""
         status = await self._store.complete(
-            self.upload.id, self.lease.token, location, sha256, retention=retention
+            self.upload.id,
+            self.lease.token,
+            location,
+            sha256,
+            retention=retention,
+            post_finish=post_finish,
         )
         self._check(status, "completion")
         self.lease.released = True
@@ -90,9 +102,12 @@ class HeldUpload:
         upload.state, upload.location, upload.sha256 = COMPLETE, location, sha256
         upload.expires = None  # a published file does not expire
 
-    async def complete_unpublished(self) -> None:
+    async def complete_unpublished(self, *, post_finish: str | None) -> None:
         """Mark a concatenation part complete, kept staged; releases the lock."""
-        self._check(await self._store.complete_unpublished(self.upload.id, self.lease.token), "")
+        status = await self._store.complete_unpublished(
+            self.upload.id, self.lease.token, post_finish=post_finish
+        )
+        self._check(status, "")
         self.lease.released = True
         self.upload.state = COMPLETE
 

@@ -1,32 +1,42 @@
-"""Callbacks an application that mounts tusserver gives to ``create_app``.
+"""Hooks an application that mounts tusserver gives to ``create_app``.
 
-    create_app(config, hooks=Hooks(post_finish=on_finish))
+    async def check(event: HookEvent) -> HookResponse | None:
+        if "filename" not in event.upload.metadata:
+            return HookResponse(reject_upload=True, http_response=HTTPResponse(400, "name it"))
+        return None
 
-``post_finish(upload)`` is awaited once per upload, after its file is
-published and its completion recorded, before the client gets its answer;
-keep it short (hand long work to a queue). It is a notification: it cannot
-undo the upload, and an exception in it is logged with the upload id while
-the client still gets its success answer (its bytes are safe).
+    create_app(config, hooks=Hooks(pre_create=check, post_finish=on_finish))
+
+Each is an async callable given a ``HookEvent`` (tusserver.hook_events: the
+content tusd's HTTP hooks carry) and returning a ``HookResponse`` with the
+same decisions an HTTP hook's answer can make, or None for "no objection".
+A blocking hook (``pre_*``) that raises or runs past ``hooks_timeout`` fails
+the request with a retryable 503; ``post_finish`` is recorded in Redis and
+called at least once, retried until it returns (see ``hook_delivery``); the
+other ``post_*`` hooks are notifications whose failures are only logged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from tusserver.hook_events import HookEvent, HookResponse, HookType
 
-@dataclass(frozen=True)
-class FinishedUpload:
-    id: str
-    length: int
-    # The client's Upload-Metadata, decoded (a key without a value maps to b"").
-    metadata: Mapping[str, bytes]
-    # Where storage put the file, relative to the storage root.
-    location: str
-    # Hex SHA-256 of the file's bytes, as recorded with the upload.
-    sha256: str
+Hook = Callable[[HookEvent], Awaitable[HookResponse | None]]
 
 
 @dataclass(frozen=True)
 class Hooks:
-    post_finish: Callable[[FinishedUpload], Awaitable[None]] | None = None
+    pre_create: Hook | None = None
+    post_create: Hook | None = None
+    post_receive: Hook | None = None
+    pre_finish: Hook | None = None
+    post_finish: Hook | None = None
+    pre_terminate: Hook | None = None
+    post_terminate: Hook | None = None
+    pre_access: Hook | None = None
+
+    def for_event(self, event: HookType) -> Hook | None:
+        hook: Hook | None = getattr(self, event.value.replace("-", "_"))
+        return hook

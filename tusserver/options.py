@@ -27,10 +27,16 @@ from tusserver.config import (
 
 FC = TypeVar("FC", bound=Callable[..., Any])
 
+
 def _split_origins(values: tuple[str, ...], setting: str) -> tuple[str, ...]:
     """Flags give one origin each; the environment variable a list, which
     click splits at spaces only, so commas are split here."""
     return tuple(origin for value in values for origin in re.split(r"[\s,]+", value) if origin)
+
+
+def _split_events(text: str, setting: str) -> tuple[str, ...]:
+    """``"pre-create, post-finish"`` -> ("pre-create", "post-finish")."""
+    return tuple(event for event in re.split(r"[\s,]+", text) if event)
 
 
 class _Kind(NamedTuple):
@@ -55,6 +61,10 @@ _KINDS: dict[str, _Kind] = {
     "cors_origins": _Kind(_split_origins, " ".join),
     "checkpoint_bytes": _Kind(parse_size, str),
     "checkpoint_interval": _DURATION,
+    "hooks_events": _Kind(_split_events, ",".join),
+    "hooks_timeout": _DURATION,
+    "progress_interval": _DURATION,
+    "hooks_reclaim_after": _DURATION,
 }
 _FIELDS = {field.name: field for field in dataclasses.fields(Config)}
 

@@ -37,9 +37,13 @@ CHECKSUM_METADATA_KEY = "checksum"
 MAX_INT64 = 2**63 - 1
 _DIGITS = re.compile(r"[0-9]{1,19}")
 
-# 128 random bits as 32 lowercase hex digits. Checked before any Redis key or
-# path is derived from an id taken from a URL.
-UPLOAD_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
+# Ids the server makes are 128 random bits as 32 lowercase hex digits; a
+# pre-create hook may choose others. Every id, from a URL or a hook, is
+# checked against this before any Redis key or path is derived from it: no
+# braces (the keys' hash tag), no dots or slashes (paths), lowercase only (an
+# SMB share ignores case, so "A" and "a" would be one file), and at least 8
+# characters (never a Windows device name such as CON or COM1).
+UPLOAD_ID_PATTERN = re.compile(r"[0-9a-z][0-9a-z_-]{7,63}")
 
 # Metadata keys: tus says ASCII, no spaces, no commas. We also refuse control
 # characters so a key can never smuggle a header line break.

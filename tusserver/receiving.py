@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import NoReturn
 
 import anyio
 from starlette.requests import Request
@@ -18,6 +19,8 @@ from tusserver.config import Config
 from tusserver.digests import Digests, Hasher
 from tusserver.finishing import finalize
 from tusserver.held import HeldUpload
+from tusserver.hook_events import HookResponse, HookType
+from tusserver.hooking import file_info, rejection
 from tusserver.log_safety import describe
 from tusserver.record import Upload
 from tusserver.services import Services
@@ -75,6 +78,9 @@ async def receive_body(
                     expires = expiry.expiry_from(config, time.time())
                     await held.commit(start + transfer.stored, expires=expires)
                     _keep_file_digests(services, upload, transfer, digests)
+                    _progress(services, held)
+        if held.stopped_by_hook is not None:
+            await _stop(services, held, held.stopped_by_hook)
         if transfer.end is End.TOO_LARGE:
             raise _too_large(upload, config)
         if transfer.end is End.RELEASED:
@@ -131,6 +137,7 @@ def _checkpoints(
         try:
             await _make_durable(services, held)
             await held.checkpoint(start + stored, expires=expiry.expiry_from(config, time.time()))
+            _progress(services, held)
         except (StateUnavailable, OSError) as exc:
             # The next checkpoint, or the commit at the end, tries again.
             logger.warning("upload %s: checkpoint not committed: %s", held.id, describe(exc))
@@ -139,6 +146,37 @@ def _checkpoints(
         return True
 
     return Checkpoints(commit, config.checkpoint_bytes, config.checkpoint_interval)
+
+
+def _progress(services: Services, held: HeldUpload) -> None:
+    """post-receive at the committed offset (rate-limited, in the background).
+    A StopUpload answer ends this request's reading as a release request
+    would; ``_stop`` then finishes the job once the bytes are committed."""
+
+    def stop(answer: HookResponse) -> None:
+        if held.stopped_by_hook is None:
+            held.stopped_by_hook = answer
+            held.lease.release_requested.set()
+
+    services.hooks.progress(held.upload, stop)
+
+
+async def _stop(services: Services, held: HeldUpload, answer: HookResponse) -> NoReturn:
+    """A post-receive hook stopped the upload: as tusd does, it is terminated
+    (bytes, then record) and the client gets the hook's answer, 400 by
+    default, which tells it not to resume."""
+    upload = held.upload
+    logger.info("upload %s: stopped by the post-receive hook at %d bytes", upload.id, upload.offset)
+    try:
+        await services.storage.delete(upload.id)
+    except OSError as exc:
+        logger.warning(
+            "upload %s: could not remove the stopped upload's bytes: %s", upload.id, describe(exc)
+        )
+    await held.try_terminate()
+    services.running.forget(upload.id)
+    services.hooks.notify(HookType.POST_TERMINATE, file_info(upload))
+    raise rejection(answer, 400, "upload_stopped", "The server stopped this upload.")
 
 
 async def _make_durable(services: Services, held: HeldUpload) -> None:

@@ -6,6 +6,22 @@ Keys of one upload share a hash tag (``tus:{<id>}:...``), so each script
 touches one Redis Cluster slot.
 """
 
+# KEYS: info, lock, gone. ARGV: lock token ("" = nobody holds it), lock
+# ttl_ms, created, then the record's field/value pairs. Creates the record
+# only if the id is free: no record, no tombstone (an id a pre-create hook
+# chose may be taken). A retried call (reply lost) finds its own record by
+# its creation time.
+CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  if redis.call('HGET', KEYS[1], 'created') == ARGV[3] then return 'ok' end
+  return 'taken'
+end
+if redis.call('EXISTS', KEYS[3]) == 1 then return 'taken' end
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if ARGV[1] ~= '' then redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2]) end
+return 'ok'
+"""
+
 # KEYS: info, lock, gone. ARGV: token, ttl_ms ("" = only read).
 # Returns {status, flat record} where status is claimed|locked|missing|gone.
 CLAIM = """
@@ -51,16 +67,19 @@ if holder and ARGV[4] == '1' then redis.call('DEL', KEYS[2]) end
 return 'ok'
 """
 
-# KEYS: info, lock. ARGV: token, state, published (1|0), then field/value
-# pairs to set. Marks the upload finished (complete: published, or a
-# concatenation part kept staged; failed: never to be published) and
-# releases the lock in the same step. A published file does not expire.
+# KEYS: info, lock, post-finish event. ARGV: token, state, published (1|0),
+# the post-finish event ("" = none), then field/value pairs to set. Marks the
+# upload finished (complete: published, or a concatenation part kept staged;
+# failed: never to be published) and releases the lock in the same step. A
+# published file does not expire. The event is stored in the same step, so
+# it exists exactly when the finish is recorded (see hook_delivery).
 COMPLETE = """
 local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[1] then return 'lost' end
 if redis.call('EXISTS', KEYS[1]) == 0 then return 'missing' end
 redis.call('HSET', KEYS[1], 'state', ARGV[2])
-for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if ARGV[4] ~= '' then redis.call('SET', KEYS[3], ARGV[4]) end
+for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 if ARGV[3] == '1' then redis.call('HDEL', KEYS[1], 'expires') end
 if holder then redis.call('DEL', KEYS[2]) end
 return 'ok'

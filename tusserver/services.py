@@ -12,7 +12,7 @@ from storage_backends.base import Storage
 from tusserver.config import Config
 from tusserver.digests import RunningDigests
 from tusserver.headers import TUS_RESUMABLE
-from tusserver.hooks import Hooks
+from tusserver.hooking import HookRunner
 from tusserver.locking import Locker
 from tusserver.protocol import TUS_VERSION
 from tusserver.state import UploadStore
@@ -28,7 +28,7 @@ class Services:
     storage: Storage
     # File digests in progress in this process (see digests.RunningDigests).
     running: RunningDigests = field(default_factory=RunningDigests)
-    hooks: Hooks = field(default_factory=Hooks)
+    hooks: HookRunner = field(default_factory=HookRunner.none)
 
 
 def tus_headers(extra: Mapping[str, str] | None = None) -> dict[str, str]:

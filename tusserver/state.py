@@ -3,8 +3,9 @@
 Keys of one upload share a hash tag, so they live on one Redis Cluster slot
 and one Lua script may touch them all: ``tus:{<id>}:info`` (the record, see
 ``tusserver.record``), ``tus:{<id>}:lock`` (the token of the request allowed
-to write, see ``locking``) and ``tus:{<id>}:gone`` (tombstone of a
-terminated or expired upload: 410, not 404).
+to write, see ``locking``), ``tus:{<id>}:gone`` (tombstone of a
+terminated or expired upload: 410, not 404) and ``tus:{<id>}:post-finish``
+(its post-finish event until delivered, see ``hook_delivery``).
 
 Two global indexes let the sweeper find its work without scanning keys (see
 ``expiry``); they are sorted sets of upload ids:
@@ -44,7 +45,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
-from redis.typing import EncodableT, FieldT
+from redis.typing import EncodableT
 
 from tusserver import scripts
 from tusserver.record import COMPLETE, FAILED, Upload, from_fields, to_fields
@@ -89,6 +90,15 @@ def gone_key(upload_id: str) -> str:
     return f"tus:{{{upload_id}}}:gone"
 
 
+def post_finish_key(upload_id: str) -> str:
+    """The upload's post-finish event until delivered (see hook_delivery)."""
+    return f"tus:{{{upload_id}}}:post-finish"
+
+
+def _complete_keys(upload_id: str) -> list[str]:
+    return [info_key(upload_id), lock_key(upload_id), post_finish_key(upload_id)]
+
+
 EXPIRY_INDEX = "tus:expiry"
 RETENTION_INDEX = "tus:retention"
 # Held by the instance sweeping right now (see expiry); one sweeper at a time.
@@ -119,6 +129,7 @@ def _translating(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
 class UploadStore:
     def __init__(self, client: aioredis.Redis) -> None:
         self._redis = client
+        self._create = client.register_script(scripts.CREATE)
         self._claim = client.register_script(scripts.CLAIM)
         self._commit = client.register_script(scripts.COMMIT)
         self._complete = client.register_script(scripts.COMPLETE)
@@ -127,19 +138,26 @@ class UploadStore:
         self._extend = client.register_script(scripts.EXTEND)
 
     @_translating
-    async def create(self, upload: Upload, *, lock_token: str | None, lock_ttl_ms: int) -> None:
-        """Store a new record; with ``lock_token``, the creator also holds its lock."""
-        # Rebuilt as redis-py types its mappings (keys of any encodable type).
-        fields: dict[FieldT, EncodableT] = {k: v for k, v in to_fields(upload).items()}
+    async def create(self, upload: Upload, *, lock_token: str | None, lock_ttl_ms: int) -> bool:
+        """Store a new record; with ``lock_token``, the creator also holds its
+        lock. False, and nothing stored, if the id is taken (a record or a
+        tombstone has it)."""
+        fields = to_fields(upload)
+        pairs: list[EncodableT] = [item for pair in fields.items() for item in pair]
         async with self._redis.pipeline(transaction=True) as pipe:
             # The index entry first: should the pipeline ever be split (Redis
             # Cluster), an entry without a record is what the sweeper cleans.
+            # LT: a taken id's entry keeps its earlier score (never later than
+            # its record's expiry).
             if upload.expires is not None:
-                pipe.zadd(EXPIRY_INDEX, {upload.id: upload.expires})
-            pipe.hset(info_key(upload.id), mapping=fields)
-            if lock_token is not None:
-                pipe.set(lock_key(upload.id), lock_token, px=lock_ttl_ms)
-            await pipe.execute()
+                pipe.zadd(EXPIRY_INDEX, {upload.id: upload.expires}, lt=True)
+            await self._create(
+                keys=_keys(upload.id),
+                args=[lock_token or "", lock_ttl_ms, fields["created"], *pairs],
+                client=pipe,
+            )
+            replies = await pipe.execute()
+        return bool(replies[-1] == "ok")
 
     @_translating
     async def claim(self, upload_id: str, token: str, ttl_ms: int) -> Claim:
@@ -190,8 +208,11 @@ class UploadStore:
         sha256: str,
         *,
         retention: float | None = None,
+        post_finish: str | None = None,
     ) -> CommitStatus:
         """Record the published file and its SHA-256, and release the lock. Idempotent.
+
+        ``post_finish``: the event to store with the completion, in the same step.
 
         Once recorded, the upload leaves the expiry index; with a
         ``retention``, it enters the retention index so the sweeper removes
@@ -200,11 +221,12 @@ class UploadStore:
         """
         completed = time.time()
         result = await self._complete(
-            keys=[info_key(upload_id), lock_key(upload_id)],
+            keys=_complete_keys(upload_id),
             args=[
                 token,
                 COMPLETE,
                 "1",
+                post_finish or "",
                 "location",
                 location,
                 "sha256",
@@ -219,11 +241,13 @@ class UploadStore:
         return status
 
     @_translating
-    async def complete_unpublished(self, upload_id: str, token: str) -> CommitStatus:
+    async def complete_unpublished(
+        self, upload_id: str, token: str, *, post_finish: str | None = None
+    ) -> CommitStatus:
         """Mark a concatenation part complete, kept staged and still expiring;
-        releases the lock."""
+        releases the lock. ``post_finish`` as for ``complete``."""
         result = await self._complete(
-            keys=[info_key(upload_id), lock_key(upload_id)], args=[token, COMPLETE, "0"]
+            keys=_complete_keys(upload_id), args=[token, COMPLETE, "0", post_finish or ""]
         )
         return CommitStatus(result)
 
@@ -232,8 +256,8 @@ class UploadStore:
         """Record that the upload will never be finalized, and why; releases the
         lock. It keeps expiring, so the sweeper removes its bytes in time."""
         result = await self._complete(
-            keys=[info_key(upload_id), lock_key(upload_id)],
-            args=[token, FAILED, "0", "failure", failure],
+            keys=_complete_keys(upload_id),
+            args=[token, FAILED, "0", "", "failure", failure],
         )
         return CommitStatus(result)
 
@@ -338,5 +362,3 @@ def _to_claim(upload_id: str, reply: list[Any]) -> Claim:
         return Claim(status)
     flat: list[str] = reply[1]
     return Claim(status, from_fields(upload_id, dict(zip(flat[::2], flat[1::2], strict=True))))
-
-
