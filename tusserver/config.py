@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from tusserver import content_types
+
 
 class ConfigError(ValueError):
     """A setting is unusable; the message is one sentence a person can act on."""
@@ -98,6 +100,13 @@ class Config:
     base_path: str = "/files/"
     # Largest upload accepted, in bytes; None = no limit (Tus-Max-Size omitted).
     max_size: int | None = None
+    # Smallest upload accepted, in bytes; None = no lower bound. Checked when
+    # the length is known (creation, or the PATCH that ends a deferred one).
+    min_size: int | None = None
+    # Media types an upload may be (image/*, application/pdf, */*), judged
+    # by its metadata at creation and by its first bytes as they arrive
+    # (tusserver/content_types.py). Empty: any type, and nothing is sniffed.
+    allow_types: tuple[str, ...] = ()
     # A PATCH that receives no bytes for this long is ended and what arrived is
     # kept (tus: store as much as possible); frees the lock of a dead client.
     idle_timeout: float = 60.0
@@ -180,6 +189,7 @@ class Config:
             raise ConfigError(
                 "max size must be a positive number of bytes (or unset for no limit)."
             )
+        self._check_upload_rules()
         for name in ("idle_timeout", "lock_wait", "lock_ttl", "checkpoint_interval"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.replace('_', ' ')} must be greater than zero.")
@@ -220,6 +230,19 @@ class Config:
             raise ConfigError(
                 "public URL must be the endpoint's absolute http(s) URL, "
                 f"like https://example.com/files/, not {self.public_url!r}."
+            )
+
+    def _check_upload_rules(self) -> None:
+        if self.min_size is not None and self.min_size < 0:
+            raise ConfigError("min size must be a number of bytes (or unset for no minimum).")
+        minimum, maximum = self.min_size, self.max_size
+        if minimum is not None and maximum is not None and minimum > maximum:
+            raise ConfigError("min size must not be larger than max size.")
+        bad = content_types.bad_pattern(self.allow_types)
+        if bad is not None:
+            raise ConfigError(
+                "allowed types must be media types such as image/*, video/mp4 or "
+                f"application/pdf, not {bad!r}."
             )
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import anyio
 from starlette.datastructures import Headers
 
-from tusserver import expiry, integrity, protocol
+from tusserver import expiry, integrity, protocol, screening
 from tusserver.headers import UPLOAD_METADATA
 from tusserver.held import HeldUpload
 from tusserver.log_safety import describe
@@ -79,6 +79,7 @@ async def create_held(services: Services, draft: Draft) -> AsyncIterator[HeldUpl
 
 
 async def _store_new(services: Services, draft: Draft, *, lock_token: str | None) -> Upload:
+    screening.check_creation(services.config, draft.length, draft.metadata, draft.concat)
     created = time.time()
     upload = Upload(
         id=protocol.new_upload_id(),

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple, TypeVar
 import click
 from click.types import OptionHelpExtra
 
+from tusserver import content_types
 from tusserver.config import (
     Config,
     format_duration,
@@ -26,6 +27,7 @@ from tusserver.config import (
 )
 
 FC = TypeVar("FC", bound=Callable[..., Any])
+
 
 def _split_origins(values: tuple[str, ...], setting: str) -> tuple[str, ...]:
     """Flags give one origin each; the environment variable a list, which
@@ -44,6 +46,8 @@ _DURATION = _Kind(parse_duration, format_duration)
 # Fields whose option is text (or a list) of another shape than the field.
 _KINDS: dict[str, _Kind] = {
     "max_size": _Kind(parse_size, str),
+    "min_size": _Kind(parse_size, str),
+    "allow_types": _Kind(content_types.split_patterns, ",".join),
     "idle_timeout": _DURATION,
     "lock_wait": _DURATION,
     "lock_ttl": _DURATION,
