@@ -31,6 +31,8 @@ NOT_DEFAULT: dict[str, Any] = {
     "data_dir": Path("/var/lib/tusserver"),
     "base_path": "/api/uploads/",
     "max_size": 10 * 1024**3,
+    "min_size": 1024,
+    "allow_types": ("image/*", "application/pdf"),
     "idle_timeout": 12.5,
     "lock_wait": 0.5,
     "takeover_after": 0.25,

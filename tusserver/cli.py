@@ -74,6 +74,13 @@ _retention_option = option(
 @_data_dir_option
 @_redis_url_option
 @option("--max-size", help="Largest upload accepted, e.g. 10G. Unset: no limit.")
+@option("--min-size", help="Smallest upload accepted, e.g. 1K. Unset: no minimum.")
+@option(
+    "--allow-types",
+    multiple=True,
+    help="Media types uploads may be, e.g. image/*,video/mp4,application/pdf: checked against "
+    "the metadata at creation and the first bytes (415). Unset: any type.",
+)
 @option(
     "--idle-timeout", help="End a PATCH that sends no bytes for this long, keeping what arrived."
 )

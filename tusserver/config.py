@@ -11,10 +11,12 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tusserver import content_types
 from tusserver.hook_events import HookType
 
 # Every hook event, in the order of an upload's life.
 HOOK_EVENTS: tuple[str, ...] = tuple(event.value for event in HookType)
+
 
 
 class ConfigError(ValueError):
@@ -103,6 +105,13 @@ class Config:
     base_path: str = "/files/"
     # Largest upload accepted, in bytes; None = no limit (Tus-Max-Size omitted).
     max_size: int | None = None
+    # Smallest upload accepted, in bytes; None = no lower bound. Checked when
+    # the length is known (creation, or the PATCH that ends a deferred one).
+    min_size: int | None = None
+    # Media types an upload may be (image/*, application/pdf, */*), judged
+    # by its metadata at creation and by its first bytes as they arrive
+    # (tusserver/content_types.py). Empty: any type, and nothing is sniffed.
+    allow_types: tuple[str, ...] = ()
     # A PATCH that receives no bytes for this long is ended and what arrived is
     # kept (tus: store as much as possible); frees the lock of a dead client.
     idle_timeout: float = 60.0
@@ -220,6 +229,7 @@ class Config:
             raise ConfigError(
                 "max size must be a positive number of bytes (or unset for no limit)."
             )
+        self._check_upload_rules()
         for name in (
             "idle_timeout",
             "lock_wait",
@@ -269,6 +279,19 @@ class Config:
             )
         _check_hooks(self)
 
+    def _check_upload_rules(self) -> None:
+        if self.min_size is not None and self.min_size < 0:
+            raise ConfigError("min size must be a number of bytes (or unset for no minimum).")
+        minimum, maximum = self.min_size, self.max_size
+        if minimum is not None and maximum is not None and minimum > maximum:
+            raise ConfigError("min size must not be larger than max size.")
+        bad = content_types.bad_pattern(self.allow_types)
+        if bad is not None:
+            raise ConfigError(
+                "allowed types must be media types such as image/*, video/mp4 or "
+                f"application/pdf, not {bad!r}."
+            )
+
 
 def _check_hooks(config: Config) -> None:
     if config.hooks_url is not None and not _HOOKS_URL.fullmatch(config.hooks_url):
@@ -301,6 +324,7 @@ def parse_header(text: str) -> tuple[str, str]:
         shown = f" ({name} has no usable value)" if named else ""
         raise ConfigError(f"hooks header must be NAME:VALUE, like X-Hook-Secret:abc{shown}.")
     return name, value
+
 
 
 # What browsers send in Origin: a scheme, a host and maybe a port, nothing else

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 import anyio
 from starlette.datastructures import Headers
 
-from tusserver import errors, expiry, integrity, protocol
+from tusserver import errors, expiry, integrity, protocol, screening
 from tusserver.headers import UPLOAD_METADATA
 from tusserver.held import HeldUpload
 from tusserver.hook_events import FileInfo, HookType
@@ -82,6 +82,7 @@ async def create_held(services: Services, draft: Draft) -> AsyncIterator[HeldUpl
 
 
 async def _store_new(services: Services, draft: Draft, *, lock_token: str | None) -> Upload:
+    screening.check_creation(services.config, draft.length, draft.metadata, draft.concat)
     upload_id, draft = await _pre_create(services, draft)
     created = time.time()
     upload = Upload(

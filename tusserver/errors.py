@@ -458,6 +458,50 @@ def upload_checksum_failed(reason: str) -> TusError:
     )
 
 
+def type_not_allowed(declared: str) -> TusError:
+    """Creation declares a type (metadata or file extension) not allowed."""
+    return TusError(
+        415,
+        "upload_type_not_allowed",
+        f"This server does not accept files of type {declared[:100]}.",
+        "Upload a file of an allowed type; the filetype or type metadata and "
+        "the filename's extension must name one.",
+    )
+
+
+def content_refused(reason: str) -> TusError:
+    """The first bytes are not of an allowed type, or not of the declared one.
+    Answered by the PATCH that brought them and by HEAD afterwards."""
+    return TusError(
+        415,
+        "upload_content_refused",
+        f"The upload was refused: {reason[:200]}.",
+        "Its bytes were removed. Upload a file of an allowed type, declared as what it is.",
+    )
+
+
+def too_small(reason: str) -> TusError:
+    # 400 like any Upload-Length the server cannot take (tusd answers an
+    # invalid length so); 413 would tell the client the file is too large.
+    return TusError(
+        400,
+        "upload_too_small",
+        f"The upload was refused: {reason[:200]}.",
+        "Upload a larger file; nothing can make this one acceptable.",
+    )
+
+
+def failed(code: str | None, reason: str) -> TusError:
+    """What HEAD and PATCH answer for an upload recorded as failed, by the
+    code of the error that failed it (none: a whole-file checksum mismatch,
+    the only failure recorded before codes were)."""
+    if code == "upload_content_refused":
+        return content_refused(reason)
+    if code == "upload_too_small":
+        return too_small(reason)
+    return upload_checksum_failed(reason)
+
+
 def not_finished() -> TusError:
     return TusError(
         404,

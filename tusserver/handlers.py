@@ -15,7 +15,7 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tusserver import concatenation, creation, errors, expiry, extensions, protocol
+from tusserver import concatenation, creation, errors, expiry, extensions, protocol, screening
 from tusserver.config import Config
 from tusserver.finishing import finalize
 from tusserver.headers import (
@@ -107,6 +107,7 @@ async def _create_final(
     final = await concatenation.check_final(services, request.headers, concat, has_body=has_body)
     async with creation.create_held(services, final.draft) as held:
         await concatenation.fill(services, held, final.parts)
+        await screening.check_assembled(services, held.upload)
         await finalize(services, held)
     return _created(request, services.config, held.upload)
 
@@ -148,7 +149,7 @@ async def head_upload(request: Request, services: Services) -> Response:
                 await finalize(services, held)
     if upload.is_failed:
         # Not "offset == length": the client must not believe it is done.
-        raise errors.upload_checksum_failed(upload.failure or "unknown")
+        raise errors.failed(upload.failure_code, upload.failure or "unknown")
     headers = tus_headers({UPLOAD_OFFSET: str(upload.offset), CACHE_CONTROL: "no-store"})
     headers.update(expiry.expires_headers(upload))
     if upload.length is None:
@@ -198,7 +199,7 @@ async def patch_upload(request: Request, services: Services) -> Response:
             raise errors.gone()  # in line with the Upload-Expires announced; not swept yet
         await _check_access(services, held)
         if upload.is_failed:
-            raise errors.upload_checksum_failed(upload.failure or "unknown")
+            raise errors.failed(upload.failure_code, upload.failure or "unknown")
         if upload.concat == protocol.CONCAT_FINAL:
             raise errors.final_upload_immutable()  # spec: 403, and nothing modified
         if upload.is_complete and offset == upload.offset:
@@ -251,6 +252,11 @@ async def _settle_length(services: Services, held: HeldUpload, length: int) -> N
     max_size = services.config.max_size
     if max_size is not None and length > max_size:
         raise errors.size_exceeded(max_size)
+    too_small = screening.below_minimum(services.config, length)
+    if too_small is not None:
+        # The file it ends up being is too small: nothing can make this
+        # upload acceptable, so it fails for good.
+        raise await screening.refuse(services, held, screening.TOO_SMALL, too_small)
     await held.set_length(length)
 
 

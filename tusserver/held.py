@@ -111,11 +111,14 @@ class HeldUpload:
         self.lease.released = True
         self.upload.state = COMPLETE
 
-    async def fail(self, failure: str) -> None:
-        """Record that the upload will never be published, and why; releases the lock."""
-        self._check(await self._store.fail(self.upload.id, self.lease.token, failure), "failure")
+    async def fail(self, failure: str, code: str | None = None) -> None:
+        """Record that the upload will never be published, why, and the code of
+        the error that says so (HEAD answers it); releases the lock."""
+        status = await self._store.fail(self.upload.id, self.lease.token, failure, code)
+        self._check(status, "failure")
         self.lease.released = True
-        self.upload.state, self.upload.failure = FAILED, failure
+        upload = self.upload
+        upload.state, upload.failure, upload.failure_code = FAILED, failure, code
 
     async def terminate(self) -> None:
         """Remove the record, leaving a tombstone (410); releases the lock."""

@@ -13,9 +13,17 @@ import unicodedata
 from collections.abc import Mapping
 
 # Characters that are unsafe in a name on Linux, Windows/SMB or in a shell
-# one-liner an operator may write: separators, Windows-reserved, controls.
-_UNSAFE = re.compile(r'[\x00-\x1f\x7f<>:"/\\|?*]')
-_WINDOWS_RESERVED = re.compile(r"(con|prn|aux|nul|com[1-9]|lpt[1-9])(\..*)?", re.IGNORECASE)
+# one-liner an operator may write: separators, Windows-reserved, controls,
+# and the bidirectional overrides that make "x\u202egnp.exe" display as
+# "xexe.png" in a file listing.
+_UNSAFE = re.compile(r'[\x00-\x1f\x7f<>:"/\\|?*\u200e\u200f\u202a-\u202e\u2066-\u2069]')
+# Windows maps these device names to devices with any extension, after
+# spaces too ("NUL .txt"), and counts superscript digits as digits.
+_WINDOWS_RESERVED = re.compile(
+    r"(con|prn|aux|nul|conin\$|conout\$|com[0-9\u00b9\u00b2\u00b3]|lpt[0-9\u00b9\u00b2\u00b3])"
+    r" *(\..*)?",
+    re.IGNORECASE,
+)
 # Most filesystems cap a name at 255 bytes; leave room for " (123)".
 _MAX_NAME_BYTES = 240
 

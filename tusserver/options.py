@@ -17,6 +17,7 @@ from typing import Any, NamedTuple, TypeVar
 import click
 from click.types import OptionHelpExtra
 
+from tusserver import content_types
 from tusserver.config import (
     Config,
     format_duration,
@@ -50,6 +51,8 @@ _DURATION = _Kind(parse_duration, format_duration)
 # Fields whose option is text (or a list) of another shape than the field.
 _KINDS: dict[str, _Kind] = {
     "max_size": _Kind(parse_size, str),
+    "min_size": _Kind(parse_size, str),
+    "allow_types": _Kind(content_types.split_patterns, ",".join),
     "idle_timeout": _DURATION,
     "lock_wait": _DURATION,
     "takeover_after": _DURATION,

@@ -14,7 +14,7 @@ from typing import NoReturn
 import anyio
 from starlette.requests import Request
 
-from tusserver import errors, expiry, extensions, integrity, protocol
+from tusserver import errors, expiry, extensions, integrity, protocol, screening
 from tusserver.config import Config
 from tusserver.digests import Digests, Hasher
 from tusserver.finishing import finalize
@@ -49,6 +49,7 @@ async def receive_body(
     limit = _remaining(upload, config.max_size)
     if content_length is not None and limit is not None and content_length > limit:
         raise _too_large(upload, config)
+    head_check = await screening.head_check(services, upload)
     if content_length != 0 and not upload.is_fully_received:
         start = upload.offset
         digests = Digests(_running_file_digests(services, upload), checksum)
@@ -66,6 +67,7 @@ async def receive_body(
                 takeover_after=config.takeover_after,
                 digests=digests,
                 checkpoints=_checkpoints(services, held, start, content_length, checksum, limit),
+                head_check=head_check,
             )
         finally:
             # Shielded, so that it also runs when the server cancels this
@@ -87,6 +89,11 @@ async def receive_body(
             # Never a 2xx: another request has the upload now, and a client
             # reads a 2xx as "all sent was accepted".
             raise errors.taken_over(upload.offset)
+        if transfer.end is End.REFUSED:
+            assert transfer.refusal is not None
+            raise await screening.refuse(
+                services, held, screening.CONTENT_REFUSED, transfer.refusal
+            )
         if transfer.end is not End.COMPLETE:
             logger.info(
                 "upload %s: body ended early (%s); kept %d bytes",
@@ -111,6 +118,12 @@ async def receive_body(
             logger.info("upload %s: Upload-Checksum mismatch; chunk discarded", upload.id)
             raise errors.checksum_mismatch()
     if upload.is_fully_received:
+        # A head shorter than HEAD_SIZE is judged once the whole upload is
+        # in: here, if the bytes that completed it came without a body (a
+        # deferred length declared on an empty PATCH).
+        refusal = None if head_check is None else head_check.judge_if_ready()
+        if refusal is not None:
+            raise await screening.refuse(services, held, screening.CONTENT_REFUSED, refusal)
         await finalize(services, held)
 
 
@@ -187,7 +200,7 @@ async def _make_durable(services: Services, held: HeldUpload) -> None:
 
 def _countable(transfer: Transfer, digests: Digests) -> bool:
     """Whether the bytes this request stored move the offset."""
-    if not transfer.stored or transfer.end is End.TOO_LARGE:
+    if not transfer.stored or transfer.end in (End.TOO_LARGE, End.REFUSED):
         return False
     if digests.chunk is None:
         return True  # tus: keep as much as possible of an interrupted body

@@ -14,6 +14,7 @@ and the scripts that change it). Its fields:
     location    where the published file is, relative to the storage root
     sha256      hex digest of the finished file
     failure     why a failed upload was not published
+    failcode    the error code that failed it (absent: a checksum mismatch)
     committer   token of the last commit, so a retried commit finds itself
     concat      partial | final (absent for a plain upload)
     parts       a final upload's part URLs, space-separated
@@ -33,8 +34,9 @@ from tusserver.protocol import Checksum, Metadata, parse_metadata
 
 PARTIAL = "partial"
 COMPLETE = "complete"
-# Every byte arrived but the file does not match the digest its client
-# declared: never published, kept for inspection until it expires or is deleted.
+# Never to be published: every byte arrived but the file does not match the
+# digest its client declared (kept for inspection until it expires or is
+# deleted), or its content or length was refused (its bytes removed at once).
 FAILED = "failed"
 
 
@@ -51,6 +53,7 @@ class Upload:
     location: str | None = None  # where the finished file is, relative to storage
     sha256: str | None = None  # hex digest of the finished file's bytes
     failure: str | None = None  # why a FAILED upload was not finalized
+    failure_code: str | None = None  # the error that failed it; None: checksum mismatch
     concat: str = ""  # "partial" or "final" (concatenation), "" for a plain upload
     parts: tuple[str, ...] = ()  # a final upload's part URLs, as the client sent them
     expires: float | None = None  # epoch seconds; None once the file is published
@@ -111,6 +114,7 @@ def from_fields(upload_id: str, fields: Mapping[str, str]) -> Upload:
         location=fields.get("location") or None,
         sha256=fields.get("sha256") or None,
         failure=fields.get("failure") or None,
+        failure_code=fields.get("failcode") or None,
         concat=fields.get("concat", ""),
         parts=tuple(fields.get("parts", "").split()),
         expires=_optional_float(fields.get("expires")),

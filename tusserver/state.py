@@ -252,12 +252,16 @@ class UploadStore:
         return CommitStatus(result)
 
     @_translating
-    async def fail(self, upload_id: str, token: str, failure: str) -> CommitStatus:
-        """Record that the upload will never be finalized, and why; releases the
-        lock. It keeps expiring, so the sweeper removes its bytes in time."""
+    async def fail(
+        self, upload_id: str, token: str, failure: str, code: str | None = None
+    ) -> CommitStatus:
+        """Record that the upload will never be finalized, why, and the code of
+        the error that says so; releases the lock. It keeps expiring, so the
+        sweeper removes its bytes and record in time."""
+        fields = ["failure", failure] + ([] if code is None else ["failcode", code])
         result = await self._complete(
             keys=_complete_keys(upload_id),
-            args=[token, FAILED, "0", "", "failure", failure],
+            args=[token, FAILED, "0", "", *fields],
         )
         return CommitStatus(result)
 

@@ -20,7 +20,11 @@ Three tasks cooperate for one PATCH (or POST with data):
   far while the body still streams, every ``Checkpoints.every_bytes`` or
   ``every_seconds``, whichever comes first, so that a process that dies
   mid-body loses at most the bytes since the last one. Each runs beside the
-  pipeline, never stalling it.
+  pipeline, never stalling it;
+- a *head check* (when the caller gives one) judges the upload's first
+  bytes as the receiver takes them, before the block holding them is handed
+  to storage: refused content stops the reading and nothing of this body is
+  stored. Only those first bytes are copied aside.
 
 A body that ends early (disconnect, stall, release request) is not an error:
 tus asks servers to keep as much as possible, so ``Transfer.stored`` tells
@@ -39,6 +43,7 @@ from anyio.abc import ObjectReceiveStream, TaskGroup
 from starlette.types import Receive
 
 from storage_backends.base import Block, Storage
+from tusserver.content_types import HeadCheck
 from tusserver.digests import Digests
 from tusserver.locking import Lease
 
@@ -50,6 +55,7 @@ class End(enum.Enum):
     RELEASED = "released"  # another request took the upload over from this stalled one
     TOO_LARGE = "too_large"  # the body ran past the limit: discard it all
     LOCK_LOST = "lock_lost"  # the lock lapsed and was taken: the commit will be refused
+    REFUSED = "refused"  # the head check refused the content: discard it all
 
 
 @dataclass
@@ -98,6 +104,8 @@ class Transfer:
     whole_body: bool = False
     # The storage failed; ``stored`` counts what it had confirmed before.
     failure: OSError | None = None
+    # Why the head check refused the content (End.REFUSED).
+    refusal: str | None = None
 
 
 async def receive_into_storage(
@@ -113,6 +121,7 @@ async def receive_into_storage(
     takeover_after: float,
     digests: Digests | None = None,
     checkpoints: Checkpoints | None = None,
+    head_check: HeadCheck | None = None,
 ) -> None:
     """Stream the body to ``storage`` at ``offset``, recording in ``transfer`` how it went.
 
@@ -154,6 +163,12 @@ async def receive_into_storage(
                             transfer.end = End.TOO_LARGE
                             pieces = []
                             break
+                        if head_check is not None:
+                            transfer.refusal = head_check.take(body)
+                            if transfer.refusal is not None:
+                                transfer.end = End.REFUSED
+                                pieces = []
+                                break
                         transfer.received += len(body)
                         transfer.last_bytes_at = time.monotonic()
                         pieces.append(body)
@@ -222,7 +237,7 @@ async def receive_into_storage(
             # never take, then stops the receiver and the watchdog.
             receive_blocks.close()
             tasks.cancel_scope.cancel()
-    if transfer.end is End.TOO_LARGE:
+    if transfer.end in (End.TOO_LARGE, End.REFUSED):
         transfer.stored = 0
 
 
