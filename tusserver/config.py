@@ -8,7 +8,7 @@ application that mounts tusserver builds a ``Config`` directly.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -164,6 +164,16 @@ class Config:
     # Trust Forwarded / X-Forwarded-Host, -Proto and -Prefix for Locations.
     # Off: any client could otherwise make the server hand out foreign URLs.
     behind_proxy: bool = False
+    # Bearer tokens (tusserver.auth): with a key, every request but OPTIONS
+    # needs a valid JWT, and uploads belong to its `sub`. HS256 with this
+    # secret, which comes from TUSSERVER_JWT_SECRET only (never a flag: argv
+    # is visible to every local user) and is never shown by repr.
+    jwt_secret: str | None = field(default=None, repr=False)
+    # Or RS256/ES256 with this PEM public key; the key's type pins the algorithm.
+    jwt_public_key: Path | None = None
+    # Claims a token must carry when set (`aud` among them, `iss` equal).
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -216,10 +226,23 @@ class Config:
                 )
         if self.cors_allow_credentials and "*" in self.cors_origins:
             raise ConfigError("CORS credentials need explicit origins: list them instead of '*'.")
+        self._check_jwt()
         if self.public_url is not None and not _PUBLIC_URL.fullmatch(self.public_url):
             raise ConfigError(
                 "public URL must be the endpoint's absolute http(s) URL, "
                 f"like https://example.com/files/, not {self.public_url!r}."
+            )
+
+    def _check_jwt(self) -> None:
+        if self.jwt_secret is not None and self.jwt_public_key is not None:
+            raise ConfigError("set either the JWT secret or the JWT public key, not both.")
+        # RFC 7518 3.2: an HS256 key at least as long as the hash (32 bytes).
+        if self.jwt_secret is not None and len(self.jwt_secret.encode()) < 32:
+            raise ConfigError("the JWT secret must be at least 32 bytes long.")
+        keyless = self.jwt_secret is None and self.jwt_public_key is None
+        if keyless and (self.jwt_audience is not None or self.jwt_issuer is not None):
+            raise ConfigError(
+                "a JWT audience or issuer needs TUSSERVER_JWT_SECRET or a JWT public key."
             )
 
 

@@ -47,7 +47,7 @@ from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
 from tusserver import scripts
-from tusserver.record import COMPLETE, FAILED, Upload, from_fields, to_fields
+from tusserver.record import COMPLETE, FAILED, OWNER_FIELD, Upload, from_fields, to_fields
 
 # How long a terminated upload answers 410 before it is forgotten (then 404).
 GONE_TTL_SECONDS = 24 * 3600
@@ -263,6 +263,14 @@ class UploadStore:
             for upload_id, fields in zip(upload_ids, replies, strict=True)
         ]
 
+    @_translating
+    async def owner(self, upload_id: str) -> str | None:
+        """Who owns the upload (tusserver.ownership); None for an anonymous
+        or missing one. Locks are not looked at."""
+        owner = await self._redis.hget(info_key(upload_id), OWNER_FIELD)
+        assert owner is None or isinstance(owner, str)  # decode_responses
+        return owner or None
+
     # --- for the sweeper (see expiry) ------------------------------------
 
     @_translating
@@ -338,5 +346,3 @@ def _to_claim(upload_id: str, reply: list[Any]) -> Claim:
         return Claim(status)
     flat: list[str] = reply[1]
     return Claim(status, from_fields(upload_id, dict(zip(flat[::2], flat[1::2], strict=True))))
-
-
