@@ -515,7 +515,7 @@ def token_expired() -> TusError:
 def forbidden(
     code: str = "forbidden",
     message: str = "This request is not allowed.",
-    hint: str = "",
+    hint: str = "Sending it again with the same credentials will not help.",
 ) -> TusError:
     """403: the caller is known and not allowed. For an ``authenticate``
     callable to raise (tusserver.auth)."""
