@@ -146,7 +146,10 @@ _retention_option = option(
     help="PEM public key (RSA: RS256; EC P-256: ES256) that bearer tokens must be signed with. "
     "Unset, and no TUSSERVER_JWT_SECRET: no authentication.",
 )
-@option("--jwt-audience", help="Audience (aud) bearer tokens must name. Unset: not checked.")
+@option(
+    "--jwt-audience",
+    help="Audience (aud) bearer tokens must name. Unset: tokens must carry no aud.",
+)
 @option("--jwt-issuer", help="Issuer (iss) bearer tokens must name. Unset: not checked.")
 def serve(**options: Any) -> None:
     """Run the tus server.
