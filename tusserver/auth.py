@@ -20,24 +20,29 @@ sessions it calls ``jwt_authenticator(config)`` itself.
 
 Neither the token nor the secret is ever logged or put in an answer: a
 refused token is logged by the kind of check it failed, nothing else.
+
+PyJWT and cryptography are imported only when tokens are checked: a server
+without them never loads them (as local storage never loads the SMB stack).
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import jwt
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from starlette.requests import Request
 
 from tusserver import errors, ownership
 from tusserver.config import Config, ConfigError
 from tusserver.headers import AUTHORIZATION
 from tusserver.log_safety import describe
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +77,7 @@ class JWTAuthenticator:
         audience: str | None = None,
         issuer: str | None = None,
     ) -> None:
+        importlib.import_module("jwt")  # loaded with the app, not on its first request
         self._key = key
         self.algorithm = algorithm
         self._audience = audience
@@ -85,6 +91,8 @@ class JWTAuthenticator:
 
     def owner(self, authorization: str | None) -> str:
         """The ``sub`` of the token in an Authorization header's value; 401 otherwise."""
+        import jwt  # here, not at the top: see the module docstring
+
         token = bearer_token(authorization)
         try:
             claims = jwt.decode(
@@ -143,6 +151,9 @@ def jwt_authenticator(config: Config) -> JWTAuthenticator | None:
 
 def load_public_key(path: Path) -> tuple[rsa.RSAPublicKey | ec.EllipticCurvePublicKey, str]:
     """A PEM public key and the one algorithm it verifies; ConfigError otherwise."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
     try:
         data = path.read_bytes()
     except OSError as exc:
