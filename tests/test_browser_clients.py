@@ -14,7 +14,8 @@ from typing import Any
 from urllib.parse import urlencode
 
 from tests.e2e_clients import CHROMIUM, StaticSite, pseudo_random_bytes
-from tests.server_fixtures import RunningServer
+from tests.jwt_tokens import JWT_FIELDS, bearer
+from tests.server_fixtures import TUS, RunningServer
 
 StartServer = Callable[..., RunningServer]
 KiB = 1024
@@ -85,6 +86,33 @@ def test_uppy_dashboard_on_another_origin_uploads_a_file_byte_identically(
     assert result["failed"] == []
     [uploaded] = result["successful"]
     assert upload_file(server, uploaded["url"]).read_bytes() == pseudo_random_bytes(size, seed)
+
+
+def test_uppy_with_a_bearer_token_uploads_to_a_server_that_checks_tokens(
+    tus_server: StartServer, static_site: StaticSite, browser_harness: Path, tmp_path: Path
+) -> None:
+    # Cross-origin: the preflight passes without a token, every request with it.
+    server = tus_server(cors_origins=(static_site.origin,), **JWT_FIELDS)
+    size, seed = 2 * MiB + 17, 23
+    file = {"endpoint": server.endpoint, "size": size, "seed": seed, "name": "token.bin"}
+
+    added, _, result = drive(
+        browser_harness,
+        static_site.page,
+        [
+            {"call": "uppyAdd", "args": {**file, "chunkSize": MiB, "headers": bearer("carol")}},
+            {"click": ".uppy-StatusBar-actionBtn--upload"},
+            {"call": "uppyResult"},
+        ],
+        tmp_path / "profile",
+    )
+
+    assert added == {"files": 1}
+    assert result["failed"] == []
+    [uploaded] = result["successful"]
+    assert upload_file(server, uploaded["url"]).read_bytes() == pseudo_random_bytes(size, seed)
+    head = server.client.head(uploaded["url"], headers={**TUS, **bearer("dave")})
+    assert head.status_code == 403  # bound to carol
 
 
 def test_the_dashboard_example_uploads_a_chosen_file_from_another_origin_byte_identically(

@@ -54,7 +54,9 @@ TUS_RESPONSE_HEADERS = {
 }
 # What a page needs to read a download (GET) across origins.
 DOWNLOAD_RESPONSE_HEADERS = {"content-disposition", "content-range", "accept-ranges", "etag"}
-EXPOSED_HEADERS = TUS_RESPONSE_HEADERS | DOWNLOAD_RESPONSE_HEADERS
+# A 401's challenge, so a page tells an expired token from a missing one.
+AUTH_RESPONSE_HEADERS = {"www-authenticate"}
+EXPOSED_HEADERS = TUS_RESPONSE_HEADERS | DOWNLOAD_RESPONSE_HEADERS | AUTH_RESPONSE_HEADERS
 
 
 def header_set(value: str) -> set[str]:

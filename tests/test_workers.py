@@ -60,6 +60,10 @@ NOT_DEFAULT: dict[str, Any] = {
     "hooks_forward_auth": True,
     "progress_interval": 0.25,
     "hooks_reclaim_after": 90.0,
+    # The public key, which excludes a secret, is set by the second config.
+    "jwt_secret": "a secret of at least thirty-two bytes",
+    "jwt_audience": "uploads",
+    "jwt_issuer": "https://login.example",
 }
 
 
@@ -81,10 +85,19 @@ def test_a_config_reaches_a_spawned_worker_with_every_field_as_its_type() -> Non
     names = {field.name for field in dataclasses.fields(Config)}
     given = {name: value for name, value in NOT_DEFAULT.items() if name in names}
     # downloads defaults to on, and download_unfinished needs it on: the
-    # second config turns both off, so the bool travels both ways.
+    # second config turns both off, so the bool travels both ways; it checks
+    # tokens with a public key instead of the secret.
     configs = [
         Config(**given),
-        Config(**{**given, "downloads": False, "download_unfinished": False}),
+        Config(
+            **{
+                **given,
+                "downloads": False,
+                "download_unfinished": False,
+                "jwt_secret": None,
+                "jwt_public_key": Path("/etc/tusserver/jwt.pem"),
+            }
+        ),
     ]
     default = Config()
     for name in names:

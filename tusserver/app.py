@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from storage_backends import registry
 from storage_backends.base import Storage
-from tusserver import errors, headers, protocol, sweeper
+from tusserver import auth, errors, headers, protocol, sweeper
 from tusserver.config import Config, ConfigError
 from tusserver.cors import cors_middleware
 from tusserver.download import download_upload
@@ -57,6 +57,7 @@ def create_app(
     *,
     storage: Storage | None = None,
     storage_checked: bool = False,
+    authenticate: auth.Authenticate | None = None,
 ) -> Starlette:
     """A tus server as an ordinary ASGI app: run it, or mount it under a path.
 
@@ -68,19 +69,29 @@ def create_app(
     Its start-up fails with ConfigError if the storage is unusable, unless
     ``storage_checked``: the caller checked it already, once for all its
     processes (``tusserver serve`` does, before starting anything).
+    ``authenticate``: an async callable ``authenticate(request) -> owner |
+    None`` run before every request but OPTIONS, in place of the JWT check
+    the config may set up (tusserver.auth); uploads belong to the owner it
+    returns (tusserver.ownership).
     """
     check_hooks(config, hooks)
     services_box: list[Services] = []
+    # Built now: an unusable public key file fails here, not on a request.
+    authenticator = auth.resolve(config, authenticate)
 
     def dispatch(table: dict[str, Handler]) -> Callable[[Request], Awaitable[Response]]:
         allowed = ", ".join(sorted(table))
 
         async def endpoint(request: Request) -> Response:
-            handler = table.get(request.method)
-            if handler is None:
-                return render(errors.method_not_allowed(allowed))
-            current_request.set(request)  # what hook events of this request describe
             try:
+                # Every request but OPTIONS (discovery, as tus clients send it
+                # without credentials; CORS preflights never get here).
+                if authenticator is not None and request.method != "OPTIONS":
+                    await auth.identify(request, authenticator)
+                handler = table.get(request.method)
+                if handler is None:
+                    return render(errors.method_not_allowed(allowed))
+                current_request.set(request)  # what hook events of this request describe
                 result = handler(request, services_box[0])
                 return result if isinstance(result, Response) else await result
             except errors.TusError as error:

@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 import click
 
-from tusserver import serving
+from tusserver import auth, serving
 from tusserver.app import open_storage
 from tusserver.app import sweep as app_sweep
 from tusserver.config import LOG_LEVELS, Config, ConfigError, redact_url
@@ -182,14 +182,26 @@ _retention_option = option(
     "--hooks-reclaim-after",
     help="Deliver a post-finish event another instance took and then left for this long.",
 )
+@option(
+    "--jwt-public-key",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="PEM public key (RSA: RS256; EC P-256: ES256) that bearer tokens must be signed with. "
+    "Unset, and no TUSSERVER_JWT_SECRET: no authentication.",
+)
+@option(
+    "--jwt-audience",
+    help="Audience (aud) bearer tokens must name. Unset: tokens must carry no aud.",
+)
+@option("--jwt-issuer", help="Issuer (iss) bearer tokens must name. Unset: not checked.")
 def serve(**options: Any) -> None:
     """Run the tus server.
 
     For smb:// storage the password is read from TUSSERVER_SMB_PASSWORD
+    only, and the HS256 secret of bearer tokens from TUSSERVER_JWT_SECRET
     only: a flag's value would be visible to every local user.
     """
     try:
-        config = config_from(options)
+        config = config_from({**options, "jwt_secret": auth.secret_from_environment()})
         _check(config)
         started = serving.serve(config)
     except (EmbeddedRedisError, ConfigError) as exc:
@@ -237,6 +249,7 @@ def _check(config: Config) -> None:
 
     The storage is checked here once for every process the command starts.
     """
+    auth.jwt_authenticator(config)  # a public key file that does not load
     storage = open_storage(config)
 
     async def check() -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from starlette.datastructures import Headers
 
-from tusserver import errors, expiry, extensions, protocol
+from tusserver import errors, expiry, extensions, ownership, protocol
 from tusserver.creation import Draft, read_metadata
 from tusserver.headers import UPLOAD_DEFER_LENGTH, UPLOAD_LENGTH
 from tusserver.held import HeldUpload
@@ -41,10 +41,16 @@ class FinalUpload:
 
 
 async def check_final(
-    services: Services, headers: Headers, concat: protocol.UploadConcat, *, has_body: bool
+    services: Services,
+    headers: Headers,
+    concat: protocol.UploadConcat,
+    *,
+    has_body: bool,
+    requester: ownership.Requester | None = None,
 ) -> FinalUpload:
     """Check a final upload's creation request and its parts before anything
-    is created: 400 for a bad part, 413 over the size limit."""
+    is created: 400 for a bad part, 403 for another owner's part, 413 over
+    the size limit. The final belongs to ``requester``."""
     config = services.config
     # Spec: "The Client MUST NOT include the Upload-Length header in the
     # final upload creation"; the length is the parts' to decide.
@@ -57,7 +63,7 @@ async def check_final(
     # Spec: the parts' metadata is not transferred; the final has its own.
     # Its declared digest is checked at the end, its format now.
     metadata, declared = read_metadata(headers, config.max_metadata_size)
-    lengths = await _lengths_of_parts(services, concat)
+    lengths = await _lengths_of_parts(services, concat, requester)
     length = sum(lengths)
     if config.max_size is not None and length > config.max_size:
         raise errors.size_exceeded(config.max_size)
@@ -67,14 +73,23 @@ async def check_final(
         declared,
         concat=protocol.CONCAT_FINAL,
         parts=concat.urls,
+        owner=ownership.owner_of_new(requester),
     )
     return FinalUpload(draft, list(zip(concat.ids, lengths, strict=True)))
 
 
-async def _lengths_of_parts(services: Services, concat: protocol.UploadConcat) -> list[int]:
+async def _lengths_of_parts(
+    services: Services, concat: protocol.UploadConcat, requester: ownership.Requester | None
+) -> list[int]:
     """Each part's length, once each is known to be a complete partial upload
-    that the pre-access hook lets this request use."""
+    of the requester's (or of nobody's) that the pre-access hook lets this
+    request use."""
     parts = await services.store.read_many(concat.ids)
+    # Every part's owner before any part's state: nothing of another
+    # owner's part shows in the answer.
+    for number, part in enumerate(parts, start=1):
+        if part is not None and not ownership.allows(requester, part.owner):
+            raise errors.concat_part_forbidden(number)
     lengths = []
     for number, (url, part) in enumerate(zip(concat.urls, parts, strict=True), start=1):
         if part is None or expiry.has_expired(part):

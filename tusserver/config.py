@@ -18,7 +18,6 @@ from tusserver.hook_events import HookType
 HOOK_EVENTS: tuple[str, ...] = tuple(event.value for event in HookType)
 
 
-
 class ConfigError(ValueError):
     """A setting is unusable; the message is one sentence a person can act on."""
 
@@ -213,6 +212,16 @@ class Config:
     # died) is taken over by another after this long; a live instance keeps
     # touching the ones it retries.
     hooks_reclaim_after: float = 30.0
+    # Bearer tokens (tusserver.auth): with a key, every request but OPTIONS
+    # needs a valid JWT, and uploads belong to its `sub`. HS256 with this
+    # secret, which comes from TUSSERVER_JWT_SECRET only (never a flag: argv
+    # is visible to every local user) and is never shown by repr.
+    jwt_secret: str | None = field(default=None, repr=False)
+    # Or RS256/ES256 with this PEM public key; the key's type pins the algorithm.
+    jwt_public_key: Path | None = None
+    # Claims a token must carry when set (`aud` among them, `iss` equal).
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -272,12 +281,25 @@ class Config:
                 )
         if self.cors_allow_credentials and "*" in self.cors_origins:
             raise ConfigError("CORS credentials need explicit origins: list them instead of '*'.")
+        self._check_jwt()
         if self.public_url is not None and not _PUBLIC_URL.fullmatch(self.public_url):
             raise ConfigError(
                 "public URL must be the endpoint's absolute http(s) URL, "
                 f"like https://example.com/files/, not {self.public_url!r}."
             )
         _check_hooks(self)
+
+    def _check_jwt(self) -> None:
+        if self.jwt_secret is not None and self.jwt_public_key is not None:
+            raise ConfigError("set either the JWT secret or the JWT public key, not both.")
+        # RFC 7518 3.2: an HS256 key at least as long as the hash (32 bytes).
+        if self.jwt_secret is not None and len(self.jwt_secret.encode()) < 32:
+            raise ConfigError("the JWT secret must be at least 32 bytes long.")
+        keyless = self.jwt_secret is None and self.jwt_public_key is None
+        if keyless and (self.jwt_audience is not None or self.jwt_issuer is not None):
+            raise ConfigError(
+                "a JWT audience or issuer needs TUSSERVER_JWT_SECRET or a JWT public key."
+            )
 
     def _check_upload_rules(self) -> None:
         if self.min_size is not None and self.min_size < 0:
@@ -324,7 +346,6 @@ def parse_header(text: str) -> tuple[str, str]:
         shown = f" ({name} has no usable value)" if named else ""
         raise ConfigError(f"hooks header must be NAME:VALUE, like X-Hook-Secret:abc{shown}.")
     return name, value
-
 
 
 # What browsers send in Origin: a scheme, a host and maybe a port, nothing else

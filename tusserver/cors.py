@@ -74,6 +74,8 @@ RESPONSE_HEADERS = (
     headers.CONTENT_RANGE,
     headers.ACCEPT_RANGES,
     headers.ETAG,
+    # A 401's challenge: a page can tell an expired token from a missing one.
+    headers.WWW_AUTHENTICATE,
 )
 
 METHODS = ("POST", "HEAD", "PATCH", "DELETE", "OPTIONS", "GET")

@@ -45,6 +45,7 @@ class Draft:
     declared_checksum: Checksum | None = None
     concat: str = ""  # protocol.CONCAT_PARTIAL or CONCAT_FINAL, "" for a plain upload
     parts: tuple[str, ...] = ()  # a final upload's part URLs, as the client sent them
+    owner: str | None = None  # who creates it (tusserver.ownership); None: anonymous
 
 
 def read_metadata(headers: Headers, max_size: int) -> tuple[Metadata, Checksum | None]:
@@ -94,6 +95,7 @@ async def _store_new(services: Services, draft: Draft, *, lock_token: str | None
         created=created,
         concat=draft.concat,
         parts=draft.parts,
+        owner=draft.owner,
         # Expiring like any upload until published: a crash mid-way leaves
         # nothing the sweeper does not remove in time.
         expires=expiry.expiry_from(services.config, created),

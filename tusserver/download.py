@@ -27,7 +27,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Send
 
 from storage_backends.base import FileStat
-from tusserver import errors, expiry, naming, protocol
+from tusserver import errors, expiry, naming, ownership, protocol
 from tusserver.headers import (
     ACCEPT_RANGES,
     CACHE_CONTROL,
@@ -105,7 +105,7 @@ async def download_upload(request: Request, services: Services) -> Response:
     upload_id = request.path_params["upload_id"]
     if not protocol.is_upload_id(upload_id):
         raise errors.not_found()
-    upload, stat = await _locate(services, upload_id)
+    upload, stat = await _locate(request, services, upload_id)
     await services.hooks.check_access(upload)
     finished = upload.is_complete
     # A published file is exactly its bytes; a partial (unfinished, or a
@@ -141,9 +141,9 @@ async def download_upload(request: Request, services: Services) -> Response:
     return BlockStreamResponse(upload_id, blocks, status_code=status, headers=headers)
 
 
-async def _locate(services: Services, upload_id: str) -> tuple[Upload, FileStat]:
+async def _locate(request: Request, services: Services, upload_id: str) -> tuple[Upload, FileStat]:
     """The upload's record and the size and age of the file to serve."""
-    upload = await _record(services, upload_id)
+    upload = await _record(request, services, upload_id)
     try:
         return upload, await services.storage.stat(upload_id, _source(upload))
     except FileNotFoundError:
@@ -152,14 +152,14 @@ async def _locate(services: Services, upload_id: str) -> tuple[Upload, FileStat]
             raise errors.gone() from None
     # The partial's name is gone: a finalize may have published it since the
     # record was read. Look once more; still missing means the bytes are lost.
-    upload = await _record(services, upload_id)
+    upload = await _record(request, services, upload_id)
     try:
         return upload, await services.storage.stat(upload_id, _source(upload))
     except FileNotFoundError:
         raise errors.gone() from None
 
 
-async def _record(services: Services, upload_id: str) -> Upload:
+async def _record(request: Request, services: Services, upload_id: str) -> Upload:
     """The record, whether or not a PATCH is writing: a finished file no
     longer changes, and a partial never changes below the committed offset."""
     claim = await services.store.read(upload_id)
@@ -168,6 +168,8 @@ async def _record(services: Services, upload_id: str) -> Upload:
     if claim.status is ClaimStatus.GONE:
         raise errors.gone()
     assert claim.upload is not None
+    # Before anything of its state (expired, unfinished) shows.
+    ownership.ensure(request, claim.upload)
     if expiry.has_expired(claim.upload):
         raise errors.gone()  # as HEAD says once Upload-Expires has passed
     if not claim.upload.is_complete and not services.config.download_unfinished:

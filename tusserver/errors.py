@@ -27,6 +27,7 @@ from tusserver.headers import (
     UPLOAD_DEFER_LENGTH,
     UPLOAD_LENGTH,
     UPLOAD_OFFSET,
+    WWW_AUTHENTICATE,
 )
 
 
@@ -519,6 +520,83 @@ def range_not_satisfiable(size: int) -> TusError:
         "The requested byte range lies outside the file.",
         f"Request bytes within 0-{size - 1}, or send no Range for the whole file.",
         headers={CONTENT_RANGE: f"bytes */{size}"},
+    )
+
+
+# RFC 6750 section 3: the challenge every 401 of tusserver carries.
+BEARER_REALM = 'Bearer realm="tus"'
+
+
+def unauthorized(
+    code: str = "unauthorized",
+    message: str = "This request needs credentials.",
+    hint: str = "Send Authorization: Bearer <token>.",
+    *,
+    invalid_token: bool = False,
+) -> TusError:
+    """401 with ``WWW-Authenticate: Bearer``. ``invalid_token``: a token was
+    presented and not accepted (RFC 6750 3.1 ``error="invalid_token"``);
+    without it, the request carried no bearer token, and RFC 6750 3.1 says
+    the challenge then names no error. Also for an application's
+    ``authenticate`` callable to raise (tusserver.auth)."""
+    challenge = BEARER_REALM + (', error="invalid_token"' if invalid_token else "")
+    return TusError(401, code, message, hint, headers={WWW_AUTHENTICATE: challenge})
+
+
+def token_missing() -> TusError:
+    return unauthorized(
+        "token_missing",
+        "This server needs a bearer token with every request.",
+        "Send Authorization: Bearer <token>.",
+    )
+
+
+def token_invalid() -> TusError:
+    # One answer for every reason (signature, audience, issuer, algorithm,
+    # syntax): which check failed is for the server's log, not the caller.
+    return unauthorized(
+        "token_invalid",
+        "The bearer token was not accepted.",
+        "Get a new token from the application that issued it.",
+        invalid_token=True,
+    )
+
+
+def token_expired() -> TusError:
+    return unauthorized(
+        "token_expired",
+        "The bearer token has expired.",
+        "Get a fresh token and send the request again; the upload resumes where it was.",
+        invalid_token=True,
+    )
+
+
+def forbidden(
+    code: str = "forbidden",
+    message: str = "This request is not allowed.",
+    hint: str = "Sending it again with the same credentials will not help.",
+) -> TusError:
+    """403: the caller is known and not allowed. For an ``authenticate``
+    callable to raise (tusserver.auth)."""
+    return TusError(403, code, message, hint)
+
+
+def forbidden_owner() -> TusError:
+    """Another owner's upload. Says nothing of the upload: not its state,
+    size, offset or owner (tusserver.ownership)."""
+    return forbidden(
+        "upload_forbidden",
+        "This upload belongs to another user.",
+        "Use the credentials of the user who created it, or create your own upload.",
+    )
+
+
+def concat_part_forbidden(number: int) -> TusError:
+    """A final upload naming another owner's partial upload."""
+    return forbidden(
+        "concat_part_forbidden",
+        f"Part {number} of Upload-Concat belongs to another user.",
+        "Name only partial uploads created with your own credentials.",
     )
 
 

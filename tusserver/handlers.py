@@ -15,7 +15,16 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tusserver import concatenation, creation, errors, expiry, extensions, protocol, screening
+from tusserver import (
+    concatenation,
+    creation,
+    errors,
+    expiry,
+    extensions,
+    ownership,
+    protocol,
+    screening,
+)
 from tusserver.config import Config
 from tusserver.finishing import finalize
 from tusserver.headers import (
@@ -88,7 +97,13 @@ async def create_upload(request: Request, services: Services) -> Response:
     )
     if has_body and not with_data:
         raise errors.unsupported_content_type()
-    draft = creation.Draft(length, metadata, declared, concat="" if concat is None else concat.role)
+    draft = creation.Draft(
+        length,
+        metadata,
+        declared,
+        concat="" if concat is None else concat.role,
+        owner=ownership.owner_of_new(ownership.requester(request)),
+    )
     # Only a creation that writes or finishes needs the lock; taking it costs
     # nothing extra here (one pipeline with the record). Data with neither
     # Content-Length nor chunked framing is possible over HTTP/2: read it.
@@ -104,7 +119,13 @@ async def _create_final(
 ) -> Response:
     """POST with Upload-Concat: final: assemble, then finalize like any upload."""
     has_body = _has_body(request.headers, _content_length(request.headers))
-    final = await concatenation.check_final(services, request.headers, concat, has_body=has_body)
+    final = await concatenation.check_final(
+        services,
+        request.headers,
+        concat,
+        has_body=has_body,
+        requester=ownership.requester(request),
+    )
     async with creation.create_held(services, final.draft) as held:
         await concatenation.fill(services, held, final.parts)
         await screening.check_assembled(services, held.upload)
@@ -137,6 +158,7 @@ async def head_upload(request: Request, services: Services) -> Response:
     from a writer that stalled (``transfer``)."""
     upload_id = _upload_id(request)
     protocol.check_tus_resumable(request.headers.get(TUS_RESUMABLE))
+    await ownership.check(request, services, upload_id)  # before any work on the upload
     upload = await services.locker.read(upload_id)
     if expiry.has_expired(upload):
         raise errors.gone()  # in line with the Upload-Expires announced; not swept yet
@@ -192,6 +214,7 @@ async def patch_upload(request: Request, services: Services) -> Response:
     )
     content_length = _content_length(headers)
     checksum = _chunk_checksum(headers)
+    await ownership.check(request, services, upload_id)  # before claiming the lock
 
     async with services.locker.hold(upload_id) as held:
         upload = held.upload
@@ -220,6 +243,7 @@ async def delete_upload(request: Request, services: Services) -> Response:
     """DELETE (termination): bytes first, then the record; a tombstone stays."""
     upload_id = _upload_id(request)
     protocol.check_tus_resumable(request.headers.get(TUS_RESUMABLE))
+    await ownership.check(request, services, upload_id)  # before claiming the lock
     async with services.locker.hold(upload_id) as held:
         await _check_access(services, held)
         if services.hooks.enabled(HookType.PRE_TERMINATE):

@@ -23,6 +23,8 @@ CONTENT_LENGTH = "Content-Length"
 TRANSFER_ENCODING = "Transfer-Encoding"
 # CORS (Fetch standard) and proxies (RFC 7239, and the de-facto X-Forwarded-*).
 AUTHORIZATION = "Authorization"
+# RFC 6750: the challenge of a 401 (tusserver.auth).
+WWW_AUTHENTICATE = "WWW-Authenticate"
 X_REQUESTED_WITH = "X-Requested-With"
 X_REQUEST_ID = "X-Request-ID"
 FORWARDED = "Forwarded"

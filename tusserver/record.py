@@ -20,6 +20,7 @@ and the scripts that change it). Its fields:
     parts       a final upload's part URLs, space-separated
     expires     epoch seconds, until the file is published
     completed   epoch seconds when the file was published
+    owner       who created it (tusserver.ownership; absent when anonymous)
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ COMPLETE = "complete"
 # digest its client declared (kept for inspection until it expires or is
 # deleted), or its content or length was refused (its bytes removed at once).
 FAILED = "failed"
+# The record field ``UploadStore.owner`` reads alone.
+OWNER_FIELD = "owner"
 
 
 @dataclass
@@ -58,6 +61,7 @@ class Upload:
     parts: tuple[str, ...] = ()  # a final upload's part URLs, as the client sent them
     expires: float | None = None  # epoch seconds; None once the file is published
     completed: float | None = None  # epoch seconds when the file was published
+    owner: str | None = None  # who created it (tusserver.ownership); None: anonymous
 
     @property
     def is_complete(self) -> bool:
@@ -97,6 +101,8 @@ def to_fields(upload: Upload) -> dict[str, str]:
         fields["parts"] = " ".join(upload.parts)
     if upload.expires is not None:
         fields["expires"] = repr(upload.expires)
+    if upload.owner is not None:
+        fields[OWNER_FIELD] = upload.owner
     return fields
 
 
@@ -119,6 +125,7 @@ def from_fields(upload_id: str, fields: Mapping[str, str]) -> Upload:
         parts=tuple(fields.get("parts", "").split()),
         expires=_optional_float(fields.get("expires")),
         completed=_optional_float(fields.get("completed")),
+        owner=fields.get(OWNER_FIELD) or None,
     )
 
 

@@ -48,7 +48,7 @@ from redis.exceptions import RedisError
 from redis.typing import EncodableT
 
 from tusserver import scripts
-from tusserver.record import COMPLETE, FAILED, Upload, from_fields, to_fields
+from tusserver.record import COMPLETE, FAILED, OWNER_FIELD, Upload, from_fields, to_fields
 
 # How long a terminated upload answers 410 before it is forgotten (then 404).
 GONE_TTL_SECONDS = 24 * 3600
@@ -290,6 +290,14 @@ class UploadStore:
             from_fields(upload_id, fields) if fields else None
             for upload_id, fields in zip(upload_ids, replies, strict=True)
         ]
+
+    @_translating
+    async def owner(self, upload_id: str) -> str | None:
+        """Who owns the upload (tusserver.ownership); None for an anonymous
+        or missing one. Locks are not looked at."""
+        owner = await self._redis.hget(info_key(upload_id), OWNER_FIELD)
+        assert owner is None or isinstance(owner, str)  # decode_responses
+        return owner or None
 
     # --- for the sweeper (see expiry) ------------------------------------
 

@@ -119,10 +119,16 @@ async function tusResume(params) {
 // Uppy with the Dashboard on the page and the Tus plugin; the test clicks
 // the Dashboard's upload button, then awaits uppyResult().
 let uppyDone = null
-function uppyAdd({ endpoint, size, seed, name, chunkSize }) {
+// headers: sent with every request (an Authorization bearer token).
+function uppyAdd({ endpoint, size, seed, name, chunkSize, headers }) {
   const uppy = new Uppy({ autoProceed: false })
     .use(Dashboard, { inline: true, target: '#dashboard', proudlyDisplayPoweredByUppy: false })
-    .use(Tus, { endpoint, chunkSize: chunkSize ?? Number.POSITIVE_INFINITY, retryDelays: [0, 200] })
+    .use(Tus, {
+      endpoint,
+      headers: headers ?? {},
+      chunkSize: chunkSize ?? Number.POSITIVE_INFINITY,
+      retryDelays: [0, 200],
+    })
   uppyDone = new Promise((resolve) => uppy.on('complete', resolve))
   uppy.addFile({ name, type: 'application/octet-stream', data: makeFile({ size, seed, name }) })
   return { files: uppy.getFiles().length }
