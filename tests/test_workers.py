@@ -49,6 +49,7 @@ NOT_DEFAULT: dict[str, Any] = {
     "checkpoint_bytes": 4 * 1024 * 1024,
     "checkpoint_interval": 0.5,
     "durable_commits": True,
+    "forms": False,
 }
 
 
