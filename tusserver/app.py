@@ -158,7 +158,8 @@ def create_app(
 async def post_to_endpoint(request: Request, services: Services) -> Response:
     """A form (multipart/form-data) from a client that is not a tus client,
     or else a tus creation. With forms off, a form gets what tus creation
-    answers it (412 without Tus-Resumable; with it, 415 for its body)."""
+    answers it (412 without Tus-Resumable; with it, the 400 or 415 of a
+    creation request whose body is not application/offset+octet-stream)."""
     if services.config.forms and forms.is_form(request.headers):
         return await forms.receive_form(request, services)
     return await create_upload(request, services)
