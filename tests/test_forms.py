@@ -10,6 +10,7 @@ which bytes arrive, and the real curl binary for the large one.
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import json
 import random
@@ -24,10 +25,12 @@ import httpx
 import pytest
 import redis
 
+from storage_backends.local import LocalStorage
 from tests.process_fixtures import ServeProcess
 from tests.raw_http import RawRequest
 from tests.redis_fixtures import short_temp_dir
-from tests.server_fixtures import TUS, RunningServer
+from tests.server_fixtures import TUS, RunningServer, ServedApps
+from tusserver import Config
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -270,6 +273,37 @@ def test_a_file_over_max_size_is_refused_with_413_while_it_arrives(
     # Refused while arriving: far from all of the 64 MiB was sent.
     assert sent < 16 * MiB
     wait_until(lambda: stored_nothing(server.storage, state))
+
+
+class FailsSecondFinalize(LocalStorage):
+    """Publishes the first file of a form, then fails as a full disk would."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.finalized = 0
+
+    async def finalize(self, upload_id: str, final_name: str, length: int) -> str:
+        self.finalized += 1
+        if self.finalized == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return await super().finalize(upload_id, final_name, length)
+
+
+def test_a_form_whose_publishing_fails_removes_the_files_published_before(
+    redis_url: str, state: redis.Redis, tmp_path: Path
+) -> None:
+    root = tmp_path / "files"
+    backend = FailsSecondFinalize(root)
+    served = ServedApps()
+    try:
+        config = Config(storage=str(root), redis_url=redis_url)
+        server = served.start(config, root, backend=backend)
+        body = form(file_part("a", "a", b"a" * 1000), file_part("b", "b", b"b" * 1000))
+        assert_form_error(post_form(server, body), 507, "storage_full")
+        assert backend.finalized == 2
+        wait_until(lambda: stored_nothing(root, state))
+    finally:
+        served.stop()
 
 
 # --- a form cut, or stalled --------------------------------------------------------
