@@ -64,6 +64,7 @@ NOT_DEFAULT: dict[str, Any] = {
     "jwt_secret": "a secret of at least thirty-two bytes",
     "jwt_audience": "uploads",
     "jwt_issuer": "https://login.example",
+    "forms": False,
 }
 
 

@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from storage_backends import registry
 from storage_backends.base import Storage
-from tusserver import auth, errors, headers, protocol, sweeper
+from tusserver import auth, errors, forms, headers, protocol, sweeper
 from tusserver.config import Config, ConfigError
 from tusserver.cors import cors_middleware
 from tusserver.download import download_upload
@@ -125,7 +125,7 @@ def create_app(
 
         return endpoint
 
-    collection = dispatch({"OPTIONS": options, "POST": create_upload})
+    collection = dispatch({"OPTIONS": options, "POST": post_to_endpoint})
     upload_methods: dict[str, Handler] = {
         "OPTIONS": options,
         "HEAD": head_upload,
@@ -174,6 +174,16 @@ def create_app(
     # CORS outermost: a preflight is answered before anything else sees it.
     middleware = [*cors_middleware(config, render), Middleware(MethodOverride)]
     return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
+
+
+async def post_to_endpoint(request: Request, services: Services) -> Response:
+    """A form (multipart/form-data) from a client that is not a tus client,
+    or else a tus creation. With forms off, a form gets what tus creation
+    answers it (412 without Tus-Resumable; with it, the 400 or 415 of a
+    creation request whose body is not application/offset+octet-stream)."""
+    if services.config.forms and forms.is_form(request.headers):
+        return await forms.receive_form(request, services)
+    return await create_upload(request, services)
 
 
 def _connect(redis_url: str) -> aioredis.Redis:

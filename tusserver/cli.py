@@ -113,6 +113,10 @@ _retention_option = option(
     is_flag=True,
     help="GET on an unfinished upload serves the bytes received so far (else 404).",
 )
+@option(
+    "--forms/--no-forms",
+    help="POST of multipart/form-data (an HTML form, curl -F) stores each file as an upload.",
+)
 @_expire_after_option
 @_retention_option
 @option(

@@ -159,6 +159,10 @@ class Config:
     # GET on an unfinished upload serves the bytes received so far instead of
     # 404: useful for previews, but those bytes are not a whole file yet.
     download_unfinished: bool = False
+    # POST of multipart/form-data (an HTML <form>, curl -F) to the endpoint
+    # stores each file part as an upload, for clients that do not speak tus.
+    # Off: such a POST is answered as any non-tus creation request is.
+    forms: bool = True
     # An unfinished upload that receives no bytes for this long expires (tus
     # expiration): the sweeper removes its bytes and record. Each PATCH that
     # stores bytes moves the expiry this far into the future again.

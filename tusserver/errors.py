@@ -715,3 +715,52 @@ def hook_rejected(
     if body:
         error.raw_body = body
     return error
+
+
+# --- plain form uploads (POST multipart/form-data; tusserver/forms.py) ----------
+
+
+def form_malformed(detail: str) -> TusError:
+    return TusError(
+        400,
+        "form_malformed",
+        f"The multipart/form-data body is malformed: {detail}.",
+        "Send the form as a browser or curl -F does; nothing of it was stored.",
+    )
+
+
+def form_too_many_parts(limit: int) -> TusError:
+    return TusError(
+        400,
+        "form_too_many_parts",
+        f"The form has more than {limit} parts.",
+        "Send the files in several forms; nothing of this one was stored.",
+    )
+
+
+def form_field_too_large(limit: int) -> TusError:
+    return TusError(
+        400,
+        "form_field_too_large",
+        f"A form field that is not a file is larger than {limit} bytes.",
+        "Send files as file parts (with a filename); nothing of this form was stored.",
+    )
+
+
+def form_incomplete() -> TusError:
+    return TusError(
+        400,
+        "form_incomplete",
+        "The form's body ended, stalled or was cut before its closing boundary.",
+        "Send the whole form again; nothing of it was stored.",
+        retryable=True,
+    )
+
+
+def form_without_files() -> TusError:
+    return TusError(
+        400,
+        "form_without_files",
+        "The form holds no file.",
+        "Choose a file: a file part has a filename in its Content-Disposition.",
+    )
