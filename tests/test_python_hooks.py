@@ -3,6 +3,7 @@ typed events in, the same decisions as an HTTP hook's answer out."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -13,6 +14,7 @@ import pytest
 import redis
 
 from tests.helpers import assert_tus_error, b64
+from tests.jwt_tokens import JWT_FIELDS, bearer
 from tests.server_fixtures import OCTETS, TUS, ThreadedUvicorn, free_port
 from tusserver import Config, create_app
 from tusserver.config import ConfigError
@@ -22,6 +24,9 @@ from tusserver.hook_events import (
     HookResponse,
     HookType,
     HTTPResponse,
+    from_wire,
+    response_from_wire,
+    to_wire,
 )
 from tusserver.hooks import Hooks
 
@@ -193,3 +198,55 @@ def test_hooks_url_and_python_hooks_together_are_refused_at_start() -> None:
 
     with pytest.raises(ConfigError, match="not both"):
         create_app(Config(hooks_url="http://127.0.0.1:9/hooks"), Hooks(post_finish=hook))
+
+
+def test_hook_events_carry_the_owner_and_pre_create_may_bind_another(
+    redis_url: str, tmp_path: Path
+) -> None:
+    # With tokens checked, every event names the upload's owner (the token's
+    # sub), and a pre-create hook may bind the upload to another owner (a
+    # team, say), which then holds for every later request.
+    seen: list[HookEvent] = []
+
+    async def record(event: HookEvent) -> HookResponse:
+        seen.append(event)
+        if event.type is HookType.PRE_CREATE and "team" in event.upload.metadata:
+            return HookResponse(change_file_info=FileInfoChanges(owner="team-blue"))
+        return HookResponse()
+
+    hooks = Hooks(pre_create=record, post_create=record, pre_access=record)
+    config = Config(storage=str(tmp_path / "uploads"), redis_url=redis_url, **JWT_FIELDS)
+    server = ThreadedUvicorn(create_app(config, hooks), free_port())
+    server.start()
+    url = f"http://127.0.0.1:{server.server.config.port}"
+    try:
+        with httpx.Client(timeout=10) as client:
+            alice = bearer("alice")
+            own = client.post(url + "/files/", headers={**TUS, **alice, "Upload-Length": "3"})
+            team = client.post(
+                url + "/files/",
+                headers={**TUS, **alice, "Upload-Length": "3", "Upload-Metadata": "team"},
+            )
+            own_head = client.head(url + own.headers["Location"], headers={**TUS, **alice})
+            team_head = client.head(url + team.headers["Location"], headers={**TUS, **alice})
+            as_team = bearer("team-blue")
+            team_member_head = client.head(
+                url + team.headers["Location"], headers={**TUS, **as_team}
+            )
+    finally:
+        server.stop()
+
+    assert own.status_code == team.status_code == 201
+    assert own_head.status_code == 200
+    assert team_head.status_code == 403
+    assert team_member_head.status_code == 200
+    owners = [(event.type, event.upload.owner) for event in seen]
+    assert (HookType.PRE_CREATE, "alice") in owners
+    assert (HookType.POST_CREATE, "alice") in owners
+    assert (HookType.POST_CREATE, "team-blue") in owners
+    # On the wire too, as tusd's format plus an Owner field.
+    wire = to_wire(seen[-1])
+    assert wire["Event"]["Upload"]["Owner"] == seen[-1].upload.owner
+    assert from_wire(wire).upload.owner == seen[-1].upload.owner
+    answer = response_from_wire(json.dumps({"ChangeFileInfo": {"Owner": "team-red"}}).encode())
+    assert answer.change_file_info.owner == "team-red"

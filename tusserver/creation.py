@@ -136,6 +136,7 @@ async def _pre_create(services: Services, draft: Draft) -> tuple[str, Draft]:
             if draft.concat == protocol.CONCAT_FINAL
             else None
         ),
+        owner=draft.owner,
     )
     answer = await hooks.decide(HookType.PRE_CREATE, info)
     if answer.reject_upload:
@@ -151,6 +152,8 @@ async def _pre_create(services: Services, draft: Draft) -> tuple[str, Draft]:
         )
     if changes.metadata is not None:
         draft = _with_hook_metadata(draft, changes.metadata, services)
+    if changes.owner:
+        draft = replace(draft, owner=changes.owner)
     return upload_id, draft
 
 

@@ -55,6 +55,10 @@ class FileInfo:
     # Where the finished file is: {"Type": "tusserver", "Location": <relative
     # to the storage root>, "SHA256": <hex>}; None until it is published.
     storage: Mapping[str, str] | None = None
+    # Who the upload belongs to (tusserver.ownership): a token's `sub`, what
+    # the application's `authenticate` returned, or what pre-create chose;
+    # None when anonymous. Sent as `Owner`, which tusd receivers ignore.
+    owner: str | None = None
 
     @property
     def size_is_deferred(self) -> bool:
@@ -98,6 +102,9 @@ class FileInfoChanges:
 
     id: str = ""
     metadata: Mapping[str, str] | None = None
+    # tusserver only: the owner to bind the upload to ("" = keep the
+    # requester's), for receivers that authenticate clients themselves.
+    owner: str = ""
 
 
 @dataclass(frozen=True)
@@ -129,6 +136,7 @@ def to_wire(event: HookEvent) -> dict[str, Any]:
                     None if upload.partial_uploads is None else list(upload.partial_uploads)
                 ),
                 "Storage": None if upload.storage is None else dict(upload.storage),
+                "Owner": upload.owner,
             },
             "HTTPRequest": {
                 "Method": request.method,
@@ -158,6 +166,7 @@ def from_wire(data: Mapping[str, Any]) -> HookEvent:
             is_final=bool(upload["IsFinal"]),
             partial_uploads=None if parts is None else tuple(str(p) for p in parts),
             storage=None if storage is None else {str(k): str(v) for k, v in storage.items()},
+            owner=None if upload.get("Owner") is None else str(upload["Owner"]),
         ),
         http_request=HTTPRequest(
             method=str(request["Method"]),
@@ -200,6 +209,7 @@ def response_from_wire(body: bytes) -> HookResponse:
         reject_upload=_bool(data.get("RejectUpload", False)),
         change_file_info=FileInfoChanges(
             id=_str(changes.get("ID", "")),
+            owner=_str(changes.get("Owner", "")),
             metadata=(
                 None
                 if metadata is None

@@ -255,6 +255,7 @@ def file_info(
             else None
         ),
         storage=storage,
+        owner=upload.owner,
     )
 
 
