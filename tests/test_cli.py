@@ -468,12 +468,14 @@ def redis_servers_of(data_dir: Path) -> list[psutil.Process]:
 def test_sweep_uses_the_embedded_redis_of_the_server_running_on_the_data_dir(
     tmp_path: Path,
 ) -> None:
-    with serve(tmp_path, "--expire-after", "1s") as server:
+    # Long enough that the sweep process starts, on a busy machine, well
+    # before the second upload expires too.
+    with serve(tmp_path, "--expire-after", "4s") as server:
         expired = create_with_bytes(server.endpoint, b"abc")
-        time.sleep(1.2)
+        time.sleep(4.2)
         kept = create_with_bytes(server.endpoint, b"def")
 
-        result = run_sweep(server, "--expire-after", "1s")
+        result = run_sweep(server, "--expire-after", "4s")
 
         assert result.returncode == 0, result.stderr
         assert result.stdout.splitlines() == [

@@ -252,13 +252,20 @@ class EveryMethod:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = _BodyWatch(receive)
         response = await self.endpoint(Request(scope, body.receive, send))
-        if body.left_unread(scope):
+        if body.left_unread(scope) and not await body.drain():
             # Answered before its body was read to the end (a 409, 413, 423
-            # ...): close the connection after the answer. Kept alive, the
-            # client would go on pushing a body nobody reads, and its next
-            # request would wait behind it (Node's tus-js-client hangs so).
+            # ...), and the rest is not small: close the connection after the
+            # answer. Kept alive, the client would go on pushing a body
+            # nobody reads, and its next request would wait behind it
+            # (Node's tus-js-client hangs so).
             response.headers["connection"] = "close"
         await response(scope, body.receive, send)
+
+
+# A body left unread up to this size is read and dropped rather than the
+# connection closed (a small PATCH answered 409 or 412 before its bytes).
+_DRAIN_LIMIT = 64 * 1024
+_DRAIN_SECONDS = 1.0
 
 
 class _BodyWatch:
@@ -267,6 +274,7 @@ class _BodyWatch:
     def __init__(self, receive: Receive) -> None:
         self._receive = receive
         self.ended = False
+        self._declared: int | None = None
 
     async def receive(self) -> Message:
         message = await self._receive()
@@ -279,10 +287,22 @@ class _BodyWatch:
             return False
         for name, value in scope["headers"]:
             if name == b"content-length":
+                self._declared = int(value) if value.strip().isdigit() else None
                 return value.strip() not in (b"0", b"")
             if name == b"transfer-encoding":
                 return True
         return False
+
+    async def drain(self) -> bool:
+        """Read and drop the rest of a small declared body, so the connection
+        can stay open for the next request; False if it is large, unknown or
+        does not arrive at once."""
+        if self._declared is None or self._declared > _DRAIN_LIMIT:
+            return False
+        with anyio.move_on_after(_DRAIN_SECONDS):
+            while not self.ended:
+                await self.receive()
+        return self.ended
 
 
 _METHOD_OVERRIDE = headers.METHOD_OVERRIDE.lower().encode("latin-1")  # ASGI names are lower-case
