@@ -3,6 +3,7 @@ status a client needs to recover (423 on HEAD for passing trouble)."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -222,6 +223,65 @@ def test_patch_on_a_failing_storage_answers_503_retryable_without_internals(
     head = server.head(url)
     assert head.status_code == 200
     assert head.headers["Upload-Offset"] == "0"
+
+
+@pytest.mark.parametrize("damage", ["removed", "replaced by a file"])
+def test_post_when_the_partials_folder_is_unusable_answers_503_without_path_or_errno(
+    tus_server: Callable[..., RunningServer], redis_url: str, damage: str
+) -> None:
+    # The storage fails before any body is read: the app's own storage-fault
+    # answer, not the one of a PATCH whose body was being stored.
+    server = tus_server()
+    shutil.rmtree(server.partials)
+    if damage == "replaced by a file":
+        server.partials.write_bytes(b"")
+
+    response = server.client.post(server.endpoint, headers={**TUS, "Upload-Length": "5"})
+
+    error = assert_error_body(response, 503, server.storage, retryable=True)
+    assert error["code"] == "storage_failed"
+    assert response.headers["Cache-Control"] == "no-store"
+    assert "Location" not in response.headers
+    for internal in ("Errno", "No such file", "Not a directory", "FileNotFoundError", "partial"):
+        assert internal not in response.text
+    state = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        assert state.keys("tus:{*}:info") == []
+    finally:
+        state.close()
+
+
+def test_an_unexpected_failure_answers_500_without_internals_and_logs_the_upload_id(
+    tus_server: Callable[..., RunningServer],
+    redis_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = tus_server()
+    url = server.create(10)
+    upload_id = upload_id_of(url)
+    # A record no release of tusserver writes (damaged by hand, or by a
+    # foreign tool): reading it fails in a way no handler expects, and the
+    # failure's text carries what was in the record.
+    secret = f"api_key=sk-93f1c0ffee {server.partials / upload_id}"
+    state = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        state.hset(f"tus:{{{upload_id}}}:info", "offset", secret)
+    finally:
+        state.close()
+
+    with caplog.at_level(logging.ERROR):
+        response = server.patch(url, 0, b"hello")
+
+    error = assert_error_body(response, 500, server.storage, retryable=True)
+    assert error["code"] == "internal_error"
+    assert response.headers["Cache-Control"] == "no-store"
+    for internal in ("sk-93f1c0ffee", "api_key", str(server.partials), "ValueError", "int()"):
+        assert internal not in response.text
+    assert upload_id not in response.text
+    logged = [r for r in caplog.records if r.levelno >= logging.ERROR and r.exc_info]
+    assert logged, "the failure was not logged with its traceback"
+    assert upload_id in logged[-1].getMessage()
+    assert (server.partials / upload_id).read_bytes() == b""
 
 
 def test_patch_after_the_partial_vanished_answers_410_and_the_upload_is_gone(

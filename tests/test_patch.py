@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 import threading
@@ -14,9 +15,11 @@ import pytest
 import redis
 
 from tests.helpers import assert_tus_error, b64, upload_id_of
+from tests.raw_http import raw_patch, send_in_pieces, wait_until
 from tests.server_fixtures import OCTETS, TUS, RunningServer
 
-MIB = 1024 * 1024
+KIB = 1024
+MIB = 1024 * KIB
 
 
 def record(state: redis.Redis, url: str) -> dict[str, str]:
@@ -498,6 +501,54 @@ def test_patch_while_another_holder_keeps_the_lock_returns_423_after_the_lock_wa
     head = server.head(url)
     assert head.status_code == 423
     assert head.content == b""
+
+
+def test_patch_whose_lock_was_taken_stops_writing_and_answers_423(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    # Another writer takes the lock straight in Redis, as one whose release
+    # request was lost would: no release request reaches this PATCH, so only
+    # its keep-alive learns that the upload is no longer its own.
+    ttl = 3.0
+    fence = ttl / 3 + 0.6  # one keep-alive period, one watchdog tick, slack
+    server = tus_server(lock_ttl=ttl, idle_timeout=0.4, block_size=64 * KIB)
+    length = 8 * MIB
+    url = server.create(length)
+    upload_id = upload_id_of(url)
+    partial = server.partials / upload_id
+    theirs = b"O" * (6 * MIB)  # the new owner's bytes, from the committed offset 0
+
+    with raw_patch(url, 0, content_length=length) as loser:
+        send_in_pieces(loser, b"L" * (64 * KIB))
+        wait_until(lambda: partial.stat().st_size >= 64 * KIB, "the first block stored")
+        state.set(f"tus:{{{upload_id}}}:lock", "the-new-owner", px=60_000)
+        taken_at = time.monotonic()
+        answered_at = None
+        they_wrote = False
+        # The losing client goes on sending; the new owner writes once the
+        # loser had one keep-alive period to notice.
+        while time.monotonic() - taken_at < 0.9 * ttl and not (answered_at and they_wrote):
+            if answered_at is None and loser.answered():
+                answered_at = time.monotonic()
+            if answered_at is None:
+                loser.send(b"L" * (8 * KIB))
+            if not they_wrote and time.monotonic() - taken_at >= fence:
+                with partial.open("r+b") as file:
+                    file.write(theirs)
+                they_wrote = True
+            time.sleep(0.01)
+        response = loser.response()
+
+    assert answered_at is not None, "the PATCH went on writing after it lost its lock"
+    assert answered_at - taken_at < fence
+    assert response.status == 423
+    assert response.headers["tus-resumable"] == "1.0.0"
+    assert json.loads(response.body)["error"]["code"] == "upload_locked"
+    # The loser's commit was refused: the offset is still the new owner's 0,
+    # and nothing the loser still had in flight landed on the new owner's bytes.
+    assert record(state, url)["offset"] == "0"
+    assert partial.read_bytes()[: len(theirs)] == theirs
+    assert state.get(f"tus:{{{upload_id}}}:lock") == "the-new-owner"
 
 
 def test_head_during_a_stalled_patch_takes_over_and_reports_the_bytes_received(
