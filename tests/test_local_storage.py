@@ -23,11 +23,6 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 async def storage(tmp_path: Path) -> AsyncIterator[LocalStorage]:
     backend = LocalStorage(tmp_path / "root")
     await backend.check()

@@ -31,11 +31,6 @@ MiB = 1024 * 1024
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @dataclass
 class Backend:
     storage: Storage
