@@ -252,21 +252,21 @@ def samba_scratch() -> Iterator[SambaServer]:
 
 
 @pytest.fixture
-def smb_tus_server(redis_url: str, samba: SambaServer) -> Iterator[Callable[..., RunningServer]]:
+def smb_tus_server(
+    redis_url: str, samba: SambaServer, served_apps: ServedApps
+) -> Callable[..., RunningServer]:
     """Factory: tusserver on a real uvicorn storing on an SMB share.
 
     ``smb_tus_server(samba=other_server, **config_fields)``; the storage is a
     fresh folder of the share, and ``RunningServer.storage`` is that folder
     as Samba serves it from this machine's disk.
     """
-    served = ServedApps()
 
     def start(samba_server: SambaServer | None = None, **fields: Any) -> RunningServer:
         server_samba = samba_server or samba
         folder = f"http-{uuid.uuid4().hex[:12]}"
         fields.setdefault("smb_password", server_samba.password)
         config = Config(storage=server_samba.url(folder), redis_url=redis_url, **fields)
-        return served.start(config, server_samba.share_dir / folder, timeout=60)
+        return served_apps.start(config, server_samba.share_dir / folder, timeout=60)
 
-    yield start
-    served.stop()
+    return start

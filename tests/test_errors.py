@@ -314,17 +314,15 @@ def test_patch_after_the_partial_vanished_answers_410_and_the_upload_is_gone(
 
 
 @pytest.fixture
-def lone_server(tmp_path: Path) -> Iterator[Callable[[str], RunningServer]]:
+def lone_server(tmp_path: Path, served_apps: ServedApps) -> Callable[[str], RunningServer]:
     """A tusserver on a Redis of the test's choosing (not the session's)."""
-    served = ServedApps()
 
     def start(redis_url: str) -> RunningServer:
-        storage = tmp_path / f"storage{len(served)}"
+        storage = tmp_path / f"storage{len(served_apps)}"
         config = Config(storage=str(storage), redis_url=redis_url, lock_wait=0.5)
-        return served.start(config, storage)
+        return served_apps.start(config, storage)
 
-    yield start
-    served.stop()
+    return start
 
 
 @pytest.fixture

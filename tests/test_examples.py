@@ -13,13 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import httpx
 import pytest
 import yaml
 from tusclient.client import TusClient
 
 from tests.e2e_clients import CuttingProxy
-from tests.server_fixtures import RunningServer, ThreadedUvicorn, free_port
+from tests.server_fixtures import RunningServer, ServedApps
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,7 +95,7 @@ def test_compose_wires_tusserver_to_a_persistent_redis_and_a_samba_share() -> No
 
 
 def test_fastapi_example_serves_tus_under_its_mount_path_and_calls_back_on_finish(
-    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, served_apps: ServedApps
 ) -> None:
     monkeypatch.setenv("TUSSERVER_STORAGE", str(tmp_path / "uploads"))
     monkeypatch.setenv("TUSSERVER_REDIS_URL", redis_url)
@@ -106,21 +105,16 @@ def test_fastapi_example_serves_tus_under_its_mount_path_and_calls_back_on_finis
     assert spec is not None and spec.loader is not None
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    port = free_port()
-    server = ThreadedUvicorn(example.app, port)
-    server.start()
-    try:
-        source = tmp_path / "report.pdf"
-        source.write_bytes(os.urandom(2 * 1024 * 1024 + 5))
-        uploader = TusClient(f"http://127.0.0.1:{port}/uploads/files/").uploader(
-            file_path=str(source), metadata={"filename": "report.pdf"}
-        )
-        uploader.upload()
-        listed = httpx.get(f"http://127.0.0.1:{port}/uploads-finished", timeout=10).json()
-    finally:
-        server.stop()
+    url, client = served_apps.serve(example.app)
+    source = tmp_path / "report.pdf"
+    source.write_bytes(os.urandom(2 * 1024 * 1024 + 5))
+    uploader = TusClient(f"{url}/uploads/files/").uploader(
+        file_path=str(source), metadata={"filename": "report.pdf"}
+    )
+    uploader.upload()
+    listed = client.get(f"{url}/uploads-finished").json()
 
-    assert str(uploader.url).startswith(f"http://127.0.0.1:{port}/uploads/files/")
+    assert str(uploader.url).startswith(f"{url}/uploads/files/")
     [finished] = example.finished
     assert finished.metadata["filename"] == b"report.pdf"
     assert finished.length == source.stat().st_size
