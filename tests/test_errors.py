@@ -3,6 +3,7 @@ status a client needs to recover (423 on HEAD for passing trouble)."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import shutil
 from collections.abc import Callable, Iterator
@@ -16,7 +17,7 @@ import redis
 from tests.helpers import upload_id_of
 from tests.redis_fixtures import short_temp_dir
 from tests.server_fixtures import OCTETS, TUS, RunningServer, ServedApps
-from tusserver import Config
+from tusserver import Config, errors
 from tusserver.embedded_redis import EmbeddedRedis
 
 UNKNOWN_ID = "0123456789abcdef0123456789abcdef"
@@ -196,6 +197,24 @@ def test_unsupported_method_returns_405_json_with_allow(
 
 
 # --- storage faults -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("exc", "reading", "status", "code", "retryable"),
+    [
+        (OSError(errno.ENOSPC, "full"), False, 507, "storage_full", False),
+        (OSError(errno.EDQUOT, "quota"), False, 507, "storage_full", False),
+        (PermissionError(errno.EACCES, "denied"), False, 500, "storage_refused", False),
+        (OSError(errno.EROFS, "read-only"), False, 500, "storage_refused", False),
+        (ConnectionResetError(errno.ECONNRESET, "reset"), False, 503, "storage_failed", True),
+        (OSError(errno.EIO, "io"), True, 503, "storage_read_failed", True),
+    ],
+)
+def test_storage_faults_answer_by_what_they_are(
+    exc: OSError, reading: bool, status: int, code: str, retryable: bool
+) -> None:
+    error = errors.storage_failure(exc, reading=reading)
+    assert (error.status, error.code, error.retryable) == (status, code, retryable)
 
 
 def test_patch_on_a_failing_storage_answers_503_retryable_without_internals(
