@@ -46,6 +46,7 @@ SPECS: dict[str, list[str]] = {
         "tests/test_state.py",
         "tests/test_termination.py",
         "tests/test_head.py",
+        "tests/test_expiry.py",
         "tests/test_patch.py",
     ],
     "tusserver/locking.py": [
@@ -370,6 +371,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="of the sample (default 0)")
     parser.add_argument("--budget-seconds", type=float, default=3600.0)
     parser.add_argument("--timeout", type=float, help="per mutant (default: 3 x the clean run)")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="TEXT",
+        help="keep the mutants whose description contains one of these (e.g. locking.py:74:)",
+    )
     parser.add_argument("--list", action="store_true", help="print the mutants and stop")
     args = parser.parse_args(argv)
 
@@ -383,7 +390,11 @@ def main(argv: list[str] | None = None) -> int:
             continue  # a module of the map not (or no longer) in the tree
         if not args.specs and path not in SPECS:
             parser.error(f"{path}: no spec files known; give them with --specs")
-        found[path] = find_mutants(path, source_path.read_text())
+        found[path] = [
+            mutant
+            for mutant in find_mutants(path, source_path.read_text())
+            if not args.only or any(text in mutant.describe() for text in args.only)
+        ]
     chosen = sample(found, args.max_mutants, args.seed)
 
     if args.list:
