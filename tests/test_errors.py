@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +17,7 @@ import pytest
 import redis
 
 from tests.helpers import upload_id_of
+from tests.raw_http import raw_patch, send_in_pieces, wait_until
 from tests.redis_fixtures import short_temp_dir
 from tests.server_fixtures import OCTETS, TUS, RunningServer, ServedApps
 from tusserver import Config, errors
@@ -355,6 +358,53 @@ def private_redis() -> Iterator[EmbeddedRedis]:
     finally:
         server.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def test_a_patch_keeps_writing_through_a_redis_failure_of_one_lock_keep_alive(
+    served_apps: ServedApps, private_redis: EmbeddedRedis, tmp_path: Path
+) -> None:
+    # Redis refuses one keep-alive (scripts denied for a moment, a real
+    # permission error): the lock may still be ours, so the PATCH goes on,
+    # and the commit's compare-and-set decides once Redis answers again.
+    ttl = 3.0
+    config = Config(
+        storage=str(tmp_path / "storage"),
+        redis_url=private_redis.url,
+        lock_ttl=ttl,
+        idle_timeout=0.4,
+        block_size=64 * 1024,
+    )
+    server = served_apps.start(config, tmp_path / "storage")
+    length = 512 * 1024
+    data = os.urandom(length)
+    url = server.create(length)
+    partial = server.partials / upload_id_of(url)
+    admin = redis.Redis.from_url(private_redis.url, decode_responses=True)
+    try:
+        with raw_patch(url, 0, content_length=length) as request:
+            send_in_pieces(request, data[: 64 * 1024])
+            wait_until(lambda: partial.stat().st_size >= 64 * 1024, "the first block stored")
+            admin.acl_log_reset()
+            admin.execute_command("ACL", "SETUSER", "default", "-evalsha", "-eval")
+            sent = 64 * 1024
+            deadline = time.monotonic() + ttl
+            try:
+                while not admin.acl_log() and time.monotonic() < deadline:
+                    assert request.send(data[sent : sent + 1024])
+                    sent += 1024
+                    time.sleep(0.02)
+            finally:
+                admin.execute_command("ACL", "SETUSER", "default", "+evalsha", "+eval")
+            refused = admin.acl_log()
+            send_in_pieces(request, data[sent:], piece=8 * 1024)
+            response = request.response()
+    finally:
+        admin.close()
+
+    assert refused and refused[0]["object"] == "evalsha"
+    assert response.status == 204
+    assert response.headers["upload-offset"] == str(length)
+    assert (server.storage / upload_id_of(url)).read_bytes() == data
 
 
 def test_head_when_redis_stops_answers_423_retryable_not_5xx(
