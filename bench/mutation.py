@@ -52,6 +52,7 @@ SPECS: dict[str, list[str]] = {
     "tusserver/locking.py": [
         "tests/test_termination.py",
         "tests/test_head.py",
+        "tests/test_errors.py",
         "tests/test_patch.py",
     ],
     "tusserver/receiving.py": [
