@@ -53,6 +53,7 @@ SPECS: dict[str, list[str]] = {
         "tests/test_termination.py",
         "tests/test_head.py",
         "tests/test_errors.py",
+        "tests/test_extensions_together.py",
         "tests/test_patch.py",
     ],
     "tusserver/receiving.py": [
@@ -64,6 +65,7 @@ SPECS: dict[str, list[str]] = {
     "tusserver/finishing.py": [
         "tests/test_hooks.py",
         "tests/test_head.py",
+        "tests/test_extensions_together.py",
         "tests/test_patch.py",
         "tests/test_checksum.py",
     ],
