@@ -503,6 +503,36 @@ def test_patch_while_another_holder_keeps_the_lock_returns_423_after_the_lock_wa
     assert head.content == b""
 
 
+def test_a_patch_waiting_for_the_lock_asks_the_holder_again_every_half_second(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    # A release request published while the holder was between taking the
+    # lock and listening is lost: the waiting request says it again.
+    server = tus_server(lock_wait=1.2)
+    url = server.create(10)
+    upload_id = upload_id_of(url)
+    listener = state.pubsub(ignore_subscribe_messages=True)
+    listener.subscribe("tus:release")
+    try:
+        state.set(f"tus:{{{upload_id}}}:lock", "a-deaf-holder", px=60_000)
+
+        response = server.patch(url, 0, b"hello")
+
+        requests = []
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:  # the subscription's own reply reads as None
+            message = listener.get_message(timeout=0.1)
+            if message is not None:
+                requests.append(message["data"])
+    finally:
+        listener.close()
+
+    assert_tus_error(response, 423, "upload_locked")
+    # At 0, 0.5 and 1.0 s of the 1.2 s wait (the last one late on a busy machine).
+    assert requests in ([upload_id] * 2, [upload_id] * 3)
+    assert record(state, url)["offset"] == "0"
+
+
 def test_patch_whose_lock_was_taken_stops_writing_and_answers_423(
     tus_server: Callable[..., RunningServer], state: redis.Redis
 ) -> None:
