@@ -436,6 +436,28 @@ def test_head_when_redis_stops_answers_423_retryable_not_5xx(
     assert private_redis.url not in patch.text
 
 
+def test_while_redis_is_down_the_release_listener_reconnects_about_once_a_second(
+    lone_server: Callable[[str], RunningServer],
+    private_redis: EmbeddedRedis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = lone_server(private_redis.url)
+    client = redis.Redis.from_url(private_redis.url)
+    try:
+        wait_until(lambda: dict(client.pubsub_numsub("tus:release")) != {}, "the listener")
+        assert dict(client.pubsub_numsub("tus:release"))[b"tus:release"] == 1
+    finally:
+        client.close()
+
+    with caplog.at_level(logging.WARNING, logger="tusserver.locking"):
+        private_redis.stop()
+        time.sleep(3)
+    lost = [r for r in caplog.records if "release-request listener lost Redis" in r.getMessage()]
+
+    assert 1 <= len(lost) <= 5
+    assert server.head(f"{server.url}/files/{UNKNOWN_ID}").status_code == 423
+
+
 def test_server_without_reachable_redis_starts_and_answers_head_423_and_post_503(
     lone_server: Callable[[str], RunningServer],
 ) -> None:

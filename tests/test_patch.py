@@ -533,6 +533,24 @@ def test_a_patch_waiting_for_the_lock_asks_the_holder_again_every_half_second(
     assert record(state, url)["offset"] == "0"
 
 
+def test_a_patch_waiting_for_the_lock_polls_redis_at_a_bounded_rate(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    # Many clients may wait on locks at once: each must not hammer Redis.
+    server = tus_server(lock_wait=1.0)
+    url = server.create(10)
+    state.set(f"tus:{{{upload_id_of(url)}}}:lock", "a-deaf-holder", px=60_000)
+    before = int(state.info("stats")["total_commands_processed"])
+
+    response = server.patch(url, 0, b"hello")
+
+    commands = int(state.info("stats")["total_commands_processed"]) - before
+    assert_tus_error(response, 423, "upload_locked")
+    # One attempt every 20 ms: about 50 in the second, each a script of a few
+    # commands (Redis counts those too), plus the release requests.
+    assert 20 <= commands <= 600
+
+
 def test_patch_whose_lock_was_taken_stops_writing_and_answers_423(
     tus_server: Callable[..., RunningServer], state: redis.Redis
 ) -> None:
