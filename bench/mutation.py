@@ -58,6 +58,7 @@ SPECS: dict[str, list[str]] = {
     ],
     "tusserver/receiving.py": [
         "tests/test_patch.py",
+        "tests/test_errors.py",
         "tests/test_checksum.py",
         "tests/test_creation.py",
     ],
