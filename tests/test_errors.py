@@ -247,6 +247,30 @@ def test_patch_on_a_failing_storage_answers_503_retryable_without_internals(
     assert head.headers["Upload-Offset"] == "0"
 
 
+def test_a_patch_that_stores_nothing_neither_moves_the_offset_nor_extends_the_expiry(
+    tus_server: Callable[..., RunningServer], redis_url: str
+) -> None:
+    # Sliding expiry: only stored bytes show that the client is still at it.
+    server = tus_server()
+    url = server.create(10)
+    upload_id = upload_id_of(url)
+    (server.partials / upload_id).unlink()
+    (server.partials / upload_id).mkdir()  # opening it for writing fails
+    state = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        before = state.hgetall(f"tus:{{{upload_id}}}:info")
+        time.sleep(0.05)
+
+        response = server.patch(url, 0, b"hello")
+
+        after = state.hgetall(f"tus:{{{upload_id}}}:info")
+    finally:
+        state.close()
+
+    assert response.status_code == 503
+    assert after == before
+
+
 @pytest.mark.parametrize("damage", ["removed", "replaced by a file"])
 def test_post_when_the_partials_folder_is_unusable_answers_503_without_path_or_errno(
     tus_server: Callable[..., RunningServer], redis_url: str, damage: str

@@ -599,6 +599,30 @@ def test_patch_whose_lock_was_taken_stops_writing_and_answers_423(
     assert state.get(f"tus:{{{upload_id}}}:lock") == "the-new-owner"
 
 
+def test_patch_whose_upload_was_removed_mid_body_answers_410(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    # Removed behind the PATCH's back (an operator, a sweep elsewhere): its
+    # bytes have nowhere to count, and the client must start over.
+    server = tus_server(block_size=64 * KIB)
+    length = 256 * KIB
+    url = server.create(length)
+    upload_id = upload_id_of(url)
+    partial = server.partials / upload_id
+
+    with raw_patch(url, 0, content_length=length) as request:
+        send_in_pieces(request, b"x" * (64 * KIB))
+        wait_until(lambda: partial.stat().st_size >= 64 * KIB, "the first block stored")
+        state.delete(f"tus:{{{upload_id}}}:info")
+        send_in_pieces(request, b"x" * (length - 64 * KIB))
+        response = request.response()
+
+    assert response.status == 410
+    assert response.headers["tus-resumable"] == "1.0.0"
+    assert json.loads(response.body)["error"]["code"] == "upload_gone"
+    assert not state.exists(f"tus:{{{upload_id}}}:info")
+
+
 def test_head_during_a_stalled_patch_takes_over_and_reports_the_bytes_received(
     tus_server: Callable[..., RunningServer], state: redis.Redis
 ) -> None:
