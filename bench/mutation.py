@@ -62,7 +62,11 @@ SPECS: dict[str, list[str]] = {
         "tests/test_checksum.py",
         "tests/test_creation.py",
     ],
-    "tusserver/transfer.py": ["tests/test_patch.py", "tests/test_checksum.py"],
+    "tusserver/transfer.py": [
+        "tests/test_patch.py",
+        "tests/test_checksum.py",
+        "tests/test_cli.py::test_sigterm_during_a_patch_commits_the_bytes_it_stored",
+    ],
     "tusserver/finishing.py": [
         "tests/test_hooks.py",
         "tests/test_head.py",
@@ -83,7 +87,11 @@ SPECS: dict[str, list[str]] = {
         "tests/test_patch.py",
     ],
     "tusserver/concatenation.py": ["tests/test_concatenation.py"],
-    "tusserver/expiry.py": ["tests/test_expiry.py"],
+    "tusserver/expiry.py": [
+        "tests/test_expiry.py",
+        "tests/test_cli.py::test_sweep_uses_the_embedded_redis_of_the_server_running_on_the_data_dir",
+        "tests/test_cli.py::test_sweep_without_a_running_server_starts_the_embedded_redis_for_the_pass",
+    ],
     "tusserver/download.py": ["tests/test_download.py"],
     "tusserver/ranges.py": ["tests/test_download.py"],
     "tusserver/naming.py": ["tests/test_naming.py", "tests/test_patch.py"],
