@@ -73,6 +73,7 @@ SPECS: dict[str, list[str]] = {
         "tests/test_extensions_together.py",
         "tests/test_patch.py",
         "tests/test_checksum.py",
+        "tests/test_concatenation.py",
     ],
     "tusserver/protocol.py": [
         "tests/test_protocol.py",
