@@ -4,7 +4,10 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY tusserver ./tusserver
 COPY storage_backends ./storage_backends
-RUN pip install --no-cache-dir . && useradd --system --uid 10001 tus \
+# Optional backends to install (tusserver[smb] brings smbprotocol); empty for
+# local storage only: docker build --build-arg EXTRAS= .
+ARG EXTRAS=smb
+RUN pip install --no-cache-dir ".${EXTRAS:+[$EXTRAS]}" && useradd --system --uid 10001 tus \
     && mkdir -p /srv/uploads && chown tus /srv/uploads
 USER tus
 ENV TUSSERVER_HOST=0.0.0.0 \

@@ -1,22 +1,35 @@
 """The storage interface: bytes only, no HTTP, no Redis.
 
 A backend keeps an unfinished upload as a *partial* in a staging area that
-nobody browses, and finalizes it by one atomic rename to its final name on
-the same volume. It never decides whether bytes count: the caller (holding
-the upload's lock) commits an offset only after ``write`` says the bytes are
-stored.
+nobody browses, and finalizes it by publishing it under its final name in
+one step, never replacing a file (the file-system backends share one
+algorithm for that: storage_backends/finalizing.py). It never decides
+whether bytes count: the caller commits an offset only after ``write`` says
+the bytes are stored.
+
+Locks: the backend takes none. The caller holds the upload's lock (in
+Redis) around ``write``, ``finalize``, ``concat`` and ``delete`` of an
+upload, so one upload's partial has one writer at a time; ``create`` runs
+before the upload's URL exists; ``stat``, ``read`` and ``stale_partials``
+run without it and must cope with a partial that grows meanwhile.
 
 Errors: backends raise builtin ``OSError`` subclasses (``FileNotFoundError``
 for a missing partial, ``FileExistsError`` only internally while choosing a
 free final name, ``PermissionError``, plain ``OSError`` for I/O faults);
-foreign exceptions are translated at the backend's boundary.
+foreign exceptions are translated at the backend's boundary. Ids that are
+not opaque tokens raise ``ValueError`` and names that would leave the
+storage root ``PermissionError``, before any I/O.
+
+Optional capabilities are separate one-method protocols at the end of this
+module; the tus extensions a server advertises follow from them
+(tusserver/extensions.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 # A block is a run of buffers that are stored contiguously. Handing over the
 # pieces as they arrived from the network (instead of joining them) lets a
@@ -61,8 +74,10 @@ class Storage(Protocol):
         the location, calls ``delete(upload_id)``; until then, finalizing
         again returns the same location instead of publishing a second
         copy, so a crash between publishing and recording is repaired by
-        finalizing again. Raises ``FileNotFoundError`` if the
-        partial is gone, ``OSError`` if it holds fewer than ``length`` bytes.
+        finalizing again. Raises ``FileNotFoundError`` if the partial is
+        gone and no earlier finalize of it published a file that is still
+        there, ``OSError`` if it holds fewer than ``length`` bytes (then
+        nothing is published and the partial is left as it was).
         """
 
     async def delete(self, upload_id: str, location: str | None = None) -> None:
@@ -70,24 +85,6 @@ class Storage(Protocol):
 
     async def aclose(self) -> None:
         """Release connections and threads. Called once, at shutdown."""
-
-    async def concat(self, upload_id: str, parts: Sequence[tuple[str, int]]) -> None:
-        """Fill ``upload_id``'s partial, from offset 0, with the first
-        ``length`` bytes of each part's partial (``(upload id, length)``
-        pairs, in order; one id may appear more than once).
-
-        Exactly ``length`` bytes of each part, never its whole file: a
-        partial may hold stale bytes past its committed length (a discarded
-        chunk), and those must not shift the parts after it. A part holding
-        fewer than ``length`` bytes raises ``OSError``. The parts
-        are read, never changed, so a part can go into several final uploads.
-        Afterwards the partial holds exactly the parts' bytes, whatever it
-        held before, so a failed attempt may simply be repeated. The copy
-        stays inside the storage (no pass through the server where the
-        storage allows it). The caller holds ``upload_id``'s lock. Raises
-        ``FileNotFoundError`` if the partial of ``upload_id`` or of a part is
-        missing, ``OSError`` on I/O faults.
-        """
 
     async def stat(self, upload_id: str, location: str | None) -> FileStat:
         """Size and modification time of the finished file at ``location``,
@@ -119,4 +116,46 @@ class Storage(Protocol):
 
         Lists only what looks like an upload id; publishes and removes
         nothing. Raises ``OSError`` if the staging area cannot be listed.
+        """
+
+
+# --- optional capabilities ------------------------------------------------------
+# One method each, in the manner of tusd's composer: the server asks
+# ``isinstance(storage, Concatenator)`` and advertises the matching tus
+# extension only when the backend has it (tusserver/extensions.py), so
+# nothing is advertised that is not implemented.
+
+
+@runtime_checkable
+class Concatenator(Protocol):
+    async def concat(self, upload_id: str, parts: Sequence[tuple[str, int]]) -> None:
+        """Fill ``upload_id``'s partial, from offset 0, with the first
+        ``length`` bytes of each part's partial (``(upload id, length)``
+        pairs, in order; one id may appear more than once).
+
+        Exactly ``length`` bytes of each part, never its whole file: a
+        partial may hold stale bytes past its committed length (a discarded
+        chunk), and those must not shift the parts after it. A part holding
+        fewer than ``length`` bytes raises ``OSError``. The parts
+        are read, never changed, so a part can go into several final uploads.
+        Afterwards the partial holds exactly the parts' bytes, whatever it
+        held before, so a failed attempt may simply be repeated. The copy
+        stays inside the storage (no pass through the server where the
+        storage allows it). The caller holds ``upload_id``'s lock. Raises
+        ``FileNotFoundError`` if the partial of ``upload_id`` or of a part is
+        missing, ``OSError`` on I/O faults.
+        """
+
+
+@runtime_checkable
+class Flusher(Protocol):
+    async def flush(self, upload_id: str) -> None:
+        """Make the bytes written to the upload's partial so far durable: on
+        stable storage, where a crash of the machine (not only of the
+        process) keeps them.
+
+        Called with ``durable_commits`` before an offset that counts those
+        bytes is committed. The caller holds the upload's lock and no write
+        of it is in flight. Raises ``FileNotFoundError`` if the partial is
+        gone, ``OSError`` on I/O faults.
         """

@@ -15,20 +15,23 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
 import anyio
 import anyio.to_thread
 
 from storage_backends.base import Block, FileStat
+from storage_backends.finalizing import finalize
 from storage_backends.names import (
+    NOTE_SUFFIX,
     STAGING_DIR,
-    UPLOAD_ID,
     check_upload_id,
-    name_variants,
     safe_relative,
+    staged_upload_id,
 )
+from storage_backends.registry import StorageSettings
 
 # pwritev takes at most IOV_MAX buffers per call (1024 on Linux).
 _IOV_MAX = getattr(os, "IOV_MAX", 1024)
@@ -37,6 +40,13 @@ _COPY_BUFFER = 1024 * 1024
 # One read per thread hop: large enough that the hop costs little, small
 # enough that a download holds about one block in memory.
 _READ_BLOCK = 1024 * 1024
+
+
+def open_storage(url: str, settings: StorageSettings) -> LocalStorage:
+    """The registry's opener: a folder path, or a ``file://`` URL of one."""
+    parsed = urlsplit(url)
+    root = parsed.path if parsed.scheme == "file" else url
+    return LocalStorage(Path(root), file_mode=settings.file_mode)
 
 
 class LocalStorage:
@@ -81,31 +91,20 @@ class LocalStorage:
                 await anyio.to_thread.run_sync(os.close, fd, limiter=self._limiter)
         return written
 
+    async def flush(self, upload_id: str) -> None:
+        path = self._partial(upload_id)
+        await anyio.to_thread.run_sync(_fsync, path, os.fdatasync, limiter=self._limiter)
+
     async def finalize(self, upload_id: str, final_name: str, length: int) -> str:
-        source = self._partial(upload_id)
+        staged = _DiskUpload(self, self._partial(upload_id))
         relative = safe_relative(final_name)
         return await anyio.to_thread.run_sync(
-            self._finalize, source, relative, length, limiter=self._limiter
+            finalize, staged, relative, length, limiter=self._limiter
         )
 
-    def _finalize(self, source: Path, relative: PurePosixPath, length: int) -> str:
-        size = os.stat(source).st_size
-        if size < length:
-            # truncate() would pad with zeros: refuse rather than publish a hole.
-            raise OSError(errno.EIO, f"partial holds {size} of {length} bytes", str(source))
-        os.truncate(source, length)  # storage may hold more than the offset
-        os.chmod(source, self.file_mode)
-        _fsync(source)  # the bytes are durable before the final name appears
-        target_dir = self.root.joinpath(*relative.parent.parts)
-        target_dir.mkdir(parents=True, exist_ok=True)
-        for candidate in name_variants(relative):
-            target = self.root.joinpath(*candidate.parts)
-            if _publish_without_overwrite(source, target):
-                return candidate.as_posix()
-        raise FileExistsError(errno.EEXIST, "no free final name", relative.as_posix())
-
     async def delete(self, upload_id: str, location: str | None = None) -> None:
-        paths = [self._partial(upload_id)]
+        partial = self._partial(upload_id)
+        paths = [partial, _note(partial)]
         if location is not None:
             paths.append(self.root.joinpath(*safe_relative(location).parts))
         await anyio.to_thread.run_sync(_unlink_all, paths, limiter=self._limiter)
@@ -176,18 +175,66 @@ class LocalStorage:
         )
 
     def _stale_partials(self, older_than: float) -> list[str]:
-        stale = []
+        stale = set()
         with os.scandir(self.staging) as entries:
             for entry in entries:
-                if UPLOAD_ID.fullmatch(entry.name) is None:
+                upload_id = staged_upload_id(entry.name)
+                if upload_id is None:
                     continue
                 try:
                     info = entry.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue  # removed while listing (finished, terminated)
                 if stat.S_ISREG(info.st_mode) and info.st_mtime < older_than:
-                    stale.append(entry.name)
-        return stale
+                    stale.add(upload_id)
+        return sorted(stale)
+
+
+class _DiskUpload:
+    """An upload's partial and note on local disk, for the shared finalize
+    (storage_backends/finalizing.py). Runs in a worker thread."""
+
+    def __init__(self, storage: LocalStorage, partial: Path) -> None:
+        self._root = storage.root
+        self._file_mode = storage.file_mode
+        self._partial = partial
+        self._note = _note(partial)
+
+    def seal(self, length: int) -> None:
+        size = os.stat(self._partial).st_size
+        if size < length:
+            # truncate() would pad with zeros: refuse rather than publish a hole.
+            raise OSError(errno.EIO, f"partial holds {size} of {length} bytes")
+        os.truncate(self._partial, length)  # storage may hold more than the offset
+        os.chmod(self._partial, self._file_mode)
+        _fsync(self._partial)  # the bytes are durable before the final name appears
+
+    def make_folders(self, relative: PurePosixPath) -> None:
+        self._target(relative).parent.mkdir(parents=True, exist_ok=True)
+
+    def write_note(self, location: str) -> None:
+        fd = os.open(self._note, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, location.encode())
+            os.fsync(fd)  # on disk before the move it describes
+        finally:
+            os.close(fd)
+
+    def read_note(self) -> str:
+        return self._note.read_text()
+
+    def size_of(self, relative: PurePosixPath) -> int:
+        return os.stat(self._target(relative)).st_size
+
+    def move_to(self, relative: PurePosixPath) -> bool:
+        return _move_without_overwrite(self._partial, self._target(relative))
+
+    def _target(self, relative: PurePosixPath) -> Path:
+        return self._root.joinpath(*relative.parts)
+
+
+def _note(partial: Path) -> Path:
+    return partial.with_name(partial.name + NOTE_SUFFIX)
 
 
 def _copy_into(source: Path, fd: int, offset: int, length: int) -> None:
@@ -287,33 +334,36 @@ def _drop_prefix(buffers: Sequence[bytes | memoryview], count: int) -> list[byte
     return rest
 
 
-def _publish_without_overwrite(source: Path, target: Path) -> bool:
-    """Give ``source`` the name ``target`` unless another file has it; False if one does.
+def _move_without_overwrite(source: Path, target: Path) -> bool:
+    """Rename ``source`` to ``target`` unless another file has that name; False if one does.
 
     A hard link fails atomically with EEXIST, so a finished file can never
-    replace another one, and the final name appears with its whole content.
-    ``source`` keeps its name (the caller removes it once the location is
-    recorded); a target that already is ``source`` was published by an
-    earlier, interrupted finalize and is reused. Filesystems without hard
-    links fall back to a checked rename.
+    replace another one, and the final name appears with its whole content;
+    then the partial's name goes. A target that already is ``source`` was
+    linked by a move that was interrupted before the unlink: the move
+    completes. Filesystems without hard links fall back to a checked rename.
     """
     try:
         os.link(source, target)
     except FileExistsError:
-        return os.path.samefile(source, target)
+        if not os.path.samefile(source, target):
+            return False
     except OSError as exc:
         if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
             raise
         if target.exists():
             return False
         os.rename(source, target)
+        return True
+    os.unlink(source)
     return True
 
 
-def _fsync(path: Path) -> None:
+def _fsync(path: Path, sync: Callable[[int], None] = os.fsync) -> None:
+    # Any descriptor will do: the kernel flushes the file, not the descriptor.
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        sync(fd)
     finally:
         os.close(fd)
 

@@ -14,6 +14,9 @@ from pathlib import PurePosixPath
 
 STAGING_DIR = ".partial"
 UPLOAD_ID = re.compile(r"[0-9A-Za-z_-]{1,128}")
+# A finalize's note of where it moves the partial: ``<staging>/<id>.final``
+# (storage_backends/finalizing.py). Ids never contain a dot.
+NOTE_SUFFIX = ".final"
 # Bounded so that a name collision storm cannot loop forever.
 MAX_NAME_VARIANTS = 1000
 
@@ -22,6 +25,13 @@ def check_upload_id(upload_id: str) -> str:
     if UPLOAD_ID.fullmatch(upload_id) is None:
         raise ValueError("invalid upload id")
     return upload_id
+
+
+def staged_upload_id(name: str) -> str | None:
+    """The upload a staging entry belongs to (its partial or its note); None
+    for anything else."""
+    upload_id = name.removesuffix(NOTE_SUFFIX)
+    return upload_id if UPLOAD_ID.fullmatch(upload_id) else None
 
 
 def safe_relative(name: str) -> PurePosixPath:

@@ -23,23 +23,26 @@ the interpreter lock.
 from __future__ import annotations
 
 import errno
+import os
 from collections.abc import AsyncIterator, Sequence
 
 import anyio
 
 from storage_backends.base import Block, FileStat
 from storage_backends.names import (
+    NOTE_SUFFIX,
     STAGING_DIR,
     check_upload_id,
     safe_relative,
 )
+from storage_backends.registry import StorageSettingError, StorageSettings
 from storage_backends.smb_calls import Server, Slot, SMBCalls
 from storage_backends.smb_files import (
-    MARKER_SUFFIX,
     check_share,
     concat_files,
     create_file,
     finalize_file,
+    flush_file,
     read_at,
     remove_all,
     stale_partials,
@@ -50,6 +53,25 @@ from storage_backends.smb_writes import close_handle, write_block
 
 # Reads (GET) go out in blocks of this size, each in a worker thread.
 _READ_BLOCK = 1024 * 1024
+# The only source of the password: argv is visible to every local user, and
+# a URL ends up in logs and process listings.
+PASSWORD_ENV = "TUSSERVER_SMB_PASSWORD"
+
+
+def open_storage(url: str, settings: StorageSettings) -> SMBStorage:
+    """The registry's opener for ``smb://`` URLs; the password from ``PASSWORD_ENV``.
+
+    Files get the share's permissions: ``settings.file_mode`` does not apply.
+    """
+    try:
+        location = SMBLocation.parse(url)
+    except ValueError as exc:
+        # Not the URL itself: it may carry a password by mistake.
+        raise StorageSettingError(f"storage URL is not usable: {str(exc).rstrip('.')}.") from None
+    password = os.environ.get(PASSWORD_ENV)
+    if password is None:
+        raise StorageSettingError(f"SMB storage needs the password in {PASSWORD_ENV}.")
+    return SMBStorage(location, password)
 
 
 class SMBStorage:
@@ -57,15 +79,12 @@ class SMBStorage:
         self,
         location: SMBLocation,
         password: str | None,
-        *,
-        connections: int = 8,
-        timeout: float = 30.0,
     ) -> None:
         self.location = location
         self._calls = SMBCalls(
             Server(location.host, location.port, location.username, password),
-            connections=connections,
-            timeout=timeout,
+            connections=location.options.connections,
+            timeout=location.options.timeout,
         )
 
     async def check(self) -> None:
@@ -110,19 +129,22 @@ class SMBStorage:
                     await self._calls.run_on(opened, close_handle, owner)
         return written
 
+    async def flush(self, upload_id: str) -> None:
+        await self._calls.run(flush_file, self._partial(upload_id))
+
     async def finalize(self, upload_id: str, final_name: str, length: int) -> str:
         relative = safe_relative(final_name)
         return await self._calls.run(
             finalize_file,
             self._partial(upload_id),
-            self._partial(upload_id) + MARKER_SUFFIX,
+            self._partial(upload_id) + NOTE_SUFFIX,
             self.location.unc(),
             relative,
             length,
         )
 
     async def delete(self, upload_id: str, location: str | None = None) -> None:
-        paths = [self._partial(upload_id), self._partial(upload_id) + MARKER_SUFFIX]
+        paths = [self._partial(upload_id), self._partial(upload_id) + NOTE_SUFFIX]
         if location is not None:
             paths.append(self._final(location))
         await self._calls.run(remove_all, paths)

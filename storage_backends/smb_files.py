@@ -1,5 +1,5 @@
-"""The other blocking SMB calls of the backend (start-up check, create,
-finalize by rename without overwrite, delete, server-side concat, stat, reads,
+"""The other blocking SMB calls of the backend (start-up check, create, the
+steps of the shared finalize, delete, server-side concat, stat, reads,
 listing stale partials), each run in a worker thread by ``SMBCalls`` with the
 call's own connection; errors are translated there."""
 
@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import errno
 import ntpath
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -24,16 +26,11 @@ from smbprotocol.ioctl import (
 from smbprotocol.tree import TreeConnect
 
 from storage_backends.base import FileStat
-from storage_backends.names import (
-    UPLOAD_ID,
-    name_variants,
-)
+from storage_backends.finalizing import finalize
+from storage_backends.names import staged_upload_id
 from storage_backends.smb_calls import Call
 from storage_backends.smb_writes import open_file, write_all
 
-# Where a finalize records the name it is publishing under, before the rename
-# (see finalize): ``<staging>/<id>.final``. Ids never contain a dot.
-MARKER_SUFFIX = ".final"
 # Server-side copy limits (MS-SMB2 3.3.3): 1 MiB per chunk, 16 chunks per request.
 _COPY_CHUNK = 1024 * 1024
 _COPY_CHUNKS_PER_REQUEST = 16
@@ -63,56 +60,77 @@ def create_file(call: Call, path: str) -> None:
         pass
 
 
-def finalize_file(
-    call: Call, partial: str, marker: str, root: str, relative: PurePosixPath, length: int
-) -> str:
-    """Trim, flush, then rename the partial to the first free variant of ``relative``.
+def flush_file(call: Call, path: str) -> None:
+    """SMB2 FLUSH: the server writes what it holds of the file to its disk."""
+    with _missing_as_builtin(), open_file(call, path, "r+b") as f:
+        call.touch()  # the FLUSH gets the whole no-progress timeout to itself
+        f.flush()
 
-    Before each rename attempt the chosen name is written to ``marker``: if
-    the process dies after the rename but before the caller recorded the
-    location, the partial is gone and the marker says where it went, so
-    finalizing again returns that location instead of failing.
-    """
-    kwargs = call.kwargs
+
+def finalize_file(
+    call: Call, partial: str, note: str, root: str, relative: PurePosixPath, length: int
+) -> str:
+    """The shared finalize (storage_backends/finalizing.py) on the share."""
+    return finalize(_ShareUpload(call, partial, note, root), relative, length)
+
+
+class _ShareUpload:
+    """An upload's partial and note on the share, for the shared finalize."""
+
+    def __init__(self, call: Call, partial: str, note: str, root: str) -> None:
+        self._call = call
+        self._partial = partial
+        self._note = note
+        self._root = root
+
+    def seal(self, length: int) -> None:
+        call = self._call
+        with _missing_as_builtin(), open_file(call, self._partial, "r+b") as f:
+            size = f.seek(0, smbclient.SEEK_END)
+            if size < length:
+                # Truncating up would pad with zeros: refuse rather than publish a hole.
+                raise OSError(errno.EIO, f"partial holds {size} of {length} bytes")
+            if size > length:
+                f.truncate(length)  # storage may hold more than the offset
+            call.touch()  # the FLUSH gets the whole no-progress timeout to itself
+            f.flush()  # SMB2 FLUSH: the bytes are durable before the final name appears
+
+    def make_folders(self, relative: PurePosixPath) -> None:
+        if relative.parent.parts:
+            folder = join(self._root, *relative.parent.parts)
+            smbclient.makedirs(folder, exist_ok=True, **self._call.kwargs)
+
+    def write_note(self, location: str) -> None:
+        with open_file(self._call, self._note, "wb") as note:
+            write_all(self._call, note, location.encode())
+            note.flush()  # on the server's disk before the rename it describes
+
+    def read_note(self) -> str:
+        with _missing_as_builtin(), open_file(self._call, self._note, "rb") as note:
+            text: str = note.readall().decode()
+        return text
+
+    def size_of(self, relative: PurePosixPath) -> int:
+        with _missing_as_builtin():
+            path = join(self._root, *relative.parts)
+            return int(smbclient.stat(path, **self._call.kwargs).st_size)
+
+    def move_to(self, relative: PurePosixPath) -> bool:
+        # A rename on the share is one step: there is no half-moved state.
+        target = join(self._root, *relative.parts)
+        return _rename_without_overwrite(self._call, self._partial, target)
+
+
+@contextmanager
+def _missing_as_builtin() -> Iterator[None]:
+    """smbprotocol's 'no such file' as builtin FileNotFoundError, which the
+    shared finalize tells apart from other failures."""
     try:
-        f = open_file(call, partial, "r+b")
+        yield
     except SMBOSError as exc:
         if exc.errno != errno.ENOENT:
             raise
-        return _published_location(call, marker, root, length, exc)
-    with f:
-        size = f.seek(0, smbclient.SEEK_END)
-        if size < length:
-            # Truncating up would pad with zeros: refuse rather than publish a hole.
-            raise OSError(errno.EIO, f"partial holds {size} of {length} bytes", partial)
-        if size > length:
-            f.truncate(length)  # storage may hold more than the offset
-        call.touch()  # the FLUSH gets the whole no-progress timeout to itself
-        f.flush()  # SMB2 FLUSH: the bytes are durable before the final name appears
-    if relative.parent.parts:
-        smbclient.makedirs(join(root, *relative.parent.parts), exist_ok=True, **kwargs)
-    for candidate in name_variants(relative):
-        target = join(root, *candidate.parts)
-        with open_file(call, marker, "wb") as m:
-            write_all(call, m, candidate.as_posix().encode())
-        if _rename_without_overwrite(call, partial, target):
-            return candidate.as_posix()
-    raise FileExistsError(errno.EEXIST, "no free final name", relative.as_posix())
-
-
-def _published_location(call: Call, marker: str, root: str, length: int, missing: OSError) -> str:
-    """The location an earlier, interrupted finalize renamed the partial to."""
-    try:
-        with open_file(call, marker, "rb") as m:
-            location: str = m.readall().decode()
-        published = smbclient.stat(join(root, *PurePosixPath(location).parts), **call.kwargs)
-    except SMBOSError as exc:
-        if exc.errno == errno.ENOENT:
-            raise missing from None
-        raise
-    if published.st_size != length:
-        raise missing
-    return location
+        raise FileNotFoundError(errno.ENOENT, "no such file on the share") from exc
 
 
 def _rename_without_overwrite(call: Call, source: str, target: str) -> bool:
@@ -236,9 +254,8 @@ def read_at(call: Call, path: str, offset: int, length: int) -> bytes:
 def stale_partials(call: Call, staging: str, older_than: float) -> list[str]:
     found: set[str] = set()
     for entry in smbclient.scandir(staging, **call.kwargs):
-        name = entry.name
-        upload_id = name.removesuffix(MARKER_SUFFIX)
-        if UPLOAD_ID.fullmatch(upload_id) is None or not entry.is_file():
+        upload_id = staged_upload_id(entry.name)
+        if upload_id is None or not entry.is_file():
             continue
         if entry.smb_info.last_write_time.timestamp() < older_than:
             found.add(upload_id)

@@ -16,7 +16,7 @@ registered where smbprotocol's receive thread looks for its answer, and
 the socket is written under the transport's lock. Those are smbprotocol
 internals (checked by ``WireWriter.for_open``, which returns None when a
 release moved or reshaped them, or when the session encrypts, and the
-caller then uses smbprotocol's own framing). The answers are received,
+caller then writes through smbclient's file API, touching none of them). The answers are received,
 verified and parsed by smbprotocol as usual. A send that fails part-way
 shuts the connection: nothing may follow half a frame.
 """
@@ -109,6 +109,18 @@ class WireWriter:
             return cls(file, None)
         signer = _signer(connection, session.signing_key)
         return None if signer is None else cls(file, signer)
+
+    @property
+    def max_write_size(self) -> int:
+        """The largest WRITE the server takes, as negotiated."""
+        return int(self._connection.max_write_size)
+
+    def credits_available(self) -> int:
+        """SMB credits this connection may spend now (MS-SMB2 3.2.4.1.5): each
+        pays for 64 KiB of a request, and a response grants more."""
+        with self._connection.sequence_lock:
+            window = self._connection.sequence_window
+            return int(window["high"] - window["low"])
 
     def send(self, offset: int, pieces: Sequence[Buffer], credit_request: int) -> Any:
         """Send one WRITE of ``pieces`` (in order) at ``offset``; the smbprotocol request.

@@ -1,12 +1,18 @@
 """The SMB write path, run in worker threads by ``SMBCalls``: a PATCH's
 blocks go out as pipelined WRITE requests on one connection, each at its own
-offset, while the partial stays open (see ``storage_backends.smb``)."""
+offset, while the partial stays open (see ``storage_backends.smb``). Where
+``smb_wire`` cannot frame them, they go through smbclient's file API
+instead, one at a time.
+
+``smbclient._io`` is imported here and in ``smb_files`` only: both load
+only when a server stores on an ``smb://`` URL (storage_backends/registry.py)."""
 
 from __future__ import annotations
 
 import errno
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import smbclient
 from smbclient._io import SMBRawIO
@@ -39,7 +45,11 @@ def write_block(call: Call, owner: object, path: str, offset: int, block: Block)
         handle = open_file(call, path, "r+b")
         call.slot.handles[owner] = handle
     try:
-        _write_pipelined(call, handle, deque(_messages(block, offset)))
+        wire = WireWriter.for_open(handle.fd)
+        if wire is None:
+            _write_plainly(call, handle, _messages(block, offset))
+        else:
+            _write_pipelined(call, wire, deque(_messages(block, offset)))
     except BaseException:
         # The caller only closes handles on slots whose writes succeeded:
         # close this one now, or a full share would leak a handle per PATCH.
@@ -80,46 +90,33 @@ def _split(pieces: list[memoryview], at: int) -> tuple[list[memoryview], list[me
     return head, []
 
 
-class _Sender:
-    """Sends one WRITE and receives its answer: framed by ``smb_wire`` where it can,
-    by smbprotocol (one joined copy of the data, and several more inside) where not."""
+def _write_plainly(call: Call, handle: SMBRawIO, messages: Iterator[Message]) -> None:
+    """Each message through smbclient's own file API, one write at a time.
 
-    def __init__(self, handle: SMBRawIO) -> None:
-        self._file = handle.fd
-        self._wire = WireWriter.for_open(self._file)
-        self.connection = self._file.connection
-
-    def send(self, at: int, pieces: list[memoryview], credit_request: int) -> Callable[[], int]:
-        """Send a WRITE of ``pieces`` at ``at``; a function that waits for its byte count."""
-        if self._wire is not None:
-            wire, request = self._wire, self._wire.send(at, pieces, credit_request)
-            return lambda: wire.receive(request)
-        file = self._file
-        message, receive = file.write(b"".join(pieces), offset=at, send=False)
-        request = self.connection.send(
-            message,
-            sid=file.tree_connect.session.session_id,
-            tid=file.tree_connect.tree_connect_id,
-            credit_request=credit_request,
-        )
-        return lambda: int(receive(request))
+    Where ``smb_wire`` cannot frame (an encrypted share, or a smbprotocol
+    release whose internals moved), nothing here touches smbprotocol's
+    internals either: smbclient sizes each write to the credits it has,
+    by whatever means its own release uses. Slower (a joined copy of the
+    data, no writes in flight), never wrong.
+    """
+    for at, pieces in messages:
+        handle.seek(at)
+        write_all(call, handle, b"".join(pieces))
 
 
-def _write_pipelined(call: Call, handle: SMBRawIO, todo: deque[Message]) -> None:
-    """Send every message of ``todo`` as SMB2 WRITEs, several in flight.
+def _write_pipelined(call: Call, wire: WireWriter, todo: deque[Message]) -> None:
+    """Send every message of ``todo`` as lean SMB2 WRITEs, several in flight.
 
     Returns once the server confirmed every byte. A write the server took
     only partly is sent again for its rest; each lands at its own offset,
     so completion order does not matter.
     """
-    sender = _Sender(handle)
-    connection = sender.connection
-    largest = min(_WRITE_SIZE, connection.max_write_size)
-    in_flight: deque[tuple[Callable[[], int], int, list[memoryview], int]] = deque()
+    largest = min(_WRITE_SIZE, wire.max_write_size)
+    in_flight: deque[tuple[Any, int, list[memoryview], int]] = deque()
 
     def confirm_oldest() -> None:
-        receive, at, pieces, size = in_flight.popleft()
-        count = receive()
+        request, at, pieces, size = in_flight.popleft()
+        count = wire.receive(request)
         if not count:
             raise OSError(errno.EIO, "the SMB server wrote nothing")
         if count < size:
@@ -133,8 +130,7 @@ def _write_pipelined(call: Call, handle: SMBRawIO, todo: deque[Message]) -> None
                 continue
             at, pieces = todo[0]
             length = sum(len(piece) for piece in pieces)
-            window = connection.sequence_window
-            available = window["high"] - window["low"]
+            available = wire.credits_available()
             credits = (min(length, largest) - 1) // CREDIT_BYTES + 1
             if credits > available and in_flight:
                 confirm_oldest()  # its response grants credits
@@ -147,14 +143,14 @@ def _write_pipelined(call: Call, handle: SMBRawIO, todo: deque[Message]) -> None
             credits = (size - 1) // CREDIT_BYTES + 1
             # Ask for enough credits to keep the pipeline full (MS-SMB2 3.2.4.1.5).
             wanted = credits + max(0, _WRITES_IN_FLIGHT * credits - (available - credits))
-            in_flight.append((sender.send(at, pieces, wanted), at, pieces, size))
+            in_flight.append((wire.send(at, pieces, wanted), at, pieces, size))
     finally:
         # Collect the answers to writes already sent, so none is left
         # behind on the connection; the first failure is what counts.
         while in_flight:
-            receive = in_flight.popleft()[0]
+            request = in_flight.popleft()[0]
             try:
-                receive()
+                wire.receive(request)
             except (SMBException, OSError):
                 pass  # on a lost connection each fails at once
 

@@ -5,6 +5,7 @@ import pytest
 pytest_plugins = [
     "tests.redis_fixtures",
     "tests.server_fixtures",
+    "tests.process_fixtures",
     "tests.e2e_clients",  # before js_fixtures, which imports it
     "tests.js_fixtures",
     "tests.samba_fixtures",

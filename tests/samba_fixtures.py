@@ -253,20 +253,27 @@ def samba_scratch() -> Iterator[SambaServer]:
 
 @pytest.fixture
 def smb_tus_server(
-    redis_url: str, samba: SambaServer, served_apps: ServedApps
+    redis_url: str, samba: SambaServer, served_apps: ServedApps, monkeypatch: pytest.MonkeyPatch
 ) -> Callable[..., RunningServer]:
     """Factory: tusserver on a real uvicorn storing on an SMB share.
 
-    ``smb_tus_server(samba=other_server, **config_fields)``; the storage is a
-    fresh folder of the share, and ``RunningServer.storage`` is that folder
-    as Samba serves it from this machine's disk.
+    ``smb_tus_server(samba=other_server, options="timeout=2s", **config_fields)``;
+    the storage is a fresh folder of the share (``options``: the SMB URL's
+    query), and ``RunningServer.storage`` is that folder as Samba serves it
+    from this machine's disk. The password travels as in production: in
+    TUSSERVER_SMB_PASSWORD.
     """
+    monkeypatch.setenv("TUSSERVER_SMB_PASSWORD", samba.password)
 
-    def start(samba_server: SambaServer | None = None, **fields: Any) -> RunningServer:
+    def start(
+        samba_server: SambaServer | None = None, options: str = "", **fields: Any
+    ) -> RunningServer:
         server_samba = samba_server or samba
+        # Every fixture smbd shares the one throw-away password.
+        assert server_samba.password == samba.password
         folder = f"http-{uuid.uuid4().hex[:12]}"
-        fields.setdefault("smb_password", server_samba.password)
-        config = Config(storage=server_samba.url(folder), redis_url=redis_url, **fields)
+        url = server_samba.url(folder) + (f"?{options}" if options else "")
+        config = Config(storage=url, redis_url=redis_url, **fields)
         return served_apps.start(config, server_samba.share_dir / folder, timeout=60)
 
     return start

@@ -25,6 +25,7 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Mount
 
+from storage_backends.base import Storage
 from tusserver import Config, create_app
 from tusserver.hooks import Hooks
 
@@ -132,13 +133,15 @@ class ServedApps:
         hooks: Hooks | None = None,
         mount_at: str = "",
         beside: Sequence[BaseRoute] = (),
+        backend: Storage | None = None,
     ) -> RunningServer:
         """Serve ``config``'s app; ``storage`` is where its files show on this machine.
 
         With ``mount_at``, the app is mounted at that path of a parent app
-        that also serves the routes ``beside`` it.
+        that also serves the routes ``beside`` it. ``backend``: a ready
+        storage backend for the app, instead of ``config.storage``'s.
         """
-        app = create_app(config, hooks=hooks)
+        app = create_app(config, hooks=hooks, storage=backend)
         if mount_at:
             app = mounted(app, mount_at, beside)
         url, client = self.serve(app, timeout=timeout)

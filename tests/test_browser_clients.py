@@ -1,5 +1,5 @@
 """tus-js-client and Uppy, unchanged, in a real headless Chromium, on a page
-served from another origin than tusserver (CLIENTS.md, "Browsers, proxies
+served from another origin than tusserver (docs/clients.md, "Browsers, proxies
 and CORS"). The page makes its file from a seeded generator; the expected
 bytes are computed here independently and compared with the file on disk.
 """

@@ -313,7 +313,7 @@ def test_download_settings_reach_the_server(tmp_path: Path) -> None:
         assert httpx.get(server.endpoint + upload_id, timeout=10).status_code == 405
 
 
-# Flags people and scripts rely on (DESIGN.md, "Configuration and CLI");
+# Flags people and scripts rely on (docs/architecture.md, "Configuration and CLI");
 # every other option the help lists is held to the same rule.
 DOCUMENTED_FLAGS = [
     "--host",

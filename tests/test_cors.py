@@ -1,5 +1,5 @@
 """CORS: pages on other origins may use the endpoint only when allowed, and
-then see every tus header, on errors as much as on success (CLIENTS.md,
+then see every tus header, on errors as much as on success (docs/clients.md,
 "Browsers, proxies and CORS")."""
 
 from __future__ import annotations

@@ -3,6 +3,8 @@ plus the request checks every tus request goes through."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -182,6 +184,42 @@ def test_post_stores_metadata_as_sent_and_head_echoes_it(
     head = server.head(server.url + response.headers["Location"])
     assert head.status_code == 200
     assert head.headers["Upload-Metadata"] == metadata
+
+
+def test_metadata_is_kept_parsed_in_the_record_and_names_the_finished_file(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    server = tus_server(final_name="{filename}")
+    digest = b64(hashlib.sha256(b"hello").digest())
+    declared = b64(f"sha256 {digest}".encode())
+    metadata = f"filename {b64('résumé.txt'.encode())},empty,checksum {declared}"
+
+    response = post(server, **TUS, **{"Upload-Length": "5", "Upload-Metadata": metadata})
+
+    upload_id = upload_id_of(response.headers["Location"])
+    record = info(state, upload_id)
+    assert record["metadata"] == metadata
+    assert json.loads(record["meta"])["filename"].encode("latin-1") == "résumé.txt".encode()
+    assert json.loads(record["meta"])["empty"] == ""
+    assert record["checksum"] == f"sha256 {digest}"
+    url = server.url + response.headers["Location"]
+    assert server.patch(url, 0, b"hello").status_code == 204
+    assert (server.storage / "résumé.txt").read_bytes() == b"hello"
+
+
+def test_an_upload_whose_record_predates_parsed_metadata_still_finishes_under_its_filename(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    server = tus_server(final_name="{filename}")
+    metadata = f"filename {b64(b'old.bin')}"
+    url = server.create(3, Upload_Metadata=metadata)
+    # Records written before the parsed values were kept have only the header.
+    state.hdel(f"tus:{{{upload_id_of(url)}}}:info", "meta")
+
+    assert server.patch(url, 0, b"abc").status_code == 204
+
+    assert (server.storage / "old.bin").read_bytes() == b"abc"
+    assert server.head(url).headers["Upload-Metadata"] == metadata
 
 
 def test_post_with_empty_metadata_header_is_accepted_as_tuspy_sends_it(

@@ -17,6 +17,7 @@ import pytest
 import yaml
 from tusclient.client import TusClient
 
+from storage_backends.smb_location import SMBLocation, SMBOptions
 from tests.e2e_clients import CuttingProxy
 from tests.server_fixtures import RunningServer, ServedApps
 
@@ -68,6 +69,8 @@ def test_compose_wires_tusserver_to_a_persistent_redis_and_a_samba_share() -> No
     storage = urlsplit(tus["environment"]["TUSSERVER_STORAGE"])
     assert (storage.scheme, storage.hostname, storage.port) == ("smb", "samba", 445)
     assert storage.password is None, "the password never goes into the URL"
+    options = SMBLocation.parse(tus["environment"]["TUSSERVER_STORAGE"]).options
+    assert options == SMBOptions(timeout=30, connections=8)
     user, share = storage.username, storage.path.strip("/").split("/")[0]
     samba_env = samba["environment"]
     share_config = samba_env[f"SAMBA_VOLUME_CONFIG_{share}"]
@@ -85,13 +88,15 @@ def test_compose_wires_tusserver_to_a_persistent_redis_and_a_samba_share() -> No
     for dependency in ("redis", "samba"):
         assert tus["depends_on"][dependency]["condition"] == "service_healthy"
         assert "healthcheck" in services[dependency]
-    assert tus["build"] == "."
+    assert tus["build"]["context"] == "."
+    assert tus["build"]["args"]["EXTRAS"] == "smb", "the image must carry the SMB backend"
     assert all(port.startswith("127.0.0.1:") for port in tus["ports"])
     assert "healthcheck" in tus
 
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert 'CMD ["tusserver", "serve"]' in dockerfile
     assert "TUSSERVER_HOST=0.0.0.0" in dockerfile and "TUSSERVER_PORT=8080" in dockerfile
+    assert "ARG EXTRAS=smb" in dockerfile
 
 
 def test_fastapi_example_serves_tus_under_its_mount_path_and_calls_back_on_finish(

@@ -27,8 +27,8 @@ from tests.helpers import assert_tus_error, upload_id_of
 from tests.server_fixtures import OCTETS, TUS, RunningServer
 from tusserver import protocol
 from tusserver.config import Config, ConfigError
-from tusserver.expiry import BATCH, SweepReport, sweep_once
 from tusserver.state import GONE_TTL_SECONDS, UploadStore
+from tusserver.sweeper import BATCH, SweepReport, sweep_once
 
 HOUR = 3600.0
 # Far enough ahead that every upload of a test has expired.
@@ -348,7 +348,7 @@ def test_two_app_instances_sweeping_one_deployment_remove_each_upload_once(
     live = upload_id_of(first.create(10))
     state.set(f"tus:{{{live}}}:lock", "token-of-a-live-patch", px=60_000)
 
-    with caplog.at_level(logging.INFO, logger="tusserver.expiry"):
+    with caplog.at_level(logging.INFO, logger="tusserver.sweeper"):
         deadline = time.monotonic() + 20
         while any(state.exists(info_key(upload_id)) for upload_id in doomed):
             assert time.monotonic() < deadline, "the instances did not sweep"

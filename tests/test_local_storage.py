@@ -132,6 +132,41 @@ async def test_finalize_again_after_an_interruption_reuses_its_name_and_publishe
     assert (storage.root / "out.bin").read_bytes() == b"someone else's"
 
 
+async def test_finalize_completes_a_move_interrupted_between_link_and_unlink(
+    storage: LocalStorage,
+) -> None:
+    # The move is a hard link and then the partial's unlink: a crash between
+    # the two leaves one file under both names, which is this upload's own.
+    await storage.create(UPLOAD_ID)
+    await storage.write(UPLOAD_ID, 0, blocks([b"0123456789"]))
+    os.link(partial(storage), storage.root / "out.bin")
+
+    location = await storage.finalize(UPLOAD_ID, "out.bin", 10)
+
+    assert location == "out.bin"
+    assert root_entries(storage) == [".partial", "out.bin"]
+    assert not partial(storage).exists()
+    assert (storage.root / "out.bin").read_bytes() == b"0123456789"
+
+
+async def test_the_note_of_an_unrecorded_finalize_is_stale_and_goes_with_delete(
+    storage: LocalStorage,
+) -> None:
+    # Published, then the process died before recording: only the note is
+    # left in staging, and the sweeper must see it to remove it.
+    await storage.create(UPLOAD_ID)
+    await storage.finalize(UPLOAD_ID, "kept", 0)
+    note = storage.staging / (UPLOAD_ID + ".final")
+    assert sorted(p.name for p in storage.staging.iterdir()) == [note.name]
+    os.utime(note, (time.time() - 7200, time.time() - 7200))
+
+    assert await storage.stale_partials(time.time() - 3600) == [UPLOAD_ID]
+    await storage.delete(UPLOAD_ID)
+
+    assert list(storage.staging.iterdir()) == []
+    assert (storage.root / "kept").exists()
+
+
 async def test_finalize_applies_the_configured_file_mode(tmp_path: Path) -> None:
     backend = LocalStorage(tmp_path / "root", file_mode=0o600)
     await backend.check()

@@ -1,6 +1,6 @@
 """The Location of a new upload: relative by default, absolute from a public
 URL, from forwarded headers only when told to trust them, and right when the
-app is mounted under a path of another app (CLIENTS.md, "Browsers, proxies
+app is mounted under a path of another app (docs/clients.md, "Browsers, proxies
 and CORS")."""
 
 from __future__ import annotations

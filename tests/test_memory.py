@@ -12,20 +12,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import httpx
-import psutil
 import pytest
 import redis
 
+from tests.process_fixtures import ServeProcess
 from tests.redis_fixtures import short_temp_dir
-from tests.server_fixtures import free_port
 
 ANSWERS = 100_000
 WARM_UP = 5_000
@@ -33,52 +28,19 @@ CONNECTIONS = 16
 MAX_GROWTH_MIB = 16
 
 
-class ServeProcess:
-    def __init__(self, process: subprocess.Popen[bytes], port: int) -> None:
-        self.process = process
-        self.port = port
-        self.endpoint = f"http://127.0.0.1:{port}/files/"
-
-    def rss_mib(self) -> float:
-        return psutil.Process(self.process.pid).memory_info().rss / 2**20
-
-
 @pytest.fixture
-def served(redis_url: str) -> Iterator[ServeProcess]:
+def served(redis_url: str, serve_process: Callable[..., ServeProcess]) -> ServeProcess:
     """``tusserver serve`` in a process of its own, on the session's Redis."""
     folder = short_temp_dir()
-    port = free_port()
-    command = [
-        sys.executable, "-m", "tusserver", "serve",
-        "--port", str(port),
-        "--storage", str(folder / "files"),
-        "--data-dir", str(folder / "data"),
+    return serve_process(
+        "--storage", folder / "files",
+        "--data-dir", folder / "data",
         "--redis-url", redis_url,
         # A 423 waits this long for the lock: short, so that 100,000 answers
         # take seconds, not hours.
         "--lock-wait", "1ms",
         "--log-level", "error",
-    ]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    server = ServeProcess(process, port)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.options(server.endpoint, timeout=1)
-                break
-            except httpx.TransportError:
-                assert process.poll() is None, process.stderr.read() if process.stderr else ""
-                assert time.monotonic() < deadline, "tusserver serve did not start"
-                time.sleep(0.1)
-        yield server
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    )  # fmt: skip
 
 
 def _request(method: str, path: str, headers: dict[str, str], body: bytes = b"") -> bytes:
@@ -104,7 +66,7 @@ def _error_requests(server: ServeProcess, state: redis.Redis) -> Requests:
 
     plain = create()
     gone = create()
-    assert httpx.delete(f"http://127.0.0.1:{server.port}{gone}", headers=tus).status_code == 204
+    assert httpx.delete(server.url + gone, headers=tus).status_code == 204
     locked = create()
     # Held by a writer that never lets go: every PATCH waits, then answers 423.
     state.set(f"tus:{{{locked.rsplit('/', 1)[-1]}}}:lock", "someone-else", ex=3600)

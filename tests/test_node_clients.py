@@ -1,7 +1,7 @@
 """tus-js-client, unchanged, in Node.js: whole-file and chunked uploads, a
 connection dropped mid-PATCH, a client killed mid-PATCH and started again,
 a stream of unknown length (creation-defer-length) and parallel parts
-(CLIENTS.md). Every finished file is compared byte for byte.
+(docs/clients.md). Every finished file is compared byte for byte.
 """
 
 from __future__ import annotations

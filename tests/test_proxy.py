@@ -1,7 +1,7 @@
 """examples/nginx.conf, run in a real nginx in front of tusserver --behind-proxy:
 uploads go through it byte-identically, request bodies stream through it
 (nothing is held back until a PATCH ends), and the Locations tusserver builds
-from what nginx forwards lead back through nginx (CLIENTS.md, "Browsers,
+from what nginx forwards lead back through nginx (docs/clients.md, "Browsers,
 proxies and CORS").
 """
 

@@ -14,6 +14,7 @@ import hashlib
 import os
 import random
 import socket
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from types import SimpleNamespace
@@ -230,9 +231,40 @@ async def test_unknown_internals_fall_back_to_smbprotocol_framing(
     assert await _write_through_storage(samba, data) == data
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("lean", [True, False], ids=["lean", "fallback"])
+async def test_only_the_lean_path_reads_smbprotocols_credit_window(
+    samba: SambaServer, monkeypatch: pytest.MonkeyPatch, lean: bool
+) -> None:
+    """The credit window is an smbprotocol internal: if a release moved it,
+    the fallback must still write, so nothing of ours reads it there."""
+    readers: set[str] = set()
+
+    def read_window(connection: Connection) -> Any:
+        readers.add(sys._getframe(1).f_globals["__name__"])
+        return connection.__dict__["sequence_window"]
+
+    def set_window(connection: Connection, value: Any) -> None:
+        connection.__dict__["sequence_window"] = value
+
+    # On the class, so every connection the backend opens reports its readers.
+    monkeypatch.setattr(
+        Connection, "sequence_window", property(read_window, set_window), raising=False
+    )
+    if not lean:
+        monkeypatch.setattr(smb_writes.WireWriter, "for_open", classmethod(lambda c, f: None))
+    data = os.urandom(5 * MiB + 9)
+
+    assert await _write_through_storage(samba, data) == data
+
+    ours = {name for name in readers if name.startswith("storage_backends")}
+    assert ours == ({"storage_backends.smb_wire"} if lean else set())
+    assert any(name.startswith("smb") for name in readers)  # smbprotocol's own reads
+
+
 async def _write_through_storage(samba: SambaServer, data: bytes) -> bytes:
     folder = f"wire-{uuid.uuid4().hex[:12]}"
-    storage = SMBStorage(SMBLocation.parse(samba.url(folder)), samba.password, timeout=10)
+    storage = SMBStorage(SMBLocation.parse(samba.url(folder) + "?timeout=10s"), samba.password)
     try:
         await storage.check()
         await storage.create(UPLOAD_ID)

@@ -8,7 +8,8 @@ from collections.abc import Awaitable, Callable
 import anyio
 import redis.asyncio as aioredis
 
-from tusserver.state import CommitStatus, Upload, UploadStore, lock_key
+from tusserver.record import Upload
+from tusserver.state import CommitStatus, UploadStore, lock_key
 
 UPLOAD_ID = "a" * 32
 

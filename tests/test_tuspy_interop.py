@@ -2,7 +2,7 @@
 
 tuspy sends the whole file in one PATCH by default, or ``chunk_size`` bytes
 per PATCH, and resumes from a URL it stored under the file's fingerprint
-(CLIENTS.md, "Resuming").
+(docs/clients.md, "Resuming").
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """The ASGI application: routes, error rendering, resources in the lifespan.
 
-This is the only module that names concrete classes (which state store,
-which storage backend); everything else receives them.
+This is the only module that names concrete classes (which state store);
+the storage backend comes from the registry by its URL's scheme
+(storage_backends/registry.py), or ready-made from the caller. Everything
+else receives them.
 """
 
 from __future__ import annotations
@@ -9,8 +11,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from pathlib import Path
-from urllib.parse import urlsplit
 
 import anyio
 import redis.asyncio as aioredis
@@ -23,15 +23,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from storage_backends import registry
 from storage_backends.base import Storage
-from storage_backends.local import LocalStorage
-from storage_backends.smb import SMBStorage
-from storage_backends.smb_location import SMBLocation
-from tusserver import errors, expiry, headers, protocol
-from tusserver.config import Config, ConfigError, redact_url
+from tusserver import errors, headers, protocol, sweeper
+from tusserver.config import Config, ConfigError
 from tusserver.cors import cors_middleware
 from tusserver.download import download_upload
-from tusserver.embedded_redis import EmbeddedRedis
 from tusserver.handlers import (
     create_upload,
     delete_upload,
@@ -41,7 +38,9 @@ from tusserver.handlers import (
 )
 from tusserver.hooks import Hooks
 from tusserver.locking import Locker
+from tusserver.log_safety import describe, origin
 from tusserver.services import Services, tus_headers
+from tusserver.startup import check_storage, state_redis_in_thread
 from tusserver.state import StateUnavailable, UploadStore
 
 logger = logging.getLogger(__name__)
@@ -49,10 +48,22 @@ logger = logging.getLogger(__name__)
 Handler = Callable[[Request, Services], Awaitable[Response] | Response]
 
 
-def create_app(config: Config, hooks: Hooks | None = None) -> Starlette:
+def create_app(
+    config: Config,
+    hooks: Hooks | None = None,
+    *,
+    storage: Storage | None = None,
+    storage_checked: bool = False,
+) -> Starlette:
     """A tus server as an ordinary ASGI app: run it, or mount it under a path.
 
     ``hooks``: callbacks of the application that mounts it (tusserver.hooks).
+    ``storage``: a backend built by the caller; then ``config.storage`` is not
+    used. Either way the app closes it at shutdown (it owns it from then on,
+    as an httpx client owns its transport).
+    Its start-up fails with ConfigError if the storage is unusable, unless
+    ``storage_checked``: the caller checked it already, once for all its
+    processes (``tusserver serve`` does, before starting anything).
     """
     services_box: list[Services] = []
 
@@ -70,15 +81,29 @@ def create_app(config: Config, hooks: Hooks | None = None) -> Starlette:
                 return render(_transient(request, error) if error.status >= 500 else error)
             except StateUnavailable as exc:
                 logger.warning(
-                    "%s %s: state store unavailable: %s", request.method, request.url.path, exc
+                    "%s %s: state store unavailable: %s",
+                    request.method,
+                    request.url.path,
+                    describe(exc),
                 )
                 return render(_transient(request, errors.state_unavailable()))
             except OSError as exc:
-                logger.error("%s %s: storage failed: %s", request.method, request.url.path, exc)
+                logger.error(
+                    "%s %s: storage failed: %s", request.method, request.url.path, describe(exc)
+                )
                 failure = errors.storage_failure(exc, reading=request.method == "GET")
                 return render(_transient(request, failure))
-            except Exception:
-                logger.exception("%s %s: unexpected failure", request.method, request.url.path)
+            except Exception as exc:
+                # No trace: it would carry paths and whatever text the
+                # exception holds. Its kind and where it was raised suffice to
+                # reproduce it.
+                logger.error(
+                    "%s %s: unexpected failure: %s at %s",
+                    request.method,
+                    request.url.path,
+                    describe(exc),
+                    origin(exc),
+                )
                 return render(_transient(request, errors.internal()))
 
         return endpoint
@@ -105,28 +130,20 @@ def create_app(config: Config, hooks: Hooks | None = None) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            redis_url = config.redis_url
-            if redis_url is None:
-                # Started from the event loop's thread, which lives as long as
-                # the process: the child's parent-death signal is tied to it.
-                embedded = stack.enter_context(EmbeddedRedis(config.data_dir))
-                redis_url = embedded.url
+            backend = open_storage(config) if storage is None else storage
+            stack.push_async_callback(backend.aclose)
+            if not storage_checked:
+                await check_storage(backend, config, given=storage is not None)
+            # After the check: a refused start leaves no embedded Redis behind.
+            redis_url = await stack.enter_async_context(state_redis_in_thread(config))
             client = _connect(redis_url)
             stack.push_async_callback(client.aclose)
-            storage = open_storage(config)
-            stack.push_async_callback(storage.aclose)
-            try:
-                await storage.check()
-            except OSError as exc:
-                raise ConfigError(
-                    f"storage {redact_url(config.storage)!r} is not usable: {exc}"
-                ) from exc
             store = UploadStore(client)
             locker = Locker(client, store, ttl=config.lock_ttl, wait=config.lock_wait)
-            services_box.append(Services(config, store, locker, storage, hooks=hooks or Hooks()))
+            services_box.append(Services(config, store, locker, backend, hooks=hooks or Hooks()))
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(locker.listen_for_release_requests)
-                tasks.start_soon(expiry.run_sweeper, store, storage, config)
+                tasks.start_soon(sweeper.run_sweeper, store, backend, config)
                 yield
                 with anyio.move_on_after(5):
                     await locker.drain()
@@ -150,7 +167,7 @@ def _connect(redis_url: str) -> aioredis.Redis:
     )
 
 
-async def sweep(config: Config) -> expiry.SweepReport:
+async def sweep(config: Config) -> sweeper.SweepReport:
     """One expiry pass against the Redis at ``config.redis_url`` (``tusserver sweep``)."""
     if config.redis_url is None:
         raise ConfigError("a sweep needs the URL of the Redis holding the upload state.")
@@ -159,37 +176,17 @@ async def sweep(config: Config) -> expiry.SweepReport:
         stack.push_async_callback(client.aclose)
         storage = open_storage(config)
         stack.push_async_callback(storage.aclose)
-        return await expiry.sweep_once(UploadStore(client), storage, config)
+        return await sweeper.sweep_once(UploadStore(client), storage, config)
 
 
 def open_storage(config: Config) -> Storage:
-    """The backend named by the storage setting: a folder path, file:// or smb:// URL."""
-    parsed = urlsplit(config.storage)
-    if parsed.scheme in ("", "file"):
-        root = parsed.path if parsed.scheme == "file" else config.storage
-        return LocalStorage(Path(root), file_mode=config.file_mode)
-    if parsed.scheme == "smb":
-        return _open_smb(config)
-    raise ConfigError(
-        f"storage {redact_url(config.storage)!r} is not supported; use a folder path, a file:// "
-        "or an smb:// URL."
-    )
-
-
-def _open_smb(config: Config) -> SMBStorage:
+    """The backend registered for the storage setting's scheme: a folder path,
+    a file:// or smb:// URL, or a scheme another package registers."""
+    settings = registry.StorageSettings(file_mode=config.file_mode)
     try:
-        location = SMBLocation.parse(config.storage)
-    except ValueError as exc:
-        # Not the URL itself: it may carry a password by mistake.
-        raise ConfigError(f"storage URL is not usable: {exc}.") from None
-    if config.smb_password is None:
-        raise ConfigError("SMB storage needs the password in TUSSERVER_SMB_PASSWORD.")
-    return SMBStorage(
-        location,
-        config.smb_password,
-        connections=config.smb_connections,
-        timeout=config.smb_timeout,
-    )
+        return registry.open_storage(config.storage, settings)
+    except registry.StorageSettingError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def render(error: errors.TusError) -> Response:
@@ -204,7 +201,7 @@ def render(error: errors.TusError) -> Response:
 
 def _transient(request: Request, error: errors.TusError) -> errors.TusError:
     """On HEAD, passing trouble is 423: tus-js-client restarts an upload from
-    byte 0 after any other non-2xx HEAD answer (CLIENTS.md)."""
+    byte 0 after any other non-2xx HEAD answer (docs/clients.md)."""
     return errors.temporarily_unavailable() if request.method == "HEAD" else error
 
 

@@ -17,35 +17,35 @@ synchronous: the 201 means the final upload is complete.
 from __future__ import annotations
 
 import logging
-import time
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
-import anyio
 from starlette.datastructures import Headers
 
-from tusserver import errors, expiry, integrity, protocol
-from tusserver.finishing import discard_unannounced
-from tusserver.headers import UPLOAD_DEFER_LENGTH, UPLOAD_LENGTH, UPLOAD_METADATA
-from tusserver.locking import Lease, kept_alive
-from tusserver.state import CommitStatus, Upload, UploadStore
-
-if TYPE_CHECKING:
-    from tusserver.services import Services
+from tusserver import errors, expiry, extensions, protocol
+from tusserver.creation import Draft, read_metadata
+from tusserver.headers import UPLOAD_DEFER_LENGTH, UPLOAD_LENGTH
+from tusserver.held import HeldUpload
+from tusserver.locking import kept_alive
+from tusserver.log_safety import describe
+from tusserver.services import Services
+from tusserver.state import UploadStore
 
 logger = logging.getLogger(__name__)
 
 
-async def assemble_final(
-    services: Services, headers: Headers, concat: protocol.UploadConcat, *, has_body: bool
-) -> tuple[Upload, Lease]:
-    """Create the final upload and fill it with its parts' bytes.
+@dataclass(frozen=True)
+class FinalUpload:
+    """A final upload's creation, checked: what to create and what to fill it with."""
 
-    Returns the upload, fully received (offset == length) but not yet
-    finalized, and the lease of its lock: the caller finalizes it and then
-    releases the lease. On failure nothing of the final upload is left
-    behind and the error says why (400 for a bad part, 413 over the size
-    limit, 503 for a storage fault).
-    """
+    draft: Draft
+    parts: list[tuple[str, int]]  # (part's upload id, its length), in order
+
+
+async def check_final(
+    services: Services, headers: Headers, concat: protocol.UploadConcat, *, has_body: bool
+) -> FinalUpload:
+    """Check a final upload's creation request and its parts before anything
+    is created: 400 for a bad part, 413 over the size limit."""
     config = services.config
     # Spec: "The Client MUST NOT include the Upload-Length header in the
     # final upload creation"; the length is the parts' to decide.
@@ -55,42 +55,21 @@ async def assemble_final(
         # Spec: a final upload must not be modified (403 for PATCH); the
         # same holds for data sent with its creation (tusd answers alike).
         raise errors.final_upload_immutable()
-    raw_metadata = headers.get(UPLOAD_METADATA, "").strip()
-    # The final's declared digest is checked at the end; its format is
-    # checked now, before any byte is copied.
-    integrity.declared_checksum(protocol.parse_metadata(raw_metadata, config.max_metadata_size))
+    # Spec: the parts' metadata is not transferred; the final has its own.
+    # Its declared digest is checked at the end, its format now.
+    metadata, declared = read_metadata(headers, config.max_metadata_size)
     lengths = await _lengths_of_parts(services.store, concat)
     length = sum(lengths)
     if config.max_size is not None and length > config.max_size:
         raise errors.size_exceeded(config.max_size)
-
-    upload = Upload(
-        id=protocol.new_upload_id(),
-        offset=0,
-        length=length,
-        # Spec: the parts' metadata is not transferred; the final has its own.
-        metadata=raw_metadata,
-        created=time.time(),
+    draft = Draft(
+        length,
+        metadata,
+        declared,
         concat=protocol.CONCAT_FINAL,
         parts=concat.urls,
     )
-    # Expiring like any upload until published: a crash mid-assembly leaves
-    # nothing the sweeper does not remove in time.
-    upload.expires = expiry.expiry_from(config, upload.created)
-    token = services.locker.new_token()
-    await services.storage.create(upload.id)
-    await services.store.create(upload, lock_token=token, lock_ttl_ms=services.locker.ttl_ms)
-    lease = services.locker.adopt(upload.id, token)
-    try:
-        await _fill(services, upload, lease, list(zip(concat.ids, lengths, strict=True)))
-    except BaseException:
-        with anyio.CancelScope(shield=True):
-            await discard_unannounced(services, upload, lease)
-        raise
-    logger.info(
-        "upload %s assembled from %d partial uploads (%d bytes)", upload.id, len(concat.ids), length
-    )
-    return upload, lease
+    return FinalUpload(draft, list(zip(concat.ids, lengths, strict=True)))
 
 
 async def _lengths_of_parts(store: UploadStore, concat: protocol.UploadConcat) -> list[int]:
@@ -113,26 +92,31 @@ async def _lengths_of_parts(store: UploadStore, concat: protocol.UploadConcat) -
     return lengths
 
 
-async def _fill(
-    services: Services, upload: Upload, lease: Lease, parts: list[tuple[str, int]]
-) -> None:
-    """Copy the parts into the final's partial and commit offset == length."""
+async def fill(services: Services, held: HeldUpload, parts: list[tuple[str, int]]) -> None:
+    """Copy the parts into the final's partial and commit offset == length.
+
+    On failure the error says why (400 for a part removed meanwhile, 503 for
+    a storage fault); the caller discards the final upload.
+    """
+    upload = held.upload
     assert upload.length is not None
     failure: OSError | None = None
     # A large copy can outlast the lock's TTL: keep the lock while it runs.
-    async with kept_alive(lease):
+    async with kept_alive(held.lease):
         try:
-            await services.storage.concat(upload.id, parts)
+            await extensions.concatenator(services.storage).concat(upload.id, parts)
         except OSError as exc:
             failure = exc
     if isinstance(failure, FileNotFoundError):
-        logger.warning("upload %s: a part vanished during assembly: %s", upload.id, failure)
+        logger.warning("upload %s: a part vanished during assembly", upload.id)
         raise errors.concat_part_removed()
     if failure is not None:
-        logger.error("upload %s: assembly failed: %s", upload.id, failure)
+        logger.error("upload %s: assembly failed: %s", upload.id, describe(failure))
         raise errors.storage_failure(failure)
-    status = await services.store.commit(upload.id, lease.token, 0, upload.length, release=False)
-    if status is not CommitStatus.OK:
-        logger.error("upload %s: assembled but not committed (%s)", upload.id, status.value)
-        raise errors.locked()
-    upload.offset = upload.length
+    await held.commit(upload.length)
+    logger.info(
+        "upload %s assembled from %d partial uploads (%d bytes)",
+        upload.id,
+        len(parts),
+        upload.length,
+    )

@@ -8,7 +8,7 @@ application that mounts tusserver builds a ``Config`` directly.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -36,6 +36,24 @@ def parse_duration(text: str, setting: str) -> float:
     return float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
 
 
+def format_duration(seconds: float) -> str:
+    """The inverse of ``parse_duration`` for help texts, in the smallest unit
+    that counts it whole and below 100: ``60.0`` -> ``"60s"``, ``86400.0`` -> ``"24h"``."""
+    for unit in ("s", "m", "h", "d"):
+        count = seconds / _DURATION_UNITS[unit]
+        if count == int(count) and (count < 100 or unit == "d"):
+            return f"{int(count)}{unit}"
+    return f"{seconds:g}s"
+
+
+def parse_mode(text: str, setting: str) -> int:
+    """``"644"`` -> ``0o644``."""
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise ConfigError(f"{setting} must be octal such as 644, not {text!r}.") from None
+
+
 def redact_url(text: str) -> str:
     """A storage or Redis URL fit for a message: never a password, whether in
     the user info or in the query (``?password=``, which redis-py accepts)."""
@@ -48,10 +66,28 @@ def redact_url(text: str) -> str:
     return scheme + sep + rest
 
 
-@dataclass(frozen=True)
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+# Keywords only: a setting is always named where it is given.
+@dataclass(frozen=True, kw_only=True)
 class Config:
-    # Where finished files land (a folder path or file:// URL). Partials live
-    # in its `.partial/` subfolder so finalize is one rename on one volume.
+    # How `tusserver serve` runs the app on uvicorn. An application that
+    # mounts tusserver serves it its own way and ignores these five.
+    # Loopback only: exposing an upload endpoint is a decision to make.
+    host: str = "127.0.0.1"
+    # Unprivileged, and the port tus examples commonly use.
+    port: int = 8080
+    # One process suffices for I/O-bound uploads; more share the same Redis.
+    workers: int = 1
+    # Start-up, expiry and failures, not every request (see access_log).
+    log_level: str = "info"
+    # One line per request is noise at upload rates (every PATCH is one).
+    access_log: bool = False
+    # Where finished files land: a folder path or the URL of a registered
+    # backend (file://, smb://; storage_backends/registry.py), which carries
+    # the backend's own options. Partials live in its `.partial/` subfolder
+    # so finalize is one rename on one volume.
     storage: str = "./uploads"
     # Redis holding upload state. None: start an embedded redis-server on a
     # unix socket inside `data_dir`, so the quick start needs nothing else.
@@ -66,16 +102,30 @@ class Config:
     # kept (tus: store as much as possible); frees the lock of a dead client.
     idle_timeout: float = 60.0
     # How long a request waits for another request's lock (after asking it to
-    # let go) before answering 423. Clients retry 423 (CLIENTS.md).
+    # let go) before answering 423. Clients retry 423 (docs/clients.md).
     lock_wait: float = 3.0
     # Lock lifetime without progress. A crashed holder blocks its upload for at
     # most this long; a live holder extends it while bytes arrive.
     lock_ttl: float = 10.0
+    # While a body streams, the bytes stored are committed every this many
+    # bytes or seconds, whichever comes first, so that a process that dies
+    # mid-PATCH (SIGKILL, OOM, a node drained) loses at most those. Each
+    # commit is one Redis round trip beside the stream, never stalling it.
+    checkpoint_bytes: int = 16 * 1024 * 1024
+    checkpoint_interval: float = 1.0
+    # Flush the stored bytes to stable storage (fdatasync, SMB FLUSH) before
+    # each commit counts them. Off, a commit can count bytes still in the
+    # page cache, which a crash of the machine (not of the process) loses;
+    # the offset then runs ahead of the file. On, every checkpoint and every
+    # PATCH pays for a flush.
+    durable_commits: bool = False
     # Name of a finished file: `{id}` (default, never collides) or
     # `{filename}` (sanitized client metadata, falls back to the id).
     final_name: str = "{id}"
     # Permissions of finished files: readable by others (a web server, a
-    # scanner), writable by the service only.
+    # scanner), writable by the service only. A policy for published files,
+    # not a backend's connection detail: every backend whose storage has
+    # POSIX permissions honours it (an SMB share applies its own).
     file_mode: int = 0o644
     # Size of the blocks handed to storage: large writes are what disks and SMB
     # like, and per-request memory stays bounded by about two of them.
@@ -114,19 +164,14 @@ class Config:
     # Trust Forwarded / X-Forwarded-Host, -Proto and -Prefix for Locations.
     # Off: any client could otherwise make the server hand out foreign URLs.
     behind_proxy: bool = False
-    # Password of the user in an smb:// storage URL. The CLI reads it from
-    # TUSSERVER_SMB_PASSWORD only (argv is visible to every local user); it
-    # is never shown in the repr or logged.
-    smb_password: str | None = field(default=None, repr=False)
-    # Longest an SMB call may go without progress (and the connect timeout):
-    # a share that stopped answering fails a request within this, retryably.
-    smb_timeout: float = 30.0
-    # SMB connections, each with its worker thread, per process. A PATCH
-    # writes on one of them at a time, several writes in flight (see
-    # storage_backends.smb).
-    smb_connections: int = 8
 
     def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be between 0 and 65535, not {self.port}.")
+        if not 1 <= self.workers <= 64:
+            raise ConfigError(f"workers must be between 1 and 64, not {self.workers}.")
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"log level must be one of {', '.join(LOG_LEVELS)}.")
         if not (self.base_path.startswith("/") and self.base_path.endswith("/")):
             raise ConfigError(
                 f"base path must start and end with '/', like /files/, not {self.base_path!r}."
@@ -135,15 +180,15 @@ class Config:
             raise ConfigError(
                 "max size must be a positive number of bytes (or unset for no limit)."
             )
-        for name in ("idle_timeout", "lock_wait", "lock_ttl", "smb_timeout"):
+        for name in ("idle_timeout", "lock_wait", "lock_ttl", "checkpoint_interval"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.replace('_', ' ')} must be greater than zero.")
+        if self.checkpoint_bytes <= 0:
+            raise ConfigError("checkpoint bytes must be greater than zero.")
         if not 64 * 1024 <= self.block_size <= 64 * 1024 * 1024:
             raise ConfigError("block size must be between 64 KiB and 64 MiB.")
         if "{id}" not in self.final_name and "{filename}" not in self.final_name:
             raise ConfigError("final name template must contain {id} or {filename}.")
-        if not 1 <= self.smb_connections <= 64:
-            raise ConfigError("SMB connections must be between 1 and 64.")
         if not 0 <= self.file_mode <= 0o777:
             raise ConfigError("file mode must be an octal permission such as 644.")
         if self.redis_url is not None and not self.redis_url.startswith(

@@ -3,7 +3,7 @@
 A page on another origin sees only the response headers named in
 ``Access-Control-Expose-Headers``, on errors as much as on success: without
 Upload-Offset or Location there, tus-js-client reports "invalid or missing
-offset value" and restarts uploads from byte 0 (CLIENTS.md).
+offset value" and fails, or (no Location) creates uploads anew from byte 0 (docs/clients.md).
 
 Starlette's ``CORSMiddleware`` does exactly what is needed, so it is used
 as-is rather than rewritten: its send wrapper adds the exposed headers to

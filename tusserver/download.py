@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import re
 import unicodedata
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from urllib.parse import quote
 
 from starlette.requests import Request
@@ -43,6 +43,7 @@ from tusserver.headers import (
     LAST_MODIFIED,
     RANGE,
 )
+from tusserver.log_safety import describe
 from tusserver.ranges import (
     ByteRange,
     http_date,
@@ -51,8 +52,9 @@ from tusserver.ranges import (
     none_match,
     parse_range,
 )
+from tusserver.record import Upload
 from tusserver.services import Services, tus_headers
-from tusserver.state import ClaimStatus, Upload
+from tusserver.state import ClaimStatus
 
 logger = logging.getLogger(__name__)
 
@@ -108,9 +110,8 @@ async def download_upload(request: Request, services: Services) -> Response:
     # A published file is exactly its bytes; a partial (unfinished, or a
     # complete concatenation part) may hold stale bytes past its offset.
     size = stat.size if upload.location is not None else upload.offset
-    metadata = protocol.parse_metadata(upload.metadata, services.config.max_metadata_size)
     headers = tus_headers({ACCEPT_RANGES: "bytes", CONTENT_TYPE_OPTIONS: "nosniff"})
-    headers.update(content_headers(metadata))
+    headers.update(content_headers(upload.metadata.values))
     etag = modified = None
     if finished:
         etag, modified = entity_tag(upload_id, stat), stat.modified
@@ -184,7 +185,7 @@ def entity_tag(upload_id: str, stat: FileStat) -> str:
     return f'"{upload_id}-{stat.size:x}-{int(stat.modified * 1_000_000):x}"'
 
 
-def content_headers(metadata: dict[str, bytes]) -> dict[str, str]:
+def content_headers(metadata: Mapping[str, bytes]) -> dict[str, str]:
     """Content-Type and Content-Disposition from the client's metadata.
 
     Uppy sends ``type`` and ``name`` and copies them to ``filetype`` and
@@ -269,7 +270,9 @@ class BlockStreamResponse(StreamingResponse):
                 except OSError as exc:
                     # The status line is sent: all that is left is to end the
                     # connection short of Content-Length, which clients detect.
-                    logger.error("upload %s: download failed mid-stream: %s", self.upload_id, exc)
+                    logger.error(
+                        "upload %s: download failed mid-stream: %s", self.upload_id, describe(exc)
+                    )
                     return
                 await send({"type": "http.response.body", "body": block, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})

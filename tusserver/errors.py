@@ -186,6 +186,17 @@ def locked() -> TusError:
     )
 
 
+def lock_lost() -> TusError:
+    return TusError(
+        423,
+        "upload_lock_lost",
+        "Another request took this upload over while this one was working on it.",
+        "Send HEAD and resume from the Upload-Offset it returns; "
+        "bytes this request sent past it were not counted.",
+        retryable=True,
+    )
+
+
 def temporarily_unavailable() -> TusError:
     return TusError(
         423,
@@ -295,6 +306,15 @@ def mismatched_offset(current: int) -> TusError:
 
 
 # --- concatenation (tus "Concatenation" extension) ----------------------------
+
+
+def concatenation_unsupported() -> TusError:
+    return TusError(
+        400,
+        "concatenation_unsupported",
+        f"This server's storage cannot concatenate uploads; {UPLOAD_CONCAT} is not accepted.",
+        "Upload the file as one upload; Tus-Extension on OPTIONS lists what the server supports.",
+    )
 
 
 def concat_without_parts() -> TusError:

@@ -9,17 +9,15 @@ locker and the storage. They never see Redis or files. Receiving a body is
 from __future__ import annotations
 
 import logging
-import time
 from urllib.parse import urlsplit
 
-import anyio
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tusserver import concatenation, errors, expiry, integrity, protocol
+from tusserver import concatenation, creation, errors, expiry, extensions, protocol
 from tusserver.config import Config
-from tusserver.finishing import discard_unannounced, finalize
+from tusserver.finishing import finalize
 from tusserver.headers import (
     CACHE_CONTROL,
     CONTENT_LENGTH,
@@ -38,10 +36,11 @@ from tusserver.headers import (
     UPLOAD_OFFSET,
 )
 from tusserver.headers import TUS_VERSION as TUS_VERSION_HEADER
+from tusserver.held import HeldUpload
 from tusserver.protocol import TUS_VERSION
 from tusserver.receiving import receive_body
+from tusserver.record import Upload
 from tusserver.services import Services, tus_headers
-from tusserver.state import CommitStatus, Upload
 from tusserver.urls import upload_url, uploads_path
 
 logger = logging.getLogger(__name__)
@@ -50,12 +49,12 @@ logger = logging.getLogger(__name__)
 def options(request: Request, services: Services) -> Response:
     """Server discovery. No Tus-Resumable check (spec: OPTIONS ignores it).
 
-    200 rather than 204: some browsers reject a 204 preflight (CLIENTS.md).
+    200 rather than 204: some browsers reject a 204 preflight (docs/clients.md).
     """
     headers = {
         TUS_RESUMABLE: TUS_VERSION,
         TUS_VERSION_HEADER: ",".join(protocol.SUPPORTED_VERSIONS),
-        TUS_EXTENSION: ",".join(protocol.EXTENSIONS),
+        TUS_EXTENSION: ",".join(extensions.advertised(services.storage)),
         TUS_CHECKSUM_ALGORITHM: ",".join(protocol.CHECKSUM_ALGORITHMS),
     }
     if services.config.max_size is not None:
@@ -70,13 +69,14 @@ async def create_upload(request: Request, services: Services) -> Response:
     headers = request.headers
     protocol.check_tus_resumable(headers.get(TUS_RESUMABLE))
     concat = _upload_concat(request, config)
+    if concat is not None:
+        extensions.concatenator(services.storage)  # 400 before anything is created
     if concat is not None and concat.is_final:
         return await _create_final(request, services, concat)
     length = _declared_length(headers)
     if length is not None and config.max_size is not None and length > config.max_size:
         raise errors.size_exceeded(config.max_size)
-    raw_metadata = headers.get(UPLOAD_METADATA, "").strip()
-    integrity.declared_checksum(protocol.parse_metadata(raw_metadata, config.max_metadata_size))
+    metadata, declared = creation.read_metadata(headers, config.max_metadata_size)
     checksum = _chunk_checksum(headers)
     content_length = _content_length(headers)
     has_body = _has_body(headers, content_length)
@@ -85,36 +85,15 @@ async def create_upload(request: Request, services: Services) -> Response:
     )
     if has_body and not with_data:
         raise errors.unsupported_content_type()
-
-    upload = Upload(
-        id=protocol.new_upload_id(),
-        offset=0,
-        length=length,
-        metadata=raw_metadata,
-        created=time.time(),
-        concat="" if concat is None else concat.role,
-    )
-    upload.expires = expiry.expiry_from(config, upload.created)
+    draft = creation.Draft(length, metadata, declared, concat="" if concat is None else concat.role)
     # Only a creation that writes or finishes needs the lock; taking it costs
     # nothing extra here (one pipeline with the record). Data with neither
     # Content-Length nor chunked framing is possible over HTTP/2: read it.
-    needs_lock = has_body or length == 0 or (with_data and content_length is None)
-    lock_token = services.locker.new_token() if needs_lock else None
-    await services.storage.create(upload.id)
-    await services.store.create(upload, lock_token=lock_token, lock_ttl_ms=services.locker.ttl_ms)
-    lease = services.locker.adopt(upload.id, lock_token) if lock_token else None
-    logger.info("upload %s created (length %s)", upload.id, _describe_length(upload))
-    if lease is not None:
-        try:
-            await receive_body(request, services, upload, lease, content_length, checksum)
-        except errors.TusError as error:
-            if error.status in (413, 460):
-                # The client never learns this upload's URL: do not leave it behind.
-                await discard_unannounced(services, upload, lease)
-            raise
-        finally:
-            await services.locker.release(lease)
-    return _created(request, config, upload)
+    if not (has_body or length == 0 or (with_data and content_length is None)):
+        return _created(request, config, await creation.create(services, draft))
+    async with creation.create_held(services, draft) as held:
+        await receive_body(request, services, held, content_length, checksum)
+    return _created(request, config, held.upload)
 
 
 async def _create_final(
@@ -122,20 +101,11 @@ async def _create_final(
 ) -> Response:
     """POST with Upload-Concat: final: assemble, then finalize like any upload."""
     has_body = _has_body(request.headers, _content_length(request.headers))
-    upload, lease = await concatenation.assemble_final(
-        services, request.headers, concat, has_body=has_body
-    )
-    try:
-        await finalize(services, upload, lease)
-    except BaseException:
-        # The client never learns this upload's URL: leave nothing of it
-        # behind (a declared checksum that does not match included).
-        with anyio.CancelScope(shield=True):
-            await discard_unannounced(services, upload, lease)
-        raise
-    finally:
-        await services.locker.release(lease)
-    return _created(request, services.config, upload)
+    final = await concatenation.check_final(services, request.headers, concat, has_body=has_body)
+    async with creation.create_held(services, final.draft) as held:
+        await concatenation.fill(services, held, final.parts)
+        await finalize(services, held)
+    return _created(request, services.config, held.upload)
 
 
 def _created(request: Request, config: Config, upload: Upload) -> Response:
@@ -167,9 +137,10 @@ async def head_upload(request: Request, services: Services) -> Response:
         raise errors.gone()  # in line with the Upload-Expires announced; not swept yet
     if upload.needs_finalize:
         # A finalize was interrupted (crash): finish it before saying "done".
-        async with services.locker.hold(upload_id) as (upload, lease):
+        async with services.locker.hold(upload_id) as held:
+            upload = held.upload
             if upload.needs_finalize:
-                await finalize(services, upload, lease)
+                await finalize(services, held)
     if upload.is_failed:
         # Not "offset == length": the client must not believe it is done.
         raise errors.upload_checksum_failed(upload.failure or "unknown")
@@ -179,8 +150,8 @@ async def head_upload(request: Request, services: Services) -> Response:
         headers[UPLOAD_DEFER_LENGTH] = "1"
     else:
         headers[UPLOAD_LENGTH] = str(upload.length)
-    if upload.metadata:
-        headers[UPLOAD_METADATA] = upload.metadata
+    if upload.metadata.raw:
+        headers[UPLOAD_METADATA] = upload.metadata.raw
     if upload.concat:
         _add_concat_headers(headers, upload)
     return Response(status_code=200, headers=headers)
@@ -216,7 +187,8 @@ async def patch_upload(request: Request, services: Services) -> Response:
     content_length = _content_length(headers)
     checksum = _chunk_checksum(headers)
 
-    async with services.locker.hold(upload_id) as (upload, lease):
+    async with services.locker.hold(upload_id) as held:
+        upload = held.upload
         if expiry.has_expired(upload):
             raise errors.gone()  # in line with the Upload-Expires announced; not swept yet
         if upload.is_failed:
@@ -230,8 +202,8 @@ async def patch_upload(request: Request, services: Services) -> Response:
         if offset != upload.offset:
             raise errors.mismatched_offset(upload.offset)
         if length is not None:
-            await _settle_length(services, upload, length)
-        await receive_body(request, services, upload, lease, content_length, checksum)
+            await _settle_length(services, held, length)
+        await receive_body(request, services, held, content_length, checksum)
     return _patched(upload)
 
 
@@ -239,18 +211,17 @@ async def delete_upload(request: Request, services: Services) -> Response:
     """DELETE (termination): bytes first, then the record; a tombstone stays."""
     upload_id = _upload_id(request)
     protocol.check_tus_resumable(request.headers.get(TUS_RESUMABLE))
-    async with services.locker.hold(upload_id) as (upload, lease):
-        await services.storage.delete(upload_id, upload.location)
-        if await services.store.terminate(upload_id, lease.token) is not CommitStatus.OK:
-            raise errors.locked()
-        lease.released = True
+    async with services.locker.hold(upload_id) as held:
+        await services.storage.delete(upload_id, held.upload.location)
+        await held.terminate()
     services.running.forget(upload_id)
     logger.info("upload %s terminated", upload_id)
     return Response(status_code=204, headers=tus_headers())
 
 
-async def _settle_length(services: Services, upload: Upload, length: int) -> None:
+async def _settle_length(services: Services, held: HeldUpload, length: int) -> None:
     """creation-defer-length: the length is set once, on a PATCH, never changed."""
+    upload = held.upload
     if upload.length is not None:
         if length != upload.length:
             raise errors.length_changed()
@@ -260,8 +231,7 @@ async def _settle_length(services: Services, upload: Upload, length: int) -> Non
     max_size = services.config.max_size
     if max_size is not None and length > max_size:
         raise errors.size_exceeded(max_size)
-    await services.store.set_length(upload.id, length)
-    upload.length = length
+    await held.set_length(length)
 
 
 def _patched(upload: Upload) -> Response:
@@ -308,7 +278,3 @@ def _upload_id(request: Request) -> str:
     if not protocol.is_upload_id(upload_id):
         raise errors.not_found()
     return upload_id
-
-
-def _describe_length(upload: Upload) -> str:
-    return "deferred" if upload.length is None else str(upload.length)

@@ -15,7 +15,7 @@ from storage_backends.base import Storage
 from tusserver import errors
 from tusserver.digests import FILE_DIGEST, RunningDigests, digest_stored_bytes
 from tusserver.protocol import CHECKSUM_METADATA_KEY, Checksum, parse_checksum
-from tusserver.state import Upload
+from tusserver.record import Upload
 
 logger = logging.getLogger(__name__)
 

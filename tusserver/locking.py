@@ -26,7 +26,10 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from tusserver import errors
-from tusserver.state import Claim, ClaimStatus, StateUnavailable, Upload, UploadStore
+from tusserver.held import HeldUpload
+from tusserver.log_safety import describe
+from tusserver.record import Upload
+from tusserver.state import Claim, ClaimStatus, StateUnavailable, UploadStore
 
 logger = logging.getLogger(__name__)
 
@@ -39,15 +42,26 @@ _Attempt = Callable[[], Awaitable[Claim]]
 _REPUBLISH_SECONDS = 0.5
 
 
-class Lease:
-    """The right to write one upload, held by one request."""
+# Extends the lock of ``key`` held with ``token`` to ``ttl_ms`` from now; False
+# once that token no longer holds it (``UploadStore.extend`` for an upload).
+Extend = Callable[[str, str, int], Awaitable[bool]]
 
-    def __init__(self, locker: Locker, upload_id: str, token: str) -> None:
+
+class Lease:
+    """The right to write one upload, held by one request: a lock taken with
+    ``token`` that lapses ``ttl`` seconds after its last ``extend``.
+
+    The sweeper keeps its own lock alive through a lease too; then
+    ``upload_id`` names that lock.
+    """
+
+    def __init__(self, upload_id: str, token: str, *, ttl: float, extend: Extend) -> None:
         self.upload_id = upload_id
         self.token = token
         self.release_requested = anyio.Event()
         self.released = False
-        self._locker = locker
+        self._ttl = ttl
+        self._extend = extend
         self._extended_at = time.monotonic()
 
     async def keep_alive(self) -> bool:
@@ -59,34 +73,33 @@ class Lease:
         is still running.
         """
         now = time.monotonic()
-        if now - self._extended_at < self._locker.ttl / 3:
+        if now - self._extended_at < self.keep_alive_interval:
             return True
         self._extended_at = now
         try:
-            extended = await self._locker.store.extend(
-                self.upload_id, self.token, self._locker.ttl_ms
-            )
+            extended = await self._extend(self.upload_id, self.token, int(self._ttl * 1000))
         except StateUnavailable as exc:
             # Redis may be back at the next tick; the commit's compare-and-set
             # protects the offset meanwhile.
-            logger.warning("upload %s: could not extend lock: %s", self.upload_id, exc)
+            logger.warning("lock of %s: could not extend it: %s", self.upload_id, describe(exc))
             return True
         if not extended:
-            logger.warning("upload %s: lock lost while writing; stopping", self.upload_id)
+            logger.warning("lock of %s: lost while in use; stopping", self.upload_id)
         return extended
 
     @property
     def keep_alive_interval(self) -> float:
         """How often a ``keep_alive`` call actually extends the lock."""
-        return self._locker.ttl / 3
+        return self._ttl / 3
 
 
 @asynccontextmanager
 async def kept_alive(lease: Lease) -> AsyncIterator[None]:
     """Keep ``lease`` alive while the block runs: for long work with no bytes
     arriving to show progress (copying parts, reading a file back to hash
-    it, fsyncing a large file). Without it the lock could lapse mid-way and
-    a second request take the upload over while this one still works on it.
+    it, fsyncing a large file; a whole sweep pass). Without it the lock could
+    lapse mid-way and a second request take the upload over while this one
+    still works on it.
     """
 
     async def keep() -> None:
@@ -123,23 +136,23 @@ class Locker:
     def new_token() -> str:
         return secrets.token_hex(16)
 
-    def adopt(self, upload_id: str, token: str) -> Lease:
-        """The lease of an upload whose lock this request set with its record (creation)."""
-        lease = Lease(self, upload_id, token)
-        self._leases[upload_id] = lease
-        return lease
+    def adopt(self, upload: Upload, token: str) -> HeldUpload:
+        """An upload whose lock this request set with its record (creation)."""
+        lease = Lease(upload.id, token, ttl=self.ttl, extend=self.store.extend)
+        self._leases[upload.id] = lease
+        return HeldUpload(upload, lease, self)
 
     @asynccontextmanager
-    async def hold(self, upload_id: str) -> AsyncIterator[tuple[Upload, Lease]]:
+    async def hold(self, upload_id: str) -> AsyncIterator[HeldUpload]:
         """Claim the upload, asking a current holder to let go; 404/410/423 otherwise."""
-        lease = Lease(self, upload_id, self.new_token())
+        lease = Lease(upload_id, self.new_token(), ttl=self.ttl, extend=self.store.extend)
         claim = await self._wait_for(
             upload_id, lambda: self.store.claim(upload_id, lease.token, self.ttl_ms)
         )
         assert claim.upload is not None
         self._leases[upload_id] = lease
         try:
-            yield claim.upload, lease
+            yield HeldUpload(claim.upload, lease, self)
         finally:
             await self.release(lease)
 
@@ -212,5 +225,7 @@ class Locker:
                             logger.info("upload %s: release requested", lease.upload_id)
                             lease.release_requested.set()
             except RedisError as exc:
-                logger.warning("release-request listener lost Redis (%s); reconnecting", exc)
+                logger.warning(
+                    "release-request listener lost Redis (%s); reconnecting", describe(exc)
+                )
                 await anyio.sleep(1)

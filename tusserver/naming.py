@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Mapping
 
 # Characters that are unsafe in a name on Linux, Windows/SMB or in a shell
 # one-liner an operator may write: separators, Windows-reserved, controls.
@@ -44,12 +45,12 @@ def _truncate_utf8(name: str, limit: int) -> str:
     return stem + dot + ext if ext else stem
 
 
-def client_filename(metadata: dict[str, bytes]) -> str:
+def client_filename(metadata: Mapping[str, bytes]) -> str:
     raw = metadata.get("filename") or metadata.get("name") or b""
     return sanitize_filename(raw.decode("utf-8", "replace"))
 
 
-def final_name(template: str, upload_id: str, metadata: dict[str, bytes]) -> str:
+def final_name(template: str, upload_id: str, metadata: Mapping[str, bytes]) -> str:
     """Render the template; plain replacement, no format-string evaluation."""
     filename = client_filename(metadata) if "{filename}" in template else ""
     return template.replace("{id}", upload_id).replace("{filename}", filename or upload_id)

@@ -11,7 +11,8 @@ import base64
 import binascii
 import re
 import secrets
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from urllib.parse import urljoin, urlsplit
@@ -23,16 +24,6 @@ TUS_VERSION = "1.0.0"
 SUPPORTED_VERSIONS = (TUS_VERSION,)
 OFFSET_OCTET_STREAM = "application/offset+octet-stream"
 
-
-EXTENSIONS = (
-    "creation",
-    "creation-with-upload",
-    "creation-defer-length",
-    "termination",
-    "checksum",
-    "concatenation",
-    "expiration",
-)
 
 # checksum extension: sha1 is the one the spec requires; the others are what
 # tusd and the clients offer. Digest sizes in bytes, to refuse a malformed
@@ -83,6 +74,15 @@ def parse_defer_length(value: str) -> bool:
     if value.strip() != "1":
         raise errors.invalid_header(UPLOAD_DEFER_LENGTH, "1")
     return True
+
+
+@dataclass(frozen=True)
+class Metadata:
+    """Upload-Metadata, parsed once at creation and kept so in the record."""
+
+    raw: str = ""  # the header exactly as the client sent it, echoed on HEAD
+    # Decoded values; a key without a value maps to b"".
+    values: Mapping[str, bytes] = field(default_factory=dict)
 
 
 def parse_metadata(value: str, max_size: int) -> dict[str, bytes]:

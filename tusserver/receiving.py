@@ -13,14 +13,16 @@ import time
 import anyio
 from starlette.requests import Request
 
-from tusserver import errors, expiry, integrity, protocol
+from tusserver import errors, expiry, extensions, integrity, protocol
 from tusserver.config import Config
 from tusserver.digests import Digests, Hasher
 from tusserver.finishing import finalize
-from tusserver.locking import Lease
+from tusserver.held import HeldUpload
+from tusserver.log_safety import describe
+from tusserver.record import Upload
 from tusserver.services import Services
-from tusserver.state import CommitStatus, Upload
-from tusserver.transfer import End, Transfer, receive_into_storage
+from tusserver.state import StateUnavailable
+from tusserver.transfer import Checkpoints, End, Transfer, receive_into_storage
 
 logger = logging.getLogger(__name__)
 
@@ -28,23 +30,24 @@ logger = logging.getLogger(__name__)
 async def receive_body(
     request: Request,
     services: Services,
-    upload: Upload,
-    lease: Lease,
+    held: HeldUpload,
     content_length: int | None,
     checksum: protocol.Checksum | None,
 ) -> None:
     """Store the request body at the upload's offset, commit, finalize if done.
 
-    Updates ``upload`` in place. The caller holds ``lease``. With a
+    The caller holds the upload (``held``). With a
     ``checksum`` (Upload-Checksum), the chunk counts only if it arrived whole
     and matches; otherwise its bytes stay past the offset, where the next
     write overwrites them.
     """
     config = services.config
+    upload = held.upload
     limit = _remaining(upload, config.max_size)
     if content_length is not None and limit is not None and content_length > limit:
         raise _too_large(upload, config)
     if content_length != 0 and not upload.is_fully_received:
+        start = upload.offset
         digests = Digests(_running_file_digests(services, upload), checksum)
         transfer = Transfer()
         try:
@@ -52,12 +55,13 @@ async def receive_body(
                 transfer,
                 request.receive,
                 services.storage,
-                lease,
+                held.lease,
                 upload.offset,
                 limit=limit,
                 block_size=config.block_size,
                 idle_timeout=config.idle_timeout,
                 digests=digests,
+                checkpoints=_checkpoints(services, held, start, content_length, checksum, limit),
             )
         finally:
             # Shielded, so that it also runs when the server cancels this
@@ -65,7 +69,10 @@ async def receive_body(
             # client resumes after them. A body too large counts for nothing.
             with anyio.CancelScope(shield=True):
                 if _countable(transfer, digests):
-                    await _commit(services, upload, lease, upload.offset + transfer.stored)
+                    await _make_durable(services, held)
+                    # Sliding expiry: stored bytes show the client is still at it.
+                    expires = expiry.expiry_from(config, time.time())
+                    await held.commit(start + transfer.stored, expires=expires)
                     _keep_file_digests(services, upload, transfer, digests)
         if transfer.end is End.TOO_LARGE:
             raise _too_large(upload, config)
@@ -81,11 +88,11 @@ async def receive_body(
             # record counts are lost, so the upload is too. 410 makes a
             # client start over instead of retrying forever.
             logger.error("upload %s: partial missing; terminating the upload", upload.id)
-            await services.store.terminate(upload.id, lease.token)
-            lease.released = True
+            await held.try_terminate()
             raise errors.gone()
         if transfer.failure is not None:
-            logger.error("upload %s: storage write failed: %s", upload.id, transfer.failure)
+            failure = describe(transfer.failure)
+            logger.error("upload %s: storage write failed: %s", upload.id, failure)
             raise errors.storage_failure(transfer.failure)
         if checksum is not None and not transfer.whole_body:
             raise errors.checksum_incomplete()
@@ -93,7 +100,46 @@ async def receive_body(
             logger.info("upload %s: Upload-Checksum mismatch; chunk discarded", upload.id)
             raise errors.checksum_mismatch()
     if upload.is_fully_received:
-        await finalize(services, upload, lease)
+        await finalize(services, held)
+
+
+def _checkpoints(
+    services: Services,
+    held: HeldUpload,
+    start: int,
+    content_length: int | None,
+    checksum: protocol.Checksum | None,
+    limit: int | None,
+) -> Checkpoints | None:
+    """Commits while the body streams, so that a crash of this process keeps
+    what was stored (the offset is otherwise moved only when the body ends).
+
+    None where bytes must not count before the body ends: a checksummed
+    chunk counts only whole and matching, and a body of unknown length under
+    a size limit counts for nothing if it runs past the limit.
+    """
+    config = services.config
+    if checksum is not None or (content_length is None and limit is not None):
+        return None
+
+    async def commit(stored: int) -> bool:
+        try:
+            await _make_durable(services, held)
+            await held.checkpoint(start + stored, expires=expiry.expiry_from(config, time.time()))
+        except (StateUnavailable, OSError) as exc:
+            # The next checkpoint, or the commit at the end, tries again.
+            logger.warning("upload %s: checkpoint not committed: %s", held.id, describe(exc))
+        except errors.TusError:
+            return False  # the lock was lost, or the upload removed: stop writing
+        return True
+
+    return Checkpoints(commit, config.checkpoint_bytes, config.checkpoint_interval)
+
+
+async def _make_durable(services: Services, held: HeldUpload) -> None:
+    """With durable commits, flush what was stored before a commit counts it."""
+    if services.config.durable_commits:
+        await extensions.flusher(services.storage).flush(held.id)
 
 
 def _countable(transfer: Transfer, digests: Digests) -> bool:
@@ -112,8 +158,7 @@ def _countable(transfer: Transfer, digests: Digests) -> bool:
 
 
 def _running_file_digests(services: Services, upload: Upload) -> dict[str, Hasher] | None:
-    metadata = protocol.parse_metadata(upload.metadata, services.config.max_metadata_size)
-    algorithms = integrity.file_algorithms(integrity.declared_checksum(metadata))
+    algorithms = integrity.file_algorithms(upload.declared_checksum)
     return services.running.resume(upload.id, upload.offset, algorithms)
 
 
@@ -125,25 +170,6 @@ def _keep_file_digests(
         services.running.keep(upload.id, upload.offset, digests.file)
     else:
         services.running.forget(upload.id)
-
-
-async def _commit(services: Services, upload: Upload, lease: Lease, new_offset: int) -> None:
-    finishing = upload.length is not None and new_offset == upload.length
-    # Sliding expiry: stored bytes show the client is still at it.
-    expires = expiry.expiry_from(services.config, time.time())
-    status = await services.store.commit(
-        upload.id, lease.token, upload.offset, new_offset, release=not finishing, expires=expires
-    )
-    if status is CommitStatus.MISSING:
-        raise errors.gone()
-    if status is not CommitStatus.OK:
-        # Our lock lapsed and another request moved on: these bytes do not count.
-        logger.warning("upload %s: commit refused (%s)", upload.id, status.value)
-        raise errors.locked()
-    upload.offset = new_offset
-    if upload.expires is not None:
-        upload.expires = expires
-    lease.released = not finishing
 
 
 def _remaining(upload: Upload, max_size: int | None) -> int | None:

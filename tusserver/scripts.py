@@ -36,7 +36,10 @@ if not current then return 'missing' end
 -- A retried call (reply lost, redis-py resent it) finds its own commit done;
 -- "its own": the same offset committed by another writer (this one's lock
 -- lapsed, the other took over and wrote the same range) does not count.
+-- A checkpoint of the same writer may have committed this offset already;
+-- the lock is released all the same when asked.
 if current == ARGV[3] and redis.call('HGET', KEYS[1], 'committer') == ARGV[1] then
+  if holder and ARGV[4] == '1' then redis.call('DEL', KEYS[2]) end
   return 'ok'
 end
 if current ~= ARGV[2] then return 'moved' end

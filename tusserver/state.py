@@ -1,17 +1,10 @@
 """Upload records in Redis.
 
 Keys of one upload share a hash tag, so they live on one Redis Cluster slot
-and one Lua script may touch them all::
-
-    tus:{<id>}:info   hash: length ("" while deferred), offset, metadata,
-                      created, state (partial | complete | failed), location,
-                      sha256 (hex, once complete), failure (why it failed),
-                      committer (token of the last commit, for retries),
-                      concat (partial | final; absent for a plain upload),
-                      parts (a final upload's part URLs, space-separated),
-                      expires (until the file is published), completed
-    tus:{<id>}:lock   the token of the request allowed to write (see locking)
-    tus:{<id>}:gone   tombstone of a terminated or expired upload: 410, not 404
+and one Lua script may touch them all: ``tus:{<id>}:info`` (the record, see
+``tusserver.record``), ``tus:{<id>}:lock`` (the token of the request allowed
+to write, see ``locking``) and ``tus:{<id>}:gone`` (tombstone of a
+terminated or expired upload: 410, not 404).
 
 Two global indexes let the sweeper find its work without scanning keys (see
 ``expiry``); they are sorted sets of upload ids:
@@ -54,12 +47,8 @@ from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
 from tusserver import scripts
+from tusserver.record import COMPLETE, FAILED, Upload, from_fields, to_fields
 
-PARTIAL = "partial"
-COMPLETE = "complete"
-# Every byte arrived but the file does not match the digest its client
-# declared: never published, kept for inspection until it expires or is deleted.
-FAILED = "failed"
 # How long a terminated upload answers 410 before it is forgotten (then 404).
 GONE_TTL_SECONDS = 24 * 3600
 
@@ -80,41 +69,6 @@ class CommitStatus(Enum):
     LOST_LOCK = "lost"  # another writer holds the lock now
     MOVED = "moved"  # the offset is no longer the one we started from
     MISSING = "missing"  # the record was removed meanwhile
-
-
-@dataclass
-class Upload:
-    id: str
-    offset: int
-    length: int | None  # None while the length is deferred
-    metadata: str = ""  # Upload-Metadata exactly as the client sent it
-    created: float = 0.0
-    state: str = PARTIAL
-    location: str | None = None  # where the finished file is, relative to storage
-    sha256: str | None = None  # hex digest of the finished file's bytes
-    failure: str | None = None  # why a FAILED upload was not finalized
-    concat: str = ""  # "partial" or "final" (concatenation), "" for a plain upload
-    parts: tuple[str, ...] = ()  # a final upload's part URLs, as the client sent them
-    expires: float | None = None  # epoch seconds; None once the file is published
-    completed: float | None = None  # epoch seconds when the file was published
-
-    @property
-    def is_complete(self) -> bool:
-        return self.state == COMPLETE
-
-    @property
-    def is_failed(self) -> bool:
-        return self.state == FAILED
-
-    @property
-    def is_fully_received(self) -> bool:
-        return self.length is not None and self.offset == self.length
-
-    @property
-    def needs_finalize(self) -> bool:
-        """Every byte is in but the upload is neither finished nor failed: a
-        finalize is due, or was cut short (a crash) and must be repeated."""
-        return self.is_fully_received and not self.is_complete and not self.is_failed
 
 
 @dataclass
@@ -175,19 +129,8 @@ class UploadStore:
     @_translating
     async def create(self, upload: Upload, *, lock_token: str | None, lock_ttl_ms: int) -> None:
         """Store a new record; with ``lock_token``, the creator also holds its lock."""
-        fields: dict[FieldT, EncodableT] = {
-            "offset": str(upload.offset),
-            "length": "" if upload.length is None else str(upload.length),
-            "metadata": upload.metadata,
-            "created": repr(upload.created or time.time()),
-            "state": upload.state,
-        }
-        if upload.concat:
-            fields["concat"] = upload.concat
-        if upload.parts:
-            fields["parts"] = " ".join(upload.parts)
-        if upload.expires is not None:
-            fields["expires"] = repr(upload.expires)
+        # Rebuilt as redis-py types its mappings (keys of any encodable type).
+        fields: dict[FieldT, EncodableT] = {k: v for k, v in to_fields(upload).items()}
         async with self._redis.pipeline(transaction=True) as pipe:
             # The index entry first: should the pipeline ever be split (Redis
             # Cluster), an entry without a record is what the sweeper cleans.
@@ -316,7 +259,7 @@ class UploadStore:
                 pipe.hgetall(info_key(upload_id))
             replies: list[dict[str, str]] = await pipe.execute()
         return [
-            _to_upload(upload_id, fields) if fields else None
+            from_fields(upload_id, fields) if fields else None
             for upload_id, fields in zip(upload_ids, replies, strict=True)
         ]
 
@@ -394,27 +337,6 @@ def _to_claim(upload_id: str, reply: list[Any]) -> Claim:
     if len(reply) < 2:
         return Claim(status)
     flat: list[str] = reply[1]
-    return Claim(status, _to_upload(upload_id, dict(zip(flat[::2], flat[1::2], strict=True))))
+    return Claim(status, from_fields(upload_id, dict(zip(flat[::2], flat[1::2], strict=True))))
 
 
-def _to_upload(upload_id: str, fields: dict[str, str]) -> Upload:
-    length = fields.get("length", "")
-    return Upload(
-        id=upload_id,
-        offset=int(fields.get("offset", "0")),
-        length=int(length) if length else None,
-        metadata=fields.get("metadata", ""),
-        created=float(fields.get("created", "0")),
-        state=fields.get("state", PARTIAL),
-        location=fields.get("location") or None,
-        sha256=fields.get("sha256") or None,
-        failure=fields.get("failure") or None,
-        concat=fields.get("concat", ""),
-        parts=tuple(fields.get("parts", "").split()),
-        expires=_optional_float(fields.get("expires")),
-        completed=_optional_float(fields.get("completed")),
-    )
-
-
-def _optional_float(value: str | None) -> float | None:
-    return float(value) if value else None

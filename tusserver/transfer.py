@@ -13,7 +13,12 @@ Three tasks cooperate for one PATCH (or POST with data):
   thread while the writer writes it, so hashing adds no latency per block;
 - the *watchdog* ends the reading when no byte arrived for ``idle_timeout``,
   when another request asked for the lock (see ``locking``) or when the
-  lock was lost, and keeps the lock alive while the request is not idle.
+  lock was lost, and keeps the lock alive while the request is not idle;
+- *checkpoints* (when the caller asks for them) commit the bytes stored so
+  far while the body still streams, every ``Checkpoints.every_bytes`` or
+  ``every_seconds``, whichever comes first, so that a process that dies
+  mid-body loses at most the bytes since the last one. Each runs beside the
+  pipeline, never stalling it.
 
 A body that ends early (disconnect, stall, release request) is not an error:
 tus asks servers to keep as much as possible, so ``Transfer.stored`` tells
@@ -24,8 +29,8 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 
 import anyio
 from anyio.abc import ObjectReceiveStream, TaskGroup
@@ -43,6 +48,40 @@ class End(enum.Enum):
     RELEASED = "released"  # another request asked for the lock
     TOO_LARGE = "too_large"  # the body ran past the limit: discard it all
     LOCK_LOST = "lock_lost"  # the lock lapsed and was taken: the commit will be refused
+
+
+@dataclass
+class Checkpoints:
+    """When to commit during a body, and how: ``commit(stored)`` commits the
+    first ``stored`` bytes of this body and returns False once the upload is
+    no longer this request's to write (then the reading stops)."""
+
+    commit: Callable[[int], Awaitable[bool]]
+    every_bytes: int
+    every_seconds: float
+    committed: int = 0  # bytes of this body committed by a checkpoint
+    _running: bool = False
+    _at: float = field(default_factory=time.monotonic)
+
+    def due(self, stored: int) -> bool:
+        if self._running or stored <= self.committed:
+            return False
+        since = time.monotonic() - self._at
+        return stored - self.committed >= self.every_bytes or since >= self.every_seconds
+
+    async def run(self, stored: int, stop: Callable[[], None]) -> None:
+        self._running = True
+        try:
+            # Shielded: a commit cut off after Redis applied it would leave
+            # this request with an offset it does not know it moved.
+            with anyio.CancelScope(shield=True):
+                if await self.commit(stored):
+                    self.committed = stored
+                else:
+                    stop()
+        finally:
+            self._at = time.monotonic()
+            self._running = False
 
 
 @dataclass
@@ -67,6 +106,7 @@ async def receive_into_storage(
     block_size: int,
     idle_timeout: float,
     digests: Digests | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> None:
     """Stream the body to ``storage`` at ``offset``, recording in ``transfer`` how it went.
 
@@ -82,6 +122,15 @@ async def receive_into_storage(
     """
     send_blocks, receive_blocks = anyio.create_memory_object_stream[Block](1)
     reading = anyio.CancelScope()
+
+    def lock_lost() -> None:
+        # Another request owns the upload now: stop writing into it.
+        transfer.end = End.LOCK_LOST
+        reading.cancel()
+
+    def checkpoint_if_due(tasks: TaskGroup) -> None:
+        if checkpoints is not None and checkpoints.due(transfer.stored):
+            tasks.start_soon(checkpoints.run, transfer.stored, lock_lost)
 
     async def receiver() -> None:
         pieces: list[bytes] = []
@@ -142,17 +191,18 @@ async def receive_into_storage(
                 reading.cancel()
                 return
             if not await lease.keep_alive():
-                # Another request owns the upload now: stop writing into it.
-                transfer.end = End.LOCK_LOST
-                reading.cancel()
+                lock_lost()
                 return
+            checkpoint_if_due(tasks)
 
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(receiver)
         tasks.start_soon(watchdog)
         try:
             transfer.stored = await storage.write(
-                lease.upload_id, offset, _counted(receive_blocks, transfer, digests, tasks)
+                lease.upload_id,
+                offset,
+                _counted(receive_blocks, transfer, digests, tasks, checkpoint_if_due),
             )
         except OSError as exc:
             transfer.failure = exc
@@ -170,6 +220,7 @@ async def _counted(
     transfer: Transfer,
     digests: Digests | None,
     tasks: TaskGroup,
+    stored_more: Callable[[TaskGroup], None],
 ) -> AsyncIterator[Block]:
     """Hand blocks to storage, counting a block as stored once the next is asked for.
 
@@ -189,6 +240,7 @@ async def _counted(
             if hashed is not None:
                 await hashed.wait()
             transfer.stored += sum(len(piece) for piece in block)
+            stored_more(tasks)
 
 
 async def _hash(digests: Digests, block: Block, done: anyio.Event) -> None:

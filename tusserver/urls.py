@@ -4,7 +4,7 @@ Three ways, chosen by configuration:
 
 - default: a relative URL, ``<root_path><base_path><id>``. Clients resolve it
   against the URL they POSTed to, so it stays right behind any proxy that
-  keeps the path, whatever scheme or host the proxy shows (CLIENTS.md).
+  keeps the path, whatever scheme or host the proxy shows (docs/clients.md).
 - ``public_url``: ``<public_url><id>``, absolute, for set-ups where the
   client-facing path differs from the app's (a proxy that strips a prefix).
 - ``behind_proxy``: the scheme, host and path prefix the proxy reports in

@@ -1,0 +1,107 @@
+"""``tusserver serve`` in a process of its own, as an operator runs it.
+
+For specs about the process itself: its memory, and what survives when it is
+killed. ``serve_process(*options)`` starts one on a free 127.0.0.1 port and
+waits until it answers; every process a test started is stopped after it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO
+
+import httpx
+import psutil
+import pytest
+
+from tests.server_fixtures import free_port
+
+
+class ServeProcess:
+    def __init__(self, options: list[str], env: dict[str, str]) -> None:
+        self.options = options
+        self.env = env
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.endpoint = self.url + "/files/"
+        self.process: subprocess.Popen[bytes] | None = None
+        # A file, not a pipe: a server that logs more than a pipe holds
+        # would block on a pipe nobody reads. Restarts append to it.
+        self.log: IO[bytes] = tempfile.TemporaryFile()
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self, timeout: float = 30) -> None:
+        """Start (again, on the same port) and wait until OPTIONS answers."""
+        command = [
+            sys.executable, "-m", "tusserver", "serve", "--port", str(self.port), *self.options
+        ]  # fmt: skip
+        self.process = subprocess.Popen(
+            command, env=self.env, stdout=subprocess.DEVNULL, stderr=self.log
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                httpx.options(self.endpoint, timeout=1)
+                return
+            except httpx.TransportError:
+                if self.process.poll() is not None:
+                    raise RuntimeError(
+                        f"tusserver serve exited: {self.log_text()[-2000:]}"
+                    ) from None
+                if time.monotonic() > deadline:
+                    raise RuntimeError("tusserver serve did not start") from None
+                time.sleep(0.05)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no commit, no lock released."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(15)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def log_text(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode("utf-8", "replace")
+
+    def rss_mib(self) -> float:
+        return float(psutil.Process(self.pid).memory_info().rss) / 2**20
+
+    def bytes_read(self) -> int:
+        """Everything the process has read so far (sockets and files alike)."""
+        return int(psutil.Process(self.pid).io_counters().read_chars)
+
+
+@pytest.fixture
+def serve_process() -> Iterator[Callable[..., ServeProcess]]:
+    """Factory: ``serve_process("--storage", dir, ..., env={...})`` -> a started server."""
+    started: list[ServeProcess] = []
+
+    def start(*options: str | Path, env: dict[str, str] | None = None) -> ServeProcess:
+        server = ServeProcess([str(option) for option in options], {**os.environ, **(env or {})})
+        started.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+        server.log.close()

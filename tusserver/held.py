@@ -1,0 +1,130 @@
+"""An upload whose lock this request holds: the one place that changes it.
+
+A request that claimed an upload (``Locker.hold``) or created it with its lock
+(``Locker.adopt``) gets a ``HeldUpload``. Every state script an upload
+holder runs goes through it, and each call keeps three things in step:
+
+- the record in Redis (the script itself, compare-and-set on the lock token);
+- the in-memory ``Upload`` the request reads (offset, state, expiry ...);
+- the lease: a script that releases the lock as it commits marks the lease
+  released, so the final ``release`` knows not to send one more.
+
+and maps every ``CommitStatus`` to one answer: a record that vanished is 410,
+a lock that another request took over is 423 ``upload_lock_lost``, whoever
+notices it (a PATCH, a finalize, a concatenation, a DELETE).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from tusserver import errors
+from tusserver.log_safety import describe
+from tusserver.record import COMPLETE, FAILED, Upload
+from tusserver.state import CommitStatus, StateUnavailable, UploadStore
+
+if TYPE_CHECKING:
+    from tusserver.locking import Lease, Locker
+
+logger = logging.getLogger(__name__)
+
+
+class HeldUpload:
+    def __init__(self, upload: Upload, lease: Lease, locker: Locker) -> None:
+        self.upload = upload
+        self.lease = lease
+        self._locker = locker
+
+    @property
+    def id(self) -> str:
+        return self.upload.id
+
+    @property
+    def _store(self) -> UploadStore:
+        return self._locker.store
+
+    async def commit(self, new_offset: int, *, expires: float | None = None) -> None:
+        """Move the offset to ``new_offset`` (compare-and-set from the current
+        one) and, with ``expires``, slide the expiry of an unpublished upload;
+        the lock is released with it unless every byte is now in (finalize
+        follows under the same lock)."""
+        length = self.upload.length
+        finishing = length is not None and new_offset == length
+        await self._move_offset(new_offset, release=not finishing, expires=expires)
+        self.lease.released = not finishing
+
+    async def checkpoint(self, new_offset: int, *, expires: float) -> None:
+        """Commit the bytes stored so far while the body still streams,
+        keeping the lock: what a crash of this process can no longer lose."""
+        await self._move_offset(new_offset, release=False, expires=expires)
+
+    async def _move_offset(self, new_offset: int, *, release: bool, expires: float | None) -> None:
+        upload = self.upload
+        status = await self._store.commit(
+            upload.id,
+            self.lease.token,
+            upload.offset,
+            new_offset,
+            release=release,
+            expires=expires,  # the script ignores it once the file is published
+        )
+        self._check(status, "commit")
+        upload.offset = new_offset
+        if expires is not None and upload.expires is not None:
+            upload.expires = expires
+
+    async def set_length(self, length: int) -> None:
+        """Fix a deferred length (creation-defer-length); the caller checked it was unset."""
+        await self._store.set_length(self.upload.id, length)
+        self.upload.length = length
+
+    async def complete(self, location: str, sha256: str, *, retention: float | None) -> None:
+        """Record the published file and its SHA-256; releases the lock."""
+        status = await self._store.complete(
+            self.upload.id, self.lease.token, location, sha256, retention=retention
+        )
+        self._check(status, "completion")
+        self.lease.released = True
+        upload = self.upload
+        upload.state, upload.location, upload.sha256 = COMPLETE, location, sha256
+        upload.expires = None  # a published file does not expire
+
+    async def complete_unpublished(self) -> None:
+        """Mark a concatenation part complete, kept staged; releases the lock."""
+        self._check(await self._store.complete_unpublished(self.upload.id, self.lease.token), "")
+        self.lease.released = True
+        self.upload.state = COMPLETE
+
+    async def fail(self, failure: str) -> None:
+        """Record that the upload will never be published, and why; releases the lock."""
+        self._check(await self._store.fail(self.upload.id, self.lease.token, failure), "failure")
+        self.lease.released = True
+        self.upload.state, self.upload.failure = FAILED, failure
+
+    async def terminate(self) -> None:
+        """Remove the record, leaving a tombstone (410); releases the lock."""
+        self._check(await self._store.terminate(self.upload.id, self.lease.token), "termination")
+        self.lease.released = True
+
+    async def try_terminate(self) -> None:
+        """``terminate``, for cleaning up after a failure: never raises;
+        what is left, the sweeper removes when the upload expires."""
+        try:
+            await self.terminate()
+        except (StateUnavailable, errors.TusError) as exc:
+            logger.warning("upload %s: could not remove the record: %s", self.id, describe(exc))
+
+    async def release(self) -> None:
+        """Let go of the lock unless a script already did. Never raises."""
+        await self._locker.release(self.lease)
+
+    def _check(self, status: CommitStatus, step: str) -> None:
+        """The one mapping of a script's outcome to an answer."""
+        if status is CommitStatus.OK:
+            return
+        logger.warning("upload %s: %s refused (%s)", self.upload.id, step or "update", status.value)
+        if status is CommitStatus.MISSING:
+            raise errors.gone()
+        # LOST_LOCK or MOVED: our lock lapsed and another request moved on.
+        raise errors.lock_lost()

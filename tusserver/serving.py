@@ -1,0 +1,134 @@
+"""``tusserver serve``'s process: the app on uvicorn, in one process or in
+``workers`` processes that share one embedded Redis.
+
+Workers are started by multiprocessing's spawn, which pickles what each one
+needs: uvicorn's settings and the app factory ``WorkerApp``, which carries
+the frozen ``Config`` itself, over a pipe. Every field arrives as the type
+it was, and no setting is put into argv or the environment to reach them
+(neither the SMB password nor a Redis URL with a password).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import logging.config
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from types import FrameType
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from uvicorn.supervisors import Multiprocess
+
+from tusserver.app import create_app
+from tusserver.config import Config
+from tusserver.embedded_redis import EmbeddedRedisError, running_url
+from tusserver.startup import state_redis
+
+# A PATCH is long-lived; keep the connection open between a client's chunks.
+_KEEP_ALIVE_SECONDS = 30
+# On SIGTERM, running PATCHes get this long to finish; then they are
+# cancelled and commit the bytes they stored (see handlers).
+_GRACEFUL_SHUTDOWN_SECONDS = 10
+
+
+def serve(config: Config) -> bool:
+    """Serve until SIGTERM or SIGINT; False if the server never started.
+
+    The storage must have been checked (``startup.check_storage``). Raises
+    EmbeddedRedisError before serving if the embedded Redis cannot start.
+    """
+    log_config = logging_config(config.log_level)
+    logging.config.dictConfig(log_config)
+    settings = uvicorn.Config(
+        WorkerApp(config),
+        factory=True,
+        host=config.host,
+        port=config.port,
+        workers=config.workers,
+        log_config=log_config,
+        log_level=config.log_level,
+        access_log=config.access_log,
+        timeout_keep_alive=_KEEP_ALIVE_SECONDS,
+        timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_SECONDS,
+    )
+    server = uvicorn.Server(settings)
+    # Started here, in the main thread of the supervising process, so every
+    # worker shares it and it dies with this process.
+    with state_redis(config), _stop_signals_end_cleanly():
+        if config.workers == 1:
+            server.run()
+        else:
+            # What uvicorn.run does for workers, which it allows only for an
+            # app named by an import string: that string is how it gets the
+            # app into a spawned process, and a WorkerApp pickles instead.
+            Multiprocess(settings, sockets=[settings.bind_socket()]).run()
+            return True
+    return server.started
+
+
+@dataclass(frozen=True)
+class WorkerApp:
+    """uvicorn's app factory, called in each worker process.
+
+    A worker runs on the very Config the command built. Without a Redis URL
+    it finds the embedded Redis the supervising process started through
+    ``data_dir``, as ``tusserver sweep`` finds a running server's.
+    """
+
+    config: Config
+
+    def __call__(self) -> Starlette:
+        config = self.config
+        if config.redis_url is None:
+            url = running_url(config.data_dir)
+            if url is None:
+                raise EmbeddedRedisError(
+                    f"The embedded Redis in {config.data_dir} does not answer; is the"
+                    " supervising tusserver still running?"
+                )
+            config = replace(config, redis_url=url)
+        # Checked once, by the supervising process, before anything started.
+        return create_app(config, storage_checked=True)
+
+
+def logging_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging, plus tusserver's own loggers on the same handler."""
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["loggers"]["tusserver"] = {
+        "handlers": ["default"],
+        "level": level.upper(),
+        "propagate": False,
+    }
+    return config
+
+
+class _Stopped(Exception):
+    """SIGTERM or SIGINT arrived and uvicorn has already shut down."""
+
+
+@contextlib.contextmanager
+def _stop_signals_end_cleanly() -> Iterator[None]:
+    """Let a stop signal end the program through ``finally`` blocks, exit code 0.
+
+    uvicorn shuts down gracefully on SIGTERM/SIGINT and then raises the
+    signal again with the handler it found installed. With the default
+    handler that would kill the process before the embedded Redis is
+    stopped in order; this handler turns it into an exception instead.
+    """
+
+    def stopped(signum: int, frame: FrameType | None) -> None:
+        raise _Stopped(signum)
+
+    previous = {sig: signal.signal(sig, stopped) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    except _Stopped:
+        pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
