@@ -28,11 +28,6 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def data_dir() -> Iterator[Path]:
     root = short_temp_dir()  # Redis's unix socket path must stay short
     yield root / "data"
