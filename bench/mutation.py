@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # The core modules and, for each, the spec files that exercise it: the
 # fastest ones that reach it through HTTP. A module named here but not in the
-# tree is skipped (modules are being split: list the new ones when they land).
+# tree is skipped (list a module here when it lands or is split off).
 SPECS: dict[str, list[str]] = {
     "tusserver/state.py": [
         "tests/test_state.py",
@@ -65,6 +65,7 @@ SPECS: dict[str, list[str]] = {
     "tusserver/transfer.py": [
         "tests/test_patch.py",
         "tests/test_checksum.py",
+        "tests/test_durable_commits.py",
         "tests/test_cli.py::test_sigterm_during_a_patch_commits_the_bytes_it_stored",
     ],
     "tusserver/finishing.py": [
@@ -96,12 +97,38 @@ SPECS: dict[str, list[str]] = {
     "tusserver/download.py": ["tests/test_download.py"],
     "tusserver/ranges.py": ["tests/test_download.py"],
     "tusserver/naming.py": ["tests/test_naming.py", "tests/test_patch.py"],
-    # Modules of the refactor under way, checked as soon as they exist.
-    "tusserver/held.py": ["tests/test_termination.py", "tests/test_head.py", "tests/test_patch.py"],
-    "tusserver/creation.py": ["tests/test_creation.py", "tests/test_concatenation.py"],
-    "tusserver/sweeper.py": ["tests/test_expiry.py"],
+    "tusserver/held.py": [
+        "tests/test_termination.py",
+        "tests/test_head.py",
+        "tests/test_errors.py",
+        "tests/test_patch.py",
+    ],
+    "tusserver/creation.py": [
+        "tests/test_creation.py",
+        "tests/test_concatenation.py",
+        "tests/test_storage_capabilities.py",
+    ],
+    "tusserver/record.py": [
+        "tests/test_state.py",
+        "tests/test_head.py",
+        "tests/test_creation.py",
+        "tests/test_checksum.py",
+        "tests/test_concatenation.py",
+    ],
+    "tusserver/log_safety.py": ["tests/test_errors.py", "tests/test_download.py"],
+    "tusserver/extensions.py": ["tests/test_options.py", "tests/test_storage_capabilities.py"],
+    "tusserver/startup.py": ["tests/test_startup.py", "tests/test_durable_commits.py"],
+    "tusserver/sweeper.py": ["tests/test_sweeper.py", "tests/test_expiry.py"],
     "storage_backends/local.py": ["tests/test_local_storage.py", "tests/test_storage_contract.py"],
     "storage_backends/names.py": ["tests/test_local_storage.py", "tests/test_patch.py"],
+    "storage_backends/finalizing.py": [
+        "tests/test_local_storage.py",
+        "tests/test_storage_contract.py",
+    ],
+    "storage_backends/registry.py": [
+        "tests/test_storage_registry.py",
+        "tests/test_storage_capabilities.py",
+    ],
 }
 
 # Copied into the temporary tree: what the specs import or read.
