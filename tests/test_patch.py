@@ -591,7 +591,7 @@ def test_patch_whose_lock_was_taken_stops_writing_and_answers_423(
     assert answered_at - taken_at < fence
     assert response.status == 423
     assert response.headers["tus-resumable"] == "1.0.0"
-    assert json.loads(response.body)["error"]["code"] == "upload_locked"
+    assert json.loads(response.body)["error"]["code"] == "upload_lock_lost"
     # The loser's commit was refused: the offset is still the new owner's 0,
     # and nothing the loser still had in flight landed on the new owner's bytes.
     assert record(state, url)["offset"] == "0"
