@@ -116,8 +116,18 @@ SPECS: dict[str, list[str]] = {
         "tests/test_concatenation.py",
     ],
     "tusserver/log_safety.py": ["tests/test_errors.py", "tests/test_download.py"],
-    "tusserver/extensions.py": ["tests/test_options.py", "tests/test_storage_capabilities.py"],
-    "tusserver/startup.py": ["tests/test_startup.py", "tests/test_durable_commits.py"],
+    "tusserver/extensions.py": [
+        "tests/test_options.py",
+        "tests/test_storage_capabilities.py",
+        "tests/test_durable_commits.py",
+    ],
+    "tusserver/startup.py": [
+        "tests/test_startup.py",
+        "tests/test_durable_commits.py",
+        "tests/test_cli.py::test_bad_setting_fails_with_one_clear_line",
+        "tests/test_cli.py::test_sweep_uses_the_embedded_redis_of_the_server_running_on_the_data_dir",
+        "tests/test_cli.py::test_sweep_without_a_running_server_starts_the_embedded_redis_for_the_pass",
+    ],
     "tusserver/sweeper.py": ["tests/test_sweeper.py", "tests/test_expiry.py"],
     "storage_backends/local.py": ["tests/test_local_storage.py", "tests/test_storage_contract.py"],
     "storage_backends/names.py": ["tests/test_local_storage.py", "tests/test_patch.py"],
@@ -132,8 +142,8 @@ SPECS: dict[str, list[str]] = {
 }
 
 # Copied into the temporary tree: what the specs import or read.
-COPIED = ["tusserver", "storage_backends", "tests", "examples", "pyproject.toml", "compose.yaml",
-          "Dockerfile", "README.md"]  # fmt: skip
+COPIED = ["tusserver", "storage_backends", "tests", "examples", "docs", "pyproject.toml",
+          "compose.yaml", "Dockerfile", "README.md"]  # fmt: skip
 IGNORED = shutil.ignore_patterns("__pycache__", "node_modules", ".pytest_cache", "*.pyc")
 
 # Comparison flips (the opposite answer) and boundary moves (off by one).

@@ -241,8 +241,16 @@ def test_redis_is_not_orphaned_when_server_is_killed_with_sigkill(tmp_path: Path
         (["--base-path", "files"], "base path"),
         (["--redis-url", "redis://127.0.0.1:1"], "redis"),
         (["--no-downloads", "--download-unfinished"], "downloads"),
+        # Named as given, with the system's reason.
+        (["--storage", "/dev/null/uploads"], "storage '/dev/null/uploads' is not usable: not a"),
     ],
-    ids=["max-size", "base-path", "unreachable-redis", "download-unfinished-without-downloads"],
+    ids=[
+        "max-size",
+        "base-path",
+        "unreachable-redis",
+        "download-unfinished-without-downloads",
+        "unusable-storage",
+    ],
 )
 def test_bad_setting_fails_with_one_clear_line(
     tmp_path: Path, flags: list[str], mentions: str

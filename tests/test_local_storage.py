@@ -15,6 +15,7 @@ import pytest
 
 from storage_backends.base import FileStat
 from storage_backends.local import LocalStorage
+from storage_backends.names import MAX_NAME_VARIANTS
 from tests.helpers import descriptors_of
 
 UPLOAD_ID = "0123456789abcdef0123456789abcdef"
@@ -130,6 +131,38 @@ async def test_finalize_again_after_an_interruption_reuses_its_name_and_publishe
     assert first == again == "out (1).bin"
     assert root_entries(storage) == [".partial", "out (1).bin", "out.bin"]
     assert (storage.root / "out.bin").read_bytes() == b"someone else's"
+
+
+async def test_finalize_again_after_the_published_file_was_replaced_finds_no_partial(
+    storage: LocalStorage,
+) -> None:
+    # The note names a file that is no longer this upload's (another length):
+    # the repair must not claim it.
+    await storage.create(UPLOAD_ID)
+    await storage.write(UPLOAD_ID, 0, blocks([b"0123456789"]))
+    assert await storage.finalize(UPLOAD_ID, "out.bin", 10) == "out.bin"
+    (storage.root / "out.bin").write_bytes(b"replaced")
+
+    with pytest.raises(FileNotFoundError):
+        await storage.finalize(UPLOAD_ID, "out.bin", 10)
+
+    assert (storage.root / "out.bin").read_bytes() == b"replaced"
+
+
+async def test_finalize_when_every_variant_of_the_name_is_taken_refuses_and_keeps_the_partial(
+    storage: LocalStorage,
+) -> None:
+    (storage.root / "out.bin").write_bytes(b"")
+    for number in range(1, MAX_NAME_VARIANTS):
+        (storage.root / f"out ({number}).bin").write_bytes(b"")
+    await storage.create(UPLOAD_ID)
+    await storage.write(UPLOAD_ID, 0, blocks([b"0123456789"]))
+
+    with pytest.raises(FileExistsError):
+        await storage.finalize(UPLOAD_ID, "out.bin", 10)
+
+    assert partial(storage).read_bytes() == b"0123456789"
+    assert len(list(storage.root.iterdir())) == MAX_NAME_VARIANTS + 1  # and .partial
 
 
 async def test_finalize_completes_a_move_interrupted_between_link_and_unlink(
