@@ -551,6 +551,37 @@ def test_a_patch_waiting_for_the_lock_polls_redis_at_a_bounded_rate(
     assert 20 <= commands <= 600
 
 
+def test_a_streaming_patch_extends_its_lock_a_few_times_per_ttl_not_at_every_check(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    # The PATCH checks on itself every 0.1 s here (a quarter of the idle
+    # timeout), but Redis hears of it only every third of the TTL: many
+    # uploads at once must not each hammer it.
+    ttl = 6.0
+    server = tus_server(lock_ttl=ttl, idle_timeout=0.4, block_size=64 * KIB)
+    pieces = 40
+    url = server.create(pieces * 64 * KIB)
+    partial = server.partials / upload_id_of(url)
+
+    def extends() -> int:
+        # PEXPIRE runs in the lock's keep-alive script only.
+        return int(state.info("commandstats").get("cmdstat_pexpire", {}).get("calls", 0))
+
+    before = extends()
+    started = time.monotonic()
+    with raw_patch(url, 0, content_length=pieces * 64 * KIB) as request:
+        for number in range(1, pieces + 1):
+            assert request.send(b"x" * (64 * KIB))
+            size = number * 64 * KIB
+            wait_until(lambda size=size: partial.stat().st_size >= size, "the block stored")
+            time.sleep(0.03)
+        response = request.response()
+    elapsed = time.monotonic() - started
+
+    assert response.status == 204
+    assert extends() - before <= elapsed / (ttl / 3) + 1
+
+
 def test_patch_whose_lock_was_taken_stops_writing_and_answers_423(
     tus_server: Callable[..., RunningServer], state: redis.Redis
 ) -> None:
