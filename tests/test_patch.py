@@ -630,6 +630,30 @@ def test_patch_whose_lock_was_taken_stops_writing_and_answers_423(
     assert state.get(f"tus:{{{upload_id}}}:lock") == "the-new-owner"
 
 
+def test_a_resumed_patch_commits_from_its_offset_while_its_body_streams(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    # Checkpoints count the bytes stored after the offset the PATCH began at.
+    server = tus_server(checkpoint_bytes=256 * KIB, block_size=64 * KIB)
+    start, length = 1 * MIB, 4 * MIB
+    url = server.create(length)
+    assert server.patch(url, 0, b"a" * start).status_code == 204
+
+    with raw_patch(url, start, content_length=length - start) as request:
+        send_in_pieces(request, b"b" * (2 * MIB))
+        wait_until(
+            lambda: int(record(state, url)["offset"]) >= start + MIB,
+            "a checkpoint past the resumed offset",
+        )
+        mid_body = int(record(state, url)["offset"])
+        send_in_pieces(request, b"b" * (length - start - 2 * MIB))
+        response = request.response()
+
+    assert start + MIB <= mid_body <= start + 2 * MIB
+    assert response.status == 204
+    assert record(state, url)["offset"] == str(length)
+
+
 def test_patch_whose_upload_was_removed_mid_body_answers_410(
     tus_server: Callable[..., RunningServer], state: redis.Redis
 ) -> None:
