@@ -8,7 +8,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +16,8 @@ import httpx
 import pytest
 import redis
 
+from storage_backends.base import Block
+from storage_backends.local import LocalStorage
 from tests.helpers import upload_id_of
 from tests.raw_http import raw_patch, send_in_pieces, wait_until
 from tests.redis_fixtures import short_temp_dir
@@ -245,6 +247,42 @@ def test_patch_on_a_failing_storage_answers_503_retryable_without_internals(
     head = server.head(url)
     assert head.status_code == 200
     assert head.headers["Upload-Offset"] == "0"
+
+
+class FullAfter(LocalStorage):
+    """Local storage whose disk fills up after a write's first ``blocks`` blocks."""
+
+    def __init__(self, root: Path, blocks: int) -> None:
+        super().__init__(root)
+        self.blocks = blocks
+
+    async def write(self, upload_id: str, offset: int, blocks: AsyncIterator[Block]) -> int:
+        async def until_full() -> AsyncIterator[Block]:
+            taken = 0
+            async for block in blocks:
+                if taken == self.blocks:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                taken += 1
+                yield block
+
+        return await super().write(upload_id, offset, until_full())
+
+
+def test_a_disk_full_mid_body_commits_exactly_the_bytes_stored_before_it(
+    served_apps: ServedApps, redis_url: str, state: redis.Redis, tmp_path: Path
+) -> None:
+    root = tmp_path / "files"
+    config = Config(storage=str(root), redis_url=redis_url, block_size=64 * 1024)
+    server = served_apps.start(config, root, backend=FullAfter(root, blocks=3))
+    url = server.create(1024 * 1024)
+
+    response = server.patch(url, 0, os.urandom(1024 * 1024))
+
+    error = assert_error_body(response, 507, server.storage, retryable=False)
+    assert error["code"] == "storage_full"
+    stored = (server.partials / upload_id_of(url)).stat().st_size
+    assert 3 * 64 * 1024 <= stored < 1024 * 1024
+    assert state.hget(f"tus:{{{upload_id_of(url)}}}:info", "offset") == str(stored)
 
 
 def test_a_patch_that_stores_nothing_neither_moves_the_offset_nor_extends_the_expiry(
