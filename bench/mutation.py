@@ -100,6 +100,12 @@ SPECS: dict[str, list[str]] = {
     "tusserver/download.py": ["tests/test_download.py"],
     "tusserver/ranges.py": ["tests/test_download.py"],
     "tusserver/naming.py": ["tests/test_naming.py", "tests/test_patch.py"],
+    "tusserver/app.py": [
+        "tests/test_errors.py",
+        "tests/test_asgi.py",
+        "tests/test_options.py",
+        "tests/test_startup.py",
+    ],
     "tusserver/held.py": [
         "tests/test_termination.py",
         "tests/test_head.py",
