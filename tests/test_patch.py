@@ -9,14 +9,18 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 import redis
 
+from storage_backends.local import LocalStorage
 from tests.helpers import assert_tus_error, b64, upload_id_of
 from tests.raw_http import raw_patch, send_in_pieces, wait_until
-from tests.server_fixtures import OCTETS, TUS, RunningServer
+from tests.server_fixtures import OCTETS, TUS, RunningServer, ServedApps
+from tusserver import Config
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -646,12 +650,58 @@ def test_a_resumed_patch_commits_from_its_offset_while_its_body_streams(
             "a checkpoint past the resumed offset",
         )
         mid_body = int(record(state, url)["offset"])
+        # A checkpoint keeps the lock: the body still streams.
+        assert state.exists(f"tus:{{{upload_id_of(url)}}}:lock")
         send_in_pieces(request, b"b" * (length - start - 2 * MIB))
         response = request.response()
 
     assert start + MIB <= mid_body <= start + 2 * MIB
     assert response.status == 204
     assert record(state, url)["offset"] == str(length)
+
+
+class HeldFinalize(LocalStorage):
+    """Local storage whose finalize waits until the test lets it go on."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.entered = threading.Event()
+        self.go_on = threading.Event()
+
+    async def finalize(self, upload_id: str, final_name: str, length: int) -> str:
+        self.entered.set()
+        await anyio.to_thread.run_sync(self.go_on.wait, 10)
+        return await super().finalize(upload_id, final_name, length)
+
+
+def test_the_patch_that_completes_an_upload_holds_its_lock_until_the_file_is_published(
+    served_apps: ServedApps, redis_url: str, state: redis.Redis, tmp_path: Path
+) -> None:
+    # Between the last byte's commit and the publishing, another request
+    # (a HEAD that would finalize an upload left "fully received") must wait.
+    root = tmp_path / "files"
+    storage = HeldFinalize(root)
+    server = served_apps.start(
+        Config(storage=str(root), redis_url=redis_url), root, backend=storage
+    )
+    url = server.create(5)
+    lock = f"tus:{{{upload_id_of(url)}}}:lock"
+    answers: list[httpx.Response] = []
+    patching = threading.Thread(target=lambda: answers.append(server.patch(url, 0, b"hello")))
+    patching.start()
+    try:
+        assert storage.entered.wait(10), "finalize never started"
+        held_while_publishing = state.exists(lock)
+        offset_while_publishing = record(state, url)["offset"]
+    finally:
+        storage.go_on.set()
+        patching.join(10)
+
+    assert offset_while_publishing == "5"
+    assert held_while_publishing, "the lock was let go before the file was published"
+    assert answers[0].status_code == 204
+    assert not state.exists(lock)
+    assert record(state, url)["state"] == "complete"
 
 
 def test_patch_whose_upload_was_removed_mid_body_answers_410(
