@@ -146,4 +146,3 @@ def test_100000_error_answers_of_every_kind_grow_rss_by_less_than_16_mib(
     assert set(seen) == {404, 410, 412, 400, 409, 415, 423, 460}
     assert sum(seen.values()) >= ANSWERS - CONNECTIONS
     assert after - before < MAX_GROWTH_MIB, f"RSS {before:.0f} -> {after:.0f} MiB"
-

@@ -27,6 +27,7 @@ from tusserver.config import (
 
 FC = TypeVar("FC", bound=Callable[..., Any])
 
+
 def _split_origins(values: tuple[str, ...], setting: str) -> tuple[str, ...]:
     """Flags give one origin each; the environment variable a list, which
     click splits at spaces only, so commas are split here."""

@@ -338,5 +338,3 @@ def _to_claim(upload_id: str, reply: list[Any]) -> Claim:
         return Claim(status)
     flat: list[str] = reply[1]
     return Claim(status, from_fields(upload_id, dict(zip(flat[::2], flat[1::2], strict=True))))
-
-
