@@ -56,6 +56,15 @@ def test_sanitize_filename_truncates_long_utf8_names_under_240_bytes_keeping_ext
     assert "\ufffd" not in name
 
 
+def test_a_long_name_keeps_an_extension_of_up_to_16_bytes_only() -> None:
+    kept = naming.sanitize_filename("a" * 300 + "." + "e" * 16)
+    dropped = naming.sanitize_filename("a" * 300 + "." + "e" * 17)
+
+    assert kept == "a" * (240 - 17) + "." + "e" * 16
+    # Longer, it is no extension (a dotted sentence): the name is cut as a whole.
+    assert set(dropped) == {"a"} and len(dropped) <= 240
+
+
 @pytest.mark.parametrize(
     ("template", "metadata", "expected"),
     [
