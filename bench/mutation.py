@@ -81,6 +81,7 @@ SPECS: dict[str, list[str]] = {
     ],
     "tusserver/protocol.py": [
         "tests/test_protocol.py",
+        "tests/test_expiry.py::test_upload_expires_is_an_http_date_in_gmt",
         "tests/test_creation.py",
         "tests/test_patch.py",
     ],
