@@ -15,7 +15,6 @@ import pytest
 
 from storage_backends.base import FileStat
 from storage_backends.local import LocalStorage
-from storage_backends.names import MAX_NAME_VARIANTS
 from tests.helpers import descriptors_of
 
 UPLOAD_ID = "0123456789abcdef0123456789abcdef"
@@ -149,20 +148,24 @@ async def test_finalize_again_after_the_published_file_was_replaced_finds_no_par
     assert (storage.root / "out.bin").read_bytes() == b"replaced"
 
 
-async def test_finalize_when_every_variant_of_the_name_is_taken_refuses_and_keeps_the_partial(
+async def test_finalize_tries_the_name_and_999_variants_then_refuses_and_keeps_the_partial(
     storage: LocalStorage,
 ) -> None:
     (storage.root / "out.bin").write_bytes(b"")
-    for number in range(1, MAX_NAME_VARIANTS):
+    for number in range(1, 999):
         (storage.root / f"out ({number}).bin").write_bytes(b"")
     await storage.create(UPLOAD_ID)
     await storage.write(UPLOAD_ID, 0, blocks([b"0123456789"]))
+    other = "f" * 32
+    await storage.create(other)
+    await storage.write(other, 0, blocks([b"abc"]))
 
+    assert await storage.finalize(UPLOAD_ID, "out.bin", 10) == "out (999).bin"
     with pytest.raises(FileExistsError):
-        await storage.finalize(UPLOAD_ID, "out.bin", 10)
+        await storage.finalize(other, "out.bin", 3)
 
-    assert partial(storage).read_bytes() == b"0123456789"
-    assert len(list(storage.root.iterdir())) == MAX_NAME_VARIANTS + 1  # and .partial
+    assert partial(storage, other).read_bytes() == b"abc"
+    assert len(list(storage.root.iterdir())) == 1000 + 1  # and .partial
 
 
 async def test_finalize_completes_a_move_interrupted_between_link_and_unlink(
