@@ -114,6 +114,7 @@ SPECS: dict[str, list[str]] = {
         "tests/test_patch.py",
         "tests/test_expiry.py",
         "tests/test_checksum.py",
+        "tests/test_creation.py",
     ],
     "tusserver/creation.py": [
         "tests/test_creation.py",
