@@ -15,6 +15,9 @@ by hand (minutes to hours), not part of CI::
     python bench/mutation.py --list --modules tusserver/locking.py
     python bench/mutation.py --max-mutants 200 --seed 1 --budget-seconds 3600
 
+docs/mutation.md keeps the last figures and, for each survivor, why it is
+left (equivalent, or not worth a spec).
+
 The standard library's ``ast`` finds the mutation points, and each mutant
 replaces the source text of one node only, so the rest of the file (and its
 line numbers) is the code as written.
