@@ -1,5 +1,7 @@
 """Shared pytest configuration: fixture plugins used across the test suite."""
 
+import pytest
+
 pytest_plugins = [
     "tests.redis_fixtures",
     "tests.server_fixtures",
@@ -10,3 +12,9 @@ pytest_plugins = [
     "tests.samba_fixtures",
     "tests.nginx_fixtures",
 ]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """The event loop of the async specs (``pytest.mark.anyio``): tusserver runs on asyncio."""
+    return "asyncio"

@@ -253,8 +253,8 @@ def samba_scratch() -> Iterator[SambaServer]:
 
 @pytest.fixture
 def smb_tus_server(
-    redis_url: str, samba: SambaServer, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Callable[..., RunningServer]]:
+    redis_url: str, samba: SambaServer, served_apps: ServedApps, monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., RunningServer]:
     """Factory: tusserver on a real uvicorn storing on an SMB share.
 
     ``smb_tus_server(samba=other_server, options="timeout=2s", **config_fields)``;
@@ -263,7 +263,6 @@ def smb_tus_server(
     from this machine's disk. The password travels as in production: in
     TUSSERVER_SMB_PASSWORD.
     """
-    served = ServedApps()
     monkeypatch.setenv("TUSSERVER_SMB_PASSWORD", samba.password)
 
     def start(
@@ -275,7 +274,6 @@ def smb_tus_server(
         folder = f"http-{uuid.uuid4().hex[:12]}"
         url = server_samba.url(folder) + (f"?{options}" if options else "")
         config = Config(storage=url, redis_url=redis_url, **fields)
-        return served.start(config, server_samba.share_dir / folder, timeout=60)
+        return served_apps.start(config, server_samba.share_dir / folder, timeout=60)
 
-    yield start
-    served.stop()
+    return start

@@ -3,6 +3,10 @@
 ``tus_server(**config_fields)`` starts ``create_app(Config(...))`` in a
 background thread on a free 127.0.0.1 port, against the session's real
 Redis and a fresh storage folder, and stops it when the test ends.
+
+``ServedApps`` is the one way the specs serve an app: a tusserver app (on its
+own, or mounted under a path of a parent Starlette app, with hooks) or any
+other ASGI app (an example application).
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,9 +22,12 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from starlette.applications import Starlette
+from starlette.routing import BaseRoute, Mount
 
 from storage_backends.base import Storage
 from tusserver import Config, create_app
+from tusserver.hooks import Hooks
 
 TUS = {"Tus-Resumable": "1.0.0"}
 OCTETS = "application/offset+octet-stream"
@@ -90,8 +97,17 @@ class ThreadedUvicorn:
         self.thread.join(timeout)
 
 
+def mounted(app: Starlette, path: str, routes: Sequence[BaseRoute] = ()) -> Starlette:
+    """``app`` mounted at ``path`` of a parent app (with ``routes`` of its own)
+    whose lifespan runs ``app``'s, as an application embedding tusserver does."""
+    return Starlette(
+        routes=[*routes, Mount(path, app=app)],
+        lifespan=lambda parent: app.router.lifespan_context(app),
+    )
+
+
 class ServedApps:
-    """tusserver apps on real uvicorn at 127.0.0.1, each with a client; ``stop`` ends them all."""
+    """Apps on real uvicorn at 127.0.0.1, each with a client; ``stop`` ends them all."""
 
     def __init__(self) -> None:
         self._running: list[tuple[ThreadedUvicorn, httpx.Client]] = []
@@ -99,20 +115,38 @@ class ServedApps:
     def __len__(self) -> int:
         return len(self._running)
 
-    def start(
-        self, config: Config, storage: Path, *, timeout: float = 30, backend: Storage | None = None
-    ) -> RunningServer:
-        """Serve ``config``'s app; ``storage`` is where its files show on this machine.
-
-        ``backend``: a ready storage backend for the app, instead of ``config.storage``'s.
-        """
+    def serve(self, app: Any, *, timeout: float = 30) -> tuple[str, httpx.Client]:
+        """Serve any ASGI app; its URL (no trailing slash) and a client."""
         port = free_port()
-        server = ThreadedUvicorn(create_app(config, storage=backend), port)
+        server = ThreadedUvicorn(app, port)
         server.start()
         client = httpx.Client(timeout=timeout)
         self._running.append((server, client))
-        url = f"http://127.0.0.1:{port}"
-        return RunningServer(url, url + config.base_path, storage, config, client)
+        return f"http://127.0.0.1:{port}", client
+
+    def start(
+        self,
+        config: Config,
+        storage: Path,
+        *,
+        timeout: float = 30,
+        hooks: Hooks | None = None,
+        mount_at: str = "",
+        beside: Sequence[BaseRoute] = (),
+        backend: Storage | None = None,
+    ) -> RunningServer:
+        """Serve ``config``'s app; ``storage`` is where its files show on this machine.
+
+        With ``mount_at``, the app is mounted at that path of a parent app
+        that also serves the routes ``beside`` it. ``backend``: a ready
+        storage backend for the app, instead of ``config.storage``'s.
+        """
+        app = create_app(config, hooks=hooks, storage=backend)
+        if mount_at:
+            app = mounted(app, mount_at, beside)
+        url, client = self.serve(app, timeout=timeout)
+        endpoint = url + mount_at.rstrip("/") + config.base_path
+        return RunningServer(url, endpoint, storage, config, client)
 
     def stop(self) -> None:
         for server, client in self._running:
@@ -121,17 +155,34 @@ class ServedApps:
 
 
 @pytest.fixture
-def tus_server(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
+def served_apps() -> Iterator[ServedApps]:
+    """Apps served for one test, stopped when it ends."""
+    served = ServedApps()
+    yield served
+    served.stop()
+
+
+@pytest.fixture
+def tus_server(
+    redis_url: str, tmp_path: Path, served_apps: ServedApps
+) -> Callable[..., RunningServer]:
     """Factory: ``tus_server(max_size=100, ...)`` -> a running server (one per call).
 
     Each server gets a fresh storage folder, unless ``storage`` names one (two
-    instances of one deployment share it).
+    instances of one deployment share it). ``hooks``, ``mount_at`` and
+    ``beside`` go to ``ServedApps.start``; every other keyword to ``Config``.
     """
-    served = ServedApps()
 
-    def start(storage: Path | None = None, **fields: Any) -> RunningServer:
-        storage = storage or tmp_path / f"storage{len(served)}"
-        return served.start(Config(storage=str(storage), redis_url=redis_url, **fields), storage)
+    def start(
+        storage: Path | None = None,
+        *,
+        hooks: Hooks | None = None,
+        mount_at: str = "",
+        beside: Sequence[BaseRoute] = (),
+        **fields: Any,
+    ) -> RunningServer:
+        storage = storage or tmp_path / f"storage{len(served_apps)}"
+        config = Config(storage=str(storage), redis_url=redis_url, **fields)
+        return served_apps.start(config, storage, hooks=hooks, mount_at=mount_at, beside=beside)
 
-    yield start
-    served.stop()
+    return start

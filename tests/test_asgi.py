@@ -17,11 +17,6 @@ from tusserver import Config, create_app
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def call(app: Any, scope: dict[str, Any], body: list[bytes]) -> dict[str, Any]:
     """One request; returns the response start message with the body appended."""
     messages = [{"type": "http.request", "body": piece, "more_body": True} for piece in body]

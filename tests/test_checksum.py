@@ -232,7 +232,9 @@ def test_declared_file_checksum_that_differs_is_460_and_nothing_is_published(
     # A client must not take it for finished, nor append to it.
     head = server.head(upload_url)
     assert head.status_code == 460
-    assert_tus_error(server.patch(upload_url, len(data), b""), 460, "upload_checksum_mismatch")
+    again = server.patch(upload_url, len(data), b"")
+    assert_tus_error(again, 460, "upload_checksum_mismatch")
+    assert fields["failure"] in again.json()["error"]["message"], "not the recorded reason"
     # It can still be deleted, bytes and all.
     assert server.client.delete(upload_url, headers=TUS).status_code == 204
     assert not (server.partials / upload_id_of(upload_url)).exists()

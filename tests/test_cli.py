@@ -241,8 +241,16 @@ def test_redis_is_not_orphaned_when_server_is_killed_with_sigkill(tmp_path: Path
         (["--base-path", "files"], "base path"),
         (["--redis-url", "redis://127.0.0.1:1"], "redis"),
         (["--no-downloads", "--download-unfinished"], "downloads"),
+        # Named as given, with the system's reason.
+        (["--storage", "/dev/null/uploads"], "storage '/dev/null/uploads' is not usable: not a"),
     ],
-    ids=["max-size", "base-path", "unreachable-redis", "download-unfinished-without-downloads"],
+    ids=[
+        "max-size",
+        "base-path",
+        "unreachable-redis",
+        "download-unfinished-without-downloads",
+        "unusable-storage",
+    ],
 )
 def test_bad_setting_fails_with_one_clear_line(
     tmp_path: Path, flags: list[str], mentions: str
@@ -427,6 +435,46 @@ def test_sigterm_during_a_patch_commits_the_bytes_it_stored(tmp_path: Path, redi
                 state.close()
     partial = server.storage / ".partial" / upload_id
     assert partial.read_bytes()[:committed] == source[:committed]
+
+
+def test_sigterm_during_a_creation_with_upload_discards_the_upload(
+    tmp_path: Path, redis_url: str
+) -> None:
+    # The client was never given the upload's URL, so nobody can resume it:
+    # the cancelled POST removes its record and its bytes before the process
+    # ends, not leaving them for the sweeper.
+    import redis as redis_client
+
+    source = os.urandom(12 * MiB)
+    sent = 6 * MiB
+    with serve(tmp_path, "--redis-url", redis_url) as server:
+        port = int(server.endpoint.split(":")[2].split("/")[0])
+        state = redis_client.Redis.from_url(redis_url)
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as post:
+                post.sendall(
+                    (
+                        f"POST /files/ HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                        f"Tus-Resumable: 1.0.0\r\nUpload-Length: {len(source)}\r\n"
+                        f"Content-Type: {OCTETS}\r\nContent-Length: {len(source)}\r\n\r\n"
+                    ).encode()
+                    + source[:sent]
+                )
+                deadline = time.monotonic() + 5
+                while not state.keys("tus:{*}:info"):
+                    assert time.monotonic() < deadline, "the POST never created its upload"
+                    time.sleep(0.01)
+                time.sleep(0.5)  # let the server store what was sent
+
+                server.process.send_signal(signal.SIGTERM)
+                status = server.wait_exit()
+
+            assert status == 0, server.output()
+            assert state.keys("tus:{*}:info") == [], "the discarded upload kept its record"
+            assert state.keys("tus:{*}:lock") == []
+        finally:
+            state.close()
+    assert list((server.storage / ".partial").iterdir()) == []
 
 
 # --- tusserver sweep ---------------------------------------------------------

@@ -5,20 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 import redis
-from starlette.applications import Starlette
-from starlette.routing import Mount
 
 from tests.helpers import assert_tus_error, b64, upload_id_of
 from tests.js_fixtures import TusJs
-from tests.server_fixtures import OCTETS, TUS, RunningServer, ThreadedUvicorn, free_port
-from tusserver import Config, create_app
+from tests.server_fixtures import OCTETS, TUS, RunningServer
 
 MIB = 1024 * 1024
 
@@ -512,34 +508,10 @@ def test_options_advertises_concatenation(tus_server: Callable[..., RunningServe
 # --- mounted under a path ----------------------------------------------------
 
 
-@pytest.fixture
-def mounted_server(redis_url: str, tmp_path: Path) -> Iterator[RunningServer]:
-    """tusserver mounted at /api inside another Starlette app, on a real uvicorn."""
-    config = Config(storage=str(tmp_path / "storage"), redis_url=redis_url)
-    inner = create_app(config)
-
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with inner.router.lifespan_context(inner):
-            yield
-
-    outer = Starlette(routes=[Mount("/api", app=inner)], lifespan=lifespan)
-    port = free_port()
-    server = ThreadedUvicorn(outer, port)
-    server.start()
-    client = httpx.Client(timeout=30)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        yield RunningServer(url, url + "/api/files/", tmp_path / "storage", config, client)
-    finally:
-        client.close()
-        server.stop()
-
-
 def test_when_mounted_part_urls_must_carry_the_mount_path(
-    mounted_server: RunningServer,
+    tus_server: Callable[..., RunningServer],
 ) -> None:
-    server = mounted_server
+    server = tus_server(mount_at="/api")
     part = create_partial(server, b"mounted")
     assert part.startswith(server.url + "/api/files/")
 

@@ -426,3 +426,22 @@ def test_method_override_head_on_post_reports_the_offset(
     assert response.headers["Upload-Offset"] == "3"
     assert response.headers["Upload-Length"] == "10"
     assert response.content == b""
+
+
+def test_a_creation_with_an_empty_chunked_body_lets_go_of_the_lock_it_took(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    # Chunked framing announces data, so the creation takes the upload's
+    # lock; no byte arrives, so no commit lets it go: the request must.
+    server = tus_server()
+    response = server.client.post(
+        server.endpoint,
+        headers={**TUS, "Upload-Length": "5", "Content-Type": OCTETS},
+        content=iter([]),
+    )
+
+    assert response.status_code == 201, response.text
+    url = httpx.URL(server.endpoint).join(response.headers["Location"])
+    upload_id = upload_id_of(str(url))
+    assert info(state, upload_id)["offset"] == "0"
+    assert not state.exists(f"tus:{{{upload_id}}}:lock")

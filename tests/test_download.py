@@ -470,6 +470,18 @@ def test_a_finished_file_removed_behind_the_servers_back_answers_410(tus_server:
     assert str(server.storage) not in response.text
 
 
+def test_an_unfinished_upload_whose_bytes_were_removed_answers_410(tus_server: Server) -> None:
+    server = tus_server(download_unfinished=True)
+    url = server.create(len(DATA))
+    assert server.patch(url, 0, DATA[:8]).status_code == 204
+    (server.partials / upload_id_of(url)).unlink()
+
+    response = get(server, url)
+
+    assert_tus_error(response, 410, "upload_gone")
+    assert str(server.storage) not in response.text
+
+
 def test_head_on_the_upload_url_stays_the_tus_head(tus_server: Server) -> None:
     server = tus_server()
     url = finished(server, filename=b"a.txt", filetype=b"text/plain")

@@ -9,7 +9,7 @@ and every commit at the end of a body.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -36,19 +36,12 @@ class FlushLog(LocalStorage):
         self.flushed_sizes.append((self.root / ".partial" / upload_id).stat().st_size)
 
 
-@pytest.fixture
-def served() -> Iterator[ServedApps]:
-    apps = ServedApps()
-    yield apps
-    apps.stop()
-
-
 def committed_offsets(state: redis.Redis, upload_id: str) -> Callable[[], int]:
     return lambda: int(state.hget(f"tus:{{{upload_id}}}:info", "offset") or 0)
 
 
 def test_with_durable_commits_every_commit_follows_a_flush_of_the_bytes_it_counts(
-    served: ServedApps, redis_url: str, state: redis.Redis, tmp_path: Path
+    served_apps: ServedApps, redis_url: str, state: redis.Redis, tmp_path: Path
 ) -> None:
     storage = FlushLog(tmp_path / "files")
     config = Config(
@@ -57,7 +50,7 @@ def test_with_durable_commits_every_commit_follows_a_flush_of_the_bytes_it_count
         durable_commits=True,
         checkpoint_bytes=4 * MiB,
     )
-    server = served.start(config, tmp_path / "files", backend=storage)
+    server = served_apps.start(config, tmp_path / "files", backend=storage)
     body = bytes(range(256)) * (40 * MiB // 256)
     url = server.create(len(body) + 1)
 
@@ -74,11 +67,11 @@ def test_with_durable_commits_every_commit_follows_a_flush_of_the_bytes_it_count
 
 
 def test_without_durable_commits_nothing_is_flushed_before_the_file_is_finished(
-    served: ServedApps, redis_url: str, tmp_path: Path
+    served_apps: ServedApps, redis_url: str, tmp_path: Path
 ) -> None:
     storage = FlushLog(tmp_path / "files")
     config = Config(storage=str(tmp_path / "files"), redis_url=redis_url, checkpoint_bytes=4 * MiB)
-    server = served.start(config, tmp_path / "files", backend=storage)
+    server = served_apps.start(config, tmp_path / "files", backend=storage)
     url = server.create(20 * MiB + 1)
 
     assert server.patch(url, 0, b"x" * 20 * MiB).status_code == 204

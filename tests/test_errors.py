@@ -3,8 +3,12 @@ status a client needs to recover (423 on HEAD for passing trouble)."""
 
 from __future__ import annotations
 
+import errno
+import logging
+import os
 import shutil
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,10 +16,13 @@ import httpx
 import pytest
 import redis
 
+from storage_backends.base import Block
+from storage_backends.local import LocalStorage
 from tests.helpers import upload_id_of
+from tests.raw_http import raw_patch, send_in_pieces, wait_until
 from tests.redis_fixtures import short_temp_dir
 from tests.server_fixtures import OCTETS, TUS, RunningServer, ServedApps
-from tusserver import Config
+from tusserver import Config, errors
 from tusserver.embedded_redis import EmbeddedRedis
 
 UNKNOWN_ID = "0123456789abcdef0123456789abcdef"
@@ -197,6 +204,24 @@ def test_unsupported_method_returns_405_json_with_allow(
 # --- storage faults -----------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("exc", "reading", "status", "code", "retryable"),
+    [
+        (OSError(errno.ENOSPC, "full"), False, 507, "storage_full", False),
+        (OSError(errno.EDQUOT, "quota"), False, 507, "storage_full", False),
+        (PermissionError(errno.EACCES, "denied"), False, 500, "storage_refused", False),
+        (OSError(errno.EROFS, "read-only"), False, 500, "storage_refused", False),
+        (ConnectionResetError(errno.ECONNRESET, "reset"), False, 503, "storage_failed", True),
+        (OSError(errno.EIO, "io"), True, 503, "storage_read_failed", True),
+    ],
+)
+def test_storage_faults_answer_by_what_they_are(
+    exc: OSError, reading: bool, status: int, code: str, retryable: bool
+) -> None:
+    error = errors.storage_failure(exc, reading=reading)
+    assert (error.status, error.code, error.retryable) == (status, code, retryable)
+
+
 def test_patch_on_a_failing_storage_answers_503_retryable_without_internals(
     tus_server: Callable[..., RunningServer], redis_url: str
 ) -> None:
@@ -222,6 +247,145 @@ def test_patch_on_a_failing_storage_answers_503_retryable_without_internals(
     head = server.head(url)
     assert head.status_code == 200
     assert head.headers["Upload-Offset"] == "0"
+
+
+class FullAfter(LocalStorage):
+    """Local storage whose disk fills up after a write's first ``blocks`` blocks."""
+
+    def __init__(self, root: Path, blocks: int) -> None:
+        super().__init__(root)
+        self.blocks = blocks
+
+    async def write(self, upload_id: str, offset: int, blocks: AsyncIterator[Block]) -> int:
+        async def until_full() -> AsyncIterator[Block]:
+            taken = 0
+            async for block in blocks:
+                if taken == self.blocks:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                taken += 1
+                yield block
+
+        return await super().write(upload_id, offset, until_full())
+
+
+def test_a_disk_full_mid_body_commits_exactly_the_bytes_stored_before_it(
+    served_apps: ServedApps, redis_url: str, state: redis.Redis, tmp_path: Path
+) -> None:
+    root = tmp_path / "files"
+    config = Config(storage=str(root), redis_url=redis_url, block_size=64 * 1024)
+    server = served_apps.start(config, root, backend=FullAfter(root, blocks=3))
+    url = server.create(1024 * 1024)
+
+    response = server.patch(url, 0, os.urandom(1024 * 1024))
+
+    error = assert_error_body(response, 507, server.storage, retryable=False)
+    assert error["code"] == "storage_full"
+    stored = (server.partials / upload_id_of(url)).stat().st_size
+    assert 3 * 64 * 1024 <= stored < 1024 * 1024
+    assert state.hget(f"tus:{{{upload_id_of(url)}}}:info", "offset") == str(stored)
+
+
+def test_a_patch_that_stores_nothing_neither_moves_the_offset_nor_extends_the_expiry(
+    tus_server: Callable[..., RunningServer], redis_url: str
+) -> None:
+    # Sliding expiry: only stored bytes show that the client is still at it.
+    server = tus_server()
+    url = server.create(10)
+    upload_id = upload_id_of(url)
+    (server.partials / upload_id).unlink()
+    (server.partials / upload_id).mkdir()  # opening it for writing fails
+    state = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        before = state.hgetall(f"tus:{{{upload_id}}}:info")
+        time.sleep(0.05)
+
+        response = server.patch(url, 0, b"hello")
+
+        after = state.hgetall(f"tus:{{{upload_id}}}:info")
+    finally:
+        state.close()
+
+    assert response.status_code == 503
+    assert after == before
+
+
+@pytest.mark.parametrize("damage", ["removed", "replaced by a file"])
+def test_post_when_the_partials_folder_is_unusable_answers_503_without_path_or_errno(
+    tus_server: Callable[..., RunningServer],
+    redis_url: str,
+    damage: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The storage fails before any body is read: the app's own storage-fault
+    # answer, not the one of a PATCH whose body was being stored.
+    server = tus_server()
+    shutil.rmtree(server.partials)
+    if damage == "replaced by a file":
+        server.partials.write_bytes(b"")
+
+    with caplog.at_level(logging.ERROR):
+        response = server.client.post(server.endpoint, headers={**TUS, "Upload-Length": "5"})
+
+    # The operator's log has the system's reason by name, still without a path.
+    failed = [r.getMessage() for r in caplog.records if "storage failed" in r.getMessage()]
+    assert failed, "the storage failure was not logged"
+    errno_name = "ENOENT" if damage == "removed" else "ENOTDIR"
+    assert f"Error {errno_name} (" in failed[-1]
+    assert str(server.storage) not in failed[-1]
+
+    error = assert_error_body(response, 503, server.storage, retryable=True)
+    assert error["code"] == "storage_failed"
+    assert response.headers["Cache-Control"] == "no-store"
+    assert "Location" not in response.headers
+    for internal in ("Errno", "No such file", "Not a directory", "FileNotFoundError", "partial"):
+        assert internal not in response.text
+    state = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        assert state.keys("tus:{*}:info") == []
+    finally:
+        state.close()
+
+
+def test_an_unexpected_failure_answers_500_without_internals_and_logs_the_upload_id(
+    tus_server: Callable[..., RunningServer],
+    redis_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = tus_server()
+    url = server.create(10)
+    upload_id = upload_id_of(url)
+    # A record no release of tusserver writes (damaged by hand, or by a
+    # foreign tool): reading it fails in a way no handler expects, and the
+    # failure's text carries what was in the record.
+    secret = f"api_key=sk-93f1c0ffee {server.partials / upload_id}"
+    state = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        state.hset(f"tus:{{{upload_id}}}:info", "offset", secret)
+    finally:
+        state.close()
+
+    with caplog.at_level(logging.ERROR):
+        response = server.patch(url, 0, b"hello")
+
+    error = assert_error_body(response, 500, server.storage, retryable=True)
+    assert error["code"] == "internal_error"
+    assert response.headers["Cache-Control"] == "no-store"
+    for internal in ("sk-93f1c0ffee", "api_key", str(server.partials), "ValueError", "int()"):
+        assert internal not in response.text
+    assert upload_id not in response.text
+    logged = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert logged, "the failure was not logged"
+    line = logged[-1]
+    # The line names the upload and the failure's kind, and nothing an
+    # operator's log must not hold: no trace, no path, no secret.
+    assert upload_id in line.getMessage()
+    # Where it was raised: the record's parsing, not the handler that called it.
+    assert "unexpected failure: ValueError at tusserver.record:" in line.getMessage()
+    assert line.exc_info is None and line.exc_text is None
+    assert "Traceback" not in caplog.text
+    for internal in ("sk-93f1c0ffee", "api_key", str(server.partials), ".py"):
+        assert internal not in line.getMessage()
+    assert (server.partials / upload_id).read_bytes() == b""
 
 
 def test_patch_after_the_partial_vanished_answers_410_and_the_upload_is_gone(
@@ -254,17 +418,15 @@ def test_patch_after_the_partial_vanished_answers_410_and_the_upload_is_gone(
 
 
 @pytest.fixture
-def lone_server(tmp_path: Path) -> Iterator[Callable[[str], RunningServer]]:
+def lone_server(tmp_path: Path, served_apps: ServedApps) -> Callable[[str], RunningServer]:
     """A tusserver on a Redis of the test's choosing (not the session's)."""
-    served = ServedApps()
 
     def start(redis_url: str) -> RunningServer:
-        storage = tmp_path / f"storage{len(served)}"
+        storage = tmp_path / f"storage{len(served_apps)}"
         config = Config(storage=str(storage), redis_url=redis_url, lock_wait=0.5)
-        return served.start(config, storage)
+        return served_apps.start(config, storage)
 
-    yield start
-    served.stop()
+    return start
 
 
 @pytest.fixture
@@ -278,6 +440,53 @@ def private_redis() -> Iterator[EmbeddedRedis]:
     finally:
         server.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def test_a_patch_keeps_writing_through_a_redis_failure_of_one_lock_keep_alive(
+    served_apps: ServedApps, private_redis: EmbeddedRedis, tmp_path: Path
+) -> None:
+    # Redis refuses one keep-alive (scripts denied for a moment, a real
+    # permission error): the lock may still be ours, so the PATCH goes on,
+    # and the commit's compare-and-set decides once Redis answers again.
+    ttl = 3.0
+    config = Config(
+        storage=str(tmp_path / "storage"),
+        redis_url=private_redis.url,
+        lock_ttl=ttl,
+        idle_timeout=0.4,
+        block_size=64 * 1024,
+    )
+    server = served_apps.start(config, tmp_path / "storage")
+    length = 512 * 1024
+    data = os.urandom(length)
+    url = server.create(length)
+    partial = server.partials / upload_id_of(url)
+    admin = redis.Redis.from_url(private_redis.url, decode_responses=True)
+    try:
+        with raw_patch(url, 0, content_length=length) as request:
+            send_in_pieces(request, data[: 64 * 1024])
+            wait_until(lambda: partial.stat().st_size >= 64 * 1024, "the first block stored")
+            admin.acl_log_reset()
+            admin.execute_command("ACL", "SETUSER", "default", "-evalsha", "-eval")
+            sent = 64 * 1024
+            deadline = time.monotonic() + ttl
+            try:
+                while not admin.acl_log() and time.monotonic() < deadline:
+                    assert request.send(data[sent : sent + 1024])
+                    sent += 1024
+                    time.sleep(0.02)
+            finally:
+                admin.execute_command("ACL", "SETUSER", "default", "+evalsha", "+eval")
+            refused = admin.acl_log()
+            send_in_pieces(request, data[sent:], piece=8 * 1024)
+            response = request.response()
+    finally:
+        admin.close()
+
+    assert refused and refused[0]["object"] == "evalsha"
+    assert response.status == 204
+    assert response.headers["upload-offset"] == str(length)
+    assert (server.storage / upload_id_of(url)).read_bytes() == data
 
 
 def test_head_when_redis_stops_answers_423_retryable_not_5xx(
@@ -307,6 +516,28 @@ def test_head_when_redis_stops_answers_423_retryable_not_5xx(
     error = assert_error_body(patch, 503, server.storage, retryable=True)
     assert error["code"] == "state_unavailable"
     assert private_redis.url not in patch.text
+
+
+def test_while_redis_is_down_the_release_listener_reconnects_about_once_a_second(
+    lone_server: Callable[[str], RunningServer],
+    private_redis: EmbeddedRedis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = lone_server(private_redis.url)
+    client = redis.Redis.from_url(private_redis.url)
+    try:
+        wait_until(lambda: dict(client.pubsub_numsub("tus:release")) != {}, "the listener")
+        assert dict(client.pubsub_numsub("tus:release"))[b"tus:release"] == 1
+    finally:
+        client.close()
+
+    with caplog.at_level(logging.WARNING, logger="tusserver.locking"):
+        private_redis.stop()
+        time.sleep(3)
+    lost = [r for r in caplog.records if "release-request listener lost Redis" in r.getMessage()]
+
+    assert 1 <= len(lost) <= 5
+    assert server.head(f"{server.url}/files/{UNKNOWN_ID}").status_code == 423
 
 
 def test_server_without_reachable_redis_starts_and_answers_head_423_and_post_503(

@@ -20,7 +20,7 @@ from tusclient.client import TusClient
 
 from storage_backends.smb_location import SMBLocation, SMBOptions
 from tests.e2e_clients import CuttingProxy
-from tests.server_fixtures import RunningServer, ThreadedUvicorn, free_port
+from tests.server_fixtures import RunningServer, ServedApps, ThreadedUvicorn, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -101,7 +101,7 @@ def test_compose_wires_tusserver_to_a_persistent_redis_and_a_samba_share() -> No
 
 
 def test_fastapi_example_serves_tus_under_its_mount_path_and_calls_back_on_finish(
-    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, served_apps: ServedApps
 ) -> None:
     monkeypatch.setenv("TUSSERVER_STORAGE", str(tmp_path / "uploads"))
     monkeypatch.setenv("TUSSERVER_REDIS_URL", redis_url)

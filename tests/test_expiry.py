@@ -496,6 +496,22 @@ def test_with_a_retention_a_finished_upload_loses_its_record_but_keeps_its_file(
     assert server.head(url).status_code == 410
 
 
+def test_a_finished_upload_deleted_during_its_retention_leaves_no_index_entry_behind(
+    tus_server: Callable[..., RunningServer], state: redis.Redis, redis_url: str
+) -> None:
+    server = tus_server(expire_after=HOUR, retention=HOUR)
+    url = server.create(5)
+    upload_id = upload_id_of(url)
+    assert server.patch(url, 0, b"hello").status_code == 204
+    completed = float(record(state, upload_id)["completed"])
+    assert server.client.delete(url, headers=TUS).status_code == 204
+
+    sweep(server, redis_url, now=completed + HOUR + 1)
+
+    assert state.zscore("tus:retention", upload_id) is None
+    assert sweep(server, redis_url, now=completed + HOUR + 2) == SweepReport()
+
+
 def test_a_finished_upload_left_in_the_expiry_index_is_moved_to_retention_not_removed(
     tus_server: Callable[..., RunningServer], state: redis.Redis, redis_url: str
 ) -> None:

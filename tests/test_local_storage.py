@@ -23,11 +23,6 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 async def storage(tmp_path: Path) -> AsyncIterator[LocalStorage]:
     backend = LocalStorage(tmp_path / "root")
     await backend.check()
@@ -134,6 +129,42 @@ async def test_finalize_again_after_an_interruption_reuses_its_name_and_publishe
     assert first == again == "out (1).bin"
     assert root_entries(storage) == [".partial", "out (1).bin", "out.bin"]
     assert (storage.root / "out.bin").read_bytes() == b"someone else's"
+
+
+async def test_finalize_again_after_the_published_file_was_replaced_finds_no_partial(
+    storage: LocalStorage,
+) -> None:
+    # The note names a file that is no longer this upload's (another length):
+    # the repair must not claim it.
+    await storage.create(UPLOAD_ID)
+    await storage.write(UPLOAD_ID, 0, blocks([b"0123456789"]))
+    assert await storage.finalize(UPLOAD_ID, "out.bin", 10) == "out.bin"
+    (storage.root / "out.bin").write_bytes(b"replaced")
+
+    with pytest.raises(FileNotFoundError):
+        await storage.finalize(UPLOAD_ID, "out.bin", 10)
+
+    assert (storage.root / "out.bin").read_bytes() == b"replaced"
+
+
+async def test_finalize_tries_the_name_and_999_variants_then_refuses_and_keeps_the_partial(
+    storage: LocalStorage,
+) -> None:
+    (storage.root / "out.bin").write_bytes(b"")
+    for number in range(1, 999):
+        (storage.root / f"out ({number}).bin").write_bytes(b"")
+    await storage.create(UPLOAD_ID)
+    await storage.write(UPLOAD_ID, 0, blocks([b"0123456789"]))
+    other = "f" * 32
+    await storage.create(other)
+    await storage.write(other, 0, blocks([b"abc"]))
+
+    assert await storage.finalize(UPLOAD_ID, "out.bin", 10) == "out (999).bin"
+    with pytest.raises(FileExistsError):
+        await storage.finalize(other, "out.bin", 3)
+
+    assert partial(storage, other).read_bytes() == b"abc"
+    assert len(list(storage.root.iterdir())) == 1000 + 1  # and .partial
 
 
 async def test_finalize_completes_a_move_interrupted_between_link_and_unlink(

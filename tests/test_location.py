@@ -6,17 +6,13 @@ and CORS")."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
-import httpx
 import pytest
-from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
-from starlette.routing import Mount, Route
+from starlette.routing import Route
 
-from tests.server_fixtures import TUS, RunningServer, ThreadedUvicorn, free_port
-from tusserver import Config, create_app
+from tests.server_fixtures import TUS, RunningServer
 
 StartServer = Callable[..., RunningServer]
 UPLOAD_PATH = r"/files/[0-9a-f]{32}"
@@ -113,52 +109,24 @@ def test_behind_a_trusted_proxy_location_follows_the_forwarded_headers(
     assert matches(expected, response.headers["Location"]), response.headers["Location"]
 
 
-@pytest.fixture
-def mounted(redis_url: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """tusserver mounted at /api/uploads of a Starlette app (its lifespan run
-    by the parent's); yields the parent's URL and the storage folder."""
-    storage = tmp_path / "uploads"
-    tus = create_app(Config(storage=str(storage), redis_url=redis_url, base_path="/"))
-
+def test_mounted_under_a_sub_path_the_location_includes_the_mount_path(
+    tus_server: StartServer,
+) -> None:
     async def home(request: object) -> PlainTextResponse:
         return PlainTextResponse("the rest of the app")
 
-    parent = Starlette(
-        routes=[Route("/", home), Mount("/api/uploads", tus)],
-        lifespan=lambda app: tus.router.lifespan_context(tus),
-    )
-    port = free_port()
-    server = ThreadedUvicorn(parent, port)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}", storage
-    finally:
-        server.stop()
+    # Mounted at /api/uploads of a Starlette app that runs its lifespan.
+    server = tus_server(base_path="/", mount_at="/api/uploads", beside=[Route("/", home)])
 
-
-def test_mounted_under_a_sub_path_the_location_includes_the_mount_path(
-    mounted: tuple[str, Path],
-) -> None:
-    url, storage = mounted
-    with httpx.Client(timeout=10) as client:
-        created = client.post(url + "/api/uploads/", headers={**TUS, "Upload-Length": "5"})
-        assert created.status_code == 201, created.text
-        upload = created.headers["Location"]
-        assert matches(r"/api/uploads/[0-9a-f]{32}", upload)
-
-        patched = client.patch(
-            url + upload,
-            headers={
-                **TUS,
-                "Upload-Offset": "0",
-                "Content-Type": "application/offset+octet-stream",
-            },
-            content=b"hello",
-        )
-        head = client.head(url + upload, headers=TUS)
-        home = client.get(url + "/")
+    created = server.client.post(server.endpoint, headers={**TUS, "Upload-Length": "5"})
+    assert created.status_code == 201, created.text
+    upload = created.headers["Location"]
+    assert matches(r"/api/uploads/[0-9a-f]{32}", upload)
+    patched = server.patch(server.url + upload, 0, b"hello")
+    head = server.head(server.url + upload)
+    home_page = server.client.get(server.url + "/")
 
     assert patched.status_code == 204
     assert head.headers["Upload-Offset"] == "5"
-    assert (storage / upload.rsplit("/", 1)[1]).read_bytes() == b"hello"
-    assert home.text == "the rest of the app"
+    assert (server.storage / upload.rsplit("/", 1)[1]).read_bytes() == b"hello"
+    assert home_page.text == "the rest of the app"

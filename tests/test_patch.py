@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 import redis
 
+from storage_backends.local import LocalStorage
 from tests.helpers import assert_tus_error, b64, upload_id_of
-from tests.server_fixtures import OCTETS, TUS, RunningServer
+from tests.raw_http import raw_patch, send_in_pieces, wait_until
+from tests.server_fixtures import OCTETS, TUS, RunningServer, ServedApps
+from tusserver import Config
 
-MIB = 1024 * 1024
+KIB = 1024
+MIB = 1024 * KIB
 
 
 def record(state: redis.Redis, url: str) -> dict[str, str]:
@@ -503,6 +510,227 @@ def test_patch_while_another_holder_keeps_the_lock_returns_423_after_the_lock_wa
     head = server.head(url)
     assert head.status_code == 200
     assert head.headers["Upload-Offset"] == "0"
+
+
+def test_a_patch_waiting_for_the_lock_asks_the_holder_again_every_half_second(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    # A release request published while the holder was between taking the
+    # lock and listening is lost: the waiting request says it again.
+    server = tus_server(lock_wait=1.2)
+    url = server.create(10)
+    upload_id = upload_id_of(url)
+    listener = state.pubsub(ignore_subscribe_messages=True)
+    listener.subscribe("tus:release")
+    try:
+        state.set(f"tus:{{{upload_id}}}:lock", "a-deaf-holder", px=60_000)
+
+        response = server.patch(url, 0, b"hello")
+
+        requests = []
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:  # the subscription's own reply reads as None
+            message = listener.get_message(timeout=0.1)
+            if message is not None:
+                requests.append(message["data"])
+    finally:
+        listener.close()
+
+    assert_tus_error(response, 423, "upload_locked")
+    # At 0, 0.5 and 1.0 s of the 1.2 s wait (the last one late on a busy machine).
+    assert requests in ([upload_id] * 2, [upload_id] * 3)
+    assert record(state, url)["offset"] == "0"
+
+
+def test_a_patch_waiting_for_the_lock_polls_redis_at_a_bounded_rate(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    # Many clients may wait on locks at once: each must not hammer Redis.
+    server = tus_server(lock_wait=1.0)
+    url = server.create(10)
+    state.set(f"tus:{{{upload_id_of(url)}}}:lock", "a-deaf-holder", px=60_000)
+    before = int(state.info("stats")["total_commands_processed"])
+
+    response = server.patch(url, 0, b"hello")
+
+    commands = int(state.info("stats")["total_commands_processed"]) - before
+    assert_tus_error(response, 423, "upload_locked")
+    # One attempt every 20 ms: about 50 in the second, each a script of a few
+    # commands (Redis counts those too), plus the release requests.
+    assert 20 <= commands <= 600
+
+
+def test_a_streaming_patch_extends_its_lock_a_few_times_per_ttl_not_at_every_check(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    # The PATCH checks on itself every 0.1 s here (a quarter of the idle
+    # timeout), but Redis hears of it only every third of the TTL: many
+    # uploads at once must not each hammer it.
+    ttl = 6.0
+    server = tus_server(lock_ttl=ttl, idle_timeout=0.4, block_size=64 * KIB)
+    pieces = 40
+    url = server.create(pieces * 64 * KIB)
+    partial = server.partials / upload_id_of(url)
+
+    def extends() -> int:
+        # PEXPIRE runs in the lock's keep-alive script only.
+        return int(state.info("commandstats").get("cmdstat_pexpire", {}).get("calls", 0))
+
+    before = extends()
+    started = time.monotonic()
+    with raw_patch(url, 0, content_length=pieces * 64 * KIB) as request:
+        for number in range(1, pieces + 1):
+            assert request.send(b"x" * (64 * KIB))
+            size = number * 64 * KIB
+            wait_until(lambda size=size: partial.stat().st_size >= size, "the block stored")
+            time.sleep(0.03)
+        response = request.response()
+    elapsed = time.monotonic() - started
+
+    assert response.status == 204
+    assert extends() - before <= elapsed / (ttl / 3) + 1
+
+
+def test_patch_whose_lock_was_taken_stops_writing_and_answers_423(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    # Another writer takes the lock straight in Redis, as one whose release
+    # request was lost would: no release request reaches this PATCH, so only
+    # its keep-alive learns that the upload is no longer its own.
+    ttl = 3.0
+    fence = ttl / 3 + 0.6  # one keep-alive period, one watchdog tick, slack
+    server = tus_server(lock_ttl=ttl, idle_timeout=0.4, block_size=64 * KIB)
+    length = 8 * MIB
+    url = server.create(length)
+    upload_id = upload_id_of(url)
+    partial = server.partials / upload_id
+    theirs = b"O" * (6 * MIB)  # the new owner's bytes, from the committed offset 0
+
+    with raw_patch(url, 0, content_length=length) as loser:
+        send_in_pieces(loser, b"L" * (64 * KIB))
+        wait_until(lambda: partial.stat().st_size >= 64 * KIB, "the first block stored")
+        state.set(f"tus:{{{upload_id}}}:lock", "the-new-owner", px=60_000)
+        taken_at = time.monotonic()
+        answered_at = None
+        they_wrote = False
+        # The losing client goes on sending; the new owner writes once the
+        # loser had one keep-alive period to notice.
+        while time.monotonic() - taken_at < 0.9 * ttl and not (answered_at and they_wrote):
+            if answered_at is None and loser.answered():
+                answered_at = time.monotonic()
+            if answered_at is None:
+                loser.send(b"L" * (8 * KIB))
+            if not they_wrote and time.monotonic() - taken_at >= fence:
+                with partial.open("r+b") as file:
+                    file.write(theirs)
+                they_wrote = True
+            time.sleep(0.01)
+        response = loser.response()
+
+    assert answered_at is not None, "the PATCH went on writing after it lost its lock"
+    assert answered_at - taken_at < fence
+    assert response.status == 423
+    assert response.headers["tus-resumable"] == "1.0.0"
+    assert json.loads(response.body)["error"]["code"] == "upload_lock_lost"
+    # The loser's commit was refused: the offset is still the new owner's 0,
+    # and nothing the loser still had in flight landed on the new owner's bytes.
+    assert record(state, url)["offset"] == "0"
+    assert partial.read_bytes()[: len(theirs)] == theirs
+    assert state.get(f"tus:{{{upload_id}}}:lock") == "the-new-owner"
+
+
+def test_a_resumed_patch_commits_from_its_offset_while_its_body_streams(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    # Checkpoints count the bytes stored after the offset the PATCH began at.
+    server = tus_server(checkpoint_bytes=256 * KIB, block_size=64 * KIB)
+    start, length = 1 * MIB, 4 * MIB
+    url = server.create(length)
+    assert server.patch(url, 0, b"a" * start).status_code == 204
+
+    with raw_patch(url, start, content_length=length - start) as request:
+        send_in_pieces(request, b"b" * (2 * MIB))
+        wait_until(
+            lambda: int(record(state, url)["offset"]) >= start + MIB,
+            "a checkpoint past the resumed offset",
+        )
+        mid_body = int(record(state, url)["offset"])
+        # A checkpoint keeps the lock: the body still streams.
+        assert state.exists(f"tus:{{{upload_id_of(url)}}}:lock")
+        send_in_pieces(request, b"b" * (length - start - 2 * MIB))
+        response = request.response()
+
+    assert start + MIB <= mid_body <= start + 2 * MIB
+    assert response.status == 204
+    assert record(state, url)["offset"] == str(length)
+
+
+class HeldFinalize(LocalStorage):
+    """Local storage whose finalize waits until the test lets it go on."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.entered = threading.Event()
+        self.go_on = threading.Event()
+
+    async def finalize(self, upload_id: str, final_name: str, length: int) -> str:
+        self.entered.set()
+        await anyio.to_thread.run_sync(self.go_on.wait, 10)
+        return await super().finalize(upload_id, final_name, length)
+
+
+def test_the_patch_that_completes_an_upload_holds_its_lock_until_the_file_is_published(
+    served_apps: ServedApps, redis_url: str, state: redis.Redis, tmp_path: Path
+) -> None:
+    # Between the last byte's commit and the publishing, another request
+    # (a HEAD that would finalize an upload left "fully received") must wait.
+    root = tmp_path / "files"
+    storage = HeldFinalize(root)
+    server = served_apps.start(
+        Config(storage=str(root), redis_url=redis_url), root, backend=storage
+    )
+    url = server.create(5)
+    lock = f"tus:{{{upload_id_of(url)}}}:lock"
+    answers: list[httpx.Response] = []
+    patching = threading.Thread(target=lambda: answers.append(server.patch(url, 0, b"hello")))
+    patching.start()
+    try:
+        assert storage.entered.wait(10), "finalize never started"
+        held_while_publishing = state.exists(lock)
+        offset_while_publishing = record(state, url)["offset"]
+    finally:
+        storage.go_on.set()
+        patching.join(10)
+
+    assert offset_while_publishing == "5"
+    assert held_while_publishing, "the lock was let go before the file was published"
+    assert answers[0].status_code == 204
+    assert not state.exists(lock)
+    assert record(state, url)["state"] == "complete"
+
+
+def test_patch_whose_upload_was_removed_mid_body_answers_410(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    # Removed behind the PATCH's back (an operator, a sweep elsewhere): its
+    # bytes have nowhere to count, and the client must start over.
+    server = tus_server(block_size=64 * KIB)
+    length = 256 * KIB
+    url = server.create(length)
+    upload_id = upload_id_of(url)
+    partial = server.partials / upload_id
+
+    with raw_patch(url, 0, content_length=length) as request:
+        send_in_pieces(request, b"x" * (64 * KIB))
+        wait_until(lambda: partial.stat().st_size >= 64 * KIB, "the first block stored")
+        state.delete(f"tus:{{{upload_id}}}:info")
+        send_in_pieces(request, b"x" * (length - 64 * KIB))
+        response = request.response()
+
+    assert response.status == 410
+    assert response.headers["tus-resumable"] == "1.0.0"
+    assert json.loads(response.body)["error"]["code"] == "upload_gone"
+    assert not state.exists(f"tus:{{{upload_id}}}:info")
 
 
 def test_head_during_a_stalled_patch_answers_at_once_and_a_patch_takes_over(

@@ -38,11 +38,6 @@ UPLOAD_ID = "0123456789abcdef0123456789abcdef"
 MiB = 1024 * 1024
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 # smbd settings, and the signing smbprotocol then uses
 SAMBA_VARIANTS = {
     "smb3.1.1-gmac": ({}, SigningAlgorithms.AES_GMAC),

@@ -7,7 +7,7 @@ a backend that only keeps the storage contract of storage_backends/base.py.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -65,13 +65,11 @@ class WithoutConcat:
 
 
 @pytest.fixture
-def server_without_concat(redis_url: str, tmp_path: Path) -> Iterator[RunningServer]:
-    served = ServedApps()
+def server_without_concat(redis_url: str, tmp_path: Path, served_apps: ServedApps) -> RunningServer:
     root = tmp_path / "files"
     # A scheme nobody registered: the app must not even look at it.
     config = Config(storage="unregistered://nowhere", redis_url=redis_url)
-    yield served.start(config, root, backend=WithoutConcat(root))
-    served.stop()
+    return served_apps.start(config, root, backend=WithoutConcat(root))
 
 
 def split_list(value: str) -> list[str]:

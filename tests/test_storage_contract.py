@@ -39,11 +39,6 @@ FUTURE = time.time() + 10 * 365 * 86400
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def memory_storage() -> Storage:
     """The example's backend, loaded from its file as a module of its own."""
     module = sys.modules.get("memory_storage")

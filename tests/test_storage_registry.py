@@ -46,6 +46,33 @@ def test_a_folder_path_and_a_file_url_open_local_storage(tmp_path: Path) -> None
     assert by_path.file_mode == by_url.file_mode == 0o600
 
 
+def test_default_settings_publish_files_readable_by_everyone(tmp_path: Path) -> None:
+    storage = open_storage(str(tmp_path / "a"), StorageSettings())
+
+    assert isinstance(storage, LocalStorage)
+    assert storage.file_mode == 0o644
+
+
+def test_a_registered_backend_whose_module_is_missing_is_a_broken_installation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Not a setting the person starting the server can fix (no package to
+    # install names it): the import error goes up as it is.
+    site = tmp_path / "site"
+    info = site / "ghost_store-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ghost-store\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        "[tusserver.storage]\nghost = ghost_store_gone:open_storage\n"
+    )
+    monkeypatch.syspath_prepend(str(site))
+
+    with pytest.raises(ModuleNotFoundError) as missing:
+        open_storage("ghost://anywhere", StorageSettings())
+
+    assert missing.value.name == "ghost_store_gone"
+
+
 def test_smb_options_come_from_the_url_query_and_the_password_from_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
