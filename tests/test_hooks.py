@@ -17,7 +17,7 @@ import httpx
 import pytest
 import redis
 from tusclient.client import TusClient
-from tusclient.exceptions import TusCommunicationError
+from tusclient.exceptions import TusCommunicationError, TusUploadFailed
 
 from tests.helpers import assert_tus_error, b64, upload_id_of
 from tests.hook_receiver import HookReceiver
@@ -397,6 +397,45 @@ def test_pre_terminate_refuses_a_delete_seen_by_tuspy_and_the_upload_stays(
     assert hook_receiver.received("post-terminate") == []
 
 
+def test_pre_terminate_refuses_a_delete_sent_by_curl_and_the_upload_stays(
+    tus_server: StartServer, hook_receiver: HookReceiver, tmp_path: Path
+) -> None:
+    server = hooked(tus_server, hook_receiver)
+    hook_receiver.answer(
+        "pre-terminate",
+        {
+            "RejectTermination": True,
+            "HTTPResponse": {"StatusCode": 423, "Body": "under legal hold"},
+        },
+    )
+    url = server.create(6)
+    assert server.patch(url, 0, b"abc").status_code == 204
+    curl = shutil.which("curl")
+    assert curl is not None, "curl is needed for this spec"
+
+    sent = subprocess.run(
+        [curl, "--silent", "--show-error", "--max-time", "30", "--request", "DELETE",
+         "--header", "Tus-Resumable: 1.0.0", "--dump-header", "-", url],
+        capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
+
+    assert sent.returncode == 0, sent.stderr
+    head, _, body = sent.stdout.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 423")
+    assert body == b"under legal hold"
+    [asked] = hook_receiver.received("pre-terminate")
+    assert asked.upload["ID"] == upload_id_of(url)
+    assert asked.request["Method"] == "DELETE"
+    assert asked.request["Header"]["User-Agent"][0].startswith("curl/")
+    kept = server.head(url)
+    assert kept.status_code == 200
+    assert kept.headers["Upload-Offset"] == "3"
+    # The upload goes on: the rest of its bytes are taken and it finishes.
+    assert server.patch(url, 3, b"def").status_code == 204
+    assert (server.storage / upload_id_of(url)).read_bytes() == b"abcdef"
+    assert hook_receiver.received("post-terminate") == []
+
+
 # --- pre-finish -------------------------------------------------------------
 
 
@@ -476,6 +515,50 @@ def test_post_receive_stops_a_running_patch_and_the_upload_is_terminated(
     assert list(server.partials.iterdir()) == []
 
 
+def test_post_receive_stops_a_running_tuspy_upload_which_fails_with_the_hooks_status(
+    tus_server: StartServer, hook_receiver: HookReceiver, state: redis.Redis, tmp_path: Path
+) -> None:
+    size = 64 * 1024 * 1024
+    server = hooked(
+        tus_server,
+        hook_receiver,
+        checkpoint_interval=0.05,
+        checkpoint_bytes=64 * 1024,  # a commit, so a post-receive, soon after the start
+        block_size=64 * 1024,
+        progress_interval=0.1,
+    )
+    hook_receiver.answer(
+        "post-receive",
+        {"StopUpload": True, "HTTPResponse": {"StatusCode": 422, "Body": "virus found"}},
+    )
+    source = tmp_path / "big.bin"
+    source.write_bytes(os.urandom(size))
+    # tuspy's default: the whole file in one PATCH, running while the hook answers.
+    uploader = TusClient(server.endpoint).uploader(file_path=str(source))
+
+    with pytest.raises(TusUploadFailed) as stopped:
+        uploader.upload()
+
+    assert stopped.value.status_code == 422
+    assert stopped.value.response_content == b"virus found"
+    url = str(uploader.url)
+    upload_id = upload_id_of(url)
+    [first, *_] = hook_receiver.received("post-receive")
+    assert first.upload["ID"] == upload_id and 0 < first.upload["Offset"] < size
+    # Terminated as tusd does: HEAD says gone, the bytes and the record are removed.
+    assert server.head(url).status_code == 410
+    [terminated] = hook_receiver.wait_for("post-terminate")
+    assert terminated.upload["ID"] == upload_id
+    assert state.exists(f"tus:{{{upload_id}}}:info") == 0
+    assert not (server.storage / upload_id).exists()
+    assert list(server.partials.iterdir()) == []
+    assert hook_receiver.received("post-finish") == []
+    # tuspy resuming the URL is told the upload is gone.
+    with pytest.raises(TusCommunicationError) as resumed:
+        TusClient(server.endpoint).uploader(file_path=str(source), url=url).upload()
+    assert resumed.value.status_code == 410
+
+
 def test_post_receive_is_sent_at_most_once_per_progress_interval(
     tus_server: StartServer, hook_receiver: HookReceiver
 ) -> None:
@@ -546,6 +629,74 @@ def test_tus_js_client_uploads_to_the_id_pre_create_chose(
 
     assert url.endswith("/files/chosen-by-the-hook")
     assert (server.storage / "chosen-by-the-hook").read_bytes() == source.read_bytes()
+
+
+def test_post_receive_stops_a_running_tus_js_client_upload_with_the_hooks_status(
+    tus_server: StartServer, hook_receiver: HookReceiver, tus_js: TusJs, tmp_path: Path
+) -> None:
+    server = hooked(
+        tus_server,
+        hook_receiver,
+        checkpoint_interval=0.05,
+        checkpoint_bytes=64 * 1024,
+        block_size=64 * 1024,
+        progress_interval=0.1,
+    )
+    hook_receiver.answer(
+        "post-receive",
+        {"StopUpload": True, "HTTPResponse": {"StatusCode": 422, "Body": "virus found"}},
+    )
+    source = tmp_path / "big.bin"
+    source.write_bytes(os.urandom(64 * 1024 * 1024))
+
+    # tus-js-client's default: the whole file in one PATCH.
+    result = run_tus_js(server.endpoint, source)
+
+    assert result.returncode == 1
+    assert "response code: 422" in result.stderr
+    assert "virus found" in result.stderr
+    [terminated] = hook_receiver.wait_for("post-terminate")
+    upload_id = terminated.upload["ID"]
+    assert server.head(f"{server.endpoint}{upload_id}").status_code == 410
+    assert not (server.storage / upload_id).exists()
+    assert list(server.partials.iterdir()) == []
+    assert hook_receiver.received("post-finish") == []
+
+
+def test_pre_terminate_refuses_tus_js_clients_abort_true_and_the_upload_stays(
+    tus_server: StartServer, hook_receiver: HookReceiver, tus_js: TusJs, tmp_path: Path
+) -> None:
+    server = hooked(tus_server, hook_receiver)
+    hook_receiver.answer(
+        "pre-terminate",
+        {
+            "RejectTermination": True,
+            "HTTPResponse": {"StatusCode": 423, "Body": "under legal hold"},
+        },
+    )
+    url = server.create(6)
+    assert server.patch(url, 0, b"abc").status_code == 204
+    source = tmp_path / "a.bin"
+    source.write_bytes(b"abcdef")
+    node = shutil.which("node")
+    assert node is not None
+
+    # tus-js-client resumes the upload, sends one byte, then abort(true): a DELETE.
+    result = subprocess.run(
+        [node, str(JS_DIR / "abort.mjs"), url, str(source)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"status": 423, "body": "under legal hold"}
+    [asked] = hook_receiver.received("pre-terminate")
+    assert asked.upload["ID"] == upload_id_of(url)
+    assert asked.upload["Offset"] == 4
+    assert asked.request["Method"] == "DELETE"
+    kept = server.head(url)
+    assert kept.status_code == 200
+    assert kept.headers["Upload-Offset"] == "4"
+    assert hook_receiver.received("post-terminate") == []
 
 
 # --- settings ---------------------------------------------------------------
