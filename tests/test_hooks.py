@@ -37,6 +37,8 @@ UPLOAD_FIELDS = {
     "IsFinal",
     "PartialUploads",
     "Storage",
+    # tusserver's addition (the upload's owner), which tusd receivers ignore.
+    "Owner",
 }
 REQUEST_FIELDS = {"Method", "URI", "RemoteAddr", "Header"}
 
