@@ -32,7 +32,6 @@ import argparse
 import asyncio
 import os
 import secrets
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,9 +42,11 @@ from pathlib import Path
 
 import httpx
 import jwt
-import psutil
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+# Run as `python bench/<name>.py`: this folder is on sys.path.
+from served_process import free_port, tree_cpu_seconds, wait_until_up
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 SERVER_CPU, CLIENT_CPU = 0, 1
@@ -90,24 +91,12 @@ class Served:
     cpu_us: list[float] = field(default_factory=list)  # server CPU per request
 
     def cpu_seconds(self) -> float:
-        parent = psutil.Process(self.process.pid)
-        total = 0.0
-        for process in [parent, *parent.children(recursive=True)]:
-            times = process.cpu_times()
-            total += times.user + times.system
-        return total
+        return tree_cpu_seconds(self.process)
 
     @property
     def headers(self) -> str:
         line = f"Authorization: {self.authorization}\r\n" if self.authorization else ""
         return f"Tus-Resumable: 1.0.0\r\n{line}"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def keys(workdir: Path) -> tuple[str, dict[str, tuple[object, Path]]]:
@@ -151,15 +140,8 @@ def start(
         env={**os.environ, SECRET_ENV: secret},
         preexec_fn=lambda: os.sched_setaffinity(0, {SERVER_CPU}),
     )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            httpx.options(f"http://127.0.0.1:{port}/files/", timeout=1)
-            return Served(setting, process, port, authorization(setting, secret, pairs))
-        except httpx.TransportError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{setting}: the server did not start") from None
-            time.sleep(0.1)
+    wait_until_up(process, f"http://127.0.0.1:{port}/files/", f"{setting}: the server")
+    return Served(setting, process, port, authorization(setting, secret, pairs))
 
 
 def create_upload(served: Served) -> str:

@@ -31,7 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import psutil
+
+# Run as `python bench/<name>.py`: this folder is on sys.path.
+from served_process import free_port, tree_cpu_seconds, wait_until_up
 
 MiB = 1024 * 1024
 MB = 1_000_000
@@ -65,19 +67,7 @@ class Served:
     cpu_per_gib: list[float] = field(default_factory=list)
 
     def cpu_seconds(self) -> float:
-        parent = psutil.Process(self.process.pid)
-        total = 0.0
-        for process in [parent, *parent.children(recursive=True)]:
-            times = process.cpu_times()
-            total += times.user + times.system
-        return total
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        return tree_cpu_seconds(self.process)
 
 
 def start(name: str, settings: str, workdir: Path) -> Served:
@@ -89,15 +79,8 @@ def start(name: str, settings: str, workdir: Path) -> Served:
         cwd=REPO_DIR,
         preexec_fn=lambda: os.sched_setaffinity(0, {SERVER_CPU}),
     )
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            httpx.options(f"http://127.0.0.1:{port}/files/", timeout=1)
-            return Served(name, process, port)
-        except httpx.TransportError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{name}: the server did not start") from None
-            time.sleep(0.1)
+    wait_until_up(process, f"http://127.0.0.1:{port}/files/", f"{name}: the server")
+    return Served(name, process, port)
 
 
 def upload(served: Served, size: int) -> None:

@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -52,7 +51,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import psutil
+
+# Run as `python bench/<name>.py`: this folder is on sys.path.
+from served_process import free_port, tree_cpu_seconds, wait_until_up
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 SERVER_CPU, CLIENT_CPU = 0, 1
@@ -118,31 +119,7 @@ class Served:
         return SETTINGS[self.setting][1]
 
     def cpu_seconds(self) -> float:
-        parent = psutil.Process(self.process.pid)
-        total = 0.0
-        for process in [parent, *parent.children(recursive=True)]:
-            times = process.cpu_times()
-            total += times.user + times.system
-        return total
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_until_up(process: subprocess.Popen[bytes], url: str, what: str) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            httpx.options(url, timeout=1)
-            return
-        except httpx.TransportError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{what}: did not start") from None
-            time.sleep(0.1)
+        return tree_cpu_seconds(self.process)
 
 
 def start_receiver() -> tuple[subprocess.Popen[bytes], int]:
