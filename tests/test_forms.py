@@ -14,7 +14,6 @@ import errno
 import hashlib
 import json
 import random
-import shutil
 import subprocess
 import threading
 import time
@@ -371,7 +370,6 @@ def _sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="needs the curl binary")
 @pytest.mark.timeout(600)
 def test_curl_form_with_1_gib_of_files_is_byte_exact_and_keeps_server_memory_flat(
     redis_url: str, serve_process: Callable[..., ServeProcess], tmp_path: Path
