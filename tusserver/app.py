@@ -250,9 +250,9 @@ class EveryMethod:
         self.endpoint = endpoint
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        body = _BodyWatch(receive)
+        body = _BodyWatch(scope, receive)
         response = await self.endpoint(Request(scope, body.receive, send))
-        if body.left_unread(scope) and not await body.drain():
+        if body.left_unread() and not await body.drain():
             # Answered before its body was read to the end (a 409, 413, 423
             # ...), and the rest is not small: close the connection after the
             # answer. Kept alive, the client would go on pushing a body
@@ -271,10 +271,22 @@ _DRAIN_SECONDS = 1.0
 class _BodyWatch:
     """Passes the request's body messages on, noting whether the last one came."""
 
-    def __init__(self, receive: Receive) -> None:
+    def __init__(self, scope: Scope, receive: Receive) -> None:
         self._receive = receive
         self.ended = False
+        # The body the request announced: a Content-Length, or None for a
+        # chunked one (its size unknown); no body at all counts as read.
         self._declared: int | None = None
+        self._has_body = False
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                length = value.strip()
+                self._declared = int(length) if length.isdigit() else None
+                self._has_body = length not in (b"0", b"")
+                break
+            if name == b"transfer-encoding":
+                self._has_body = True
+                break
 
     async def receive(self) -> Message:
         message = await self._receive()
@@ -282,16 +294,8 @@ class _BodyWatch:
             self.ended = True
         return message
 
-    def left_unread(self, scope: Scope) -> bool:
-        if self.ended:
-            return False
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                self._declared = int(value) if value.strip().isdigit() else None
-                return value.strip() not in (b"0", b"")
-            if name == b"transfer-encoding":
-                return True
-        return False
+    def left_unread(self) -> bool:
+        return self._has_body and not self.ended
 
     async def drain(self) -> bool:
         """Read and drop the rest of a small declared body, so the connection
