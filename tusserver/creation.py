@@ -27,7 +27,7 @@ from tusserver import errors, expiry, integrity, protocol, screening
 from tusserver.headers import UPLOAD_METADATA
 from tusserver.held import HeldUpload
 from tusserver.hook_events import FileInfo, HookType
-from tusserver.hooking import file_info, metadata_text, rejection
+from tusserver.hooking import file_info, metadata_text, part_ids, rejection
 from tusserver.log_safety import describe
 from tusserver.protocol import Checksum, Metadata
 from tusserver.record import Upload
@@ -131,11 +131,7 @@ async def _pre_create(services: Services, draft: Draft) -> tuple[str, Draft]:
         metadata=metadata_text(draft.metadata.values),
         is_partial=draft.concat == protocol.CONCAT_PARTIAL,
         is_final=draft.concat == protocol.CONCAT_FINAL,
-        partial_uploads=(
-            tuple(url.rstrip("/").rsplit("/", 1)[-1] for url in draft.parts)
-            if draft.concat == protocol.CONCAT_FINAL
-            else None
-        ),
+        partial_uploads=part_ids(draft.concat, draft.parts),
         owner=draft.owner,
     )
     answer = await hooks.decide(HookType.PRE_CREATE, info)

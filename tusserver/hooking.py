@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 
 import anyio
@@ -232,6 +232,14 @@ class HookRunner:
         )
 
 
+def part_ids(concat: str, parts: Sequence[str]) -> tuple[str, ...] | None:
+    """A final upload's part ids, from the part URLs it names (tusd's
+    ``PartialUploads``); None for any other upload."""
+    if concat != protocol.CONCAT_FINAL:
+        return None
+    return tuple(url.rstrip("/").rsplit("/", 1)[-1] for url in parts)
+
+
 def file_info(
     upload: Upload, *, location: str | None = None, sha256: str | None = None
 ) -> FileInfo:
@@ -249,11 +257,7 @@ def file_info(
         metadata=metadata_text(upload.metadata.values),
         is_partial=upload.concat == protocol.CONCAT_PARTIAL,
         is_final=upload.concat == protocol.CONCAT_FINAL,
-        partial_uploads=(
-            tuple(url.rstrip("/").rsplit("/", 1)[-1] for url in upload.parts)
-            if upload.concat == protocol.CONCAT_FINAL
-            else None
-        ),
+        partial_uploads=part_ids(upload.concat, upload.parts),
         storage=storage,
         owner=upload.owner,
     )
