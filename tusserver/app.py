@@ -14,8 +14,6 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 import anyio
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -25,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from storage_backends import registry
 from storage_backends.base import Storage
-from tusserver import auth, errors, forms, headers, protocol, sweeper
+from tusserver import auth, errors, forms, headers, protocol, redis_topology, redis_urls, sweeper
 from tusserver.config import Config, ConfigError
 from tusserver.cors import cors_middleware
 from tusserver.download import download_upload
@@ -187,15 +185,7 @@ async def post_to_endpoint(request: Request, services: Services) -> Response:
 
 
 def _connect(redis_url: str) -> aioredis.Redis:
-    return aioredis.Redis.from_url(
-        redis_url,
-        decode_responses=True,
-        socket_connect_timeout=5,
-        socket_timeout=30,
-        # redis-py retries ten times by default; a request should
-        # rather answer 423/503 soon and let the client retry.
-        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2),
-    )
+    return redis_topology.connect(redis_urls.parse(redis_url))
 
 
 async def sweep(config: Config) -> sweeper.SweepReport:

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tusserver import content_types
+from tusserver import content_types, redis_urls
 from tusserver.hook_events import HookType
 
 # Every hook event, in the order of an upload's life.
@@ -260,14 +260,11 @@ class Config:
             raise ConfigError("final name template must contain {id} or {filename}.")
         if not 0 <= self.file_mode <= 0o777:
             raise ConfigError("file mode must be an octal permission such as 644.")
-        if self.redis_url is not None and not self.redis_url.startswith(
-            ("redis://", "rediss://", "unix://")
-        ):
-            scheme, sep, _ = self.redis_url.partition("://")
-            # Only the scheme, and only if there is one: the rest of the URL
-            # (or all of it, without a scheme) may carry a password.
-            shown = f", not {scheme}://" if sep else ""
-            raise ConfigError(f"redis URL must start with redis://, rediss:// or unix://{shown}.")
+        if self.redis_url is not None:
+            try:
+                redis_urls.parse(self.redis_url)
+            except redis_urls.RedisUrlError as exc:
+                raise ConfigError(str(exc)) from None
         if self.download_unfinished and not self.downloads:
             raise ConfigError("downloading unfinished uploads needs downloads enabled.")
         for name in ("expire_after", "sweep_interval"):

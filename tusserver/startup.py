@@ -17,6 +17,7 @@ import anyio
 import redis
 
 from storage_backends.base import Flusher, Storage
+from tusserver import redis_topology, redis_urls
 from tusserver.config import Config, ConfigError, redact_url
 from tusserver.embedded_redis import EmbeddedRedis, running_url
 
@@ -40,7 +41,7 @@ def check_redis(url: str) -> None:
     For commands only: an app started without its Redis answers 503 and 423
     until Redis is back, rather than not starting.
     """
-    client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+    client = redis_topology.connect_sync(redis_urls.parse(url))
     try:
         client.ping()
     except redis.RedisError as exc:

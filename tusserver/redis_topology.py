@@ -1,0 +1,106 @@
+"""Clients of the Redis holding the upload state, whatever its topology
+(see ``redis_urls`` for the URL forms).
+
+Every client built here answers ``decode_responses`` strings, fails within
+seconds when Redis is away, and retries a failed command only twice: a
+request should rather answer 423/503 soon and let the tus client retry. A
+Sentinel client asks the sentinels for the primary again on every new
+connection, and a Cluster client follows MOVED/ASK and refreshes its slot
+map, so a failover costs a few failed commands, never a restart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.backoff import ExponentialBackoff
+from redis.cluster import ClusterNode, RedisCluster
+from redis.retry import Retry
+from redis.sentinel import Sentinel
+
+from tusserver.redis_urls import RedisTarget, Topology
+
+# A request waits at most this long for a connection, and retries twice.
+_CONNECT_TIMEOUT = 5.0
+_SOCKET_TIMEOUT = 30.0
+
+
+def _common(*, decode: bool) -> dict[str, Any]:
+    return {
+        "decode_responses": decode,
+        "socket_connect_timeout": _CONNECT_TIMEOUT,
+        "socket_timeout": _SOCKET_TIMEOUT,
+    }
+
+
+def connect(target: RedisTarget) -> aioredis.Redis:
+    """An asyncio client of the target, for the app's lifetime (``aclose`` it).
+
+    A Cluster client is a ``redis.asyncio.RedisCluster``: the same commands,
+    routed by key; the type says ``Redis`` because both serve the store alike.
+    """
+    retry = AsyncRetry(ExponentialBackoff(cap=0.2, base=0.02), 2)
+    if target.topology is Topology.STANDALONE:
+        return aioredis.Redis.from_url(target.url, retry=retry, **_common(decode=True))
+    if target.topology is Topology.SENTINEL:
+        sentinel = AsyncSentinel(
+            list(target.nodes),
+            sentinel_kwargs={"socket_connect_timeout": _CONNECT_TIMEOUT},
+            socket_connect_timeout=_CONNECT_TIMEOUT,
+        )
+        client: aioredis.Redis = sentinel.master_for(
+            target.service,
+            db=target.db,
+            password=target.password,
+            retry=retry,
+            **_common(decode=True),
+        )
+        return client
+    cluster = AsyncRedisCluster(
+        startup_nodes=[AsyncClusterNode(host, port) for host, port in target.nodes],
+        password=target.password,
+        retry=retry,
+        **_common(decode=True),
+    )
+    return cluster  # type: ignore[return-value]
+
+
+def connect_sync(target: RedisTarget, *, timeout: float = _CONNECT_TIMEOUT) -> redis.Redis:
+    """A blocking client of the target, for commands (``tusserver sweep``'s
+    start-up check, ``tusserver uploads``)."""
+    if target.topology is Topology.STANDALONE:
+        return redis.Redis.from_url(
+            target.url,
+            decode_responses=True,
+            socket_connect_timeout=timeout,
+            socket_timeout=timeout,
+        )
+    if target.topology is Topology.SENTINEL:
+        sentinel = Sentinel(
+            list(target.nodes),
+            sentinel_kwargs={"socket_connect_timeout": timeout, "socket_timeout": timeout},
+        )
+        client: redis.Redis = sentinel.master_for(
+            target.service,
+            db=target.db,
+            password=target.password,
+            decode_responses=True,
+            socket_connect_timeout=timeout,
+            socket_timeout=timeout,
+            retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2),
+        )
+        return client
+    cluster = RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],  # type: ignore[no-untyped-call]
+        password=target.password,
+        decode_responses=True,
+        socket_connect_timeout=timeout,
+        socket_timeout=timeout,
+    )
+    return cluster  # type: ignore[return-value]
