@@ -27,7 +27,7 @@ from tests.helpers import assert_tus_error, upload_id_of
 from tests.server_fixtures import OCTETS, TUS, RunningServer
 from tusserver import protocol
 from tusserver.config import Config, ConfigError
-from tusserver.state import GONE_TTL_SECONDS, UploadStore
+from tusserver.state import GONE_TTL_SECONDS, Index, UploadStore, upload_index_key
 from tusserver.sweeper import BATCH, SweepReport, sweep_once
 
 HOUR = 3600.0
@@ -37,6 +37,14 @@ LATER = 10 * 24 * HOUR
 
 def info_key(upload_id: str) -> str:
     return f"tus:{{{upload_id}}}:info"
+
+
+def expiry_key(upload_id: str) -> str:
+    return upload_index_key(Index.EXPIRY, upload_id)
+
+
+def retention_key(upload_id: str) -> str:
+    return upload_index_key(Index.RETENTION, upload_id)
 
 
 def record(state: redis.Redis, upload_id: str) -> dict[str, str]:
@@ -91,7 +99,7 @@ def test_post_patch_and_head_announce_upload_expires_and_each_patch_slides_it_la
     assert before + HOUR - 1 <= announced.timestamp() <= time.time() + HOUR
     expires = float(record(state, upload_id)["expires"])
     assert created.headers["Upload-Expires"] == protocol.format_expires(expires)
-    assert state.zscore("tus:expiry", upload_id) == expires
+    assert state.zscore(expiry_key(upload_id), upload_id) == expires
 
     time.sleep(1.1)  # Upload-Expires has a resolution of one second
     patched = server.patch(url, 0, b"hello")
@@ -119,8 +127,8 @@ def test_a_finished_upload_has_no_upload_expires_and_leaves_the_expiry_index(
     assert head.status_code == 200
     assert "Upload-Expires" not in head.headers
     assert "expires" not in record(state, upload_id)
-    assert state.zscore("tus:expiry", upload_id) is None
-    assert state.exists("tus:retention") == 0
+    assert state.zscore(expiry_key(upload_id), upload_id) is None
+    assert state.zscore(retention_key(upload_id), upload_id) is None
 
 
 def test_creation_with_upload_that_finishes_has_no_upload_expires(
@@ -175,7 +183,7 @@ def test_an_expired_upload_is_swept_bytes_and_record_gone_and_then_answers_410(
     assert report == SweepReport(expired=[upload_id])
     assert not (server.partials / upload_id).exists()
     assert state.exists(info_key(upload_id)) == 0
-    assert state.zscore("tus:expiry", upload_id) is None
+    assert state.zscore(expiry_key(upload_id), upload_id) is None
     assert 0 < state.ttl(f"tus:{{{upload_id}}}:gone") <= GONE_TTL_SECONDS
     assert state.exists(f"tus:{{{upload_id}}}:lock") == 0
     assert state.exists("tus:sweep:lock") == 0
@@ -223,7 +231,7 @@ def test_a_patched_upload_is_kept_when_its_first_expiry_comes_and_its_index_entr
     server = tus_server(expire_after=HOUR)
     url = server.create(10)
     upload_id = upload_id_of(url)
-    first_expiry = state.zscore("tus:expiry", upload_id)
+    first_expiry = state.zscore(expiry_key(upload_id), upload_id)
     assert first_expiry is not None
     time.sleep(0.2)
     assert server.patch(url, 0, b"hello").status_code == 204
@@ -235,7 +243,7 @@ def test_a_patched_upload_is_kept_when_its_first_expiry_comes_and_its_index_entr
 
     assert report == SweepReport()
     assert (server.partials / upload_id).read_bytes() == b"hello"
-    assert state.zscore("tus:expiry", upload_id) == extended
+    assert state.zscore(expiry_key(upload_id), upload_id) == extended
     assert state.exists(f"tus:{{{upload_id}}}:lock") == 0
     assert server.patch(url, 5, b"world").status_code == 204
 
@@ -255,7 +263,7 @@ def test_an_upload_whose_lock_a_live_request_holds_is_never_swept(
     assert (server.partials / upload_id).exists()
     assert state.exists(info_key(upload_id)) == 1
     assert state.get(lock) == "token-of-a-live-patch"
-    assert state.zscore("tus:expiry", upload_id) is not None
+    assert state.zscore(expiry_key(upload_id), upload_id) is not None
 
     state.delete(lock)  # the request ended without a PATCH since: now it goes
     assert sweep(server, redis_url, now=time.time() + LATER).expired == [upload_id]
@@ -424,7 +432,7 @@ def test_an_index_entry_whose_record_is_gone_is_dropped_and_its_bytes_with_it(
     report = sweep(server, redis_url, now=time.time() + LATER)
 
     assert report == SweepReport()
-    assert state.zscore("tus:expiry", upload_id) is None
+    assert state.zscore(expiry_key(upload_id), upload_id) is None
     assert not (server.partials / upload_id).exists()
 
 
@@ -481,7 +489,7 @@ def test_with_a_retention_a_finished_upload_loses_its_record_but_keeps_its_file(
     upload_id = upload_id_of(url)
     assert server.patch(url, 0, b"hello").status_code == 204
     completed = float(record(state, upload_id)["completed"])
-    assert state.zscore("tus:retention", upload_id) == completed + HOUR
+    assert state.zscore(retention_key(upload_id), upload_id) == completed + HOUR
 
     assert sweep(server, redis_url) == SweepReport()
     assert server.head(url).headers["Upload-Offset"] == "5"
@@ -491,7 +499,7 @@ def test_with_a_retention_a_finished_upload_loses_its_record_but_keeps_its_file(
     assert report == SweepReport(retired=[upload_id])
     assert (server.storage / upload_id).read_bytes() == b"hello"
     assert state.exists(info_key(upload_id)) == 0
-    assert state.zscore("tus:retention", upload_id) is None
+    assert state.zscore(retention_key(upload_id), upload_id) is None
     assert state.ttl(f"tus:{{{upload_id}}}:gone") > 0
     assert server.head(url).status_code == 410
 
@@ -508,7 +516,7 @@ def test_a_finished_upload_deleted_during_its_retention_leaves_no_index_entry_be
 
     sweep(server, redis_url, now=completed + HOUR + 1)
 
-    assert state.zscore("tus:retention", upload_id) is None
+    assert state.zscore(retention_key(upload_id), upload_id) is None
     assert sweep(server, redis_url, now=completed + HOUR + 2) == SweepReport()
 
 
@@ -520,15 +528,15 @@ def test_a_finished_upload_left_in_the_expiry_index_is_moved_to_retention_not_re
     upload_id = upload_id_of(url)
     assert server.patch(url, 0, b"hello").status_code == 204
     # As if recording the completion had failed to update the indexes.
-    state.zrem("tus:retention", upload_id)
-    state.zadd("tus:expiry", {upload_id: 0})
+    state.zrem(retention_key(upload_id), upload_id)
+    state.zadd(expiry_key(upload_id), {upload_id: 0})
 
     report = sweep(server, redis_url)
 
     assert report == SweepReport()
     completed = float(record(state, upload_id)["completed"])
-    assert state.zscore("tus:expiry", upload_id) is None
-    assert state.zscore("tus:retention", upload_id) == completed + HOUR
+    assert state.zscore(expiry_key(upload_id), upload_id) is None
+    assert state.zscore(retention_key(upload_id), upload_id) == completed + HOUR
     assert (server.storage / upload_id).read_bytes() == b"hello"
     assert server.head(url).status_code == 200
 
@@ -562,7 +570,7 @@ def test_an_upload_whose_finalize_was_cut_short_is_never_swept_and_a_head_finish
     os.link(server.storage / upload_id, server.partials / upload_id)
     state.hset(info_key(upload_id), mapping={"state": "partial", "expires": "1"})
     state.hdel(info_key(upload_id), "location")
-    state.zadd("tus:expiry", {upload_id: 1})
+    state.zadd(expiry_key(upload_id), {upload_id: 1})
 
     report = sweep(server, redis_url, now=time.time() + LATER)
 

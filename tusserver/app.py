@@ -151,10 +151,12 @@ def create_app(
                 await check_storage(backend, config, given=storage is not None)
             # After the check: a refused start leaves no embedded Redis behind.
             redis_url = await stack.enter_async_context(state_redis_in_thread(config))
-            client = _connect(redis_url)
+            target = redis_urls.parse(redis_url)
+            client = redis_topology.connect(target)
             stack.push_async_callback(client.aclose)
             store = UploadStore(client)
-            locker = Locker(client, store, ttl=config.lock_ttl, wait=config.lock_wait)
+            releases = redis_topology.release_requests(target, client)
+            locker = Locker(releases, store, ttl=config.lock_ttl, wait=config.lock_wait)
             hook_set = await open_hooks(config, hooks, HookOutbox(client), stack)
             services_box.append(Services(config, store, locker, backend, hooks=hook_set.runner))
             async with anyio.create_task_group() as tasks:

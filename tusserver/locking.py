@@ -2,8 +2,9 @@
 
 The lock is ``tus:{id}:lock = <token>`` with a TTL (see ``state``). A request
 that finds it held does not just wait: it publishes a *release request* for
-the upload on ``tus:release``. Every process listens on that channel; the
-process whose request holds the lock wakes it, and that request stops
+the upload (``release_requests``: one channel, or one per slot on a Redis
+Cluster). Every process listens; the process whose request holds the lock
+wakes it, and that request stops
 reading its body, commits what it has stored and lets go, but only if no
 byte arrived for ``takeover_after``: a writer that is receiving keeps the
 upload (``transfer``). This is how a client that reconnects after a dropped
@@ -24,18 +25,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import anyio
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from tusserver import errors
 from tusserver.held import HeldUpload
 from tusserver.log_safety import describe
 from tusserver.record import Upload
+from tusserver.release_requests import ReleaseRequests
 from tusserver.state import Claim, ClaimStatus, StateUnavailable, UploadStore
 
 logger = logging.getLogger(__name__)
 
-RELEASE_CHANNEL = "tus:release"
 # Between two attempts while another request holds the lock.
 _POLL_SECONDS = 0.02
 _Attempt = Callable[[], Awaitable[Claim]]
@@ -126,12 +126,14 @@ async def kept_alive(lease: Lease) -> AsyncIterator[None]:
 
 
 class Locker:
-    def __init__(self, client: aioredis.Redis, store: UploadStore, *, ttl: float, wait: float):
+    def __init__(
+        self, releases: ReleaseRequests, store: UploadStore, *, ttl: float, wait: float
+    ) -> None:
         self.store = store
         self.ttl = ttl
         self.ttl_ms = int(ttl * 1000)
         self.wait = wait
-        self._redis = client
+        self._releases = releases
         self._leases: dict[str, Lease] = {}
 
     @staticmethod
@@ -210,7 +212,7 @@ class Locker:
 
     async def _request_release(self, upload_id: str) -> None:
         try:
-            await self._redis.publish(RELEASE_CHANNEL, upload_id)
+            await self._releases.publish(upload_id)
         except RedisError as exc:
             raise StateUnavailable(str(exc)) from exc
 
@@ -227,17 +229,10 @@ class Locker:
 
     async def listen_for_release_requests(self) -> None:
         """Background task for the app's lifetime: wake local holders on request."""
-        while True:
-            try:
-                async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    await pubsub.subscribe(RELEASE_CHANNEL)
-                    async for message in pubsub.listen():
-                        lease = self._leases.get(message["data"])
-                        if lease is not None:
-                            logger.info("upload %s: release requested", lease.upload_id)
-                            lease.release_requested.set()
-            except RedisError as exc:
-                logger.warning(
-                    "release-request listener lost Redis (%s); reconnecting", describe(exc)
-                )
-                await anyio.sleep(1)
+        await self._releases.listen(self._release_requested)
+
+    def _release_requested(self, upload_id: str) -> None:
+        lease = self._leases.get(upload_id)
+        if lease is not None:
+            logger.info("upload %s: release requested", lease.upload_id)
+            lease.release_requested.set()

@@ -25,6 +25,7 @@ from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from tusserver.redis_urls import RedisTarget, Topology
+from tusserver.release_requests import BroadcastReleases, ReleaseRequests, ShardedReleases
 
 # A request waits at most this long for a connection, and retries twice.
 _CONNECT_TIMEOUT = 5.0
@@ -104,3 +105,11 @@ def connect_sync(target: RedisTarget, *, timeout: float = _CONNECT_TIMEOUT) -> r
         socket_timeout=timeout,
     )
     return cluster  # type: ignore[return-value]
+
+
+def release_requests(target: RedisTarget, client: aioredis.Redis) -> ReleaseRequests:
+    """How instances ask each other to let go of an upload, over ``client``
+    (made by ``connect`` for ``target``): sharded pub/sub on a Cluster."""
+    if isinstance(client, AsyncRedisCluster):
+        return ShardedReleases(client, target.password)
+    return BroadcastReleases(client)

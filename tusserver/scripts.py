@@ -3,24 +3,33 @@ one request's Redis work in one round trip, atomically. Plain strings; the
 store registers them with its client.
 
 Keys of one upload share a hash tag (``tus:{<id>}:...``), so each script
-touches one Redis Cluster slot.
+touches one Redis Cluster slot. The expiry and retention indexes exist once
+per slot (see ``tusserver.slots``), so a script keeps its upload's entries too.
 """
 
-# KEYS: info, lock, gone. ARGV: lock token ("" = nobody holds it), lock
-# ttl_ms, created, then the record's field/value pairs. Creates the record
-# only if the id is free: no record, no tombstone (an id a pre-create hook
-# chose may be taken). A retried call (reply lost) finds its own record by
-# its creation time.
-CREATE = """
+# The upload id, from KEYS[1] = tus:{<id>}:info: an index member is the id.
+_UPLOAD_ID = "string.sub(KEYS[1], 6, -7)"
+
+# KEYS: info, lock, gone, the slot's expiry index. ARGV: lock token ("" =
+# nobody holds it), lock ttl_ms, created, expires ("" = never), then the
+# record's field/value pairs. Creates the record only if the id is free: no
+# record, no tombstone (an id a pre-create hook chose may be taken). A retried
+# call (reply lost) finds its own record by its creation time.
+CREATE = (
+    """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   if redis.call('HGET', KEYS[1], 'created') == ARGV[3] then return 'ok' end
   return 'taken'
 end
 if redis.call('EXISTS', KEYS[3]) == 1 then return 'taken' end
-for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if ARGV[4] ~= '' then redis.call('ZADD', KEYS[4], ARGV[4], """
+    + _UPLOAD_ID
+    + """) end
 if ARGV[1] ~= '' then redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2]) end
 return 'ok'
 """
+)
 
 # KEYS: info, lock, gone. ARGV: token, ttl_ms ("" = only read).
 # Returns {status, flat record} where status is claimed|locked|missing|gone.
@@ -67,32 +76,54 @@ if holder and ARGV[4] == '1' then redis.call('DEL', KEYS[2]) end
 return 'ok'
 """
 
-# KEYS: info, lock, post-finish event. ARGV: token, state, published (1|0),
-# the post-finish event ("" = none), then field/value pairs to set. Marks the
+# KEYS: info, lock, post-finish event, the slot's expiry and retention
+# indexes. ARGV: token, state, published (1|0), the post-finish event ("" =
+# none), retire at ("" = never), then field/value pairs to set. Marks the
 # upload finished (complete: published, or a concatenation part kept staged;
 # failed: never to be published) and releases the lock in the same step. A
-# published file does not expire. The event is stored in the same step, so
-# it exists exactly when the finish is recorded (see hook_delivery).
-COMPLETE = """
+# published file does not expire: it leaves the expiry index, for the
+# retention index if its record is to be retired. The event is stored in the
+# same step, so it exists exactly when the finish is recorded (see
+# hook_delivery).
+COMPLETE = (
+    """
 local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[1] then return 'lost' end
 if redis.call('EXISTS', KEYS[1]) == 0 then return 'missing' end
 redis.call('HSET', KEYS[1], 'state', ARGV[2])
 if ARGV[4] ~= '' then redis.call('SET', KEYS[3], ARGV[4]) end
-for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-if ARGV[3] == '1' then redis.call('HDEL', KEYS[1], 'expires') end
+for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if ARGV[3] == '1' then
+  redis.call('HDEL', KEYS[1], 'expires')
+  redis.call('ZREM', KEYS[4], """
+    + _UPLOAD_ID
+    + """)
+  if ARGV[5] ~= '' then redis.call('ZADD', KEYS[5], ARGV[5], """
+    + _UPLOAD_ID
+    + """) end
+end
 if holder then redis.call('DEL', KEYS[2]) end
 return 'ok'
 """
+)
 
-# KEYS: info, lock, gone. ARGV: token, gone ttl in seconds.
-TERMINATE = """
+# KEYS: info, lock, gone, the slot's expiry and retention indexes. ARGV:
+# token, gone ttl in seconds. The record goes, and its index entries with it.
+TERMINATE = (
+    """
 local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[1] then return 'lost' end
 redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('ZREM', KEYS[4], """
+    + _UPLOAD_ID
+    + """)
+redis.call('ZREM', KEYS[5], """
+    + _UPLOAD_ID
+    + """)
 redis.call('SET', KEYS[3], '1', 'EX', ARGV[2])
 return 'ok'
 """
+)
 
 # KEYS: lock. ARGV: token. Compare-and-delete.
 RELEASE = """

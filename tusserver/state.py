@@ -7,20 +7,27 @@ to write, see ``locking``), ``tus:{<id>}:gone`` (tombstone of a
 terminated or expired upload: 410, not 404) and ``tus:{<id>}:post-finish``
 (its post-finish event until delivered, see ``hook_delivery``).
 
-Two global indexes let the sweeper find its work without scanning keys (see
-``expiry``); they are sorted sets of upload ids:
+Two indexes let the sweeper find its work without scanning keys (see
+``expiry``); they are sorted sets of upload ids, one per Redis Cluster slot
+(``tusserver.slots``), so that an upload's entries sit on its own slot and
+the scripts that create, finish and terminate it keep them in the same step:
 
-    tus:expiry        unpublished uploads, scored by when they expire
-    tus:retention     published uploads whose record is to be removed, scored
-                      by completion time + retention (only with a retention)
+    tus:{<slot tag>}:expiry     unpublished uploads, scored by when they expire
+    tus:{<slot tag>}:retention  published uploads whose record is to be
+                                removed, scored by completion time +
+                                retention (only with a retention)
 
 The expiry index is kept lazily so that a PATCH costs no extra round trip:
 a commit moves the record's ``expires`` forward inside its script, and the
 index keeps the older, earlier score. Invariant: an upload's index score is
 never later than its record's ``expires``, so the sweeper visits it no later
 than due, re-checks the record under the upload's lock and re-scores the
-entry of an upload that was extended. Index keys are global, so they never
-appear in a per-upload script (one Redis Cluster slot per script).
+entry of an upload that was extended. Nothing global is ever written in
+the same step as an upload's keys: every command touches one slot.
+
+Earlier versions kept one global ``tus:expiry`` and ``tus:retention``; the
+sweeper moves their entries into the per-slot indexes
+(``migrate_legacy_index``).
 
 Rules the scripts enforce:
 - The offset moves only by compare-and-set from the offset the writer
@@ -47,7 +54,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from redis.typing import EncodableT
 
-from tusserver import scripts
+from tusserver import scripts, slots
 from tusserver.record import COMPLETE, FAILED, OWNER_FIELD, Upload, from_fields, to_fields
 
 # How long a terminated upload answers 410 before it is forgotten (then 404).
@@ -99,8 +106,26 @@ def _complete_keys(upload_id: str) -> list[str]:
     return [info_key(upload_id), lock_key(upload_id), post_finish_key(upload_id)]
 
 
-EXPIRY_INDEX = "tus:expiry"
-RETENTION_INDEX = "tus:retention"
+class Index(Enum):
+    EXPIRY = "expiry"
+    RETENTION = "retention"
+
+
+def index_key(index: Index, slot: int) -> str:
+    return f"tus:{{{slots.slot_tag(slot)}}}:{index.value}"
+
+
+def upload_index_key(index: Index, upload_id: str) -> str:
+    """The index key on the upload's own slot."""
+    return index_key(index, slots.upload_slot(upload_id))
+
+
+def _index_keys(upload_id: str) -> list[str]:
+    return [upload_index_key(Index.EXPIRY, upload_id), upload_index_key(Index.RETENTION, upload_id)]
+
+
+# The single global indexes of earlier versions, drained by the sweeper.
+LEGACY_INDEX = {Index.EXPIRY: "tus:expiry", Index.RETENTION: "tus:retention"}
 # Held by the instance sweeping right now (see expiry); one sweeper at a time.
 SWEEP_LOCK = "tus:sweep:lock"
 
@@ -136,6 +161,7 @@ class UploadStore:
         self._terminate = client.register_script(scripts.TERMINATE)
         self._release = client.register_script(scripts.RELEASE)
         self._extend = client.register_script(scripts.EXTEND)
+        slots.slot_tag(0)  # the tag table, built now rather than in a first request
 
     @_translating
     async def create(self, upload: Upload, *, lock_token: str | None, lock_ttl_ms: int) -> bool:
@@ -144,20 +170,12 @@ class UploadStore:
         tombstone has it)."""
         fields = to_fields(upload)
         pairs: list[EncodableT] = [item for pair in fields.items() for item in pair]
-        async with self._redis.pipeline(transaction=True) as pipe:
-            # The index entry first: should the pipeline ever be split (Redis
-            # Cluster), an entry without a record is what the sweeper cleans.
-            # LT: a taken id's entry keeps its earlier score (never later than
-            # its record's expiry).
-            if upload.expires is not None:
-                pipe.zadd(EXPIRY_INDEX, {upload.id: upload.expires}, lt=True)
-            await self._create(
-                keys=_keys(upload.id),
-                args=[lock_token or "", lock_ttl_ms, fields["created"], *pairs],
-                client=pipe,
-            )
-            replies = await pipe.execute()
-        return bool(replies[-1] == "ok")
+        expires = "" if upload.expires is None else repr(upload.expires)
+        reply = await self._create(
+            keys=[*_keys(upload.id), upload_index_key(Index.EXPIRY, upload.id)],
+            args=[lock_token or "", lock_ttl_ms, fields["created"], expires, *pairs],
+        )
+        return bool(reply == "ok")
 
     @_translating
     async def claim(self, upload_id: str, token: str, ttl_ms: int) -> Claim:
@@ -214,19 +232,19 @@ class UploadStore:
 
         ``post_finish``: the event to store with the completion, in the same step.
 
-        Once recorded, the upload leaves the expiry index; with a
+        In the same step, the upload leaves the expiry index; with a
         ``retention``, it enters the retention index so the sweeper removes
-        its record (never its file) that long after completion. Should that
-        second step fail, the sweeper repairs it when the old entry is due.
+        its record (never its file) that long after completion.
         """
         completed = time.time()
         result = await self._complete(
-            keys=_complete_keys(upload_id),
+            keys=[*_complete_keys(upload_id), *_index_keys(upload_id)],
             args=[
                 token,
                 COMPLETE,
                 "1",
                 post_finish or "",
+                "" if retention is None else repr(completed + retention),
                 "location",
                 location,
                 "sha256",
@@ -235,10 +253,7 @@ class UploadStore:
                 repr(completed),
             ],
         )
-        status = CommitStatus(result)
-        if status is CommitStatus.OK:
-            await self._unindex_published(upload_id, completed, retention)
-        return status
+        return CommitStatus(result)
 
     @_translating
     async def complete_unpublished(
@@ -247,7 +262,8 @@ class UploadStore:
         """Mark a concatenation part complete, kept staged and still expiring;
         releases the lock. ``post_finish`` as for ``complete``."""
         result = await self._complete(
-            keys=_complete_keys(upload_id), args=[token, COMPLETE, "0", post_finish or ""]
+            keys=[*_complete_keys(upload_id), *_index_keys(upload_id)],
+            args=[token, COMPLETE, "0", post_finish or "", ""],
         )
         return CommitStatus(result)
 
@@ -260,14 +276,16 @@ class UploadStore:
         sweeper removes its bytes and record in time."""
         fields = ["failure", failure] + ([] if code is None else ["failcode", code])
         result = await self._complete(
-            keys=_complete_keys(upload_id),
-            args=[token, FAILED, "0", "", *fields],
+            keys=[*_complete_keys(upload_id), *_index_keys(upload_id)],
+            args=[token, FAILED, "0", "", "", *fields],
         )
         return CommitStatus(result)
 
     @_translating
     async def terminate(self, upload_id: str, token: str) -> CommitStatus:
-        result = await self._terminate(keys=_keys(upload_id), args=[token, GONE_TTL_SECONDS])
+        result = await self._terminate(
+            keys=[*_keys(upload_id), *_index_keys(upload_id)], args=[token, GONE_TTL_SECONDS]
+        )
         return CommitStatus(result)
 
     @_translating
@@ -302,49 +320,69 @@ class UploadStore:
     # --- for the sweeper (see expiry) ------------------------------------
 
     @_translating
-    async def due(self, index: str, now: float, start: int, count: int) -> list[str]:
-        """Up to ``count`` ids of ``index`` scored at or before ``now``, earliest
-        first, skipping the first ``start`` of them."""
-        ids = await self._redis.zrangebyscore(index, "-inf", now, start=start, num=count)
-        return [str(upload_id) for upload_id in ids]
+    async def due(
+        self, index: Index, now: float, in_slots: Sequence[int], per_slot: int
+    ) -> list[str]:
+        """Ids of ``index`` scored at or before ``now``, earliest first in each
+        slot, at most ``per_slot`` from each of ``in_slots``, in one round
+        trip per server."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for slot in in_slots:
+                pipe.zrangebyscore(index_key(index, slot), "-inf", now, start=0, num=per_slot)
+            replies: list[list[str]] = await pipe.execute()
+        return [str(upload_id) for ids in replies for upload_id in ids]
 
     @_translating
     async def reschedule_expiry(self, upload_id: str, expires: float) -> None:
         """Re-score the index entry of an upload whose PATCHes moved its expiry."""
-        await self._redis.zadd(EXPIRY_INDEX, {upload_id: expires})
+        await self._redis.zadd(upload_index_key(Index.EXPIRY, upload_id), {upload_id: expires})
 
     @_translating
     async def unindex_published(
         self, upload_id: str, completed: float | None, retention: float | None
     ) -> None:
-        """Move a published upload from the expiry index (to the retention index)."""
-        await self._unindex_published(upload_id, completed or time.time(), retention)
-
-    async def _unindex_published(
-        self, upload_id: str, completed: float, retention: float | None
-    ) -> None:
+        """Move a published upload from the expiry index (to the retention
+        index): the repair of an entry an older version left behind."""
+        expiry, retired = _index_keys(upload_id)
         # Added before removed: a failure in between leaves the entry in the
-        # expiry index, where the sweeper finds it again.
+        # expiry index, where the sweeper finds it again. One slot: one server.
         async with self._redis.pipeline(transaction=False) as pipe:
             if retention is not None:
-                pipe.zadd(RETENTION_INDEX, {upload_id: completed + retention})
-            pipe.zrem(EXPIRY_INDEX, upload_id)
+                pipe.zadd(retired, {upload_id: (completed or time.time()) + retention})
+            pipe.zrem(expiry, upload_id)
             await pipe.execute()
 
     @_translating
-    async def unindex(self, index: str, upload_id: str) -> None:
-        await self._redis.zrem(index, upload_id)
+    async def unindex(self, index: Index, upload_id: str) -> None:
+        await self._redis.zrem(upload_index_key(index, upload_id), upload_id)
 
     @_translating
-    async def forget(self, upload_id: str, token: str, index: str) -> CommitStatus:
-        """Remove the record (leaving a tombstone, as on termination), then its
-        entry in ``index``. The caller holds the lock with ``token``."""
-        status = CommitStatus(
-            await self._terminate(keys=_keys(upload_id), args=[token, GONE_TTL_SECONDS])
+    async def forget(self, upload_id: str, token: str) -> CommitStatus:
+        """Remove the record and its index entries, leaving a tombstone, as on
+        termination. The caller holds the lock with ``token``."""
+        result = await self._terminate(
+            keys=[*_keys(upload_id), *_index_keys(upload_id)], args=[token, GONE_TTL_SECONDS]
         )
-        if status is CommitStatus.OK:
-            await self._redis.zrem(index, upload_id)
-        return status
+        return CommitStatus(result)
+
+    @_translating
+    async def migrate_legacy_index(self, index: Index, count: int) -> int:
+        """Move up to ``count`` entries of the global index of earlier versions
+        into the per-slot ones, keeping their scores; how many moved."""
+        legacy = LEGACY_INDEX[index]
+        entries: list[tuple[str, float]] = await self._redis.zrange(  # type: ignore[assignment]
+            legacy, 0, count - 1, withscores=True
+        )
+        if not entries:
+            return 0
+        # Written per slot before removed from the old index: a failure in
+        # between leaves an entry in both, which the next pass moves again.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for upload_id, score in entries:
+                pipe.zadd(upload_index_key(index, upload_id), {upload_id: score}, lt=True)
+            await pipe.execute()
+        await self._redis.zrem(legacy, *(upload_id for upload_id, _ in entries))
+        return len(entries)
 
     @_translating
     async def records_exist(self, upload_ids: list[str]) -> list[bool]:

@@ -8,7 +8,10 @@ pass (also run on demand by ``tusserver sweep``):
    an upload's lock (``locking.kept_alive``). That is for economy only:
    each upload is handled under its own upload lock, so even two sweepers
    running at once would remove each upload once.
-2. Expired uploads, found through the expiry index (never by scanning keys):
+2. Expired uploads, found through the expiry index (never by scanning keys;
+   the index has one key per Redis Cluster slot, read a thousand slots per
+   round trip, from a random slot on, so that a backlog larger than one pass
+   is worked off evenly):
    take the upload's lock as any request does (held by a live request: skip
    it, it is in use), re-check the record's ``expires`` under that lock (a
    PATCH may have moved it: then only the index entry is re-scored), delete
@@ -28,6 +31,7 @@ Each pass handles a bounded number of uploads; the rest waits for the next.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -38,12 +42,12 @@ from storage_backends.base import Storage
 from tusserver.config import Config
 from tusserver.locking import Lease, Locker, kept_alive
 from tusserver.log_safety import describe
+from tusserver.slots import SLOTS
 from tusserver.state import (
-    EXPIRY_INDEX,
-    RETENTION_INDEX,
     SWEEP_LOCK,
     ClaimStatus,
     CommitStatus,
+    Index,
     StateUnavailable,
     UploadStore,
 )
@@ -53,10 +57,16 @@ logger = logging.getLogger(__name__)
 # The sweep lock lapses this long after an instance stopped extending it (a
 # crashed sweeper), letting another instance take over.
 SWEEP_LOCK_TTL = 30.0
-# Ids fetched from an index per round trip, and the most handled per index
-# in one pass, so one pass stays short whatever the backlog.
+# The indexes exist once per Redis Cluster slot (see state): a pass reads
+# this many slots' due ids per round trip, at most PER_SLOT from each, and
+# handles at most MAX_PER_PASS uploads per index, so one pass stays short
+# whatever the backlog. Staging files are checked BATCH per round trip.
+SLOTS_PER_READ = 1024
+PER_SLOT = 16
 BATCH = 100
 MAX_PER_PASS = 1000
+# Entries of the global indexes of earlier versions moved per pass.
+LEGACY_PER_PASS = 10_000
 
 
 @dataclass
@@ -145,25 +155,39 @@ class _Sweep:
 
     async def run(self) -> None:
         try:
-            await self._drain(EXPIRY_INDEX, self._expire)
+            for index in Index:
+                await self._migrate_legacy(index)
+            await self._drain(Index.EXPIRY, self._expire)
             if self.config.retention is not None:
-                await self._drain(RETENTION_INDEX, self._retire)
+                await self._drain(Index.RETENTION, self._retire)
             await self._remove_orphans()
         except _LostSweepLock:
             logger.warning("sweep lock lost (a pass took over %s s); stopping", SWEEP_LOCK_TTL)
 
-    async def _drain(self, index: str, handle: Callable[[str], Awaitable[bool]]) -> None:
-        """Handle the due ids of ``index``; ``handle`` returns False for an id it
-        left in place (still due), which later batches then skip over."""
-        left = 0
-        for _ in range(MAX_PER_PASS // BATCH):
-            upload_ids = await self.store.due(index, self.now, left, BATCH)
-            for upload_id in upload_ids:
-                if not await handle(upload_id):
-                    left += 1
+    async def _migrate_legacy(self, index: Index) -> None:
+        moved = 0
+        while moved < LEGACY_PER_PASS:
+            count = await self.store.migrate_legacy_index(index, BATCH)
+            if count == 0:
+                break
+            moved += count
+            self._stop_if_lock_lost()
+        if moved:
+            logger.info("moved %d entries of the old global %s index", moved, index.value)
+
+    async def _drain(self, index: Index, handle: Callable[[str], Awaitable[bool]]) -> None:
+        """Handle the due ids of ``index``, each slot's read once per pass;
+        ``handle`` returns False for an id it left in place (still due)."""
+        first = random.randrange(SLOTS)
+        handled = 0
+        for start in range(0, SLOTS, SLOTS_PER_READ):
+            in_slots = [(first + slot) % SLOTS for slot in range(start, start + SLOTS_PER_READ)]
+            for upload_id in await self.store.due(index, self.now, in_slots, PER_SLOT):
+                await handle(upload_id)
+                handled += 1
                 self._stop_if_lock_lost()
-            if len(upload_ids) < BATCH:
-                return
+                if handled >= MAX_PER_PASS:
+                    return
 
     async def _expire(self, upload_id: str) -> bool:
         claim = await self.store.claim(upload_id, self.token, self._upload_ttl_ms)
@@ -172,7 +196,7 @@ class _Sweep:
             # and its entry. No record: no request can write these bytes.
             if not await self._delete_bytes(upload_id):
                 return self._skip(upload_id, "its bytes could not be deleted")
-            await self.store.unindex(EXPIRY_INDEX, upload_id)
+            await self.store.unindex(Index.EXPIRY, upload_id)
             return True
         if claim.status is ClaimStatus.LOCKED:
             return self._skip(upload_id, "in use by a live request")
@@ -197,7 +221,7 @@ class _Sweep:
                 return self._skip(upload_id, "fully received but not finalized")
             if not await self._delete_bytes(upload_id):
                 return self._skip(upload_id, "its bytes could not be deleted")
-            status = await self.store.forget(upload_id, self.token, EXPIRY_INDEX)
+            status = await self.store.forget(upload_id, self.token)
             forgotten = status is CommitStatus.OK
             if not forgotten:
                 return self._skip(upload_id, f"record not removed ({status.value})")
@@ -211,11 +235,11 @@ class _Sweep:
     async def _retire(self, upload_id: str) -> bool:
         claim = await self.store.claim(upload_id, self.token, self._upload_ttl_ms)
         if claim.status in (ClaimStatus.MISSING, ClaimStatus.GONE):
-            await self.store.unindex(RETENTION_INDEX, upload_id)  # terminated since
+            await self.store.unindex(Index.RETENTION, upload_id)  # terminated since
             return True
         if claim.status is ClaimStatus.LOCKED:
             return self._skip(upload_id, "in use by a live request")
-        status = await self.store.forget(upload_id, self.token, RETENTION_INDEX)
+        status = await self.store.forget(upload_id, self.token)
         if status is not CommitStatus.OK:
             await self._release(upload_id)
             return self._skip(upload_id, f"record not removed ({status.value})")
