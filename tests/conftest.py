@@ -4,6 +4,7 @@ import pytest
 
 pytest_plugins = [
     "tests.redis_fixtures",
+    "tests.redis_topologies",
     "tests.server_fixtures",
     "tests.process_fixtures",
     "tests.hook_receiver",

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from tusserver import redis_topology as redis_topology_module
+from tusserver import redis_urls
 from tusserver.embedded_redis import EmbeddedRedis
 
 
@@ -35,20 +37,67 @@ def redis_server() -> Iterator[str]:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
+# The spec files that run against every topology: the protocol and
+# concurrency specs. A spec in them that looks at one server's internals is
+# marked ``standalone_redis``.
+TOPOLOGY_MODULES = frozenset(
+    {
+        "test_protocol",
+        "test_creation",
+        "test_patch",
+        "test_head",
+        "test_termination",
+        "test_concatenation",
+        "test_transport",
+        "test_expiry",
+    }
+)
+TOPOLOGIES = ("standalone", "sentinel", "cluster")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "standalone_redis: runs on one Redis server only (looks at its internals)"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    module = metafunc.module.__name__.rsplit(".", 1)[-1]
+    if (
+        module in TOPOLOGY_MODULES
+        and "redis_url" in metafunc.fixturenames
+        and metafunc.definition.get_closest_marker("standalone_redis") is None
+    ):
+        metafunc.parametrize("redis_topology", TOPOLOGIES, indirect=True)
+
+
 @pytest.fixture
-def redis_url(redis_server: str) -> Iterator[str]:
-    """URL of the session's Redis, emptied (FLUSHALL) before the test."""
-    client = redis.Redis.from_url(redis_server)
-    try:
-        client.flushall()
-    finally:
-        client.close()
-    yield redis_server
+def redis_topology(request: pytest.FixtureRequest) -> str:
+    """Which Redis the spec runs on: one server unless parametrized."""
+    return str(getattr(request, "param", "standalone"))
+
+
+@pytest.fixture
+def redis_url(request: pytest.FixtureRequest, redis_topology: str) -> str:
+    """URL of the spec's Redis, emptied before the spec: the session's one
+    server, or its Sentinel set-up or Cluster (started on first use)."""
+    if redis_topology == "standalone":
+        url: str = request.getfixturevalue("redis_server")
+        client = redis.Redis.from_url(url)
+        try:
+            client.flushall()
+        finally:
+            client.close()
+        return url
+    fixture = "redis_sentinels" if redis_topology == "sentinel" else "redis_cluster"
+    topology = request.getfixturevalue(fixture)
+    topology.flush()
+    return str(topology.url)
 
 
 @pytest.fixture
 def state(redis_url: str) -> Iterator[redis.Redis]:
     """A client of the test's Redis, to read upload records directly."""
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client = redis_topology_module.connect_sync(redis_urls.parse(redis_url))
     yield client
     client.close()

@@ -103,6 +103,8 @@ def test_head_of_an_unknown_id_returns_404(
     assert state.keys("*") == []
 
 
+# Counts commands on, or listens to, one Redis server.
+@pytest.mark.standalone_redis
 @pytest.mark.parametrize(
     "raw_id",
     [

@@ -512,6 +512,8 @@ def test_patch_while_another_holder_keeps_the_lock_returns_423_after_the_lock_wa
     assert head.headers["Upload-Offset"] == "0"
 
 
+# Counts commands on, or listens to, one Redis server.
+@pytest.mark.standalone_redis
 def test_a_patch_waiting_for_the_lock_asks_the_holder_again_every_half_second(
     tus_server: Callable[..., RunningServer], state: redis.Redis
 ) -> None:
@@ -542,6 +544,8 @@ def test_a_patch_waiting_for_the_lock_asks_the_holder_again_every_half_second(
     assert record(state, url)["offset"] == "0"
 
 
+# Counts commands on, or listens to, one Redis server.
+@pytest.mark.standalone_redis
 def test_a_patch_waiting_for_the_lock_polls_redis_at_a_bounded_rate(
     tus_server: Callable[..., RunningServer], state: redis.Redis
 ) -> None:

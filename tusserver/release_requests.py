@@ -130,8 +130,10 @@ class ShardedReleases:
         )
         try:
             async with node.pubsub() as pubsub:
-                # One command for all of the node's channels (thousands).
-                await pubsub.ssubscribe(*(shard_channel(slot) for slot in served))
+                # One command per channel: channels of one SSUBSCRIBE must
+                # share a slot. Sent back to back, confirmed as they come.
+                for slot in served:
+                    await pubsub.ssubscribe(shard_channel(slot))
                 async for message in pubsub.listen():
                     kind = message["type"]
                     if kind == "smessage":
