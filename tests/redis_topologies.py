@@ -187,7 +187,7 @@ class RedisClusterSet:
 
     def cluster_client(self) -> RedisCluster:
         return RedisCluster(
-            startup_nodes=[ClusterNode("127.0.0.1", n.port) for n in self.nodes if n.running],  # type: ignore[no-untyped-call]
+            startup_nodes=[ClusterNode("127.0.0.1", n.port) for n in self.nodes if n.running],
             decode_responses=True,
             socket_timeout=5,
         )
@@ -226,6 +226,12 @@ class RedisClusterSet:
             node = client.get_node_from_key(key)
             port = node.port
         return next(n for n in self.nodes if n.port == port)
+
+    def restart(self, node: RedisNode) -> None:
+        """Start a killed node again (it rejoins from its nodes.conf, as a
+        replica if its own replica was promoted) and wait until whole."""
+        node.start()
+        self.wait_healthy()
 
     def flush(self) -> None:
         for node in self.primaries():
@@ -285,7 +291,9 @@ class RedisSentinelSet:
 
     def primary(self) -> RedisNode:
         with self.sentinels[0].client() as client:
-            _, port = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_SERVICE)
+            _, port = client.execute_command(
+                "SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_SERVICE
+            )
         return next(s for s in self.servers if s.port == int(port))
 
     def replica(self) -> RedisNode:
@@ -313,7 +321,13 @@ class RedisSentinelSet:
             primary = self.primary()
             with primary.client() as client:
                 info = client.info("replication")
-            return info["role"] == "master" and info.get("connected_slaves", 0) == 1
+            if info["role"] != "master" or info.get("connected_slaves", 0) != 1:
+                return False
+            # In sync, not merely connected: a replica still loading its
+            # first copy would lose everything if promoted now.
+            with self.replica().client() as client:
+                own = client.info("replication")
+            return own["master_link_status"] == "up" and own["master_sync_in_progress"] == 0
 
         _wait(healthy, "the Sentinel set-up was not whole")
 
@@ -323,13 +337,27 @@ class RedisSentinelSet:
             client.execute_command("WAIT", 1, 2000)
 
     def failover(self) -> RedisNode:
-        """SENTINEL FAILOVER; returns the new primary once every sentinel names it."""
+        """SENTINEL FAILOVER; returns the new primary once the first sentinel names it."""
         old = self.primary()
         with self.sentinels[0].client() as client:
             client.execute_command("SENTINEL", "FAILOVER", SENTINEL_SERVICE)
-        _wait(lambda: self.primary() is not old, "the sentinels did not fail over")
-        self.wait_healthy()
+        return self.wait_promoted(old)
+
+    def kill_primary(self) -> RedisNode:
+        """SIGKILL the primary; the sentinels promote the replica after about a second."""
+        primary = self.primary()
+        primary.kill()
+        return primary
+
+    def wait_promoted(self, old: RedisNode) -> RedisNode:
+        _wait(lambda: self.primary() is not old, "the sentinels did not promote the replica")
         return self.primary()
+
+    def restart(self, node: RedisNode) -> None:
+        """Start a killed server again and wait until the set-up is whole:
+        the sentinels make it a replica of the current primary."""
+        node.start()
+        self.wait_healthy()
 
     def stop(self) -> None:
         for node in [*self.sentinels, *self.servers]:

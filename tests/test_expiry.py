@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 from storage_backends.local import LocalStorage
 from tests.helpers import assert_tus_error, upload_id_of
 from tests.server_fixtures import OCTETS, TUS, RunningServer
-from tusserver import protocol
+from tusserver import protocol, redis_topology, redis_urls
 from tusserver.config import Config, ConfigError
 from tusserver.state import GONE_TTL_SECONDS, Index, UploadStore, upload_index_key
 from tusserver.sweeper import BATCH, SweepReport, sweep_once
@@ -59,7 +59,7 @@ def sweep(server: RunningServer, redis_url: str, *, now: float | None = None) ->
     """One pass as an instance of ``server`` would run it."""
 
     async def run() -> SweepReport:
-        client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+        client = redis_topology.connect(redis_urls.parse(redis_url))
         try:
             storage = LocalStorage(server.storage)
             return await sweep_once(UploadStore(client), storage, server.config, now=now)
@@ -320,7 +320,7 @@ def test_two_sweeps_run_at_once_remove_each_upload_exactly_once(
 
     async def both() -> list[SweepReport]:
         reports: list[SweepReport] = []
-        clients = [aioredis.Redis.from_url(redis_url, decode_responses=True) for _ in range(2)]
+        clients = [redis_topology.connect(redis_urls.parse(redis_url)) for _ in range(2)]
 
         async def one(client: aioredis.Redis) -> None:
             storage = LocalStorage(server.storage)

@@ -14,10 +14,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import redis
-
 from tests.raw_http import RawRequest, RawResponse, chunked, raw_patch, send_in_pieces, wait_until
 from tests.server_fixtures import RunningServer
+from tusserver import redis_topology, redis_urls
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -92,7 +91,7 @@ def test_client_disconnect_mid_patch_keeps_received_bytes_and_upload_resumes_to_
         send_in_pieces(request, source[:sent])
     # The socket is closed: the server sees the body end early. It must end
     # the PATCH by itself (no HEAD asking it to), long before the lock lapses.
-    state = redis.Redis.from_url(redis_url)
+    state = redis_topology.connect_sync(redis_urls.parse(redis_url))
     try:
         wait_until(lambda: not state.exists(lock_key), "the PATCH ended after the disconnect")
     finally:
@@ -126,7 +125,7 @@ def test_a_patch_taking_over_a_stalled_patch_never_stores_a_byte_twice(
     source = os.urandom(rounds * burst + 1)
     upload_url = server.create(len(source))
     lock_key = f"tus:{{{upload_id(upload_url)}}}:lock"
-    state = redis.Redis.from_url(redis_url)
+    state = redis_topology.connect_sync(redis_urls.parse(redis_url))
     offset = 0
     try:
         for _ in range(rounds):
@@ -163,7 +162,7 @@ def test_head_polling_never_interrupts_a_patch_that_is_receiving(
     source = os.urandom(8 * MiB)
     upload_url = server.create(len(source))
     lock_key = f"tus:{{{upload_id(upload_url)}}}:lock"
-    state = redis.Redis.from_url(redis_url)
+    state = redis_topology.connect_sync(redis_urls.parse(redis_url))
     offsets: list[int] = []
     try:
         with raw_patch(upload_url, 0, content_length=len(source)) as request:
@@ -312,7 +311,7 @@ def test_idle_patch_is_ended_after_idle_timeout_and_bytes_are_kept(
     sent = 300 * KiB + 7
     upload_url = server.create(len(source))
     lock_key = f"tus:{{{upload_id(upload_url)}}}:lock"
-    state = redis.Redis.from_url(redis_url)
+    state = redis_topology.connect_sync(redis_urls.parse(redis_url))
     try:
         with raw_patch(upload_url, 0, content_length=len(source)) as idle:
             send_in_pieces(idle, source[:sent])
@@ -349,7 +348,7 @@ def test_patch_waiting_for_a_busy_lock_gets_423_after_lock_wait(
     server = tus_server(lock_wait=lock_wait)
     upload_url = server.create(1000)
     lock_key = f"tus:{{{upload_id(upload_url)}}}:lock"
-    state = redis.Redis.from_url(redis_url)
+    state = redis_topology.connect_sync(redis_urls.parse(redis_url))
     try:
         # A holder in no server process: nobody answers the release request.
         assert state.set(lock_key, "other", px=60000)
@@ -362,7 +361,7 @@ def test_patch_waiting_for_a_busy_lock_gets_423_after_lock_wait(
         assert response.json()["error"]["retryable"] is True
         assert response.headers["Tus-Resumable"] == "1.0.0"
         assert lock_wait * 0.9 <= elapsed < lock_wait + 2, f"423 after {elapsed:.2f} s"
-        assert state.get(lock_key) == b"other"
+        assert state.get(lock_key) == "other"
         state.delete(lock_key)
     finally:
         state.close()
@@ -427,7 +426,7 @@ def test_patch_pausing_longer_than_the_lock_ttl_keeps_its_lock_and_its_bytes(
     sent = 2 * MiB
     upload_url = server.create(len(source))
     lock_key = f"tus:{{{upload_id(upload_url)}}}:lock"
-    state = redis.Redis.from_url(redis_url)
+    state = redis_topology.connect_sync(redis_urls.parse(redis_url))
     try:
         with raw_patch(upload_url, 0, content_length=len(source)) as paused:
             send_in_pieces(paused, source[:sent])

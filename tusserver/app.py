@@ -154,7 +154,11 @@ def create_app(
             target = redis_urls.parse(redis_url)
             client = redis_topology.connect(target)
             stack.push_async_callback(client.aclose)
-            store = UploadStore(client)
+            pinned = redis_topology.PinnedConnections(target, client)
+            stack.push_async_callback(pinned.aclose)
+            store = UploadStore(
+                client, replicas=redis_topology.replicas(config, target), pin_to=pinned.to
+            )
             releases = redis_topology.release_requests(target, client)
             locker = Locker(releases, store, ttl=config.lock_ttl, wait=config.lock_wait)
             hook_set = await open_hooks(config, hooks, HookOutbox(client), stack)

@@ -89,6 +89,12 @@ _retention_option = option(
     help="How long a request waits for another request's lock before answering 423.",
 )
 @option(
+    "--redis-replicas",
+    type=int,
+    help="Replicas that must have an upload's last offset before its file is published"
+    " (Redis WAIT). Unset: 1 with redis+sentinel://, else 0.",
+)
+@option(
     "--takeover-after",
     help="A writer that received no bytes for this long lets a new request take the upload over"
     " (one still receiving keeps it).",

@@ -124,6 +124,14 @@ class Config:
     # never interrupts a live one. Keep it below lock_wait, or a reconnecting
     # client gets a 423 first (and takes over on its retry).
     takeover_after: float = 1.0
+    # How many Redis replicas must have an upload's final offset before its
+    # file is published, and its completion before the client hears of it
+    # (WAIT). A primary that dies before replicating a write loses it; with
+    # this, a failover can lose only offsets a client has not yet been told
+    # are final, which the storage still holds (see docs/scaling.md). None:
+    # 1 for redis+sentinel:// (which always has a replica to fail over to),
+    # 0 otherwise; say 1 for a Redis Cluster with replicas.
+    redis_replicas: int | None = None
     # Lock lifetime without progress. A crashed holder blocks its upload for at
     # most this long; a live holder extends it while bytes arrive.
     lock_ttl: float = 10.0
@@ -260,6 +268,8 @@ class Config:
             raise ConfigError("final name template must contain {id} or {filename}.")
         if not 0 <= self.file_mode <= 0o777:
             raise ConfigError("file mode must be an octal permission such as 644.")
+        if self.redis_replicas is not None and not 0 <= self.redis_replicas <= 16:
+            raise ConfigError("redis replicas must be between 0 and 16.")
         if self.redis_url is not None:
             try:
                 redis_urls.parse(self.redis_url)

@@ -180,6 +180,10 @@ def gone() -> TusError:
     )
 
 
+# Redis away (restarting, failing over): a second is when to look again.
+_RETRY_SOON = {"Retry-After": "1"}
+
+
 def locked() -> TusError:
     return TusError(
         423,
@@ -220,6 +224,7 @@ def temporarily_unavailable() -> TusError:
         "The upload's state cannot be read right now.",
         "Retry in a moment; nothing was lost.",
         retryable=True,
+        headers=_RETRY_SOON,
     )
 
 
@@ -230,6 +235,7 @@ def state_unavailable() -> TusError:
         "The upload state store is not reachable.",
         "Retry in a moment; bytes already acknowledged are safe.",
         retryable=True,
+        headers=_RETRY_SOON,
     )
 
 

@@ -55,7 +55,11 @@ class HeldUpload:
         follows under the same lock)."""
         length = self.upload.length
         finishing = length is not None and new_offset == length
-        await self._move_offset(new_offset, release=not finishing, expires=expires)
+        # Durable when final: the file is published next, and a failover that
+        # lost this offset would strand an upload whose partial is gone.
+        await self._move_offset(
+            new_offset, release=not finishing, expires=expires, durable=finishing
+        )
         self.lease.released = not finishing
 
     async def checkpoint(self, new_offset: int, *, expires: float) -> None:
@@ -63,7 +67,9 @@ class HeldUpload:
         keeping the lock: what a crash of this process can no longer lose."""
         await self._move_offset(new_offset, release=False, expires=expires)
 
-    async def _move_offset(self, new_offset: int, *, release: bool, expires: float | None) -> None:
+    async def _move_offset(
+        self, new_offset: int, *, release: bool, expires: float | None, durable: bool = False
+    ) -> None:
         upload = self.upload
         status = await self._store.commit(
             upload.id,
@@ -72,6 +78,7 @@ class HeldUpload:
             new_offset,
             release=release,
             expires=expires,  # the script ignores it once the file is published
+            durable=durable,
         )
         self._check(status, "commit")
         upload.offset = new_offset

@@ -11,8 +11,11 @@ map, so a failover costs a few failed commands, never a restart.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
@@ -24,6 +27,7 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
+from tusserver.config import Config
 from tusserver.redis_urls import RedisTarget, Topology
 from tusserver.release_requests import BroadcastReleases, ReleaseRequests, ShardedReleases
 
@@ -113,3 +117,52 @@ def release_requests(target: RedisTarget, client: aioredis.Redis) -> ReleaseRequ
     if isinstance(client, AsyncRedisCluster):
         return ShardedReleases(client, target.password)
     return BroadcastReleases(client)
+
+
+class PinnedConnections:
+    """One connection to the server holding a key, for a few commands in a row.
+
+    ``WAIT`` counts the replication of the writes made on its own connection
+    only, so a write that must be on replicas before the server goes on is
+    sent, and waited for, on one connection taken from the pool (one server,
+    a Sentinel's primary) or opened to the primary of the key's slot (a
+    Cluster; those clients are kept, one per primary, until ``aclose``).
+    """
+
+    def __init__(self, target: RedisTarget, client: aioredis.Redis) -> None:
+        self._target = target
+        self._client = client
+        self._nodes: dict[str, aioredis.Redis] = {}
+
+    @asynccontextmanager
+    async def to(self, key: str) -> AsyncIterator[aioredis.Redis]:
+        base = self._client
+        if isinstance(self._client, AsyncRedisCluster):
+            node = self._client.get_node_from_key(key)
+            base = self._nodes.get(node.name) or self._nodes.setdefault(
+                node.name,
+                aioredis.Redis(
+                    host=node.host,
+                    port=node.port,
+                    password=self._target.password,
+                    **_common(decode=True),
+                ),
+            )
+        pinned = base.client()
+        try:
+            yield pinned
+        finally:
+            with anyio.CancelScope(shield=True):
+                await pinned.aclose()
+
+    async def aclose(self) -> None:
+        for node in self._nodes.values():
+            await node.aclose()
+        self._nodes.clear()
+
+
+def replicas(config: Config, target: RedisTarget) -> int:
+    """How many replicas durable writes wait for (``Config.redis_replicas``)."""
+    if config.redis_replicas is not None:
+        return config.redis_replicas
+    return 1 if target.topology is Topology.SENTINEL else 0

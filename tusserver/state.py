@@ -45,12 +45,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from enum import Enum
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
 
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 from redis.typing import EncodableT
 
@@ -63,6 +65,18 @@ GONE_TTL_SECONDS = 24 * 3600
 
 class StateUnavailable(Exception):
     """Redis did not answer or failed; nothing was changed by this call."""
+
+
+class NotReplicated(StateUnavailable):
+    """The write was made on the primary, but fewer replicas than asked have
+    it (WAIT timed out): a failover now could lose it, so nothing that relies
+    on it may go on. Retried, the request finds the write done."""
+
+
+# One connection to the server holding a key (redis_topology.PinnedConnections.to).
+PinTo = Callable[[str], AbstractAsyncContextManager[aioredis.Redis]]
+# How long a durable write waits for its replicas.
+REPLICA_WAIT_MS = 2000
 
 
 class ClaimStatus(Enum):
@@ -152,8 +166,15 @@ def _translating(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
 
 
 class UploadStore:
-    def __init__(self, client: aioredis.Redis) -> None:
+    """``replicas``: how many replicas a durable write (the final offset, a
+    completion) must reach before the call returns, through ``pin_to``."""
+
+    def __init__(
+        self, client: aioredis.Redis, *, replicas: int = 0, pin_to: PinTo | None = None
+    ) -> None:
         self._redis = client
+        self._replicas = replicas if pin_to is not None else 0
+        self._pin_to = pin_to
         self._create = client.register_script(scripts.CREATE)
         self._claim = client.register_script(scripts.CLAIM)
         self._commit = client.register_script(scripts.COMMIT)
@@ -197,20 +218,42 @@ class UploadStore:
         *,
         release: bool,
         expires: float | None = None,
+        durable: bool = False,
     ) -> CommitStatus:
         """Move the offset by compare-and-set; with ``expires``, also slide the
-        expiry of an unpublished upload, in the same script (no extra trip)."""
-        result = await self._commit(
-            keys=[info_key(upload_id), lock_key(upload_id)],
-            args=[
-                token,
-                expected,
-                new,
-                "1" if release else "0",
-                "" if expires is None else repr(expires),
-            ],
+        expiry of an unpublished upload, in the same script (no extra trip).
+        ``durable``: on the replicas too before it returns (NotReplicated)."""
+        return CommitStatus(
+            await self._run(
+                self._commit,
+                durable,
+                keys=[info_key(upload_id), lock_key(upload_id)],
+                args=[
+                    token,
+                    expected,
+                    new,
+                    "1" if release else "0",
+                    "" if expires is None else repr(expires),
+                ],
+            )
         )
-        return CommitStatus(result)
+
+    async def _run(
+        self, script: AsyncScript, durable: bool, keys: list[str], args: list[EncodableT]
+    ) -> Any:
+        """Run ``script``; when ``durable`` and replicas are asked for, on one
+        connection followed by WAIT on it, so its write is on the replicas."""
+        if not durable or self._pin_to is None or self._replicas == 0:
+            return await script(keys=keys, args=args)
+        async with self._pin_to(keys[0]) as connection:
+            result = await script(keys=keys, args=args, client=connection)
+            if result == "ok":
+                acknowledged = await connection.wait(self._replicas, REPLICA_WAIT_MS)
+                if acknowledged < self._replicas:
+                    raise NotReplicated(
+                        f"{acknowledged} of {self._replicas} replicas acknowledged the write"
+                    )
+            return result
 
     @_translating
     async def set_length(self, upload_id: str, length: int) -> None:
@@ -237,7 +280,9 @@ class UploadStore:
         its record (never its file) that long after completion.
         """
         completed = time.time()
-        result = await self._complete(
+        result = await self._run(
+            self._complete,
+            True,
             keys=[*_complete_keys(upload_id), *_index_keys(upload_id)],
             args=[
                 token,

@@ -5,6 +5,7 @@
 // options-json is merged into the tus.Upload options (parallelUploads,
 // chunkSize, metadata, ...). Retries are off unless the options ask for them,
 // so a server error fails the run instead of being retried away.
+// requestDelayMs (not a tus-js-client option) slows every request down.
 // Exit status 0 with {"url": ...} on stdout, or 1 with the error on stderr.
 import { readFile } from 'node:fs/promises'
 import tus from 'tus-js-client'
@@ -16,7 +17,12 @@ if (!endpoint || !file) {
 }
 
 const data = await readFile(file)
-const options = JSON.parse(optionsJson)
+const { requestDelayMs, ...options } = JSON.parse(optionsJson)
+// requestDelayMs: wait this long before every request, so that an upload
+// lasts long enough for a spec to fail a Redis over while it runs.
+if (requestDelayMs) {
+  options.onBeforeRequest = () => new Promise((resolve) => setTimeout(resolve, requestDelayMs))
+}
 
 await new Promise((resolve) => {
   const upload = new tus.Upload(data, {
