@@ -329,6 +329,41 @@ def test_deferred_upload_is_finalized_by_an_empty_patch_carrying_upload_length(
     assert record(state, url)["state"] == "complete"
 
 
+@pytest.mark.parametrize("declared", [5, 7], ids=["no room left", "room for less"])
+def test_a_patch_declaring_a_length_its_body_overruns_is_413_and_leaves_the_length_deferred(
+    tus_server: Callable[..., RunningServer], state: redis.Redis, declared: int
+) -> None:
+    server = tus_server()
+    url = server.create(None)
+    assert server.patch(url, 0, b"hello").status_code == 204
+
+    response = server.patch(url, 5, b"world", Upload_Length=str(declared))
+
+    assert_tus_error(response, 413, "body_exceeds_upload_length")
+    saved = record(state, url)
+    assert (saved["length"], saved["offset"], saved["state"]) == ("", "5", "partial")
+    head = server.head(url)
+    assert head.headers["Upload-Defer-Length"] == "1"
+    assert not (server.storage / upload_id_of(url)).exists()
+    last = server.patch(url, 5, b"world", Upload_Length="10")
+    assert last.status_code == 204
+    assert (server.storage / upload_id_of(url)).read_bytes() == b"helloworld"
+
+
+def test_a_chunked_body_sent_to_an_upload_with_no_byte_left_is_413_not_dropped_behind_a_204(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    server = tus_server()
+    url = server.create(None)
+    assert server.patch(url, 0, b"hello").status_code == 204
+
+    response = patch_stream(server, url, 5, [b"world"], **{"Upload-Length": "5"})
+
+    assert_tus_error(response, 413, "body_exceeds_upload_length")
+    assert record(state, url)["offset"] == "5"
+    assert not (server.storage / upload_id_of(url)).exists()
+
+
 def test_deferred_upload_length_cannot_change_once_set(
     tus_server: Callable[..., RunningServer], state: redis.Redis
 ) -> None:

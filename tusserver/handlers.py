@@ -234,7 +234,7 @@ async def patch_upload(request: Request, services: Services) -> Response:
             # accepted"; the current offset tells it the upload is done.
             raise errors.mismatched_offset(upload.offset)
         if length is not None:
-            await _settle_length(services, held, length)
+            await _settle_length(services, held, length, content_length)
         await receive_body(request, services, held, content_length, checksum)
     return _patched(upload)
 
@@ -264,8 +264,15 @@ async def _check_access(services: Services, held: HeldUpload) -> None:
             await services.hooks.check_access(held.upload)
 
 
-async def _settle_length(services: Services, held: HeldUpload, length: int) -> None:
-    """creation-defer-length: the length is set once, on a PATCH, never changed."""
+async def _settle_length(
+    services: Services, held: HeldUpload, length: int, content_length: int | None
+) -> None:
+    """creation-defer-length: the length is set once, on a PATCH, never changed.
+
+    A body announced longer than the length leaves is refused before the
+    length is recorded, so that the refused PATCH changes nothing (a chunked
+    body, whose size shows only as it streams, is checked by the transfer).
+    """
     upload = held.upload
     if upload.length is not None:
         if length != upload.length:
@@ -273,6 +280,8 @@ async def _settle_length(services: Services, held: HeldUpload, length: int) -> N
         return
     if length < upload.offset:
         raise errors.length_below_offset()
+    if content_length is not None and content_length > length - upload.offset:
+        raise errors.body_exceeds_length()
     max_size = services.config.max_size
     if max_size is not None and length > max_size:
         raise errors.size_exceeded(max_size)

@@ -50,7 +50,9 @@ async def receive_body(
     if content_length is not None and limit is not None and content_length > limit:
         raise _too_large(upload, config)
     head_check = await screening.head_check(services, upload)
-    if content_length != 0 and not upload.is_fully_received:
+    # A body of unknown size is read even when no byte is left to send: any
+    # byte in it is a 413, never dropped behind a 204.
+    if content_length != 0 and (content_length is None or not upload.is_fully_received):
         start = upload.offset
         digests = Digests(_running_file_digests(services, upload), checksum)
         transfer = Transfer()
