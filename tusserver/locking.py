@@ -158,6 +158,25 @@ class Locker:
         finally:
             await self.release(lease)
 
+    @asynccontextmanager
+    async def seize(self, upload_id: str) -> AsyncIterator[HeldUpload]:
+        """``hold``, taking the lock even from a request that is writing: an
+        operator's forced termination (``tusserver uploads terminate
+        --force``). The writer's next extend stops its reading, and its
+        commit is refused, so none of its bytes count. 404/410 as ``hold``."""
+        lease = Lease(upload_id, self.new_token(), ttl=self.ttl, extend=self.store.extend)
+        claim = await self.store.seize(upload_id, lease.token, self.ttl_ms)
+        if claim.status is ClaimStatus.MISSING:
+            raise errors.not_found()
+        if claim.status is ClaimStatus.GONE:
+            raise errors.gone()
+        assert claim.upload is not None
+        self._leases[upload_id] = lease
+        try:
+            yield HeldUpload(claim.upload, lease, self)
+        finally:
+            await self.release(lease)
+
     async def read(self, upload_id: str) -> Upload:
         """The record as committed, whether or not a request is writing it; 404/410.
 

@@ -42,6 +42,19 @@ if redis.call('GET', KEYS[2]) == ARGV[1] then return {'claimed', record} end
 return {'locked', record}
 """
 
+# KEYS: info, lock, gone. ARGV: token, ttl_ms. CLAIM that takes the lock
+# even from a running request (an operator's forced termination): that
+# request's next EXTEND, COMMIT or COMPLETE finds another token and is refused.
+SEIZE = """
+local record = redis.call('HGETALL', KEYS[1])
+if #record == 0 then
+  if redis.call('EXISTS', KEYS[3]) == 1 then return {'gone'} end
+  return {'missing'}
+end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return {'claimed', record}
+"""
+
 # KEYS: info, lock. ARGV: token, expected offset, new offset, release (1|0),
 # new expires ("" = unchanged; only an unpublished upload has one).
 COMMIT = """
