@@ -155,13 +155,15 @@ async def stored_size(storage: Storage, upload_id: str, location: str | None) ->
 
 
 async def terminate(services: Services, upload_id: str, *, force: bool) -> Upload:
-    """What a DELETE does (``termination``). Without ``force``, a request
-    writing the upload keeps it, as it would against a DELETE: 423 after
-    ``--lock-wait`` (a PATCH that receives nothing lets go). With ``force``
-    its lock is taken from it. 404, 410, or a pre-terminate hook's refusal,
-    as TusErrors."""
-    hold = services.locker.seize if force else services.locker.hold
-    async with hold(upload_id) as held:
+    """What a DELETE does (``termination``). Without ``force``, refused
+    (423) at once while a request holds the upload's lock, and that request
+    is not disturbed: unlike a client's DELETE, an operator's command does
+    not ask even a paused PATCH to let go. With ``force`` its lock is taken
+    from it and its bytes never count. 404, 410, or a pre-terminate hook's
+    refusal, as TusErrors."""
+    locker = services.locker
+    holding = locker.seize(upload_id) if force else locker.hold(upload_id, wait=False)
+    async with holding as held:
         await termination.terminate(services, held)
     termination.announce(services, held.upload)
     with anyio.move_on_after(_NOTIFY_WAIT_SECONDS):

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging.config
+import logging
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import anyio
 import click
 
-from tusserver import admin, admin_output, errors, protocol, serving
+from tusserver import admin, admin_output, errors, protocol
 from tusserver.admin import Filter
 from tusserver.common_options import (
     data_dir_option,
@@ -166,12 +167,13 @@ def _refusal(upload_id: str, error: errors.TusError) -> str:
 
 def _run(config: Config, work: Callable[[Services], Awaitable[None]], *, storage: bool) -> None:
     """Run ``work`` with the server's services; every failure as one sentence."""
-    logging.config.dictConfig(serving.logging_config("warning"))
     try:
-        if config.redis_url is not None:
-            check_redis(config.redis_url)
-        with state_redis(config, join_running=True) as url:
-            anyio.run(_with_services, dataclasses.replace(config, redis_url=url), work, storage)
+        with _warnings_to_stderr():
+            if config.redis_url is not None:
+                check_redis(config.redis_url)
+            with state_redis(config, join_running=True) as url:
+                config = dataclasses.replace(config, redis_url=url)
+                anyio.run(_with_services, config, work, storage)
     except (ConfigError, EmbeddedRedisError) as exc:
         raise click.ClickException(str(exc)) from None
     except StateUnavailable as exc:
@@ -193,3 +195,23 @@ async def _with_services(
         if storage:
             await check_storage(services.storage, config)
         await work(services)
+
+
+@contextmanager
+def _warnings_to_stderr() -> Iterator[None]:
+    """tusserver's warnings (a lock lost, a hook that failed) on stderr while
+    the command runs; the logging set-up is put back after, so a program
+    that runs the command in-process keeps its own."""
+    logger = logging.getLogger("tusserver")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    saved = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]

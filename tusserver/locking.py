@@ -145,11 +145,16 @@ class Locker:
         return HeldUpload(upload, lease, self)
 
     @asynccontextmanager
-    async def hold(self, upload_id: str) -> AsyncIterator[HeldUpload]:
-        """Claim the upload, asking a current holder to let go; 404/410/423 otherwise."""
+    async def hold(self, upload_id: str, *, wait: bool = True) -> AsyncIterator[HeldUpload]:
+        """Claim the upload, asking a current holder to let go; 404/410/423 otherwise.
+
+        Without ``wait``: 423 at once if a request holds it, which is not
+        asked anything (an operator's termination that must not interrupt)."""
         lease = Lease(upload_id, self.new_token(), ttl=self.ttl, extend=self.store.extend)
         claim = await self._wait_for(
-            upload_id, lambda: self.store.claim(upload_id, lease.token, self.ttl_ms)
+            upload_id,
+            lambda: self.store.claim(upload_id, lease.token, self.ttl_ms),
+            self.wait if wait else 0.0,
         )
         assert claim.upload is not None
         self._leases[upload_id] = lease
@@ -208,8 +213,8 @@ class Locker:
         except StateUnavailable:
             logger.warning("upload %s: could not release lock; it lapses by TTL", lease.upload_id)
 
-    async def _wait_for(self, upload_id: str, attempt: _Attempt) -> Claim:
-        deadline = time.monotonic() + self.wait
+    async def _wait_for(self, upload_id: str, attempt: _Attempt, wait: float) -> Claim:
+        deadline = time.monotonic() + wait
         asked_at = 0.0
         while True:
             claim = await attempt()
