@@ -166,6 +166,7 @@ class UploadStore:
         self._release = client.register_script(scripts.RELEASE)
         self._extend = client.register_script(scripts.EXTEND)
         self._seize = client.register_script(scripts.SEIZE)
+        self._inspect = client.register_script(scripts.INSPECT)
 
     @_translating
     async def create(self, upload: Upload, *, lock_token: str | None, lock_ttl_ms: int) -> bool:
@@ -357,14 +358,14 @@ class UploadStore:
         ids = [upload_id_of_key(key) for key in keys]
         async with self._redis.pipeline(transaction=False) as pipe:
             for upload_id in ids:
-                pipe.hgetall(info_key(upload_id))
-                pipe.pttl(lock_key(upload_id))
-            replies = await pipe.execute()
-        return [
-            Snapshot(from_fields(upload_id, fields), fields, _ttl(ttl))
-            for upload_id, fields, ttl in zip(ids, replies[::2], replies[1::2], strict=True)
-            if fields
-        ]
+                await self._inspect(keys=[info_key(upload_id), lock_key(upload_id)], client=pipe)
+            replies: list[tuple[int, list[str]]] = await pipe.execute()
+        snapshots = []
+        for upload_id, (ttl, flat) in zip(ids, replies, strict=True):
+            if flat:  # else removed since SCAN saw it
+                fields = dict(zip(flat[::2], flat[1::2], strict=True))
+                snapshots.append(Snapshot(from_fields(upload_id, fields), fields, _ttl(ttl)))
+        return snapshots
 
     @_translating
     async def snapshot(self, upload_id: str) -> Snapshot | ClaimStatus:
