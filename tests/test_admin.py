@@ -59,13 +59,13 @@ def listed(server: RunningServer, *args: str) -> dict[str, dict[str, object]]:
 
 
 def one_sentence_failure(result: Result) -> str:
-    """The command failed with exactly one line (no trace); that line."""
+    """The command failed with exactly one line on stderr (no trace); that line."""
     assert result.exit_code not in (0, None), result.output
     assert not isinstance(result.exception, Exception) or isinstance(
         result.exception, SystemExit
     ), repr(result.exception)
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
     assert "Traceback" not in result.output
     return lines[0]
 
@@ -443,3 +443,15 @@ def test_the_tusserver_process_lists_and_uploads_sweep_is_the_sweep_command(
         [f"expired {zoo.incomplete}", f"expired {zoo.failed}"]
     )
     assert swept.stdout.splitlines()[-1] == "swept: 2 expired, 0 retired, 0 orphans, 0 skipped"
+
+
+def test_a_record_it_cannot_read_ends_the_command_with_one_sentence(
+    tus_server: StartServer, state: redis.Redis
+) -> None:
+    server = tus_server()
+    upload_id = upload_id_of(server.create(len(DATA)))
+    state.hset(info_key(upload_id), "offset", "not a number")
+
+    for command, args in (("list", ()), ("show", (upload_id,))):
+        line = one_sentence_failure(uploads(server, command, *args))
+        assert "failed unexpectedly: ValueError at tusserver.record:" in line, line

@@ -32,6 +32,7 @@ from tusserver.common_options import (
 )
 from tusserver.config import Config, ConfigError, redact_url
 from tusserver.embedded_redis import EmbeddedRedisError
+from tusserver.log_safety import describe, origin
 from tusserver.options import config_from
 from tusserver.services import Services
 from tusserver.startup import check_redis, check_storage, state_redis
@@ -185,6 +186,13 @@ def _run(config: Config, work: Callable[[Services], Awaitable[None]], *, storage
     except OSError as exc:
         raise click.ClickException(
             f"storage {redact_url(config.storage)!r} failed: {exc.strerror or exc}."
+        ) from None
+    except (click.ClickException, click.exceptions.Exit, click.Abort):
+        raise
+    except Exception as exc:
+        # A record this version cannot read, a bug: what and where, no trace.
+        raise click.ClickException(
+            f"the command failed unexpectedly: {describe(exc)} at {origin(exc)}."
         ) from None
 
 
