@@ -10,7 +10,8 @@ and owners. Then it runs ``python -m tusserver uploads list`` as an operator
 would, as a process, with and without ``--json``, ``--repeat`` times each,
 and prints the time to the first row, the total time (Python's start-up
 included), uploads per second, best and median, and the CPU seconds of the
-listing process (what other work on a shared machine does not inflate).
+listing process (what other work on a shared machine does not inflate),
+and the peak memory (RSS) of the listing processes.
 It checks that every upload was listed once; it asserts nothing about speed.
 
 Usage: python bench/admin_bench.py [--count 100000] [--repeat 3]
@@ -152,6 +153,8 @@ def main() -> int:
 
 
 def report(results: dict[str, Timings], args: argparse.Namespace) -> None:
+    # ru_maxrss: KiB on Linux, the largest of the children waited for (the listings).
+    peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(f"tusserver uploads list over {args.count:,} uploads, {args.repeat} runs each")
     print(
         f"{'output':<8} {'first row s':>12} {'best s':>8} {'median s':>9} {'uploads/s':>10}"
@@ -164,6 +167,7 @@ def report(results: dict[str, Timings], args: argparse.Namespace) -> None:
             f"{statistics.median(timings.total):>9.2f} {args.count / best:>10,.0f}"
             f" {min(timings.cpu):>6.2f}"
         )
+    print(f"peak RSS of a listing process: {peak_mib:.0f} MiB")
 
 
 if __name__ == "__main__":
