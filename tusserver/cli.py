@@ -18,8 +18,15 @@ import anyio
 import click
 
 from tusserver import auth, serving
+from tusserver.admin_cli import uploads
 from tusserver.app import open_storage
 from tusserver.app import sweep as app_sweep
+from tusserver.common_options import data_dir_option as _data_dir_option
+from tusserver.common_options import expire_after_option as _expire_after_option
+from tusserver.common_options import hook_options
+from tusserver.common_options import redis_url_option as _redis_url_option
+from tusserver.common_options import retention_option as _retention_option
+from tusserver.common_options import storage_option as _storage_option
 from tusserver.config import LOG_LEVELS, Config, ConfigError, redact_url
 from tusserver.embedded_redis import EmbeddedRedisError
 from tusserver.options import config_from, option
@@ -38,32 +45,6 @@ def main() -> None:
     Start with `tusserver serve`; clients such as tus-js-client, Uppy and
     tuspy then upload to http://127.0.0.1:8080/files/.
     """
-
-
-_storage_option = option(
-    "--storage",
-    help="Where finished files go: a folder, or a storage URL with the backend's options, "
-    "e.g. smb://USER@HOST/SHARE/PATH?timeout=30s (see docs/storage.md). "
-    "Partials wait in its .partial/.",
-)
-_data_dir_option = option(
-    "--data-dir",
-    type=click.Path(path_type=Path),
-    help="Folder for the embedded Redis (socket and append-only file).",
-)
-_redis_url_option = option(
-    "--redis-url",
-    help="Redis holding upload state, e.g. redis://host:6379/0. Unset: embedded Redis.",
-)
-_expire_after_option = option(
-    "--expire-after",
-    help="An unfinished upload that stores no bytes for this long expires and is removed.",
-)
-_retention_option = option(
-    "--retention",
-    help="Remove a finished upload's record (never its file) this long after it finished."
-    " Unset: keep it.",
-)
 
 
 @main.command()
@@ -162,31 +143,7 @@ _retention_option = option(
     "--durable-commits/--no-durable-commits",
     help="Flush stored bytes to disk (fdatasync, SMB FLUSH) before a commit counts them.",
 )
-@option(
-    "--hooks-url",
-    help="Send upload events to this URL as tusd v2 HTTP hooks (POST, JSON). Unset: no hooks.",
-)
-@option("--hooks-events", help="Comma-separated events to send to --hooks-url.")
-@option(
-    "--hooks-timeout",
-    help="Longest one hook call may take; a blocking hook past it fails the request with 503.",
-)
-@option(
-    "--hooks-retries",
-    type=click.IntRange(0, 10),
-    help="Attempts after the first for a hook that is down or answers non-2xx.",
-)
-@option(
-    "--hooks-header",
-    "hooks_headers",
-    multiple=True,
-    help="Header NAME:VALUE sent with every hook request, e.g. a shared secret. Repeatable; "
-    "the variable takes a space-separated list. Unset: none.",
-)
-@option(
-    "--hooks-forward-auth/--no-hooks-forward-auth",
-    help="Pass the client's Authorization and Cookie headers to hooks (else redacted).",
-)
+@hook_options
 @option("--progress-interval", help="Send post-receive at most this often per upload.")
 @option(
     "--hooks-reclaim-after",
@@ -252,6 +209,11 @@ def sweep(**options: Any) -> None:
             f" {exc.strerror or exc}."
         ) from None
     _print(report)
+
+
+# `tusserver uploads sweep` is the same command; `tusserver sweep` stays.
+uploads.add_command(sweep)
+main.add_command(uploads)
 
 
 def _check(config: Config) -> None:

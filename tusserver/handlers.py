@@ -24,6 +24,7 @@ from tusserver import (
     ownership,
     protocol,
     screening,
+    termination,
 )
 from tusserver.config import Config
 from tusserver.finishing import finalize
@@ -47,7 +48,6 @@ from tusserver.headers import (
 from tusserver.headers import TUS_VERSION as TUS_VERSION_HEADER
 from tusserver.held import HeldUpload
 from tusserver.hook_events import HookType
-from tusserver.hooking import file_info
 from tusserver.locking import kept_alive
 from tusserver.protocol import TUS_VERSION
 from tusserver.receiving import receive_body
@@ -246,14 +246,8 @@ async def delete_upload(request: Request, services: Services) -> Response:
     await ownership.check(request, services, upload_id)  # before claiming the lock
     async with services.locker.hold(upload_id) as held:
         await _check_access(services, held)
-        if services.hooks.enabled(HookType.PRE_TERMINATE):
-            async with kept_alive(held.lease):
-                await services.hooks.check_termination(held.upload)
-        await services.storage.delete(upload_id, held.upload.location)
-        await held.terminate()
-    services.running.forget(upload_id)
-    logger.info("upload %s terminated", upload_id)
-    services.hooks.notify(HookType.POST_TERMINATE, file_info(held.upload))
+        await termination.terminate(services, held)
+    termination.announce(services, held.upload)
     return Response(status_code=204, headers=tus_headers())
 
 

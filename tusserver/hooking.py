@@ -97,6 +97,14 @@ class HookRunner:
             finally:
                 self._tasks = None
 
+    async def settle(self) -> None:
+        """Return once no notification is in flight: for a command that ends
+        right after notifying (``tusserver uploads terminate``), where no
+        lifespan keeps them running. Callers bound the wait."""
+        # Polled: called once per command, where a 20 ms step costs nothing.
+        while self._in_flight:  # noqa: ASYNC110
+            await anyio.sleep(0.02)
+
     def event(self, event: HookType, info: FileInfo) -> HookEvent:
         return HookEvent(event, info, self._describe(current_request.get()))
 

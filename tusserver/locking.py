@@ -147,12 +147,36 @@ class Locker:
         return HeldUpload(upload, lease, self)
 
     @asynccontextmanager
-    async def hold(self, upload_id: str) -> AsyncIterator[HeldUpload]:
-        """Claim the upload, asking a current holder to let go; 404/410/423 otherwise."""
+    async def hold(self, upload_id: str, *, wait: bool = True) -> AsyncIterator[HeldUpload]:
+        """Claim the upload, asking a current holder to let go; 404/410/423 otherwise.
+
+        Without ``wait``: 423 at once if a request holds it, which is not
+        asked anything (an operator's termination that must not interrupt)."""
         lease = Lease(upload_id, self.new_token(), ttl=self.ttl, extend=self.store.extend)
         claim = await self._wait_for(
-            upload_id, lambda: self.store.claim(upload_id, lease.token, self.ttl_ms)
+            upload_id,
+            lambda: self.store.claim(upload_id, lease.token, self.ttl_ms),
+            self.wait if wait else 0.0,
         )
+        assert claim.upload is not None
+        self._leases[upload_id] = lease
+        try:
+            yield HeldUpload(claim.upload, lease, self)
+        finally:
+            await self.release(lease)
+
+    @asynccontextmanager
+    async def seize(self, upload_id: str) -> AsyncIterator[HeldUpload]:
+        """``hold``, taking the lock even from a request that is writing: an
+        operator's forced termination (``tusserver uploads terminate
+        --force``). The writer's next extend stops its reading, and its
+        commit is refused, so none of its bytes count. 404/410 as ``hold``."""
+        lease = Lease(upload_id, self.new_token(), ttl=self.ttl, extend=self.store.extend)
+        claim = await self.store.seize(upload_id, lease.token, self.ttl_ms)
+        if claim.status is ClaimStatus.MISSING:
+            raise errors.not_found()
+        if claim.status is ClaimStatus.GONE:
+            raise errors.gone()
         assert claim.upload is not None
         self._leases[upload_id] = lease
         try:
@@ -191,8 +215,8 @@ class Locker:
         except StateUnavailable:
             logger.warning("upload %s: could not release lock; it lapses by TTL", lease.upload_id)
 
-    async def _wait_for(self, upload_id: str, attempt: _Attempt) -> Claim:
-        deadline = time.monotonic() + self.wait
+    async def _wait_for(self, upload_id: str, attempt: _Attempt, wait: float) -> Claim:
+        deadline = time.monotonic() + wait
         asked_at = 0.0
         while True:
             claim = await attempt()

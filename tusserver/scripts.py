@@ -51,6 +51,39 @@ if redis.call('GET', KEYS[2]) == ARGV[1] then return {'claimed', record} end
 return {'locked', record}
 """
 
+# KEYS: info, lock, gone. ARGV: token, ttl_ms. CLAIM that takes the lock
+# even from a running request (an operator's forced termination): that
+# request's next EXTEND, COMMIT or COMPLETE finds another token and is refused.
+SEIZE = """
+local record = redis.call('HGETALL', KEYS[1])
+if #record == 0 then
+  if redis.call('EXISTS', KEYS[3]) == 1 then return {'gone'} end
+  return {'missing'}
+end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return {'claimed', record}
+"""
+
+# KEYS: info, lock. Returns {lock PTTL (-2: no lock), flat record} for an
+# operator's listing on a Redis Cluster: one reply per upload instead of
+# two, which halves what the client parses for each.
+INSPECT = """
+return {redis.call('PTTL', KEYS[2]), redis.call('HGETALL', KEYS[1])}
+"""
+
+# KEYS: info and lock of each of many uploads, in pairs. INSPECT for all of
+# them in one reply, {ttl, record, ttl, record, ...}: a listing's batch on a
+# standalone Redis, where a script may touch many slots. Read only, and
+# about a millisecond per 1,000 uploads, so Redis is never held long.
+INSPECT_MANY = """
+local out = {}
+for i = 1, #KEYS, 2 do
+  out[#out + 1] = redis.call('PTTL', KEYS[i + 1])
+  out[#out + 1] = redis.call('HGETALL', KEYS[i])
+end
+return out
+"""
+
 # KEYS: info, lock. ARGV: token, expected offset, new offset, release (1|0),
 # new expires ("" = unchanged; only an unpublished upload has one).
 COMMIT = """

@@ -44,7 +44,7 @@ Every Redis failure leaves this module as ``StateUnavailable``.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from enum import Enum
@@ -99,6 +99,17 @@ class Claim:
     upload: Upload | None = None
 
 
+@dataclass
+class Snapshot:
+    """An upload as an operator sees it: its record and its lock, read in one
+    round trip (``tusserver uploads``)."""
+
+    upload: Upload
+    fields: dict[str, str]  # the record as stored
+    lock_ttl_ms: int | None  # None: no request holds its lock
+    lock_token: str | None = None  # read only for one upload (``snapshot``)
+
+
 def info_key(upload_id: str) -> str:
     return f"tus:{{{upload_id}}}:info"
 
@@ -109,6 +120,24 @@ def lock_key(upload_id: str) -> str:
 
 def gone_key(upload_id: str) -> str:
     return f"tus:{{{upload_id}}}:gone"
+
+
+# Every upload has exactly one key of this shape: SCAN finds the uploads by it.
+RECORD_KEY_PATTERN = "tus:{*}:info"
+
+
+def record_keys(client: aioredis.Redis, batch: int) -> AsyncIterator[str]:
+    """Every record key in ``client``'s Redis, streamed by SCAN ``batch`` at a
+    time: never KEYS, which blocks Redis for the whole keyspace. On a Redis
+    Cluster client, ``scan_iter`` walks every primary in turn. SCAN promises
+    each key that exists throughout at least once (a key may come twice while
+    Redis rehashes); one created or removed meanwhile may or may not come."""
+    return client.scan_iter(match=RECORD_KEY_PATTERN, count=batch)
+
+
+def upload_id_of_key(key: str) -> str:
+    """``tus:{<id>}:info`` -> ``<id>``."""
+    return key[len("tus:{") : -len("}:info")]
 
 
 def post_finish_key(upload_id: str) -> str:
@@ -182,6 +211,9 @@ class UploadStore:
         self._terminate = client.register_script(scripts.TERMINATE)
         self._release = client.register_script(scripts.RELEASE)
         self._extend = client.register_script(scripts.EXTEND)
+        self._seize = client.register_script(scripts.SEIZE)
+        self._inspect = client.register_script(scripts.INSPECT)
+        self._inspect_many = client.register_script(scripts.INSPECT_MANY)
         slots.slot_tag(0)  # the tag table, built now rather than in a first request
 
     @_translating
@@ -202,6 +234,12 @@ class UploadStore:
     async def claim(self, upload_id: str, token: str, ttl_ms: int) -> Claim:
         """Take the upload's lock if it is free, and read the record, in one trip."""
         return _to_claim(upload_id, await self._claim(keys=_keys(upload_id), args=[token, ttl_ms]))
+
+    @_translating
+    async def seize(self, upload_id: str, token: str, ttl_ms: int) -> Claim:
+        """Take the upload's lock whoever holds it, and read the record (a
+        forced termination): the request that held it loses it."""
+        return _to_claim(upload_id, await self._seize(keys=_keys(upload_id), args=[token, ttl_ms]))
 
     @_translating
     async def read(self, upload_id: str) -> Claim:
@@ -362,6 +400,61 @@ class UploadStore:
         assert owner is None or isinstance(owner, str)  # decode_responses
         return owner or None
 
+    # --- for operators (tusserver uploads) ---------------------------------
+
+    async def snapshots(self, batch: int) -> AsyncIterator[list[Snapshot]]:
+        """Every upload with its lock, a batch at a time: the record keys come
+        from SCAN (``record_keys``), and each batch of up to ``batch`` is read
+        in one pipeline. An upload removed meanwhile is left out."""
+        keys: list[str] = []
+        try:
+            async for key in record_keys(self._redis, batch):
+                keys.append(key)
+                if len(keys) >= batch:
+                    yield await self._snapshot_batch(keys)
+                    keys = []
+            if keys:
+                yield await self._snapshot_batch(keys)
+        except RedisError as exc:
+            raise StateUnavailable(str(exc)) from exc
+
+    async def _snapshot_batch(self, keys: list[str]) -> list[Snapshot]:
+        ids = [upload_id_of_key(key) for key in keys]
+        replies: list[tuple[int, list[str]]]
+        if isinstance(self._redis, aioredis.RedisCluster):
+            # One slot per script: one INSPECT per upload, in one pipeline.
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for upload_id in ids:
+                    keys_of_one = [info_key(upload_id), lock_key(upload_id)]
+                    await self._inspect(keys=keys_of_one, client=pipe)
+                replies = await pipe.execute()
+        else:
+            # Four times faster than a pipeline of INSPECTs, whose replies
+            # redis-py parses one by one.
+            pairs = [key for upload_id in ids for key in (info_key(upload_id), lock_key(upload_id))]
+            flat_replies = await self._inspect_many(keys=pairs)
+            replies = list(zip(flat_replies[::2], flat_replies[1::2], strict=True))
+        snapshots = []
+        for upload_id, (ttl, flat) in zip(ids, replies, strict=True):
+            if flat:  # else removed since SCAN saw it
+                fields = dict(zip(flat[::2], flat[1::2], strict=True))
+                snapshots.append(Snapshot(from_fields(upload_id, fields), fields, _ttl(ttl)))
+        return snapshots
+
+    @_translating
+    async def snapshot(self, upload_id: str) -> Snapshot | ClaimStatus:
+        """One upload with its lock and the lock's token, in one round trip;
+        MISSING or GONE (a tombstone) when it has no record."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(info_key(upload_id))
+            pipe.get(lock_key(upload_id))
+            pipe.pttl(lock_key(upload_id))
+            pipe.exists(gone_key(upload_id))
+            fields, token, ttl, gone = await pipe.execute()
+        if not fields:
+            return ClaimStatus.GONE if gone else ClaimStatus.MISSING
+        return Snapshot(from_fields(upload_id, fields), fields, _ttl(ttl), token)
+
     # --- for the sweeper (see expiry) ------------------------------------
 
     @_translating
@@ -449,6 +542,12 @@ class UploadStore:
     @_translating
     async def release_sweep(self, token: str) -> None:
         await self._release(keys=[SWEEP_LOCK], args=[token])
+
+
+def _ttl(reply: int) -> int | None:
+    """PTTL's answer: -2 for no key (no lock); -1, a key without a TTL, never
+    set by tusserver, counts as held."""
+    return None if reply == -2 else max(reply, 0)
 
 
 def _to_claim(upload_id: str, reply: list[Any]) -> Claim:
