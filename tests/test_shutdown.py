@@ -27,7 +27,9 @@ import redis
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from tusclient.client import TusClient
 
+from tests.deployment_fixtures import StartDeployment, ThrottlingProxy
 from tests.helpers import assert_tus_error, upload_id_of
 from tests.process_fixtures import ServeProcess
 from tests.server_fixtures import OCTETS, TUS, ServedApps, mounted
@@ -54,6 +56,10 @@ def source(start: int, end: int) -> Iterator[bytes]:
         piece = data[within : min(MiB, within + end - position, within + PIECE)]
         yield piece
         position += len(piece)
+
+
+def source_pieces(length: int) -> Iterator[bytes]:
+    return source(0, length)
 
 
 def source_sha256(length: int) -> str:
@@ -274,3 +280,38 @@ def test_after_the_stop_began_a_request_on_an_open_connection_gets_a_retryable_5
     head = client.head(upload, headers=TUS)
     assert head.status_code == 200
     assert head.headers["Upload-Offset"] == "0"
+
+
+def test_tuspy_whose_instance_is_stopped_mid_patch_finishes_on_the_other_one(
+    deployment: StartDeployment,
+    throttling_proxy: Callable[[int, int], ThrottlingProxy],
+    tmp_path: Path,
+) -> None:
+    """Two instances behind nginx; the one receiving tuspy's single long PATCH
+    gets SIGTERM. tuspy retries (HEAD, then PATCH from the offset), nginx
+    sends it to the other instance, and the lock is free at once."""
+    length = 48 * MiB
+    source = tmp_path / "source.bin"
+    source.write_bytes(b"".join(source_pieces(length)))
+    two = deployment(
+        2, str(tmp_path / "files"), tmp_path / "files", *LOCK_OPTIONS, "--shutdown-grace", "1s"
+    )
+    uplink = throttling_proxy(two.proxy.port, 8 * MiB)
+    uploader = TusClient(uplink.url("/files/")).uploader(
+        file_path=str(source), chunk_size=length, retries=10, retry_delay=0.5
+    )
+    done = threading.Thread(target=uploader.upload, daemon=True)
+    done.start()
+    uplink.wait_for(8 * MiB, done.is_alive)
+    # The instance receiving the PATCH is the one reading bytes.
+    before = [instance.bytes_read() for instance in two.instances]
+    time.sleep(0.5)
+    grown = [instance.bytes_read() - b for instance, b in zip(two.instances, before, strict=True)]
+    receiving = two.instances[grown.index(max(grown))]
+    assert stop_and_wait(receiving, 1.0) == 0
+    done.join(120)
+    assert not done.is_alive(), "tuspy did not finish"
+
+    assert uploader.url is not None
+    final = tmp_path / "files" / upload_id_of(str(uploader.url))
+    assert hashlib.sha256(final.read_bytes()).hexdigest() == source_sha256(length)
