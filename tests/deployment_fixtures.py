@@ -150,6 +150,9 @@ class ThrottlingProxy:
             time.sleep(0.02)
 
     def close(self) -> None:
+        # shutdown, not only close: close does not wake a thread in accept().
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
         with self._lock:
             sockets, self._sockets = self._sockets, []

@@ -135,14 +135,15 @@ def test_uploads_finish_byte_exact_when_one_instance_is_killed_and_another_stopp
     deployment: StartDeployment,
     throttling_proxy: Callable[[int, int], ThrottlingProxy],
     uploads: list[Background],
+    shared_storage: SharedStorage,
     tus_js: TusJs,
     tmp_path: Path,
 ) -> None:
     # A short lock TTL: the killed instance's locks lapse soon; the stopped
     # one releases its own at once.
     three = deployment(
-        3, str(tmp_path / "files"), tmp_path / "files", "--lock-ttl", "3s",
-        "--shutdown-grace", "1s",
+        3, shared_storage.url, shared_storage.shown_at, "--lock-ttl", "3s",
+        "--shutdown-grace", "1s", env=shared_storage.env,
     )  # fmt: skip
     uplink = throttling_proxy(three.proxy.port, 12 * MiB)  # about 5 s for both files
     endpoint = uplink.url("/files/")

@@ -53,9 +53,10 @@ def source(start: int, end: int) -> Iterator[bytes]:
     while position < end:
         block, within = divmod(position, MiB)
         data = random.Random(block).randbytes(MiB)
-        piece = data[within : min(MiB, within + end - position, within + PIECE)]
-        yield piece
-        position += len(piece)
+        stop = min(MiB, within + end - position)
+        for at in range(within, stop, PIECE):
+            yield data[at : min(stop, at + PIECE)]
+        position += stop - within
 
 
 def source_pieces(length: int) -> Iterator[bytes]:
@@ -179,7 +180,7 @@ def assert_cut_cleanly(
 def test_sigterm_mid_patch_commits_what_was_stored_and_another_instance_resumes_at_once(
     serve_process: StartProcess, options: list[str], state: redis.Redis, tmp_path: Path
 ) -> None:
-    length = 256 * MiB
+    length = 64 * MiB
     grace = 2.0
     first = serve_process(*options, "--shutdown-grace", "2s")
     second = serve_process(*options)
