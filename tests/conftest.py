@@ -12,6 +12,7 @@ pytest_plugins = [
     "tests.js_fixtures",
     "tests.samba_fixtures",
     "tests.nginx_fixtures",
+    "tests.deployment_fixtures",
 ]
 
 

@@ -8,7 +8,8 @@ wraps it in a main configuration whose every path is in a temporary folder
 of its own, and runs nginx in the foreground (``daemon off``) as ``nobody``
 when the tests run as root. Everything it started is stopped, and checked
 gone, when the test ends. nginx is installed by ``.ci/run`` when missing
-(Debian's ``nginx`` package).
+(Debian's ``nginx`` package). ``render_multi_example`` does the same for
+examples/nginx-multi.conf and several instances (tests/deployment_fixtures.py).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,10 @@ import pytest
 from tests.server_fixtures import free_port
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "nginx.conf"
+MULTI_EXAMPLE = EXAMPLE.with_name("nginx-multi.conf")
+# The upstream lines of examples/nginx-multi.conf, replaced by one per instance.
+_MULTI_SERVER = "    server 127.0.0.1:{port} max_fails=1 fail_timeout=10s;\n"
+_MULTI_PORTS = (8081, 8082, 8083)
 UNPRIVILEGED = "nobody"
 
 MAIN_CONF = """\
@@ -76,6 +81,17 @@ def render_example(listen_port: int, upstream_port: int, prefix: str | None = No
     return conf
 
 
+def render_multi_example(listen_port: int, upstream_ports: Sequence[int]) -> str:
+    """examples/nginx-multi.conf for these ports (one upstream line per
+    instance), otherwise as shipped."""
+    conf = MULTI_EXAMPLE.read_text()
+    shipped = "".join(_MULTI_SERVER.format(port=port) for port in _MULTI_PORTS)
+    assert conf.count(shipped) == 1, "examples/nginx-multi.conf no longer lists 8081-8083"
+    conf = conf.replace(shipped, "".join(_MULTI_SERVER.format(port=p) for p in upstream_ports))
+    assert conf.count("listen 80;") == 1
+    return conf.replace("listen 80;", f"listen 127.0.0.1:{listen_port};")
+
+
 def nginx_binary() -> str:
     found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/bin:/sbin")
     if found is None:
@@ -102,15 +118,26 @@ def _alive(pid: int) -> bool:
 class NginxProxy:
     """One nginx running the rendered example; ``url(path)`` goes through it."""
 
-    def __init__(self, upstream_port: int, prefix: str | None = None) -> None:
+    def __init__(
+        self,
+        upstream_port: int,
+        prefix: str | None = None,
+        *,
+        render: Callable[[int], str] | None = None,
+    ) -> None:
+        """``render(listen_port)``: the configuration to run instead of
+        examples/nginx.conf for ``upstream_port`` (then unused)."""
         self.port = free_port()
         self.prefix = prefix or ""
         # Not under pytest's tmp_path: that is private to root, and the
         # workers (as nobody) must reach their temporary folders.
         self.directory = Path(tempfile.mkdtemp(prefix="tusserver-nginx-"))
-        (self.directory / "tusserver.conf").write_text(
+        conf = (
             render_example(self.port, upstream_port, prefix)
+            if render is None
+            else render(self.port)
         )
+        (self.directory / "tusserver.conf").write_text(conf)
         (self.directory / "nginx.conf").write_text(MAIN_CONF.format(dir=self.directory))
         self._process: subprocess.Popen[bytes] | None = None
         self.workers: list[int] = []
@@ -200,11 +227,13 @@ class NginxProxy:
 
 @pytest.fixture
 def nginx_proxy() -> Iterator[Callable[..., NginxProxy]]:
-    """Factory: ``nginx_proxy(upstream_port, prefix=None)`` -> a running nginx."""
+    """Factory: ``nginx_proxy(upstream_port, prefix=None, render=None)`` -> a running nginx."""
     started: list[NginxProxy] = []
 
-    def start(upstream_port: int, prefix: str | None = None) -> NginxProxy:
-        proxy = NginxProxy(upstream_port, prefix)
+    def start(
+        upstream_port: int, prefix: str | None = None, *, render: Callable[[int], str] | None = None
+    ) -> NginxProxy:
+        proxy = NginxProxy(upstream_port, prefix, render=render)
         started.append(proxy)
         proxy.start()
         return proxy

@@ -181,7 +181,8 @@ def test_node_example_resumes_after_ctrl_c_and_uploads_byte_identically(
     assert (js_examples / "dashboard" / "dist" / "main.js").stat().st_size > 0
 
 
-# examples/nginx.conf runs in a real nginx in tests/test_proxy.py.
+# examples/nginx.conf runs in a real nginx in tests/test_proxy.py, and
+# examples/nginx-multi.conf in tests/test_multi_instance.py.
 
 
 def test_hook_receiver_example_refuses_unnamed_uploads_chooses_ids_and_records_finishes(

@@ -26,6 +26,7 @@ NOT_DEFAULT: dict[str, Any] = {
     "workers": 3,
     "log_level": "debug",
     "access_log": True,
+    "shutdown_grace": 2.5,
     "storage": "smb://tus@files.example/share/incoming",
     "redis_url": "redis://redis.example:6380/2",
     "data_dir": Path("/var/lib/tusserver"),

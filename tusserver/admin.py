@@ -17,11 +17,10 @@ import anyio
 import anyio.lowlevel
 
 from storage_backends.base import Storage
-from tusserver import termination
+from tusserver import redis_topology, redis_urls, termination
 
 # The server's own connection settings, so the admin command reaches every
 # Redis the server can (and fails as fast as a request would).
-from tusserver.app import _connect as connect_state
 from tusserver.app import open_storage
 from tusserver.config import Config
 from tusserver.hook_outbox import HookOutbox
@@ -178,12 +177,14 @@ async def server_services(config: Config) -> AsyncIterator[Services]:
     assert config.redis_url is not None, "the caller resolves the embedded Redis"
     failure: BaseException | None = None
     async with AsyncExitStack() as stack:
-        client = connect_state(config.redis_url)
+        target = redis_urls.parse(config.redis_url)
+        client = redis_topology.connect(target)
         stack.push_async_callback(client.aclose)
         storage = open_storage(config)
         stack.push_async_callback(storage.aclose)
         store = UploadStore(client)
-        locker = Locker(client, store, ttl=config.lock_ttl, wait=config.lock_wait)
+        releases = redis_topology.release_requests(target, client)
+        locker = Locker(releases, store, ttl=config.lock_ttl, wait=config.lock_wait)
         hook_set = await open_hooks(config, None, HookOutbox(client), stack)
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(hook_set.runner.run)  # the notifications' task group

@@ -27,6 +27,7 @@ from tusserver import auth, errors, forms, headers, protocol, redis_topology, re
 from tusserver.config import Config, ConfigError
 from tusserver.cors import cors_middleware
 from tusserver.download import download_upload
+from tusserver.draining import Draining
 from tusserver.handlers import (
     create_upload,
     delete_upload,
@@ -56,6 +57,7 @@ def create_app(
     storage: Storage | None = None,
     storage_checked: bool = False,
     authenticate: auth.Authenticate | None = None,
+    draining: Draining | None = None,
 ) -> Starlette:
     """A tus server as an ordinary ASGI app: run it, or mount it under a path.
 
@@ -71,16 +73,22 @@ def create_app(
     None`` run before every request but OPTIONS, in place of the JWT check
     the config may set up (tusserver.auth); uploads belong to the owner it
     returns (tusserver.ownership).
+    ``draining``: begun by whoever runs the app when it stops (``tusserver
+    serve`` does on SIGTERM): running uploads get ``config.shutdown_grace``,
+    then commit and let go (tusserver.draining).
     """
     check_hooks(config, hooks)
     services_box: list[Services] = []
     # Built now: an unusable public key file fails here, not on a request.
     authenticator = auth.resolve(config, authenticate)
+    stopping = Draining() if draining is None else draining
 
     def dispatch(table: dict[str, Handler]) -> Callable[[Request], Awaitable[Response]]:
         allowed = ", ".join(sorted(table))
 
         async def endpoint(request: Request) -> Response:
+            if stopping.begun and request.method not in _WHILE_DRAINING:
+                return render(errors.shutting_down())
             try:
                 # Every request but OPTIONS (discovery, as tus clients send it
                 # without credentials; CORS preflights never get here).
@@ -165,19 +173,39 @@ def create_app(
             services_box.append(Services(config, store, locker, backend, hooks=hook_set.runner))
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(locker.listen_for_release_requests)
+                tasks.start_soon(_drain_on_stop, stopping, locker, config.shutdown_grace)
                 tasks.start_soon(sweeper.run_sweeper, store, backend, config)
                 tasks.start_soon(hook_set.runner.run)
                 if hook_set.deliverer is not None:
                     tasks.start_soon(hook_set.deliverer.run)
                 yield
+                # Requests still running here were cancelled by the server
+                # (uvicorn, past its graceful timeout): they commit shielded.
+                locker.let_all_go()
                 with anyio.move_on_after(5):
                     await locker.drain()
+                await locker.release_all()
                 tasks.cancel_scope.cancel()
             services_box.clear()
 
     # CORS outermost: a preflight is answered before anything else sees it.
     middleware = [*cors_middleware(config, render), Middleware(MethodOverride)]
     return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
+
+
+# Still answered while the process drains: they read, take no lock and end
+# at once, and a HEAD answered 503 would make tus-js-client start over.
+_WHILE_DRAINING = frozenset({"HEAD", "OPTIONS"})
+
+
+async def _drain_on_stop(draining: Draining, locker: Locker, grace: float) -> None:
+    """From the stop on, hand uploads over at once when asked; after ``grace``,
+    cut every running upload so it commits what it stored and lets go."""
+    await draining.wait()
+    logger.info("stopping: running uploads have %gs to finish", grace)
+    locker.draining = True
+    await anyio.sleep(grace)
+    locker.let_all_go()
 
 
 async def post_to_endpoint(request: Request, services: Services) -> Response:

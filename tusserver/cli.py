@@ -89,6 +89,11 @@ def main() -> None:
 )
 @option("--file-mode", help="Permissions of finished files (octal).")
 @option("--workers", type=int, help="Worker processes (1 to 64).")
+@option(
+    "--shutdown-grace",
+    help="On SIGTERM, running uploads go on this long, then commit what they stored and"
+    " release their locks.",
+)
 @option("--log-level", type=click.Choice(LOG_LEVELS), help="How much to log.")
 @option("--access-log/--no-access-log", help="Log every request.")
 @option(

@@ -90,6 +90,14 @@ class Config:
     log_level: str = "info"
     # One line per request is noise at upload rates (every PATCH is one).
     access_log: bool = False
+    # When the server stops (`tusserver serve`: SIGTERM, as in a rolling
+    # deploy or a drained node; an embedding app: the `Draining` it gave
+    # create_app), running PATCHes may go on receiving for this long; then
+    # they are cut, commit the bytes stored and release their locks, so
+    # another instance takes their uploads over at once. Long enough for a
+    # chunk in flight to end, short enough for an orchestrator's kill
+    # timeout (Kubernetes waits 30 s by default).
+    shutdown_grace: float = 10.0
     # Where finished files land: a folder path or the URL of a registered
     # backend (file://, smb://; storage_backends/registry.py), which carries
     # the backend's own options. Partials live in its `.partial/` subfolder
@@ -260,6 +268,8 @@ class Config:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.replace('_', ' ')} must be greater than zero.")
+        if self.shutdown_grace < 0:
+            raise ConfigError("shutdown grace must not be negative.")
         if self.checkpoint_bytes <= 0:
             raise ConfigError("checkpoint bytes must be greater than zero.")
         if not 64 * 1024 <= self.block_size <= 64 * 1024 * 1024:

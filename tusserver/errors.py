@@ -21,7 +21,9 @@ from collections.abc import Mapping
 
 from tusserver.headers import (
     ALLOW,
+    CONNECTION,
     CONTENT_RANGE,
+    RETRY_AFTER,
     TUS_MAX_SIZE,
     UPLOAD_CONCAT,
     UPLOAD_DEFER_LENGTH,
@@ -214,6 +216,24 @@ def taken_over(offset: int) -> TusError:
         "up to the Upload-Offset given here were kept.",
         retryable=True,
         headers={UPLOAD_OFFSET: str(offset)},
+    )
+
+
+def shutting_down(offset: int | None = None) -> TusError:
+    """503 from a server that is stopping: for a request that arrived after the
+    stop began, or a PATCH cut at the end of the shutdown grace (with the
+    ``Upload-Offset`` it committed). Retrying goes to another instance."""
+    extra = {RETRY_AFTER: "1", CONNECTION: "close"}
+    if offset is not None:
+        extra[UPLOAD_OFFSET] = str(offset)
+    return TusError(
+        503,
+        "server_shutting_down",
+        "This server is shutting down.",
+        "Retry in a moment (another instance will answer): send HEAD and resume from the"
+        " Upload-Offset it returns; bytes acknowledged so far are safe.",
+        retryable=True,
+        headers=extra,
     )
 
 

@@ -43,3 +43,7 @@ RANGE = "Range"
 IF_RANGE = "If-Range"
 IF_NONE_MATCH = "If-None-Match"
 IF_MODIFIED_SINCE = "If-Modified-Since"
+# A server that is stopping (tusserver.draining): when to retry, and that this
+# connection ends with the answer.
+RETRY_AFTER = "Retry-After"
+CONNECTION = "Connection"

@@ -61,6 +61,8 @@ class Lease:
         self.upload_id = upload_id
         self.token = token
         self.release_requested = anyio.Event()
+        # The process is stopping: let go at once, even while bytes arrive.
+        self.must_let_go = False
         self.released = False
         self._ttl = ttl
         self._extend = extend
@@ -88,6 +90,12 @@ class Lease:
         if not extended:
             logger.warning("lock of %s: lost while in use; stopping", self.upload_id)
         return extended
+
+    def let_go(self) -> None:
+        """Ask the request holding this lease to commit and let go now, whether
+        or not bytes are arriving (the process is stopping)."""
+        self.must_let_go = True
+        self.release_requested.set()
 
     @property
     def keep_alive_interval(self) -> float:
@@ -135,6 +143,12 @@ class Locker:
         self.wait = wait
         self._releases = releases
         self._leases: dict[str, Lease] = {}
+        # Set while the process drains (tusserver.draining): a release request
+        # is honoured at once, since this process is leaving anyway.
+        self.draining = False
+        # Set at the end of the shutdown grace: every lease lets go at once,
+        # also one taken afterwards (a PATCH that was waiting for its lock).
+        self.cutting = False
 
     @staticmethod
     def new_token() -> str:
@@ -143,7 +157,7 @@ class Locker:
     def adopt(self, upload: Upload, token: str) -> HeldUpload:
         """An upload whose lock this request set with its record (creation)."""
         lease = Lease(upload.id, token, ttl=self.ttl, extend=self.store.extend)
-        self._leases[upload.id] = lease
+        self._take(lease)
         return HeldUpload(upload, lease, self)
 
     @asynccontextmanager
@@ -159,7 +173,7 @@ class Locker:
             self.wait if wait else 0.0,
         )
         assert claim.upload is not None
-        self._leases[upload_id] = lease
+        self._take(lease)
         try:
             yield HeldUpload(claim.upload, lease, self)
         finally:
@@ -178,10 +192,29 @@ class Locker:
         if claim.status is ClaimStatus.GONE:
             raise errors.gone()
         assert claim.upload is not None
-        self._leases[upload_id] = lease
+        self._take(lease)
         try:
             yield HeldUpload(claim.upload, lease, self)
         finally:
+            await self.release(lease)
+
+    def _take(self, lease: Lease) -> None:
+        self._leases[lease.upload_id] = lease
+        if self.cutting:
+            lease.let_go()
+
+    def let_all_go(self) -> None:
+        """End of the shutdown grace: every request of this process holding an
+        upload stops reading, commits what it stored and releases the lock."""
+        self.cutting = True
+        for lease in list(self._leases.values()):
+            lease.let_go()
+
+    async def release_all(self) -> None:
+        """Last step of a shutdown: release the locks still held (by requests
+        that did not end in time), so other instances need not wait for their
+        TTL. Such a request's later commit is refused by the compare-and-set."""
+        for lease in list(self._leases.values()):
             await self.release(lease)
 
     async def read(self, upload_id: str) -> Upload:
@@ -259,4 +292,7 @@ class Locker:
         lease = self._leases.get(upload_id)
         if lease is not None:
             logger.info("upload %s: release requested", lease.upload_id)
-            lease.release_requested.set()
+            if self.draining:
+                lease.let_go()
+            else:
+                lease.release_requested.set()

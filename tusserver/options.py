@@ -57,6 +57,7 @@ _KINDS: dict[str, _Kind] = {
     "lock_wait": _DURATION,
     "takeover_after": _DURATION,
     "lock_ttl": _DURATION,
+    "shutdown_grace": _DURATION,
     "file_mode": _Kind(parse_mode, lambda mode: f"{mode:o}"),
     "expire_after": _DURATION,
     "retention": _DURATION,

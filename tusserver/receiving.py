@@ -91,6 +91,11 @@ async def receive_body(
             # Never a 2xx: another request has the upload now, and a client
             # reads a 2xx as "all sent was accepted".
             raise errors.taken_over(upload.offset)
+        if transfer.end is End.SHUTDOWN:
+            # Retryable, and never a 2xx, as for a takeover: the client
+            # resumes on another instance from the offset committed here.
+            logger.info("upload %s: cut by shutdown at offset %d", upload.id, upload.offset)
+            raise errors.shutting_down(upload.offset)
         if transfer.end is End.REFUSED:
             assert transfer.refusal is not None
             raise await screening.refuse(

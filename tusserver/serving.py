@@ -10,11 +10,14 @@ it was, and no setting is put into argv or the environment to reach them
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import logging
 import logging.config
+import math
 import signal
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from types import FrameType
@@ -26,14 +29,17 @@ from uvicorn.supervisors import Multiprocess
 
 from tusserver.app import create_app
 from tusserver.config import Config
+from tusserver.draining import Draining
 from tusserver.embedded_redis import EmbeddedRedisError, running_url
 from tusserver.startup import state_redis
 
 # A PATCH is long-lived; keep the connection open between a client's chunks.
 _KEEP_ALIVE_SECONDS = 30
-# On SIGTERM, running PATCHes get this long to finish; then they are
-# cancelled and commit the bytes they stored (see handlers).
-_GRACEFUL_SHUTDOWN_SECONDS = 10
+# On SIGTERM the app cuts running PATCHes after Config.shutdown_grace
+# (tusserver.draining); uvicorn waits this much longer for them to commit,
+# answer and close, and only then cancels what is left (which still commits,
+# shielded, but answers nothing useful).
+_CUT_MARGIN_SECONDS = 5.0
 
 
 def serve(config: Config) -> bool:
@@ -54,7 +60,8 @@ def serve(config: Config) -> bool:
         log_level=config.log_level,
         access_log=config.access_log,
         timeout_keep_alive=_KEEP_ALIVE_SECONDS,
-        timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_SECONDS,
+        # uvicorn takes whole seconds.
+        timeout_graceful_shutdown=math.ceil(config.shutdown_grace + _CUT_MARGIN_SECONDS),
     )
     server = uvicorn.Server(settings)
     # Started here, in the main thread of the supervising process, so every
@@ -92,8 +99,33 @@ class WorkerApp:
                     " supervising tusserver still running?"
                 )
             config = replace(config, redis_url=url)
+        draining = Draining()
+        _drain_on_stop_signals(draining)
         # Checked once, by the supervising process, before anything started.
-        return create_app(config, storage_checked=True)
+        return create_app(config, storage_checked=True, draining=draining)
+
+
+def _drain_on_stop_signals(draining: Draining) -> None:
+    """Begin the drain the moment SIGTERM or SIGINT arrives, then let uvicorn
+    handle the signal as before.
+
+    Called by the app factory, which uvicorn calls on its event loop after
+    installing its own handlers; uvicorn restores the ones it found when it
+    ends. Without this the app would learn of the stop only at its lifespan's
+    end, after uvicorn had waited for (and cancelled) the running requests.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return  # signals reach the main thread only; an embedding server stops the app
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(sig)
+
+        def stop(signum: int, frame: FrameType | None, previous: Any = previous) -> None:
+            loop.call_soon_threadsafe(draining.begin)
+            if callable(previous):
+                previous(signum, frame)
+
+        signal.signal(sig, stop)
 
 
 def logging_config(level: str) -> dict[str, Any]:

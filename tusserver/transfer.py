@@ -14,8 +14,9 @@ Three tasks cooperate for one PATCH (or POST with data):
 - the *watchdog* ends the reading when no byte arrived for ``idle_timeout``,
   when another request asked for the lock (see ``locking``) and no byte
   arrived for ``takeover_after`` (a writer that is receiving keeps the
-  upload), or when the lock was lost, and keeps the lock alive while the
-  request is not idle;
+  upload), when the process is stopping and asks it to let go at once, or
+  when the lock was lost, and keeps the lock alive while the request is not
+  idle;
 - *checkpoints* (when the caller asks for them) commit the bytes stored so
   far while the body still streams, every ``Checkpoints.every_bytes`` or
   ``every_seconds``, whichever comes first, so that a process that dies
@@ -53,6 +54,7 @@ class End(enum.Enum):
     DISCONNECT = "disconnect"  # the connection went away
     IDLE = "idle"  # no byte for idle_timeout
     RELEASED = "released"  # another request took the upload over from this stalled one
+    SHUTDOWN = "shutdown"  # the process is stopping: this request let go at once
     TOO_LARGE = "too_large"  # the body ran past the limit: discard it all
     LOCK_LOST = "lock_lost"  # the lock lapsed and was taken: the commit will be refused
     REFUSED = "refused"  # the head check refused the content: discard it all
@@ -201,6 +203,10 @@ async def receive_into_storage(
             with anyio.move_on_after(min(1.0, idle_timeout / 4)):
                 await lease.release_requested.wait()
             now = time.monotonic()
+            if lease.must_let_go:
+                transfer.end = End.SHUTDOWN
+                reading.cancel()
+                return
             if lease.release_requested.is_set():
                 if now - transfer.last_bytes_at >= takeover_after:
                     transfer.end = End.RELEASED
