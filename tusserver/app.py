@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from storage_backends import registry
 from storage_backends.base import Storage
-from tusserver import auth, errors, forms, headers, protocol, sweeper
+from tusserver import auth, errors, forms, headers, metrics, metrics_http, protocol, sweeper
 from tusserver.config import Config, ConfigError
 from tusserver.cors import cors_middleware
 from tusserver.download import download_upload
@@ -41,7 +41,9 @@ from tusserver.hook_setup import check_hooks, open_hooks
 from tusserver.hooking import current_request
 from tusserver.hooks import Hooks
 from tusserver.locking import Locker
+from tusserver.log_format import bind_upload
 from tusserver.log_safety import describe, origin
+from tusserver.observing import Observed
 from tusserver.services import Services, tus_headers
 from tusserver.startup import check_storage, state_redis_in_thread
 from tusserver.state import StateUnavailable, UploadStore
@@ -78,6 +80,8 @@ def create_app(
     services_box: list[Services] = []
     # Built now: an unusable public key file fails here, not on a request.
     authenticator = auth.resolve(config, authenticate)
+    # A registry of this app's own: two apps in one process count apart.
+    recorder = metrics.new_recorder() if config.metrics else metrics.Recorder()
 
     def dispatch(table: dict[str, Handler]) -> Callable[[Request], Awaitable[Response]]:
         allowed = ", ".join(sorted(table))
@@ -88,6 +92,9 @@ def create_app(
                 # without credentials; CORS preflights never get here).
                 if authenticator is not None and request.method != "OPTIONS":
                     await auth.identify(request, authenticator)
+                upload_id = request.path_params.get("upload_id")
+                if upload_id is not None and protocol.is_upload_id(upload_id):
+                    bind_upload(upload_id)  # for every log line of this request
                 handler = table.get(request.method)
                 if handler is None:
                     return render(errors.method_not_allowed(allowed))
@@ -137,7 +144,11 @@ def create_app(
         upload_methods["GET"] = download_upload
     upload = dispatch(upload_methods)
     base = config.base_path
-    routes = [
+    routes = []
+    if isinstance(recorder, metrics.PrometheusRecorder) and config.metrics_port is None:
+        # First: a base path of / must not take it for an upload id.
+        routes.append(Route(config.metrics_path, metrics_http.endpoint(recorder), methods=["GET"]))
+    routes += [
         Route(base, EveryMethod(collection)),
         Route(base.rstrip("/") or "/", EveryMethod(collection)),
         # :path so that malformed ids with slashes also get a tus 404, not a bare one.
@@ -147,6 +158,15 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
+            stack.callback(metrics.process_ended)
+            if (
+                isinstance(recorder, metrics.PrometheusRecorder)
+                and config.metrics_port is not None
+                and not metrics.multiprocess_mode()  # then the supervising process serves it
+            ):
+                stack.enter_context(
+                    metrics_http.own_port(config.host, config.metrics_port, recorder.registry)
+                )
             backend = open_storage(config) if storage is None else storage
             stack.push_async_callback(backend.aclose)
             if not storage_checked:
@@ -171,8 +191,13 @@ def create_app(
                 tasks.cancel_scope.cancel()
             services_box.clear()
 
-    # CORS outermost: a preflight is answered before anything else sees it.
-    middleware = [*cors_middleware(config, render), Middleware(MethodOverride)]
+    # Observed outermost, so that every answer, a preflight's too, carries the
+    # request id and counts; then CORS: a preflight is answered before anything else.
+    middleware = [
+        Middleware(Observed, recorder=recorder, access_log=config.access_log),
+        *cors_middleware(config, render),
+        Middleware(MethodOverride),
+    ]
     return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
 
 
@@ -222,6 +247,8 @@ def open_storage(config: Config) -> Storage:
 
 def render(error: errors.TusError) -> Response:
     """The one place a TusError becomes an HTTP response."""
+    if error.status == 423:
+        metrics.recorder().locked(error.code)
     response_headers = tus_headers()
     response_headers.update(error.headers)
     response_headers[headers.CACHE_CONTROL] = "no-store"

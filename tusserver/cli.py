@@ -20,7 +20,7 @@ import click
 from tusserver import auth, serving
 from tusserver.app import open_storage
 from tusserver.app import sweep as app_sweep
-from tusserver.config import LOG_LEVELS, Config, ConfigError, redact_url
+from tusserver.config import LOG_FORMATS, LOG_LEVELS, Config, ConfigError, redact_url
 from tusserver.embedded_redis import EmbeddedRedisError
 from tusserver.options import config_from, option
 from tusserver.startup import check_redis, check_storage, state_redis
@@ -104,6 +104,19 @@ _retention_option = option(
 @option("--workers", type=int, help="Worker processes (1 to 64).")
 @option("--log-level", type=click.Choice(LOG_LEVELS), help="How much to log.")
 @option("--access-log/--no-access-log", help="Log every request.")
+@option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    help="Log lines as text, or as JSON objects (one per line) with request and upload ids.",
+)
+@option("--metrics/--no-metrics", help="Export Prometheus metrics.")
+@option("--metrics-path", help="URL path of the Prometheus metrics on the main port.")
+@option(
+    "--metrics-port",
+    type=int,
+    help="Serve the metrics on this port of their own (on --host) instead of the main one. "
+    "Unset: on the main port at --metrics-path.",
+)
 @option(
     "--downloads/--no-downloads",
     help="GET on an upload URL downloads the finished file (with Range).",

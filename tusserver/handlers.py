@@ -21,6 +21,7 @@ from tusserver import (
     errors,
     expiry,
     extensions,
+    metrics,
     ownership,
     protocol,
     screening,
@@ -251,6 +252,7 @@ async def delete_upload(request: Request, services: Services) -> Response:
                 await services.hooks.check_termination(held.upload)
         await services.storage.delete(upload_id, held.upload.location)
         await held.terminate()
+    metrics.recorder().terminated()
     services.running.forget(upload_id)
     logger.info("upload %s terminated", upload_id)
     services.hooks.notify(HookType.POST_TERMINATE, file_info(held.upload))

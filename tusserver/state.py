@@ -47,7 +47,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from redis.typing import EncodableT
 
-from tusserver import scripts
+from tusserver import metrics, scripts
 from tusserver.record import COMPLETE, FAILED, OWNER_FIELD, Upload, from_fields, to_fields
 
 # How long a terminated upload answers 410 before it is forgotten (then 404).
@@ -121,6 +121,7 @@ def _translating(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
         try:
             return await func(*args, **kwargs)
         except RedisError as exc:
+            metrics.recorder().redis_error(type(exc).__name__)
             raise StateUnavailable(str(exc)) from exc
 
     return wrapper
