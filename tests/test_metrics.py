@@ -200,6 +200,20 @@ def test_each_mounted_app_counts_only_its_own_requests(
     assert value(scrape(second.url + "/tus/metrics"), "tusserver_uploads_created_total") == 0
 
 
+def test_a_mounted_apps_sweeper_counts_into_its_metrics(
+    tus_server: Callable[..., RunningServer],
+) -> None:
+    # The parent runs the mounted app's lifespan past the app's own layers.
+    server = tus_server(mount_at="/tus", expire_after=0.2, sweep_interval=0.2)
+    server.create(10)
+
+    def expired() -> bool:
+        samples = scrape(server.url + "/tus/metrics")
+        return value(samples, "tusserver_uploads_expired_total") == 1
+
+    wait_for(expired)
+
+
 def test_no_metrics_answers_no_metrics_path(tus_server: Callable[..., RunningServer]) -> None:
     server = tus_server(metrics=False)
     server.create(10)

@@ -157,6 +157,10 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # Here, not only in Observed: an app mounted in another runs this
+        # lifespan from the parent's, past its own middleware. The background
+        # tasks below inherit it.
+        metrics.use(recorder)
         async with AsyncExitStack() as stack:
             stack.callback(metrics.process_ended)
             if (

@@ -51,12 +51,10 @@ class Observed:
         self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # For the lifespan too: its background tasks (sweeper, hook
-        # deliverer) inherit the recorder from here.
-        metrics.use(self.recorder)
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        metrics.use(self.recorder)
         started = time.perf_counter()
         rid = request_id(scope)
         method: str = scope["method"]
