@@ -19,7 +19,9 @@ reads and sums all of them (``exposition_registry``).
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import itertools
 import os
 import shutil
 import tempfile
@@ -31,8 +33,11 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Metric,
     multiprocess,
 )
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
 
 PREFIX = "tusserver_"
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
@@ -92,6 +97,76 @@ class Recorder:
         """A sweep pass ran and removed this much."""
 
 
+# The le labels of the buckets, as Prometheus writes them.
+_BOUND_LABELS = (*(repr(bound) for bound in _DURATION_BUCKETS), "+Inf")
+_REQUESTS = ("requests_total", "HTTP requests answered, by method and status.")
+_DURATIONS = (
+    "request_duration_seconds",
+    "Time from a request's start to the end of its answer, by method.",
+)
+
+
+class RequestStats(Collector):
+    """Requests by method and status, and their durations by method, of one
+    process, as plain numbers: recorded on the event loop without a lock,
+    turned into metric families when scraped (a snapshot of each dict, which
+    another thread may read: the metrics port's server)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, int], int] = {}
+        # Per method: the count in each bucket (the last is +Inf), and the sum.
+        self.buckets: dict[str, list[int]] = {}
+        self.sums: dict[str, float] = {}
+
+    def record(self, method: str, status: int, seconds: float) -> None:
+        key = (method, status)
+        counts = self.counts
+        counts[key] = counts.get(key, 0) + 1
+        buckets = self.buckets.get(method)
+        if buckets is None:
+            buckets = self.buckets[method] = [0] * (len(_DURATION_BUCKETS) + 1)
+            self.sums[method] = 0.0
+        buckets[bisect.bisect_left(_DURATION_BUCKETS, seconds)] += 1
+        self.sums[method] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            PREFIX + _REQUESTS[0], _REQUESTS[1], labels=("method", "status")
+        )
+        for (method, status), count in sorted(list(self.counts.items())):
+            requests.add_metric((method, str(status)), count)
+        yield requests
+        durations = HistogramMetricFamily(PREFIX + _DURATIONS[0], _DURATIONS[1], labels=("method",))
+        sums = dict(list(self.sums.items()))
+        for method, buckets in sorted(list(self.buckets.items())):
+            cumulative = itertools.accumulate(list(buckets))
+            durations.add_metric(
+                (method,), list(zip(_BOUND_LABELS, cumulative, strict=True)), sums.get(method, 0.0)
+            )
+        yield durations
+
+
+class _SharedRequestStats:
+    """The same two metrics as prometheus_client's, whose values live in the
+    multiprocess directory's files, summed over every worker when scraped."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            PREFIX + _REQUESTS[0], _REQUESTS[1], ("method", "status"), registry=registry
+        )
+        self.durations = Histogram(
+            PREFIX + _DURATIONS[0],
+            _DURATIONS[1],
+            ("method",),
+            buckets=_DURATION_BUCKETS,
+            registry=registry,
+        )
+
+    def record(self, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(method, str(status)).inc()
+        self.durations.labels(method).observe(seconds)
+
+
 class PrometheusRecorder(Recorder):
     """The metrics, registered in ``registry`` (one per app)."""
 
@@ -103,16 +178,16 @@ class PrometheusRecorder(Recorder):
         def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
             return Counter(PREFIX + name, doc, labels, registry=registry)
 
-        self.requests = counter(
-            "requests_total", "HTTP requests answered, by method and status.", ("method", "status")
-        )
-        self.request_seconds = Histogram(
-            PREFIX + "request_duration_seconds",
-            "Time from a request's start to the end of its answer, by method.",
-            ("method",),
-            buckets=_DURATION_BUCKETS,
-            registry=registry,
-        )
+        # The two metrics of every request. In one process, plain numbers
+        # read at scrape time (RequestStats): prometheus_client's metric
+        # objects take a lock per value, which a HEAD would notice. Across
+        # processes, its file-backed metrics, which the scrape sums.
+        self._requests: RequestStats | _SharedRequestStats
+        if multiprocess_mode():
+            self._requests = _SharedRequestStats(registry)
+        else:
+            self._requests = RequestStats()
+            registry.register(self._requests)
         self.patches_in_flight = Gauge(
             PREFIX + "patches_in_flight",
             "PATCH requests running now.",
@@ -153,20 +228,9 @@ class PrometheusRecorder(Recorder):
         self.swept_uploads = counter(
             "swept_total", "What sweep passes removed, by kind.", ("kind",)
         )
-        # Label children looked up once: a request records two of them.
-        self._request_children: dict[tuple[str, int], Counter] = {}
-        self._duration_children: dict[str, Histogram] = {}
 
     def request(self, method: str, status: int, seconds: float) -> None:
-        key = (method, status)
-        child = self._request_children.get(key)
-        if child is None:
-            child = self._request_children[key] = self.requests.labels(method, str(status))
-        child.inc()
-        duration = self._duration_children.get(method)
-        if duration is None:
-            duration = self._duration_children[method] = self.request_seconds.labels(method)
-        duration.observe(seconds)
+        self._requests.record(method, status, seconds)
 
     def patch_started(self) -> None:
         self.patches_in_flight.inc()
