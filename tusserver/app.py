@@ -144,11 +144,7 @@ def create_app(
         upload_methods["GET"] = download_upload
     upload = dispatch(upload_methods)
     base = config.base_path
-    routes = []
-    if isinstance(recorder, metrics.PrometheusRecorder) and config.metrics_port is None:
-        # First: a base path of / must not take it for an upload id.
-        routes.append(Route(config.metrics_path, metrics_http.endpoint(recorder), methods=["GET"]))
-    routes += [
+    routes = [
         Route(base, EveryMethod(collection)),
         Route(base.rstrip("/") or "/", EveryMethod(collection)),
         # :path so that malformed ids with slashes also get a tus 404, not a bare one.
@@ -195,10 +191,15 @@ def create_app(
                 tasks.cancel_scope.cancel()
             services_box.clear()
 
+    # Scrapes are answered by Observed, before routing: a route of its own
+    # would be tried, and cost, on every tus request.
+    scrape = None
+    if isinstance(recorder, metrics.PrometheusRecorder) and config.metrics_port is None:
+        scrape = (config.metrics_path, metrics_http.scrape_app(recorder))
     # Observed outermost, so that every answer, a preflight's too, carries the
     # request id and counts; then CORS: a preflight is answered before anything else.
     middleware = [
-        Middleware(Observed, recorder=recorder, access_log=config.access_log),
+        Middleware(Observed, recorder=recorder, access_log=config.access_log, scrape=scrape),
         *cors_middleware(config, render),
         Middleware(MethodOverride),
     ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -11,22 +11,20 @@ from prometheus_client import (
     generate_latest,
     start_http_server,
 )
-from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tusserver import metrics
 
 
-def endpoint(recorder: metrics.PrometheusRecorder) -> Callable[[Request], Response]:
-    """The route's endpoint: the Prometheus text format of ``recorder``'s app
+def scrape_app(recorder: metrics.PrometheusRecorder) -> ASGIApp:
+    """An ASGI app answering the Prometheus text format of ``recorder``'s app
     (of every worker, in multiprocess mode)."""
 
-    def scrape(request: Request) -> Response:
+    async def scrape(scope: Scope, receive: Receive, send: Send) -> None:
         body = generate_latest(metrics.exposition_registry(recorder))
-        return Response(
-            body,
-            headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"},
-        )
+        headers = {"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"}
+        await Response(body, headers=headers)(scope, receive, send)
 
     return scrape
 

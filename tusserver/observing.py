@@ -45,10 +45,20 @@ def request_id(scope: Scope) -> str:
 class Observed:
     """Binds the request's id and the app's metrics recorder, then times and counts it."""
 
-    def __init__(self, app: ASGIApp, recorder: metrics.Recorder, *, access_log: bool) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        recorder: metrics.Recorder,
+        *,
+        access_log: bool,
+        scrape: tuple[str, ASGIApp] | None = None,
+    ) -> None:
+        """``scrape``: the metrics path and the app answering GET there."""
         self.app = app
         self.recorder = recorder
         self.access_log = access_log
+        self.scrape_path = scrape[0] if scrape is not None else ""
+        self.scrape: ASGIApp | None = scrape[1] if scrape is not None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -73,8 +83,16 @@ class Observed:
         patch = method == "PATCH"
         if patch:
             recorder.patch_started()
+        app = self.app
+        if (
+            self.scrape is not None
+            and method in ("GET", "HEAD")
+            # Mounted, the path is the whole path and root_path the mount's.
+            and scope["path"] == scope.get("root_path", "") + self.scrape_path
+        ):
+            app = self.scrape
         try:
-            await self.app(scope, receive, send_with_id)
+            await app(scope, receive, send_with_id)
         finally:
             if patch:
                 recorder.patch_ended()
