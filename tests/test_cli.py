@@ -299,7 +299,7 @@ def test_env_vars_configure_the_server(tmp_path: Path) -> None:
 
         server.process.send_signal(signal.SIGTERM)
         server.wait_exit()
-        assert '"OPTIONS /uploads/ HTTP/1.1" 200' in server.output(), (
+        assert "OPTIONS /uploads/ 200 " in server.output(), (
             f"TUSSERVER_ACCESS_LOG=true did not turn on the access log:\n{server.output()}"
         )
 

@@ -56,7 +56,14 @@ TUS_RESPONSE_HEADERS = {
 DOWNLOAD_RESPONSE_HEADERS = {"content-disposition", "content-range", "accept-ranges", "etag"}
 # A 401's challenge, so a page tells an expired token from a missing one.
 AUTH_RESPONSE_HEADERS = {"www-authenticate"}
-EXPOSED_HEADERS = TUS_RESPONSE_HEADERS | DOWNLOAD_RESPONSE_HEADERS | AUTH_RESPONSE_HEADERS
+# The request's id, which a page can quote when it reports a failure.
+OPERATING_RESPONSE_HEADERS = {"x-request-id"}
+EXPOSED_HEADERS = (
+    TUS_RESPONSE_HEADERS
+    | DOWNLOAD_RESPONSE_HEADERS
+    | AUTH_RESPONSE_HEADERS
+    | OPERATING_RESPONSE_HEADERS
+)
 
 
 def header_set(value: str) -> set[str]:

@@ -23,7 +23,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from storage_backends import registry
 from storage_backends.base import Storage
-from tusserver import auth, errors, forms, headers, protocol, redis_topology, redis_urls, sweeper
+from tusserver import (
+    auth,
+    errors,
+    forms,
+    headers,
+    metrics,
+    metrics_http,
+    protocol,
+    redis_topology,
+    redis_urls,
+    sweeper,
+)
 from tusserver.config import Config, ConfigError
 from tusserver.cors import cors_middleware
 from tusserver.download import download_upload
@@ -40,7 +51,9 @@ from tusserver.hook_setup import check_hooks, open_hooks
 from tusserver.hooking import current_request
 from tusserver.hooks import Hooks
 from tusserver.locking import Locker
+from tusserver.log_format import bind_upload
 from tusserver.log_safety import describe, origin
+from tusserver.observing import Observed
 from tusserver.services import Services, tus_headers
 from tusserver.startup import check_storage, state_redis_in_thread
 from tusserver.state import StateUnavailable, UploadStore
@@ -82,6 +95,8 @@ def create_app(
     # Built now: an unusable public key file fails here, not on a request.
     authenticator = auth.resolve(config, authenticate)
     stopping = Draining() if draining is None else draining
+    # A registry of this app's own: two apps in one process count apart.
+    recorder = metrics.new_recorder() if config.metrics else metrics.Recorder()
 
     def dispatch(table: dict[str, Handler]) -> Callable[[Request], Awaitable[Response]]:
         allowed = ", ".join(sorted(table))
@@ -94,6 +109,9 @@ def create_app(
                 # without credentials; CORS preflights never get here).
                 if authenticator is not None and request.method != "OPTIONS":
                     await auth.identify(request, authenticator)
+                upload_id = request.path_params.get("upload_id")
+                if upload_id is not None and protocol.is_upload_id(upload_id):
+                    bind_upload(upload_id)  # for every log line of this request
                 handler = table.get(request.method)
                 if handler is None:
                     return render(errors.method_not_allowed(allowed))
@@ -152,7 +170,20 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # Here, not only in Observed: an app mounted in another runs this
+        # lifespan from the parent's, past its own middleware. The background
+        # tasks below inherit it.
+        metrics.use(recorder)
         async with AsyncExitStack() as stack:
+            stack.callback(metrics.process_ended)
+            if (
+                isinstance(recorder, metrics.PrometheusRecorder)
+                and config.metrics_port is not None
+                and not metrics.multiprocess_mode()  # then the supervising process serves it
+            ):
+                stack.enter_context(
+                    metrics_http.own_port(config.host, config.metrics_port, recorder.registry)
+                )
             backend = open_storage(config) if storage is None else storage
             stack.push_async_callback(backend.aclose)
             if not storage_checked:
@@ -188,8 +219,18 @@ def create_app(
                 tasks.cancel_scope.cancel()
             services_box.clear()
 
-    # CORS outermost: a preflight is answered before anything else sees it.
-    middleware = [*cors_middleware(config, render), Middleware(MethodOverride)]
+    # Scrapes are answered by Observed, before routing: a route of its own
+    # would be tried, and cost, on every tus request.
+    scrape = None
+    if isinstance(recorder, metrics.PrometheusRecorder) and config.metrics_port is None:
+        scrape = (config.metrics_path, metrics_http.scrape_app(recorder))
+    # Observed outermost, so that every answer, a preflight's too, carries the
+    # request id and counts; then CORS: a preflight is answered before anything else.
+    middleware = [
+        Middleware(Observed, recorder=recorder, access_log=config.access_log, scrape=scrape),
+        *cors_middleware(config, render),
+        Middleware(MethodOverride),
+    ]
     return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
 
 
@@ -246,6 +287,8 @@ def open_storage(config: Config) -> Storage:
 
 def render(error: errors.TusError) -> Response:
     """The one place a TusError becomes an HTTP response."""
+    if error.status == 423:
+        metrics.recorder().locked(error.code)
     response_headers = tus_headers()
     response_headers.update(error.headers)
     response_headers[headers.CACHE_CONTROL] = "no-store"

@@ -27,7 +27,7 @@ from tusserver.common_options import hook_options
 from tusserver.common_options import redis_url_option as _redis_url_option
 from tusserver.common_options import retention_option as _retention_option
 from tusserver.common_options import storage_option as _storage_option
-from tusserver.config import LOG_LEVELS, Config, ConfigError, redact_url
+from tusserver.config import LOG_FORMATS, LOG_LEVELS, Config, ConfigError, redact_url
 from tusserver.embedded_redis import EmbeddedRedisError
 from tusserver.options import config_from, option
 from tusserver.startup import check_redis, check_storage, state_redis
@@ -96,6 +96,19 @@ def main() -> None:
 )
 @option("--log-level", type=click.Choice(LOG_LEVELS), help="How much to log.")
 @option("--access-log/--no-access-log", help="Log every request.")
+@option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    help="Log lines as text, or as JSON objects (one per line) with request and upload ids.",
+)
+@option("--metrics/--no-metrics", help="Export Prometheus metrics.")
+@option("--metrics-path", help="URL path of the Prometheus metrics on the main port.")
+@option(
+    "--metrics-port",
+    type=int,
+    help="Serve the metrics on this port of their own (on --host) instead of the main one. "
+    "Unset: on the main port at --metrics-path.",
+)
 @option(
     "--downloads/--no-downloads",
     help="GET on an upload URL downloads the finished file (with Range).",

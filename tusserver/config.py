@@ -73,6 +73,7 @@ def redact_url(text: str) -> str:
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 
 
 # Keywords only: a setting is always named where it is given.
@@ -98,6 +99,17 @@ class Config:
     # chunk in flight to end, short enough for an orchestrator's kill
     # timeout (Kubernetes waits 30 s by default).
     shutdown_grace: float = 10.0
+    # Log lines as text for people, or as JSON objects (one per line) for a
+    # log pipeline, with the request id, upload id, method, path, status.
+    log_format: str = "text"
+    # Prometheus metrics (tusserver/metrics.py): cheap, and what an operator
+    # needs to see uploads, bytes and failures. Off: nothing is recorded.
+    metrics: bool = True
+    # Where the app answers scrapes, beside the tus endpoint.
+    metrics_path: str = "/metrics"
+    # A port of their own for the metrics instead (on `host`), to keep
+    # scrapes off a public port. None: served on the app at metrics_path.
+    metrics_port: int | None = None
     # Where finished files land: a folder path or the URL of a registered
     # backend (file://, smb://; storage_backends/registry.py), which carries
     # the backend's own options. Partials live in its `.partial/` subfolder
@@ -250,6 +262,9 @@ class Config:
             raise ConfigError(f"workers must be between 1 and 64, not {self.workers}.")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"log level must be one of {', '.join(LOG_LEVELS)}.")
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(f"log format must be one of {', '.join(LOG_FORMATS)}.")
+        self._check_metrics()
         if not (self.base_path.startswith("/") and self.base_path.endswith("/")):
             raise ConfigError(
                 f"base path must start and end with '/', like /files/, not {self.base_path!r}."
@@ -309,6 +324,21 @@ class Config:
                 f"like https://example.com/files/, not {self.public_url!r}."
             )
         _check_hooks(self)
+
+    def _check_metrics(self) -> None:
+        if not _METRICS_PATH.fullmatch(self.metrics_path):
+            raise ConfigError(
+                f"metrics path must be a path like /metrics, not {self.metrics_path!r}."
+            )
+        if self.metrics_path in (self.base_path, self.base_path.rstrip("/")):
+            raise ConfigError("metrics path must differ from the base path of the uploads.")
+        if self.metrics_port is not None:
+            if not 1 <= self.metrics_port <= 65535:
+                raise ConfigError(
+                    f"metrics port must be between 1 and 65535, not {self.metrics_port}."
+                )
+            if self.metrics_port == self.port:
+                raise ConfigError("metrics port must differ from the port of the uploads.")
 
     def _check_jwt(self) -> None:
         if self.jwt_secret is not None and self.jwt_public_key is not None:
@@ -375,4 +405,5 @@ _ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#@\s]+", re.IGNORECASE)
 _HOOKS_URL = re.compile(r"https?://[^/?#@\s]+(/[^#\s]*)?", re.IGNORECASE)
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _HEADER_VALUE = re.compile(r"[^\x00-\x1f\x7f]*")
+_METRICS_PATH = re.compile(r"/[A-Za-z0-9._~/-]*")
 _PUBLIC_URL = re.compile(r"https?://[^/?#@\s]+(/[^?#\s]*)?", re.IGNORECASE)

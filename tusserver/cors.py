@@ -76,6 +76,8 @@ RESPONSE_HEADERS = (
     headers.ETAG,
     # A 401's challenge: a page can tell an expired token from a missing one.
     headers.WWW_AUTHENTICATE,
+    # The request's id (tusserver/observing.py), to quote in a support request.
+    headers.X_REQUEST_ID,
 )
 
 METHODS = ("POST", "HEAD", "PATCH", "DELETE", "OPTIONS", "GET")

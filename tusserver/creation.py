@@ -23,11 +23,12 @@ from dataclasses import dataclass, field, replace
 import anyio
 from starlette.datastructures import Headers
 
-from tusserver import errors, expiry, integrity, protocol, screening
+from tusserver import errors, expiry, integrity, metrics, protocol, screening
 from tusserver.headers import UPLOAD_METADATA
 from tusserver.held import HeldUpload
 from tusserver.hook_events import FileInfo, HookType
 from tusserver.hooking import file_info, metadata_text, part_ids, rejection
+from tusserver.log_format import bind_upload
 from tusserver.log_safety import describe
 from tusserver.protocol import Checksum, Metadata
 from tusserver.record import Upload
@@ -109,6 +110,8 @@ async def _store_new(services: Services, draft: Draft, *, lock_token: str | None
     if not stored:
         logger.info("upload %s: not created: the id is taken", upload.id)
         raise errors.upload_id_taken()
+    bind_upload(upload.id)
+    metrics.recorder().created()
     logger.info(
         "upload %s created (length %s)",
         upload.id,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 from collections.abc import Mapping
 
+from tusserver import metrics
 from tusserver.headers import (
     ALLOW,
     CONNECTION,
@@ -667,7 +668,13 @@ def storage_read_failed() -> TusError:
 
 def storage_failure(exc: OSError, *, reading: bool = False) -> TusError:
     """The answer to a storage fault, by what it is: a full disk or a refused
-    access is not passing trouble, and a client should not retry it."""
+    access is not passing trouble, and a client should not retry it.
+    Every storage fault a client is told of passes here, so it is counted here."""
+    metrics.recorder().storage_error(
+        errno.errorcode.get(exc.errno, type(exc).__name__)
+        if exc.errno is not None
+        else type(exc).__name__
+    )
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return storage_full()
     if isinstance(exc, PermissionError) or exc.errno == errno.EROFS:

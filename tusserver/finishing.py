@@ -11,7 +11,7 @@ import logging
 
 import anyio
 
-from tusserver import errors, integrity, naming, protocol
+from tusserver import errors, integrity, metrics, naming, protocol
 from tusserver.digests import FILE_DIGEST
 from tusserver.held import HeldUpload
 from tusserver.hook_events import HookType
@@ -56,6 +56,7 @@ async def finalize(services: Services, held: HeldUpload) -> None:
             # it record their own digests.
             post_finish = await services.hooks.announce_finish(upload)
             await held.complete_unpublished(post_finish=post_finish)
+            metrics.recorder().finished()
             logger.info("upload %s: partial upload complete (%d bytes)", upload.id, upload.length)
             return
         name = naming.final_name(services.config.final_name, upload.id, upload.metadata.values)
@@ -63,6 +64,7 @@ async def finalize(services: Services, held: HeldUpload) -> None:
         sha256 = digests[FILE_DIGEST].hex()
         post_finish = await services.hooks.announce_finish(upload, location, sha256)
         await _record_completion(services, held, location, sha256, post_finish)
+        metrics.recorder().finished()
     logger.info(
         "upload %s finished as %s (%d bytes, sha256 %s)", upload.id, location, upload.length, sha256
     )

@@ -21,6 +21,7 @@ from tusserver import (
     errors,
     expiry,
     extensions,
+    metrics,
     ownership,
     protocol,
     screening,
@@ -247,6 +248,7 @@ async def delete_upload(request: Request, services: Services) -> Response:
     async with services.locker.hold(upload_id) as held:
         await _check_access(services, held)
         await termination.terminate(services, held)
+    metrics.recorder().terminated()
     termination.announce(services, held.upload)
     return Response(status_code=204, headers=tus_headers())
 

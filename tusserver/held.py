@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from tusserver import errors
+from tusserver import errors, metrics
 from tusserver.hook_events import HookResponse
 from tusserver.log_safety import describe
 from tusserver.record import COMPLETE, FAILED, Upload
@@ -81,6 +81,7 @@ class HeldUpload:
             durable=durable,
         )
         self._check(status, "commit")
+        metrics.recorder().stored(new_offset - upload.offset)
         upload.offset = new_offset
         if expires is not None and upload.expires is not None:
             upload.expires = expires
@@ -124,6 +125,7 @@ class HeldUpload:
         status = await self._store.fail(self.upload.id, self.lease.token, failure, code)
         self._check(status, "failure")
         self.lease.released = True
+        metrics.recorder().failed(code or "unspecified")
         upload = self.upload
         upload.state, upload.failure, upload.failure_code = FAILED, failure, code
 

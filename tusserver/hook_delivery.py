@@ -38,7 +38,8 @@ from dataclasses import dataclass
 
 import anyio
 
-from tusserver.hook_events import decode_event
+from tusserver import metrics
+from tusserver.hook_events import HookType, decode_event
 from tusserver.hook_outbox import Entry, HookOutbox
 from tusserver.hooking import hook_failure
 from tusserver.hooks import Hook
@@ -129,6 +130,7 @@ class Deliverer:
             with anyio.fail_after(self._timeout):
                 await self._hook(decode_event(payload))
         except Exception as exc:  # retried until the hook takes it
+            metrics.recorder().hook(HookType.POST_FINISH.value, False)
             logger.warning(
                 "upload %s: post-finish hook not delivered (%s); retrying",
                 entry.upload_id,
@@ -136,6 +138,7 @@ class Deliverer:
             )
             self._later(entry)
             return
+        metrics.recorder().hook(HookType.POST_FINISH.value, True)
         await self._outbox.delivered(entry)
         self._retries.pop(entry.entry_id, None)
         logger.info("upload %s: post-finish hook delivered", entry.upload_id)

@@ -31,7 +31,7 @@ import anyio
 from anyio.abc import TaskGroup
 from starlette.requests import Request
 
-from tusserver import errors, protocol
+from tusserver import errors, metrics, protocol
 from tusserver.hook_events import (
     FileInfo,
     HookEvent,
@@ -43,6 +43,7 @@ from tusserver.hook_events import (
 from tusserver.hook_outbox import HookOutbox
 from tusserver.hooks import Hook
 from tusserver.http_hooks import HookFailed
+from tusserver.log_format import current_request_id
 from tusserver.log_safety import describe, origin
 from tusserver.record import Upload
 from tusserver.state import StateUnavailable
@@ -115,8 +116,11 @@ class HookRunner:
             return HookResponse()
         try:
             with anyio.fail_after(self.total_timeout(hook)):
-                return await hook(self.event(event, info)) or HookResponse()
+                answer = await hook(self.event(event, info)) or HookResponse()
+            metrics.recorder().hook(event.value, True)
+            return answer
         except Exception as exc:  # any failure of the hook, ours or the application's
+            metrics.recorder().hook(event.value, False)
             logger.warning(
                 "upload %s: %s hook failed (%s); refusing the request",
                 info.id or "(new)",
@@ -199,12 +203,14 @@ class HookRunner:
                     return
             with anyio.fail_after(self.total_timeout(hook)):
                 answer = await hook(event)
+            metrics.recorder().hook(event.type.value, True)
             if on_stop is not None and answer is not None and answer.stop_upload:
                 logger.info("upload %s: stopped by the post-receive hook", event.upload.id)
                 on_stop(answer)
         except StateUnavailable as exc:
             logger.warning("upload %s: post-receive skipped: %s", event.upload.id, describe(exc))
         except Exception as exc:  # a notification's failure is only logged
+            metrics.recorder().hook(event.type.value, False)
             logger.warning(
                 "upload %s: %s hook failed: %s",
                 event.upload.id,
@@ -230,6 +236,11 @@ class HookRunner:
             if not self._forward_auth and name in _CREDENTIALS:
                 shown = REDACTED
             header.setdefault(_canonical(name), []).append(shown)
+        request_id = current_request_id()
+        if request_id is not None:
+            # The id this request is logged under (the client's, or the one
+            # made for it), so a receiver's logs can name the same request.
+            header["X-Request-Id"] = [request_id]
         client = request.client
         query = request.url.query
         return HTTPRequest(

@@ -27,7 +27,7 @@ from contextlib import asynccontextmanager
 import anyio
 from redis.exceptions import RedisError
 
-from tusserver import errors
+from tusserver import errors, metrics
 from tusserver.held import HeldUpload
 from tusserver.log_safety import describe
 from tusserver.record import Upload
@@ -258,6 +258,8 @@ class Locker:
             if claim.status is ClaimStatus.GONE:
                 raise errors.gone()
             if claim.status is ClaimStatus.CLAIMED:
+                if asked_at:
+                    metrics.recorder().takeover()  # its holder let go when asked
                 return claim
             now = time.monotonic()
             if now >= deadline:

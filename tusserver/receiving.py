@@ -14,7 +14,7 @@ from typing import NoReturn
 import anyio
 from starlette.requests import Request
 
-from tusserver import errors, expiry, extensions, integrity, protocol, screening
+from tusserver import errors, expiry, extensions, integrity, metrics, protocol, screening
 from tusserver.config import Config
 from tusserver.digests import Digests, Hasher
 from tusserver.finishing import finalize
@@ -76,6 +76,7 @@ async def receive_body(
             # request at shutdown: the bytes stored count either way, and the
             # client resumes after them. A body too large counts for nothing.
             with anyio.CancelScope(shield=True):
+                metrics.recorder().received(transfer.received)
                 if _countable(transfer, digests):
                     await _make_durable(services, held)
                     # Sliding expiry: stored bytes show the client is still at it.
@@ -194,6 +195,7 @@ async def _stop(services: Services, held: HeldUpload, answer: HookResponse) -> N
             "upload %s: could not remove the stopped upload's bytes: %s", upload.id, describe(exc)
         )
     await held.try_terminate()
+    metrics.recorder().terminated()
     services.running.forget(upload.id)
     services.hooks.notify(HookType.POST_TERMINATE, file_info(upload))
     raise rejection(answer, 400, "upload_stopped", "The server stopped this upload.")

@@ -27,10 +27,12 @@ import uvicorn
 from starlette.applications import Starlette
 from uvicorn.supervisors import Multiprocess
 
+from tusserver import metrics, metrics_http
 from tusserver.app import create_app
 from tusserver.config import Config
 from tusserver.draining import Draining
 from tusserver.embedded_redis import EmbeddedRedisError, running_url
+from tusserver.log_format import formatter_config
 from tusserver.startup import state_redis
 
 # A PATCH is long-lived; keep the connection open between a client's chunks.
@@ -48,7 +50,7 @@ def serve(config: Config) -> bool:
     The storage must have been checked (``startup.check_storage``). Raises
     EmbeddedRedisError before serving if the embedded Redis cannot start.
     """
-    log_config = logging_config(config.log_level)
+    log_config = logging_config(config.log_level, config.log_format)
     logging.config.dictConfig(log_config)
     settings = uvicorn.Config(
         WorkerApp(config),
@@ -58,7 +60,9 @@ def serve(config: Config) -> bool:
         workers=config.workers,
         log_config=log_config,
         log_level=config.log_level,
-        access_log=config.access_log,
+        # The app logs each request itself (tusserver/observing.py), with
+        # its id and duration, when config.access_log asks for it.
+        access_log=False,
         timeout_keep_alive=_KEEP_ALIVE_SECONDS,
         # uvicorn takes whole seconds.
         timeout_graceful_shutdown=math.ceil(config.shutdown_grace + _CUT_MARGIN_SECONDS),
@@ -66,7 +70,7 @@ def serve(config: Config) -> bool:
     server = uvicorn.Server(settings)
     # Started here, in the main thread of the supervising process, so every
     # worker shares it and it dies with this process.
-    with state_redis(config), _stop_signals_end_cleanly():
+    with state_redis(config), _stop_signals_end_cleanly(), _metrics_of_workers(config):
         if config.workers == 1:
             server.run()
         else:
@@ -128,9 +132,27 @@ def _drain_on_stop_signals(draining: Draining) -> None:
         signal.signal(sig, stop)
 
 
-def logging_config(level: str) -> dict[str, Any]:
-    """uvicorn's logging, plus tusserver's own loggers on the same handler."""
+@contextlib.contextmanager
+def _metrics_of_workers(config: Config) -> Iterator[None]:
+    """With several workers, their metrics summed: a private multiprocess
+    directory they inherit, and the metrics port served from here (each
+    worker could not bind it), while the block runs."""
+    if not config.metrics or config.workers == 1:
+        yield
+        return
+    with metrics.shared_across_processes():
+        if config.metrics_port is None:
+            yield
+            return
+        with metrics_http.own_port(config.host, config.metrics_port, metrics.summed_registry()):
+            yield
+
+
+def logging_config(level: str, log_format: str = "text") -> dict[str, Any]:
+    """uvicorn's logging, plus tusserver's own loggers on the same handler,
+    in the chosen format (tusserver/log_format.py)."""
     config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["formatters"]["default"] = formatter_config(log_format)
     config["loggers"]["tusserver"] = {
         "handlers": ["default"],
         "level": level.upper(),

@@ -56,7 +56,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 from redis.typing import EncodableT
 
-from tusserver import scripts, slots
+from tusserver import metrics, scripts, slots
 from tusserver.record import COMPLETE, FAILED, OWNER_FIELD, Upload, from_fields, to_fields
 
 # How long a terminated upload answers 410 before it is forgotten (then 404).
@@ -189,6 +189,7 @@ def _translating(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
         try:
             return await func(*args, **kwargs)
         except RedisError as exc:
+            metrics.recorder().redis_error(type(exc).__name__)
             raise StateUnavailable(str(exc)) from exc
 
     return wrapper

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 import anyio
 
 from storage_backends.base import Storage
+from tusserver import metrics
 from tusserver.config import Config
 from tusserver.locking import Lease, Locker, kept_alive
 from tusserver.log_safety import describe
@@ -115,7 +116,11 @@ async def sweep_once(
                 await store.release_sweep(sweep.token)
             except StateUnavailable:
                 logger.warning("could not release the sweep lock; it lapses by TTL")
-    return sweep.report
+    report = sweep.report
+    metrics.recorder().swept(
+        len(report.expired), len(report.retired), len(report.orphans), len(report.skipped)
+    )
+    return report
 
 
 async def run_sweeper(store: UploadStore, storage: Storage, config: Config) -> None:
