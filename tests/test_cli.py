@@ -29,6 +29,9 @@ import pytest
 from tests.redis_fixtures import short_temp_dir
 from tests.server_fixtures import OCTETS, TUS, free_port
 
+# Every spec runs on each HTTP server `tusserver serve` offers.
+pytestmark = pytest.mark.usefixtures("server")
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 KiB = 1024
 MiB = 1024 * KiB
@@ -37,8 +40,15 @@ EXIT_TIMEOUT = 20.0
 
 
 def cli_env(**settings: str) -> dict[str, str]:
-    """The environment of this process without TUSSERVER_* settings, plus ``settings``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TUSSERVER_")}
+    """The environment of this process without TUSSERVER_* settings, plus ``settings``.
+
+    TUSSERVER_SERVER stays: it is the server the spec runs on (the ``server`` fixture).
+    """
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("TUSSERVER_") or k == "TUSSERVER_SERVER"
+    }
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     env.update(settings)
     return env

@@ -20,7 +20,7 @@ import click
 from tusserver import auth, serving
 from tusserver.app import open_storage
 from tusserver.app import sweep as app_sweep
-from tusserver.config import LOG_LEVELS, Config, ConfigError, redact_url
+from tusserver.config import FILE_DIGESTS, LOG_LEVELS, SERVERS, Config, ConfigError, redact_url
 from tusserver.embedded_redis import EmbeddedRedisError
 from tusserver.options import config_from, option
 from tusserver.startup import check_redis, check_storage, state_redis
@@ -101,7 +101,18 @@ _retention_option = option(
     "--final-name", help="Name of finished files: {id}, or {filename} from the client's metadata."
 )
 @option("--file-mode", help="Permissions of finished files (octal).")
+@option(
+    "--server",
+    type=click.Choice(SERVERS),
+    help="The HTTP server: uvicorn (Python), or granian (Rust, faster per core).",
+)
 @option("--workers", type=int, help="Worker processes (1 to 64).")
+@option(
+    "--file-digest",
+    type=click.Choice(FILE_DIGESTS),
+    help="Whole-file digest recorded with every upload; none skips the hashing"
+    " (a checksum the client declares is still verified).",
+)
 @option("--log-level", type=click.Choice(LOG_LEVELS), help="How much to log.")
 @option("--access-log/--no-access-log", help="Log every request.")
 @option(
@@ -211,7 +222,7 @@ def serve(**options: Any) -> None:
     except (EmbeddedRedisError, ConfigError) as exc:
         raise click.ClickException(str(exc)) from None
     if not started:
-        sys.exit(3)  # uvicorn logged why; 3 is its exit status for a failed start
+        sys.exit(3)  # the server logged why; 3 is uvicorn's exit status for a failed start
 
 
 @main.command()

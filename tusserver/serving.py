@@ -1,11 +1,17 @@
-"""``tusserver serve``'s process: the app on uvicorn, in one process or in
-``workers`` processes that share one embedded Redis.
+"""``tusserver serve``'s process: the app on the HTTP server ``config.server``
+names (``SERVERS``), in one process or in ``workers`` processes that share
+one embedded Redis.
 
 Workers are started by multiprocessing's spawn, which pickles what each one
-needs: uvicorn's settings and the app factory ``WorkerApp``, which carries
-the frozen ``Config`` itself, over a pipe. Every field arrives as the type
-it was, and no setting is put into argv or the environment to reach them
-(neither the SMB password nor a Redis URL with a password).
+needs: the server's settings and the app factory ``WorkerApp``, which
+carries the frozen ``Config`` itself, over a pipe. Every field arrives as
+the type it was, and no setting is put into argv or the environment to
+reach them (neither the SMB password nor a Redis URL with a password).
+
+Both servers get the same keep-alive, logging, access log and graceful
+stop: on SIGTERM or SIGINT, running requests get
+``_GRACEFUL_SHUTDOWN_SECONDS`` to finish, then they are cancelled and
+commit the bytes they stored, and the program exits with status 0.
 """
 
 from __future__ import annotations
@@ -14,26 +20,41 @@ import contextlib
 import copy
 import logging
 import logging.config
+import multiprocessing
+import os
 import signal
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from types import FrameType
 from typing import Any
 
+import granian.log
 import uvicorn
+from granian.constants import HTTPModes, Interfaces, TaskImpl
+from granian.http import HTTP1Settings
+from granian.server import Server as GranianServer
 from starlette.applications import Starlette
+from starlette.types import ASGIApp
 from uvicorn.supervisors import Multiprocess
 
 from tusserver.app import create_app
 from tusserver.config import Config
 from tusserver.embedded_redis import EmbeddedRedisError, running_url
+from tusserver.graceful import GracefulStop
+from tusserver.parent_death import die_with_parent
 from tusserver.startup import state_redis
+
+logger = logging.getLogger(__name__)
 
 # A PATCH is long-lived; keep the connection open between a client's chunks.
 _KEEP_ALIVE_SECONDS = 30
 # On SIGTERM, running PATCHes get this long to finish; then they are
 # cancelled and commit the bytes they stored (see handlers).
 _GRACEFUL_SHUTDOWN_SECONDS = 10
+# After the grace, what a cancelled request's commit and the app's shutdown
+# (which waits up to 5 s for locks, see app.py) may take before granian's
+# supervisor kills a worker that still has not stopped.
+_STOP_MARGIN_SECONDS = 10
 
 
 def serve(config: Config) -> bool:
@@ -42,6 +63,14 @@ def serve(config: Config) -> bool:
     The storage must have been checked (``startup.check_storage``). Raises
     EmbeddedRedisError before serving if the embedded Redis cannot start.
     """
+    # Started here, in the main thread of the supervising process, so every
+    # worker shares it and it dies with this process.
+    with state_redis(config), _stop_signals_end_cleanly():
+        return SERVERS[config.server](config)
+    return True  # a stop signal ended the server after it started
+
+
+def _serve_on_uvicorn(config: Config) -> bool:
     log_config = logging_config(config.log_level)
     logging.config.dictConfig(log_config)
     settings = uvicorn.Config(
@@ -56,33 +85,81 @@ def serve(config: Config) -> bool:
         timeout_keep_alive=_KEEP_ALIVE_SECONDS,
         timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_SECONDS,
     )
-    server = uvicorn.Server(settings)
-    # Started here, in the main thread of the supervising process, so every
-    # worker shares it and it dies with this process.
-    with state_redis(config), _stop_signals_end_cleanly():
-        if config.workers == 1:
-            server.run()
-        else:
-            # What uvicorn.run does for workers, which it allows only for an
-            # app named by an import string: that string is how it gets the
-            # app into a spawned process, and a WorkerApp pickles instead.
-            Multiprocess(settings, sockets=[settings.bind_socket()]).run()
-            return True
-    return server.started
+    if config.workers == 1:
+        server = uvicorn.Server(settings)
+        server.run()
+        return server.started
+    # What uvicorn.run does for workers, which it allows only for an app
+    # named by an import string: that string is how it gets the app into a
+    # spawned process, and a WorkerApp pickles instead.
+    Multiprocess(settings, sockets=[settings.bind_socket()]).run()
+    return True
+
+
+def _serve_on_granian(config: Config) -> bool:
+    """granian always runs the app in worker processes (one by default),
+    supervised by this one; each builds its app with ``WorkerApp``."""
+    server = GranianServer(
+        # Only named in granian's logs: the app comes from the loader below.
+        "tusserver",
+        address=config.host,
+        port=config.port,
+        interface=Interfaces.ASGI,  # with the lifespan, which owns every resource
+        workers=config.workers,
+        http=HTTPModes.http1,
+        websockets=False,
+        # Requests as asyncio tasks, which GracefulStop can cancel.
+        task_impl=TaskImpl.asyncio,
+        http1_settings=HTTP1Settings(header_read_timeout=_KEEP_ALIVE_SECONDS * 1000),
+        log_level=granian.log.LogLevels(config.log_level),
+        log_dictconfig=granian_logging_config(config.log_level),
+        log_access=config.access_log,
+        workers_kill_timeout=_GRACEFUL_SHUTDOWN_SECONDS + _STOP_MARGIN_SECONDS,
+    )
+    # granian starts workers the way multiprocessing's default says: fork,
+    # on Linux before Python 3.14. Spawned, as uvicorn's are, a worker starts
+    # clean rather than as a copy of a supervisor that already runs threads
+    # and the embedded Redis, and gets its Config pickled (see above).
+    multiprocessing.set_start_method("spawn", force=True)
+    try:
+        server.serve(target_loader=WorkerApp(config, graceful=True), wrap_loader=False)
+    except SystemExit as exit_:
+        # granian exits with 1 when a worker died, e.g. at its start; the
+        # worker logged why.
+        return not exit_.code
+    except OSError as exc:
+        logger.error("cannot listen on %s:%s: %s", config.host, config.port, exc.strerror)
+        return False
+    return True
+
+
+# The HTTP servers ``tusserver serve`` can run the app on, by Config.server.
+SERVERS: dict[str, Callable[[Config], bool]] = {
+    "granian": _serve_on_granian,
+    "uvicorn": _serve_on_uvicorn,
+}
 
 
 @dataclass(frozen=True)
 class WorkerApp:
-    """uvicorn's app factory, called in each worker process.
+    """The app factory, called in each worker process.
 
     A worker runs on the very Config the command built. Without a Redis URL
     it finds the embedded Redis the supervising process started through
     ``data_dir``, as ``tusserver sweep`` finds a running server's.
+    ``graceful``: wrap the app in GracefulStop, for a server that waits for
+    running requests without end when told to stop (granian).
+    ``supervisor``: the pid of the process that built it, whose death ends
+    the worker (tusserver.parent_death).
     """
 
     config: Config
+    graceful: bool = False
+    supervisor: int = field(default_factory=os.getpid)
 
-    def __call__(self) -> Starlette:
+    def __call__(self) -> ASGIApp:
+        if os.getpid() != self.supervisor:  # in a worker, not uvicorn's single process
+            die_with_parent(self.supervisor)
         config = self.config
         if config.redis_url is None:
             url = running_url(config.data_dir)
@@ -93,7 +170,8 @@ class WorkerApp:
                 )
             config = replace(config, redis_url=url)
         # Checked once, by the supervising process, before anything started.
-        return create_app(config, storage_checked=True)
+        app: Starlette = create_app(config, storage_checked=True)
+        return GracefulStop(app, _GRACEFUL_SHUTDOWN_SECONDS) if self.graceful else app
 
 
 def logging_config(level: str) -> dict[str, Any]:
@@ -107,8 +185,21 @@ def logging_config(level: str) -> dict[str, Any]:
     return config
 
 
+def granian_logging_config(level: str) -> dict[str, Any]:
+    """granian's logging, on stderr as uvicorn's, plus tusserver's own loggers."""
+    config: dict[str, Any] = copy.deepcopy(granian.log.LOGGING_CONFIG)
+    for handler in config["handlers"].values():
+        handler["stream"] = "ext://sys.stderr"
+    config["loggers"]["tusserver"] = {
+        "handlers": ["console"],
+        "level": level.upper(),
+        "propagate": False,
+    }
+    return config
+
+
 class _Stopped(Exception):
-    """SIGTERM or SIGINT arrived and uvicorn has already shut down."""
+    """SIGTERM or SIGINT arrived and the server has already shut down."""
 
 
 @contextlib.contextmanager
