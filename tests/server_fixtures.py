@@ -119,8 +119,6 @@ class ThreadedGranian:
             http=HTTPModes.http1,
             websockets=False,
             log_level=LogLevels.warning,
-            # A worker that does not stop in time is cancelled (see stop).
-            workers_kill_timeout=10,
         )
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -145,6 +143,7 @@ class ThreadedGranian:
                 time.sleep(0.01)
 
     def stop(self, timeout: float = 15.0) -> None:
+        # granian waits for running requests; the join is what bounds it.
         if self.thread.is_alive():
             self.loop.call_soon_threadsafe(self.server.stop)
         self.thread.join(timeout)

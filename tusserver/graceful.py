@@ -1,16 +1,18 @@
-"""A bounded graceful stop for a server that waits for running requests without end.
+"""A bounded, quiet graceful stop, the same on every server.
 
 uvicorn, told to stop, waits ``timeout_graceful_shutdown`` for running
 requests and then cancels them; a cancelled PATCH still commits the bytes it
 stored (handlers). granian's workers stop accepting and wait for every
 running request, however long a slow client takes. ``GracefulStop`` gives
-granian uvicorn's bound: once the worker is told to stop (SIGTERM or
-SIGINT), running requests get ``grace`` seconds, then they are cancelled.
+both the same bound: once the process is told to stop (SIGTERM or SIGINT),
+running requests get ``grace`` seconds, then they are cancelled. A request
+cancelled after the stop signal then ends quietly: both servers would log
+the cancellation with a traceback (file paths included).
 
-The signal is seen through a Python-level handler installed beside the
-event loop's own (``loop.add_signal_handler``, which granian uses to stop the
-worker): the loop's handler runs through the wakeup fd, this one in the main
-thread, so both run and neither replaces the other.
+The signal is seen through a Python-level handler that calls the one it
+replaces (uvicorn's ``signal.signal`` handler). granian stops its worker
+through ``loop.add_signal_handler``, whose handler runs through the wakeup fd
+whatever the Python-level handler is, so both run there too.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import asyncio
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -26,6 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 logger = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_Handler = Callable[[int, FrameType | None], None]
 
 
 class GracefulStop:
@@ -37,7 +41,6 @@ class GracefulStop:
         self.grace = grace
         self._running: set[asyncio.Task[object]] = set()
         self._stopping = False
-        self._cancelled = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -52,11 +55,11 @@ class GracefulStop:
         try:
             await self.app(scope, receive, send)
         except asyncio.CancelledError:
-            if not self._cancelled:
+            if not self._stopping:
                 raise
-            # Cancelled by the stop below: the request committed what it
-            # stored, and the server is going away. Re-raised, it would
-            # reach the server's log as a traceback.
+            # Cancelled by the stop (ours, or the server's own): the request
+            # committed what it stored, and the server is going away.
+            # Re-raised, it would reach the server's log as a traceback.
         finally:
             self._running.discard(task)
 
@@ -67,11 +70,18 @@ class GracefulStop:
             return
         loop = asyncio.get_running_loop()
 
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._chained(sig, loop))
+
+    def _chained(self, sig: int, loop: asyncio.AbstractEventLoop) -> _Handler:
+        previous = signal.getsignal(sig)
+
         def stop_signalled(signum: int, frame: FrameType | None) -> None:
             loop.call_soon_threadsafe(self._begin_stop)
+            if callable(previous):
+                previous(signum, frame)
 
-        for sig in STOP_SIGNALS:
-            signal.signal(sig, stop_signalled)
+        return stop_signalled
 
     def _begin_stop(self) -> None:
         if self._stopping:
@@ -87,6 +97,5 @@ class GracefulStop:
             len(self._running),
             self.grace,
         )
-        self._cancelled = True
         for task in self._running:
             task.cancel()

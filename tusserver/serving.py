@@ -122,7 +122,7 @@ def _serve_on_granian(config: Config) -> bool:
     # and the embedded Redis, and gets its Config pickled (see above).
     multiprocessing.set_start_method("spawn", force=True)
     try:
-        server.serve(target_loader=WorkerApp(config, graceful=True), wrap_loader=False)
+        server.serve(target_loader=WorkerApp(config), wrap_loader=False)
     except SystemExit as exit_:
         # granian exits with 1 when a worker died, e.g. at its start; the
         # worker logged why.
@@ -147,14 +147,12 @@ class WorkerApp:
     A worker runs on the very Config the command built. Without a Redis URL
     it finds the embedded Redis the supervising process started through
     ``data_dir``, as ``tusserver sweep`` finds a running server's.
-    ``graceful``: wrap the app in GracefulStop, for a server that waits for
-    running requests without end when told to stop (granian).
-    ``supervisor``: the pid of the process that built it, whose death ends
+    The app is wrapped in GracefulStop, which bounds and quiets the stop
+    on either server. ``supervisor``: the pid of the process that built it, whose death ends
     the worker (tusserver.parent_death).
     """
 
     config: Config
-    graceful: bool = False
     supervisor: int = field(default_factory=os.getpid)
 
     def __call__(self) -> ASGIApp:
@@ -171,7 +169,7 @@ class WorkerApp:
             config = replace(config, redis_url=url)
         # Checked once, by the supervising process, before anything started.
         app: Starlette = create_app(config, storage_checked=True)
-        return GracefulStop(app, _GRACEFUL_SHUTDOWN_SECONDS) if self.graceful else app
+        return GracefulStop(app, _GRACEFUL_SHUTDOWN_SECONDS)
 
 
 def logging_config(level: str) -> dict[str, Any]:
