@@ -290,6 +290,35 @@ def test_bad_setting_fails_with_one_clear_line(
     assert not (tmp_path / "data").exists(), "no embedded Redis for a refused start"
 
 
+def test_a_port_already_in_use_ends_the_start_with_status_3_and_no_traceback(
+    tmp_path: Path,
+) -> None:
+    data_root = short_temp_dir()  # the embedded Redis starts before the port is tried
+    try:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            argv = tusserver(
+                "serve",
+                "--port",
+                str(port),
+                "--storage",
+                str(tmp_path / "uploads"),
+                "--data-dir",
+                str(data_root / "data"),
+            )
+            result = subprocess.run(
+                argv, env=cli_env(), cwd=tmp_path, capture_output=True, text=True, timeout=60
+            )
+    finally:
+        shutil.rmtree(data_root, ignore_errors=True)
+
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert str(port) in result.stderr, result.stderr
+
+
 def test_env_vars_configure_the_server(tmp_path: Path) -> None:
     # Port, storage and data dir come from the environment as well: no flags at all.
     settings = {

@@ -127,8 +127,10 @@ def _serve_on_granian(config: Config) -> bool:
         # granian exits with 1 when a worker died, e.g. at its start; the
         # worker logged why.
         return not exit_.code
-    except OSError as exc:
-        logger.error("cannot listen on %s:%s: %s", config.host, config.port, exc.strerror)
+    except (OSError, RuntimeError) as exc:
+        # granian reports a socket it cannot bind (port in use, address not
+        # available) as a RuntimeError from its Rust side, carrying the OS's text.
+        logger.error("cannot listen on %s:%s: %s", config.host, config.port, exc)
         return False
     return True
 
