@@ -26,6 +26,7 @@ import httpx
 import psutil
 import pytest
 
+from tests.hook_receiver import HookReceiver
 from tests.redis_fixtures import short_temp_dir
 from tests.server_fixtures import OCTETS, TUS, free_port
 
@@ -317,6 +318,25 @@ def test_a_port_already_in_use_ends_the_start_with_status_3_and_no_traceback(
     assert result.returncode == 3, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     assert str(port) in result.stderr, result.stderr
+
+
+def test_a_hook_names_the_client_a_loopback_proxy_forwarded_for(
+    tmp_path: Path, hook_receiver: HookReceiver
+) -> None:
+    # uvicorn's proxy headers, on either server: X-Forwarded-For is believed
+    # from a proxy on loopback (FORWARDED_ALLOW_IPS unset).
+    with serve(
+        tmp_path, "--hooks-url", hook_receiver.url, "--hooks-events", "pre-create"
+    ) as server:
+        for forwarded in ({"X-Forwarded-For": "203.0.113.7"}, {}):
+            created = httpx.post(
+                server.endpoint, headers={**TUS, "Upload-Length": "1", **forwarded}, timeout=10
+            )
+            assert created.status_code == 201, created.text
+        first, second = hook_receiver.wait_for("pre-create", count=2)
+
+    assert first.request["RemoteAddr"].startswith("203.0.113.7:")
+    assert second.request["RemoteAddr"].startswith("127.0.0.1:")
 
 
 def test_env_vars_configure_the_server(tmp_path: Path) -> None:

@@ -8,8 +8,8 @@ carries the frozen ``Config`` itself, over a pipe. Every field arrives as
 the type it was, and no setting is put into argv or the environment to
 reach them (neither the SMB password nor a Redis URL with a password).
 
-Both servers get the same keep-alive, logging, access log and graceful
-stop: on SIGTERM or SIGINT, running requests get
+Both servers get the same keep-alive, logging, access log, proxy headers
+and graceful stop: on SIGTERM or SIGINT, running requests get
 ``_GRACEFUL_SHUTDOWN_SECONDS`` to finish, then they are cancelled and
 commit the bytes they stored, and the program exits with status 0.
 """
@@ -26,7 +26,7 @@ import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 import granian.log
 import uvicorn
@@ -35,6 +35,7 @@ from granian.http import HTTP1Settings
 from granian.server import Server as GranianServer
 from starlette.applications import Starlette
 from starlette.types import ASGIApp
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.supervisors import Multiprocess
 
 from tusserver.app import create_app
@@ -83,6 +84,7 @@ def _serve_on_uvicorn(config: Config) -> bool:
         log_level=config.log_level,
         access_log=config.access_log,
         timeout_keep_alive=_KEEP_ALIVE_SECONDS,
+        proxy_headers=False,  # applied by WorkerApp, for both servers alike
         timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_SECONDS,
     )
     if config.workers == 1:
@@ -171,7 +173,12 @@ class WorkerApp:
             config = replace(config, redis_url=url)
         # Checked once, by the supervising process, before anything started.
         app: Starlette = create_app(config, storage_checked=True)
-        return GracefulStop(app, _GRACEFUL_SHUTDOWN_SECONDS)
+        # The client's address and scheme from X-Forwarded-For/-Proto when
+        # the peer is a trusted proxy (loopback, or FORWARDED_ALLOW_IPS):
+        # what uvicorn does by default, done here so granian does it too.
+        trusted = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
+        proxied = ProxyHeadersMiddleware(app, trusted_hosts=trusted)  # type: ignore[arg-type]
+        return GracefulStop(cast(ASGIApp, proxied), _GRACEFUL_SHUTDOWN_SECONDS)
 
 
 def logging_config(level: str) -> dict[str, Any]:
