@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
 """Upload throughput, request rates and memory of tusserver, next to two reference servers.
 
-One client, three servers, one run:
+One client, every server, one run:
 
-* ``tusserver``: ``python -m tusserver serve`` with its embedded Redis, one worker;
+* ``tusserver``: ``python -m tusserver serve`` with its embedded Redis, one worker, on
+  uvicorn; ``tusserver-granian`` the same on granian (``--server granian``), and
+  ``tusserver-nodigest`` / ``tusserver-granian-nodigest`` each with ``--file-digest none``
+  (the same work as the other servers, which hash nothing);
 * ``bare``: ``bench/bare_sink.py``, the simplest Starlette app on uvicorn that streams request
   bodies to files: what receiving bytes through uvicorn costs, without any protocol;
+  ``bare-granian`` the same app on granian;
 * ``node``: ``@tus/server`` with ``@tus/file-store`` on node's http server
   (``bench/node/tus-server.mjs``, installed with ``npm ci``).
 
@@ -16,7 +20,7 @@ little next to the server. The script prints figures and the project's target ra
 asserts nothing about speed (exit code 0 whatever the figures; 1 only if a server could not
 be started, answered wrongly or stored the wrong number of bytes).
 
-Usage: python bench/bench.py [--only tusserver,bare,node] [--quick] [--repeat N]
+Usage: python bench/bench.py [--only tusserver,bare,node,...] [--quick] [--repeat N]
 """
 
 from __future__ import annotations
@@ -71,8 +75,25 @@ QUIET_PROBE = 0.25  # before each measurement, look this long at what else runs.
 QUIET_WAIT = 10.0  # ...and wait up to this long for it to calm down,
 QUIET_BUDGET = 90.0  # but no more than this in a whole run
 
-SERVERS = ("tusserver", "bare", "node")
-LABELS = {"tusserver": "tusserver", "bare": "bare sink", "node": "@tus/server"}
+# Extra flags of each tusserver variant, after --tusserver-cmd's.
+TUSSERVER_VARIANTS = {
+    "tusserver": [],
+    "tusserver-nodigest": ["--file-digest", "none"],
+    "tusserver-granian": ["--server", "granian"],
+    "tusserver-granian-nodigest": ["--server", "granian", "--file-digest", "none"],
+}
+# The HTTP server of each bare sink (bench/bare_sink.py --server).
+BARE_SINKS = {"bare": "uvicorn", "bare-granian": "granian"}
+SERVERS = (*TUSSERVER_VARIANTS, *BARE_SINKS, "node")
+LABELS = {
+    "tusserver": "tusserver",
+    "tusserver-nodigest": "tusserver, no digest",
+    "tusserver-granian": "tusserver on granian",
+    "tusserver-granian-nodigest": "tusserver on granian, no digest",
+    "bare": "bare sink",
+    "bare-granian": "bare sink on granian",
+    "node": "@tus/server",
+}
 DEFAULT_TUSSERVER_CMD = (
     "{python} -m tusserver serve --host {host} --port {port} --storage {storage}"
     " --data-dir {data_dir} --workers 1"
@@ -344,7 +365,7 @@ class Server:
 
     @property
     def is_tus(self) -> bool:
-        return self.name != "bare"
+        return self.name not in BARE_SINKS
 
     def start(self) -> None:
         argv = list(self.argv)
@@ -479,19 +500,20 @@ def free_port() -> int:
 def make_server(name: str, workdir: Path, args: argparse.Namespace) -> Server:
     port = free_port()
     pin = args.pin
-    if name == "tusserver":
-        storage = workdir / "ts" / "uploads"
-        data_dir = workdir / "tsd"  # short: it holds the embedded redis's unix socket
+    if name in TUSSERVER_VARIANTS:
+        storage = workdir / name / "uploads"
+        # Short: it holds the embedded redis's unix socket.
+        data_dir = workdir / f"d{list(TUSSERVER_VARIANTS).index(name)}"
         storage.mkdir(parents=True)
         argv = [
             part.format(
                 python=sys.executable, host=HOST, port=port, storage=storage, data_dir=data_dir
             )
             for part in shlex.split(args.tusserver_cmd)
-        ]
+        ] + TUSSERVER_VARIANTS[name]
         base = args.tusserver_path
-    elif name == "bare":
-        storage = workdir / "bare"
+    elif name in BARE_SINKS:
+        storage = workdir / name
         storage.mkdir()
         argv = [
             sys.executable,
@@ -502,6 +524,8 @@ def make_server(name: str, workdir: Path, args: argparse.Namespace) -> Server:
             str(port),
             "--dir",
             str(storage),
+            "--server",
+            BARE_SINKS[name],
         ]
         base = "/sink/"
     else:
@@ -1067,6 +1091,7 @@ def report(results: Results, servers: list[str], sizes: Sizes, command: str) -> 
     for title, value in ceilings:
         print(f"| {title} | {'n/a' if value is None else f'{value:.2f}'} |")
     print()
+    side_by_side(results, cols, sizes)
     print("## Targets (informational)")
     print()
     print("| ratio | measured | target | result |")
@@ -1089,11 +1114,55 @@ def report(results: Results, servers: list[str], sizes: Sizes, command: str) -> 
         print(f"ERROR in {LABELS[name]}: {error}")
 
 
+# Pairs compared figure by figure: the HTTP servers, and the file digest.
+PAIRS = [
+    ("bare-granian", "bare", "bare sink on granian / on uvicorn"),
+    ("tusserver-granian", "tusserver", "tusserver on granian / on uvicorn"),
+    ("tusserver-granian-nodigest", "bare-granian", "tusserver on granian, no digest / its sink"),
+    ("tusserver-nodigest", "bare", "tusserver on uvicorn, no digest / its sink"),
+    ("tusserver-nodigest", "tusserver", "tusserver no digest / with digest, uvicorn"),
+    ("tusserver-granian-nodigest", "tusserver-granian", "no digest / with digest, granian"),
+]
+TRANSFERS = ("single", "chunk_", "concurrent")  # keys of the rows that move bytes
+
+
+def side_by_side(results: Results, cols: list[str], sizes: Sizes) -> None:
+    """Server CPU per GiB moved, and the ratios of PAIRS, in the same run."""
+    rows = [(k, t) for k, t in row_titles(sizes) if k.startswith(TRANSFERS)]
+    print("Server CPU seconds per GiB moved (a share of one core over MB/s):")
+    print()
+    print("| measurement | " + " | ".join(LABELS[s] for s in cols) + " |")
+    print("|---|" + "---:|" * len(cols))
+    for key, title in rows:
+        cells = []
+        for s in cols:
+            fig = results.figures[s].get(key)
+            if fig is None or fig.value <= 0:
+                cells.append("—")
+            else:
+                cells.append(f"{fig.server_cpu * GiB / MB / fig.value:.2f}")
+        print(f"| {title.split(' (')[0]} | " + " | ".join(cells) + " |")
+    print()
+    print("## HTTP servers and file digest side by side (ratios of figures above)")
+    print()
+    print("| ratio | " + " | ".join(t.split(" (")[0] for k, t in row_titles(sizes)[:-1]) + " |")
+    print("|---|" + "---:|" * (len(row_titles(sizes)) - 1))
+    for a, b, what in PAIRS:
+        if a not in cols or b not in cols:
+            continue
+        cells = []
+        for key, _ in row_titles(sizes)[:-1]:
+            value = ratio(results, (a, key), (b, key))
+            cells.append("—" if value is None else f"{value:.2f}")
+        print(f"| {what} | " + " | ".join(cells) + " |")
+    print()
+
+
 def environment(servers: list[str]) -> list[str]:
     lines = [
         f"python {platform.python_version()}, uvicorn {pkg_version('uvicorn')},"
         f" starlette {pkg_version('starlette')}, uvloop {pkg_version('uvloop')},"
-        f" httptools {pkg_version('httptools')}",
+        f" httptools {pkg_version('httptools')}, granian {pkg_version('granian')}",
         f"{os.cpu_count()} CPUs ({cpu_model()}), {psutil.virtual_memory().total / GiB:.0f} GiB"
         f" memory, {platform.system()} {platform.release()}",
     ]
@@ -1142,7 +1211,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         default=",".join(SERVERS),
-        help="comma-separated servers to measure, from: tusserver, bare, node (default: all)",
+        help=f"comma-separated servers to measure, from: {', '.join(SERVERS)} (default: all)",
     )
     parser.add_argument(
         "--quick",
@@ -1272,11 +1341,12 @@ def main(argv: list[str] | None = None) -> int:
             pin_client(args)
             for line in environment(args.servers):
                 print(line)
-            if "tusserver" in args.servers:
-                why = tusserver_available(args)
-                if why is not None:
-                    results.errors["tusserver"] = f"not available: {why}"
-                    print(f"tusserver is not available ({why}); skipping it")
+            variants = [name for name in args.servers if name in TUSSERVER_VARIANTS]
+            why = tusserver_available(args) if variants else None
+            if why is not None:
+                for name in variants:
+                    results.errors[name] = f"not available: {why}"
+                print(f"tusserver is not available ({why}); skipping it")
             if "node" in args.servers:
                 try:
                     npm_ci()

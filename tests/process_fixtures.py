@@ -82,12 +82,19 @@ class ServeProcess:
         self.log.seek(0)
         return self.log.read().decode("utf-8", "replace")
 
+    def serving_processes(self) -> list[psutil.Process]:
+        """The process and its workers: granian serves in a worker process
+        even with one worker (an embedded redis-server is not counted)."""
+        main = psutil.Process(self.pid)
+        workers = [p for p in main.children(recursive=True) if "redis" not in p.name()]
+        return [main, *workers]
+
     def rss_mib(self) -> float:
-        return float(psutil.Process(self.pid).memory_info().rss) / 2**20
+        return sum(p.memory_info().rss for p in self.serving_processes()) / 2**20
 
     def bytes_read(self) -> int:
-        """Everything the process has read so far (sockets and files alike)."""
-        return int(psutil.Process(self.pid).io_counters().read_chars)
+        """Everything the processes have read so far (sockets and files alike)."""
+        return sum(int(p.io_counters().read_chars) for p in self.serving_processes())
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""tusserver on a real uvicorn, on loopback, for the length of one test.
+"""tusserver on a real HTTP server, on loopback, for the length of one test.
 
 ``tus_server(**config_fields)`` starts ``create_app(Config(...))`` in a
 background thread on a free 127.0.0.1 port, against the session's real
@@ -6,11 +6,15 @@ Redis and a fresh storage folder, and stops it when the test ends.
 
 ``ServedApps`` is the one way the specs serve an app: a tusserver app (on its
 own, or mounted under a path of a parent Starlette app, with hooks) or any
-other ASGI app (an example application).
+other ASGI app (an example application). The server is uvicorn, unless the
+spec asks for the ``server`` fixture: then it runs once on each server
+``tusserver serve`` offers, its in-thread apps and its ``tusserver serve``
+processes (through ``TUSSERVER_SERVER``) alike.
 """
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -22,11 +26,15 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from granian.constants import HTTPModes, Interfaces
+from granian.log import LogLevels
+from granian.server.embed import Server as EmbeddedGranian
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Mount
 
 from storage_backends.base import Storage
 from tusserver import Config, create_app
+from tusserver.config import SERVERS
 from tusserver.hooks import Hooks
 
 TUS = {"Tus-Resumable": "1.0.0"}
@@ -97,6 +105,57 @@ class ThreadedUvicorn:
         self.thread.join(timeout)
 
 
+class ThreadedGranian:
+    """granian's embedded server on an event loop in a thread; start() waits
+    until it accepts connections."""
+
+    def __init__(self, app: Any, port: int) -> None:
+        self.port = port
+        self.server = EmbeddedGranian(
+            app,
+            address="127.0.0.1",
+            port=port,
+            interface=Interfaces.ASGI,
+            http=HTTPModes.http1,
+            websockets=False,
+            log_level=LogLevels.warning,
+        )
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self.server.serve())
+        finally:
+            self.loop.close()
+
+    def start(self, timeout: float = 15.0) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                if not self.thread.is_alive() or time.monotonic() > deadline:
+                    raise RuntimeError("granian did not start") from None
+                time.sleep(0.01)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        # granian waits for running requests; the join is what bounds it.
+        if self.thread.is_alive():
+            self.loop.call_soon_threadsafe(self.server.stop)
+        self.thread.join(timeout)
+
+
+# How the specs run an app in a thread, by the server's name (Config.server).
+THREADED_SERVERS: dict[str, Callable[[Any, int], ThreadedUvicorn | ThreadedGranian]] = {
+    "uvicorn": ThreadedUvicorn,
+    "granian": ThreadedGranian,
+}
+
+
 def mounted(app: Starlette, path: str, routes: Sequence[BaseRoute] = ()) -> Starlette:
     """``app`` mounted at ``path`` of a parent app (with ``routes`` of its own)
     whose lifespan runs ``app``'s, as an application embedding tusserver does."""
@@ -107,10 +166,11 @@ def mounted(app: Starlette, path: str, routes: Sequence[BaseRoute] = ()) -> Star
 
 
 class ServedApps:
-    """Apps on real uvicorn at 127.0.0.1, each with a client; ``stop`` ends them all."""
+    """Apps on a real server at 127.0.0.1, each with a client; ``stop`` ends them all."""
 
-    def __init__(self) -> None:
-        self._running: list[tuple[ThreadedUvicorn, httpx.Client]] = []
+    def __init__(self, server: str = "uvicorn") -> None:
+        self.server = server
+        self._running: list[tuple[ThreadedUvicorn | ThreadedGranian, httpx.Client]] = []
 
     def __len__(self) -> int:
         return len(self._running)
@@ -118,7 +178,7 @@ class ServedApps:
     def serve(self, app: Any, *, timeout: float = 30) -> tuple[str, httpx.Client]:
         """Serve any ASGI app; its URL (no trailing slash) and a client."""
         port = free_port()
-        server = ThreadedUvicorn(app, port)
+        server = THREADED_SERVERS[self.server](app, port)
         server.start()
         client = httpx.Client(timeout=timeout)
         self._running.append((server, client))
@@ -154,10 +214,21 @@ class ServedApps:
             server.stop()
 
 
+@pytest.fixture(params=SERVERS)
+def server(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A spec that asks for this runs once on each HTTP server: its served
+    apps, and its ``tusserver serve`` processes, which read TUSSERVER_SERVER."""
+    name: str = request.param
+    monkeypatch.setenv("TUSSERVER_SERVER", name)
+    return name
+
+
 @pytest.fixture
-def served_apps() -> Iterator[ServedApps]:
-    """Apps served for one test, stopped when it ends."""
-    served = ServedApps()
+def served_apps(request: pytest.FixtureRequest) -> Iterator[ServedApps]:
+    """Apps served for one test (on uvicorn, or on each server for a spec
+    that asks for ``server``), stopped when it ends."""
+    server = request.getfixturevalue("server") if "server" in request.fixturenames else "uvicorn"
+    served = ServedApps(server)
     yield served
     served.stop()
 

@@ -18,6 +18,8 @@ from tusclient.client import TusClient
 from tests.helpers import assert_tus_error, b64, upload_id_of
 from tests.raw_http import raw_patch, send_in_pieces, wait_until
 from tests.server_fixtures import OCTETS, TUS, RunningServer
+from tusserver.hook_events import HookEvent
+from tusserver.hooks import Hooks
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -287,3 +289,80 @@ def test_tuspy_checksum_header_is_what_the_server_verifies(tus_server: StartServ
     )
     assert_tus_error(response, 460, "checksum_mismatch")
     assert head_offset(server, upload_url) == 0
+
+
+# --- --file-digest none ---------------------------------------------------------
+
+
+def test_with_the_file_digest_off_a_finished_upload_and_its_hook_event_carry_no_sha256(
+    tus_server: StartServer, state: redis.Redis
+) -> None:
+    finished: list[HookEvent] = []
+
+    async def on_finish(event: HookEvent) -> None:
+        finished.append(event)
+
+    server = tus_server(file_digest="none", hooks=Hooks(post_finish=on_finish))
+    data = os.urandom(MiB + 7)
+    upload_url = server.create(len(data))
+
+    assert server.patch(upload_url, 0, data).status_code == 204
+
+    fields = record(state, upload_url)
+    assert fields["state"] == "complete"
+    assert "sha256" not in fields, "no digest was computed, so none is recorded"
+    assert (server.storage / upload_id_of(upload_url)).read_bytes() == data
+    wait_until(lambda: bool(finished), "the post-finish hook was called")
+    storage = finished[0].upload.storage
+    assert storage == {"Type": "tusserver", "Location": upload_id_of(upload_url)}
+
+
+def test_with_the_file_digest_off_a_form_answer_names_no_sha256(tus_server: StartServer) -> None:
+    server = tus_server(file_digest="none")
+    response = server.client.post(server.endpoint, files={"file": ("a.txt", b"form bytes")})
+    assert response.status_code == 201, response.text
+    [stored] = response.json()["files"]
+    assert stored["size"] == len(b"form bytes")
+    assert "sha256" not in stored
+
+
+@pytest.mark.parametrize("algorithm", ["sha256", "md5"])
+def test_with_the_file_digest_off_a_declared_checksum_is_still_verified(
+    tus_server: StartServer, state: redis.Redis, algorithm: str
+) -> None:
+    server = tus_server(file_digest="none")
+    data = os.urandom(2 * MiB)
+    right = server.create(
+        len(data), Upload_Metadata=f"checksum {b64(checksum(algorithm, data).encode())}"
+    )
+    wrong = server.create(
+        len(data), Upload_Metadata=f"checksum {b64(checksum(algorithm, b'other').encode())}"
+    )
+
+    assert server.patch(right, 0, data[:MiB]).is_success
+    assert server.patch(right, MiB, data[MiB:]).status_code == 204
+    assert_tus_error(server.patch(wrong, 0, data), 460, "upload_checksum_mismatch")
+
+    assert record(state, right)["state"] == "complete"
+    assert (server.storage / upload_id_of(right)).read_bytes() == data
+    assert record(state, wrong)["state"] == "failed"
+    assert not (server.storage / upload_id_of(wrong)).exists()
+
+
+def test_with_the_file_digest_off_a_declared_checksum_spread_over_two_servers_is_verified(
+    tus_server: StartServer, state: redis.Redis, tmp_path: Path
+) -> None:
+    # The second instance never saw the first half: it reads the file back
+    # for the declared algorithm alone.
+    storage = tmp_path / "shared"
+    first = tus_server(storage=str(storage), file_digest="none")
+    second = tus_server(storage=str(storage), file_digest="none")
+    data = os.urandom(3 * MiB)
+    declared = checksum("sha1", data)
+    upload_url = first.create(len(data), Upload_Metadata=f"checksum {b64(declared.encode())}")
+    assert first.patch(upload_url, 0, data[:MiB]).is_success
+    other_url = upload_url.replace(first.url, second.url)
+    assert second.patch(other_url, MiB, data[MiB:]).status_code == 204
+    fields = record(state, upload_url)
+    assert fields["state"] == "complete"
+    assert "sha256" not in fields

@@ -26,8 +26,12 @@ import httpx
 import psutil
 import pytest
 
+from tests.hook_receiver import HookReceiver
 from tests.redis_fixtures import short_temp_dir
 from tests.server_fixtures import OCTETS, TUS, free_port
+
+# Every spec runs on each HTTP server `tusserver serve` offers.
+pytestmark = pytest.mark.usefixtures("server")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 KiB = 1024
@@ -37,8 +41,15 @@ EXIT_TIMEOUT = 20.0
 
 
 def cli_env(**settings: str) -> dict[str, str]:
-    """The environment of this process without TUSSERVER_* settings, plus ``settings``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TUSSERVER_")}
+    """The environment of this process without TUSSERVER_* settings, plus ``settings``.
+
+    TUSSERVER_SERVER stays: it is the server the spec runs on (the ``server`` fixture).
+    """
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("TUSSERVER_") or k == "TUSSERVER_SERVER"
+    }
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     env.update(settings)
     return env
@@ -280,6 +291,54 @@ def test_bad_setting_fails_with_one_clear_line(
     assert not (tmp_path / "data").exists(), "no embedded Redis for a refused start"
 
 
+def test_a_port_already_in_use_ends_the_start_with_status_3_and_no_traceback(
+    tmp_path: Path,
+) -> None:
+    data_root = short_temp_dir()  # the embedded Redis starts before the port is tried
+    try:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            argv = tusserver(
+                "serve",
+                "--port",
+                str(port),
+                "--storage",
+                str(tmp_path / "uploads"),
+                "--data-dir",
+                str(data_root / "data"),
+            )
+            result = subprocess.run(
+                argv, env=cli_env(), cwd=tmp_path, capture_output=True, text=True, timeout=60
+            )
+    finally:
+        shutil.rmtree(data_root, ignore_errors=True)
+
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert str(port) in result.stderr, result.stderr
+
+
+def test_a_hook_names_the_client_a_loopback_proxy_forwarded_for(
+    tmp_path: Path, hook_receiver: HookReceiver
+) -> None:
+    # uvicorn's proxy headers, on either server: X-Forwarded-For is believed
+    # from a proxy on loopback (FORWARDED_ALLOW_IPS unset).
+    with serve(
+        tmp_path, "--hooks-url", hook_receiver.url, "--hooks-events", "pre-create"
+    ) as server:
+        for forwarded in ({"X-Forwarded-For": "203.0.113.7"}, {}):
+            created = httpx.post(
+                server.endpoint, headers={**TUS, "Upload-Length": "1", **forwarded}, timeout=10
+            )
+            assert created.status_code == 201, created.text
+        first, second = hook_receiver.wait_for("pre-create", count=2)
+
+    assert first.request["RemoteAddr"].startswith("203.0.113.7:")
+    assert second.request["RemoteAddr"].startswith("127.0.0.1:")
+
+
 def test_env_vars_configure_the_server(tmp_path: Path) -> None:
     # Port, storage and data dir come from the environment as well: no flags at all.
     settings = {
@@ -392,7 +451,7 @@ def test_workers_2_serves_uploads(tmp_path: Path) -> None:
 
 
 def test_sigterm_during_a_patch_commits_the_bytes_it_stored(tmp_path: Path, redis_url: str) -> None:
-    # uvicorn gives running requests a grace period, then cancels them; the
+    # The server gives running requests a grace period, then cancels them; the
     # cancelled PATCH must still commit the blocks it stored before the process
     # ends. (Bytes still being gathered into a block when the cancel lands are
     # not stored; the client sends them again.)
@@ -428,6 +487,9 @@ def test_sigterm_during_a_patch_commits_the_bytes_it_stored(tmp_path: Path, redi
                 status = server.wait_exit()
 
                 assert status == 0, server.output()
+                # granian reports a cancelled request with its traceback
+                # unless the app ends it quietly (tusserver/graceful.py).
+                assert "Traceback" not in server.output(), server.output()
                 committed = int(state.hget(f"tus:{{{upload_id}}}:info", "offset") or b"0")
                 assert 4 * MiB <= committed <= sent
                 assert not state.exists(lock), "the cancelled PATCH kept its lock"

@@ -29,6 +29,9 @@ from tests.process_fixtures import ServeProcess
 from tests.samba_fixtures import SambaServer
 from tests.server_fixtures import OCTETS, TUS
 
+# Every spec runs on each HTTP server `tusserver serve` offers.
+pytestmark = pytest.mark.usefixtures("server")
+
 MiB = 1024 * 1024
 LENGTH = 1536 * MiB
 RATE = 32 * MiB  # bytes per second, steady, as a client on a fast link sends

@@ -1,15 +1,20 @@
-"""Running file digests: resumable per process, exact, and bounded."""
+"""Running file digests: resumable per process, exact, and bounded; and which
+algorithms a whole file is hashed with (``--file-digest``)."""
 
 from __future__ import annotations
 
 import hashlib
 import zlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import anyio
 
+from storage_backends.local import LocalStorage
 from tusserver.digests import Digests, RunningDigests, digest_stored_bytes, new_hasher
+from tusserver.integrity import file_algorithms, file_digests
 from tusserver.protocol import Checksum
+from tusserver.record import Upload
 
 
 def test_crc32_digest_is_big_endian_like_tusd() -> None:
@@ -82,3 +87,24 @@ def test_digest_of_stored_bytes_reads_every_block() -> None:
         "sha256": hashlib.sha256(data).digest(),
         "md5": hashlib.md5(data).digest(),
     }
+
+
+def test_file_algorithms_are_the_file_digest_and_the_declared_one_or_nothing() -> None:
+    sha256 = Checksum("sha256", bytes(32))
+    md5 = Checksum("md5", bytes(16))
+    assert file_algorithms(None, "sha256") == ("sha256",)
+    assert file_algorithms(sha256, "sha256") == ("sha256",)
+    assert file_algorithms(md5, "sha256") == ("sha256", "md5")
+    assert file_algorithms(None, "none") == ()
+    assert file_algorithms(md5, "none") == ("md5",)
+    assert file_algorithms(sha256, "none") == ("sha256",)
+
+
+def test_with_nothing_to_hash_the_file_is_not_read_back(tmp_path: Path) -> None:
+    # No partial exists: reading it back would fail.
+    storage = LocalStorage(tmp_path)
+    upload = Upload(id="never-stored", length=10, offset=10)
+
+    digests = anyio.run(file_digests, storage, RunningDigests(), upload, ())
+
+    assert digests == {}

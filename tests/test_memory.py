@@ -22,6 +22,10 @@ import redis
 from tests.process_fixtures import ServeProcess
 from tests.redis_fixtures import short_temp_dir
 
+# Every spec runs on each HTTP server `tusserver serve` offers (RSS is the
+# server's whole tree: granian serves in a worker process).
+pytestmark = pytest.mark.usefixtures("server")
+
 ANSWERS = 100_000
 WARM_UP = 5_000
 CONNECTIONS = 16

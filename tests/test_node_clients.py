@@ -21,6 +21,9 @@ import pytest
 from tests.e2e_clients import CuttingProxy
 from tests.server_fixtures import RunningServer
 
+# Every spec runs on each HTTP server `tusserver serve` offers.
+pytestmark = pytest.mark.usefixtures("server")
+
 StartServer = Callable[..., RunningServer]
 StartProxy = Callable[..., CuttingProxy]
 KiB = 1024

@@ -14,9 +14,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.raw_http import RawRequest, RawResponse, chunked, raw_patch, send_in_pieces, wait_until
 from tests.server_fixtures import RunningServer
 from tusserver import redis_topology, redis_urls
+
+# Every spec runs on each HTTP server `tusserver serve` offers.
+pytestmark = pytest.mark.usefixtures("server")
 
 KiB = 1024
 MiB = 1024 * KiB

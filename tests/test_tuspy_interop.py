@@ -12,11 +12,15 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from tusclient.client import TusClient
 from tusclient.storage.filestorage import FileStorage
 from tusclient.uploader import Uploader
 
 from tests.server_fixtures import RunningServer
+
+# Every spec runs on each HTTP server `tusserver serve` offers.
+pytestmark = pytest.mark.usefixtures("server")
 
 MiB = 1024 * 1024
 METADATA = {"filename": "x.bin"}

@@ -12,18 +12,24 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 
 from tests.raw_http import RawRequest
 from tests.test_cli import serve, wait_gone
 from tusserver.config import Config
 from tusserver.serving import WorkerApp
 
+# Every spec runs on each HTTP server `tusserver serve` offers.
+pytestmark = pytest.mark.usefixtures("server")
+
 # A value other than the default for every field (downloads: see below). A
 # field added to Config without one here fails the round-trip spec.
 NOT_DEFAULT: dict[str, Any] = {
     "host": "0.0.0.0",
     "port": 9090,
+    "server": "granian",
     "workers": 3,
+    "file_digest": "none",
     "log_level": "debug",
     "access_log": True,
     "shutdown_grace": 2.5,
@@ -83,7 +89,7 @@ def fields_of(config: Config) -> dict[str, tuple[str, str]]:
 
 
 def report_fields(app: WorkerApp, answers: Queue[dict[str, tuple[str, str]]]) -> None:
-    """Runs in a process spawned as uvicorn spawns its workers."""
+    """Runs in a process spawned as uvicorn and granian spawn their workers."""
     answers.put(fields_of(app.config))
 
 
@@ -126,7 +132,8 @@ def test_a_config_reaches_a_spawned_worker_with_every_field_as_its_type() -> Non
 
 
 def worker_processes(server_pid: int) -> list[psutil.Process]:
-    """The uvicorn workers under ``server_pid`` (spawned by multiprocessing)."""
+    """The workers under ``server_pid`` (uvicorn's and granian's alike are
+    spawned by multiprocessing)."""
     return [
         child
         for child in psutil.Process(server_pid).children()

@@ -27,7 +27,15 @@ from tusserver.common_options import hook_options
 from tusserver.common_options import redis_url_option as _redis_url_option
 from tusserver.common_options import retention_option as _retention_option
 from tusserver.common_options import storage_option as _storage_option
-from tusserver.config import LOG_FORMATS, LOG_LEVELS, Config, ConfigError, redact_url
+from tusserver.config import (
+    FILE_DIGESTS,
+    LOG_FORMATS,
+    LOG_LEVELS,
+    SERVERS,
+    Config,
+    ConfigError,
+    redact_url,
+)
 from tusserver.embedded_redis import EmbeddedRedisError
 from tusserver.options import config_from, option
 from tusserver.startup import check_redis, check_storage, state_redis
@@ -88,11 +96,22 @@ def main() -> None:
     "--final-name", help="Name of finished files: {id}, or {filename} from the client's metadata."
 )
 @option("--file-mode", help="Permissions of finished files (octal).")
+@option(
+    "--server",
+    type=click.Choice(SERVERS),
+    help="The HTTP server: uvicorn (Python), or granian (Rust, faster per core).",
+)
 @option("--workers", type=int, help="Worker processes (1 to 64).")
 @option(
     "--shutdown-grace",
     help="On SIGTERM, running uploads go on this long, then commit what they stored and"
     " release their locks.",
+)
+@option(
+    "--file-digest",
+    type=click.Choice(FILE_DIGESTS),
+    help="Whole-file digest recorded with every upload; none skips the hashing"
+    " (a checksum the client declares is still verified).",
 )
 @option("--log-level", type=click.Choice(LOG_LEVELS), help="How much to log.")
 @option("--access-log/--no-access-log", help="Log every request.")
@@ -192,7 +211,7 @@ def serve(**options: Any) -> None:
     except (EmbeddedRedisError, ConfigError) as exc:
         raise click.ClickException(str(exc)) from None
     if not started:
-        sys.exit(3)  # uvicorn logged why; 3 is its exit status for a failed start
+        sys.exit(3)  # the server logged why; 3 is uvicorn's exit status for a failed start
 
 
 @main.command()

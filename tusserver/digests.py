@@ -25,8 +25,10 @@ import anyio.to_thread
 
 from tusserver.protocol import Checksum
 
-# The digest every finished upload records.
+# The digest every finished upload records, unless Config.file_digest is
+# NO_FILE_DIGEST (then only a client-declared digest is computed).
 FILE_DIGEST = "sha256"
+NO_FILE_DIGEST = "none"
 # Hashing a block smaller than this costs less than the thread hop.
 _INLINE_LIMIT = 128 * 1024
 

@@ -37,7 +37,10 @@ async def finalize(services: Services, held: HeldUpload) -> None:
     # the lock's TTL: keep the lock until the outcome is recorded.
     async with kept_alive(held.lease):
         digests = await integrity.file_digests(
-            services.storage, services.running, upload, integrity.file_algorithms(declared)
+            services.storage,
+            services.running,
+            upload,
+            integrity.file_algorithms(declared, services.config.file_digest),
         )
         services.running.forget(upload.id)
         failure = integrity.mismatch(declared, digests)
@@ -61,12 +64,17 @@ async def finalize(services: Services, held: HeldUpload) -> None:
             return
         name = naming.final_name(services.config.final_name, upload.id, upload.metadata.values)
         location = await services.storage.finalize(upload.id, name, upload.length)
-        sha256 = digests[FILE_DIGEST].hex()
+        # None with the file digest off: the record and events then carry none.
+        sha256 = digests[FILE_DIGEST].hex() if FILE_DIGEST in digests else None
         post_finish = await services.hooks.announce_finish(upload, location, sha256)
         await _record_completion(services, held, location, sha256, post_finish)
         metrics.recorder().finished()
     logger.info(
-        "upload %s finished as %s (%d bytes, sha256 %s)", upload.id, location, upload.length, sha256
+        "upload %s finished as %s (%d bytes%s)",
+        upload.id,
+        location,
+        upload.length,
+        "" if sha256 is None else f", sha256 {sha256}",
     )
     try:
         await services.storage.delete(upload.id)  # the partial's name; the bytes stay published
@@ -77,7 +85,11 @@ async def finalize(services: Services, held: HeldUpload) -> None:
 
 
 async def _record_completion(
-    services: Services, held: HeldUpload, location: str, sha256: str, post_finish: str | None
+    services: Services,
+    held: HeldUpload,
+    location: str,
+    sha256: str | None,
+    post_finish: str | None,
 ) -> None:
     """Record the finished file, retrying a passing Redis fault a few times:
     the partial is already renamed, so failing here would strand the upload

@@ -121,7 +121,8 @@ async def receive_form(request: Request, services: Services) -> Response:
             "name": part.name,
             "filename": part.filename.decode("utf-8", "replace"),
             "size": upload.length,
-            "sha256": upload.sha256,
+            # Absent, not empty, with the file digest off.
+            **({} if upload.sha256 is None else {"sha256": upload.sha256}),
         }
         for (part, _), upload in zip(received, published, strict=True)
     ]

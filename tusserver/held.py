@@ -92,9 +92,14 @@ class HeldUpload:
         self.upload.length = length
 
     async def complete(
-        self, location: str, sha256: str, *, retention: float | None, post_finish: str | None
+        self,
+        location: str,
+        sha256: str | None,
+        *,
+        retention: float | None,
+        post_finish: str | None,
     ) -> None:
-        """Record the published file and its SHA-256, with its post-finish
+        """Record the published file and its SHA-256 (None: not computed), with its post-finish
         event if any (see hook_delivery); releases the lock."""
         status = await self._store.complete(
             self.upload.id,

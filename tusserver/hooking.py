@@ -267,8 +267,10 @@ def file_info(
     location = location or upload.location
     sha256 = sha256 or upload.sha256
     storage = None
-    if location is not None and sha256 is not None:
-        storage = {"Type": "tusserver", "Location": location, "SHA256": sha256}
+    if location is not None:
+        storage = {"Type": "tusserver", "Location": location}
+        if sha256 is not None:  # None with the file digest off: no SHA256 at all
+            storage["SHA256"] = sha256
     return FileInfo(
         id=upload.id,
         size=upload.length,

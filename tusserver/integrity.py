@@ -1,4 +1,5 @@
-"""Whole-file integrity: the SHA-256 recorded with every finished upload, and
+"""Whole-file integrity: the SHA-256 recorded with every finished upload
+(unless the file digest is ``none``), and
 the digest a client may declare for the whole file when creating it
 (metadata ``checksum``: ``sha256 <base64>``, or sha1, md5, ... likewise).
 
@@ -13,7 +14,7 @@ from collections.abc import Mapping
 
 from storage_backends.base import Storage
 from tusserver import errors
-from tusserver.digests import FILE_DIGEST, RunningDigests, digest_stored_bytes
+from tusserver.digests import NO_FILE_DIGEST, RunningDigests, digest_stored_bytes
 from tusserver.protocol import CHECKSUM_METADATA_KEY, Checksum, parse_checksum
 from tusserver.record import Upload
 
@@ -34,11 +35,13 @@ def declared_checksum(metadata: Mapping[str, bytes]) -> Checksum | None:
         ) from None
 
 
-def file_algorithms(declared: Checksum | None) -> tuple[str, ...]:
-    """What to hash the whole file with: always SHA-256, plus the declared algorithm."""
-    if declared is None or declared.algorithm == FILE_DIGEST:
-        return (FILE_DIGEST,)
-    return (FILE_DIGEST, declared.algorithm)
+def file_algorithms(declared: Checksum | None, file_digest: str) -> tuple[str, ...]:
+    """What to hash the whole file with: the server's file digest (``sha256``,
+    or ``none``), plus the algorithm the client declared; possibly nothing."""
+    wanted = () if file_digest == NO_FILE_DIGEST else (file_digest,)
+    if declared is None or declared.algorithm in wanted:
+        return wanted
+    return (*wanted, declared.algorithm)
 
 
 async def file_digests(
@@ -51,6 +54,8 @@ async def file_digests(
     partial back once.
     """
     assert upload.length is not None
+    if not algorithms:
+        return {}
     hashers = running.resume(upload.id, upload.length, algorithms)
     if hashers is not None:
         return {algorithm: hasher.digest() for algorithm, hasher in hashers.items()}

@@ -223,7 +223,9 @@ def _countable(transfer: Transfer, digests: Digests) -> bool:
 
 
 def _running_file_digests(services: Services, upload: Upload) -> dict[str, Hasher] | None:
-    algorithms = integrity.file_algorithms(upload.declared_checksum)
+    algorithms = integrity.file_algorithms(upload.declared_checksum, services.config.file_digest)
+    if not algorithms:
+        return None  # nothing to hash: no file digest, none declared
     return services.running.resume(upload.id, upload.offset, algorithms)
 
 
