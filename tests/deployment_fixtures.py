@@ -7,9 +7,8 @@ every request over them (no sticky sessions). Everything is stopped when the
 test ends.
 
 The Redis URL comes from ``shared_redis_url``, a fixture parametrized over
-``REDIS_TOPOLOGIES``: every spec that takes it runs once per entry. Today
-the only entry is a standalone Redis (``redis_url``); another topology (a
-Redis Cluster, Sentinel) is one more entry naming the fixture of its URL.
+``REDIS_TOPOLOGIES``: every spec that takes it runs once per entry, on one
+Redis server (``redis_url``) and on a Redis Cluster (``cluster_redis_url``).
 
 ``ThrottlingProxy`` stands in for a slow uplink between the clients and
 nginx, so that an upload lasts long enough to stop instances in its middle.
@@ -29,9 +28,17 @@ import pytest
 
 from tests.nginx_fixtures import NginxProxy, render_multi_example
 from tests.process_fixtures import ServeProcess
+from tests.redis_topologies import RedisClusterSet
 
 # Topology name -> the fixture that gives a Redis URL of that topology.
-REDIS_TOPOLOGIES = {"standalone": "redis_url"}
+REDIS_TOPOLOGIES = {"standalone": "redis_url", "cluster": "cluster_redis_url"}
+
+
+@pytest.fixture
+def cluster_redis_url(redis_cluster: RedisClusterSet) -> str:
+    """The session's Redis Cluster, emptied."""
+    redis_cluster.flush()
+    return redis_cluster.url
 
 
 @pytest.fixture(params=list(REDIS_TOPOLOGIES))
