@@ -15,6 +15,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.server_fixtures import RunningServer
+from tusserver import redis_urls
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -105,3 +106,18 @@ def test_every_metric_the_dashboard_queries_is_in_a_scrape_of_tusserver(
     queried = queried_metrics(json.loads(DASHBOARD.read_text()))
     assert len(queried) >= 15
     assert queried <= exported, queried - exported
+
+
+def test_the_sentinel_profile_points_tusserver_at_its_three_sentinels_and_a_replica() -> None:
+    services = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
+    tusserver = services["tusserver-sentinel"]
+    target = redis_urls.parse(tusserver["environment"]["TUSSERVER_REDIS_URL"])
+
+    assert target.topology is redis_urls.Topology.SENTINEL
+    sentinels = [host for host, _ in target.nodes]
+    assert sentinels == ["sentinel-1", "sentinel-2", "sentinel-3"]
+    for name in sentinels:
+        assert services[name]["profiles"] == ["sentinel"]
+        assert f"sentinel monitor {target.service} redis 6379 2" in services[name]["command"][2]
+    assert "--replicaof" in services["redis-replica"]["command"]
+    assert tusserver["environment"]["TUSSERVER_REDIS_REPLICAS"] == "1"
