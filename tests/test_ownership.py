@@ -40,37 +40,37 @@ WRITTEN = 6  # what alice has sent before bob tries
 
 
 @pytest.fixture
-def server(tus_server: StartServer) -> RunningServer:
+def guarded(tus_server: StartServer) -> RunningServer:
     return tus_server(**JWT_FIELDS)
 
 
-def started_upload(server: RunningServer) -> str:
+def started_upload(guarded: RunningServer) -> str:
     """Alice's upload of DATA with its first WRITTEN bytes sent; its URL."""
-    url = server.create(len(DATA), **ALICE)
-    patched = server.patch(url, 0, DATA[:WRITTEN], **ALICE)
+    url = guarded.create(len(DATA), **ALICE)
+    patched = guarded.patch(url, 0, DATA[:WRITTEN], **ALICE)
     assert patched.status_code == 204
     return url
 
 
-def alice_finishes(server: RunningServer, url: str) -> None:
+def alice_finishes(guarded: RunningServer, url: str) -> None:
     """Alice's upload is as she left it, and she can finish it."""
-    head = server.client.head(url, headers={**TUS, **ALICE})
+    head = guarded.client.head(url, headers={**TUS, **ALICE})
     assert head.status_code == 200
     assert head.headers["Upload-Offset"] == str(WRITTEN)
-    assert server.patch(url, WRITTEN, DATA[WRITTEN:], **ALICE).status_code == 204
-    assert (server.storage / url.rsplit("/", 1)[1]).read_bytes() == DATA
+    assert guarded.patch(url, WRITTEN, DATA[WRITTEN:], **ALICE).status_code == 204
+    assert (guarded.storage / url.rsplit("/", 1)[1]).read_bytes() == DATA
 
 
-def test_uploads_record_their_owner(server: RunningServer, state: redis.Redis) -> None:
-    url = server.create(3, **ALICE)
+def test_uploads_record_their_owner(guarded: RunningServer, state: redis.Redis) -> None:
+    url = guarded.create(3, **ALICE)
 
     assert state.hget(info_key(url.rsplit("/", 1)[1]), "owner") == "alice"
 
 
-def test_another_users_curl_gets_403_for_every_method(server: RunningServer) -> None:
+def test_another_users_curl_gets_403_for_every_method(guarded: RunningServer) -> None:
     curl = shutil.which("curl")
     assert curl is not None, "curl is needed (apt-get install curl)"
-    url = started_upload(server)
+    url = started_upload(guarded)
     other = f"Authorization: {BOB['Authorization']}"
 
     def run(*arguments: str) -> tuple[int, str]:
@@ -98,13 +98,13 @@ def test_another_users_curl_gets_403_for_every_method(server: RunningServer) -> 
             # Nothing of the upload: neither its size, its offset, nor its owner.
             for detail in (str(len(DATA)), str(WRITTEN), "alice"):
                 assert detail not in body
-    alice_finishes(server, url)
+    alice_finishes(guarded, url)
 
 
-def test_another_users_tuspy_gets_403_on_resume_and_on_patch(server: RunningServer) -> None:
-    url = started_upload(server)
-    intruder = TusClient(server.endpoint, headers=dict(BOB))
-    owner = TusClient(server.endpoint, headers=dict(ALICE))  # set_headers updates it
+def test_another_users_tuspy_gets_403_on_resume_and_on_patch(guarded: RunningServer) -> None:
+    url = started_upload(guarded)
+    intruder = TusClient(guarded.endpoint, headers=dict(BOB))
+    owner = TusClient(guarded.endpoint, headers=dict(ALICE))  # set_headers updates it
 
     with pytest.raises(TusCommunicationError) as on_resume:
         intruder.uploader(file_stream=io.BytesIO(DATA), url=url, retries=0)
@@ -117,13 +117,13 @@ def test_another_users_tuspy_gets_403_on_resume_and_on_patch(server: RunningServ
 
     assert on_resume.value.status_code == 403
     assert on_patch.value.status_code == 403
-    alice_finishes(server, url)
+    alice_finishes(guarded, url)
 
 
 def test_another_users_tus_js_client_gets_403_for_every_method(
-    server: RunningServer, tus_js: TusJs, tmp_path: Path
+    guarded: RunningServer, tus_js: TusJs, tmp_path: Path
 ) -> None:
-    url = started_upload(server)
+    url = started_upload(guarded)
     owner_token = ALICE["Authorization"].split()[1]
     other_token = BOB["Authorization"].split()[1]
 
@@ -137,19 +137,19 @@ def test_another_users_tus_js_client_gets_403_for_every_method(
 
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"head": 403, "patch": 403, "delete": 403, "get": 403}
-    head = server.client.head(url, headers={**TUS, **ALICE})
+    head = guarded.client.head(url, headers={**TUS, **ALICE})
     assert head.headers["Upload-Offset"] == str(WRITTEN)
     # Alice's own tus-js-client resumes it to the end.
     source = tmp_path / "data.bin"
     source.write_bytes(DATA)
-    assert tus_js(server.endpoint, source, uploadUrl=url, headers=ALICE) == url
-    assert (server.storage / url.rsplit("/", 1)[1]).read_bytes() == DATA
+    assert tus_js(guarded.endpoint, source, uploadUrl=url, headers=ALICE) == url
+    assert (guarded.storage / url.rsplit("/", 1)[1]).read_bytes() == DATA
 
 
 def test_another_user_neither_interrupts_a_running_patch_nor_touches_its_lock(
-    server: RunningServer, state: redis.Redis
+    guarded: RunningServer, state: redis.Redis
 ) -> None:
-    url = server.create(len(DATA), **ALICE)
+    url = guarded.create(len(DATA), **ALICE)
     upload_id = url.rsplit("/", 1)[1]
     first_sent, go_on = threading.Event(), threading.Event()
 
@@ -175,14 +175,14 @@ def test_another_user_neither_interrupts_a_running_patch_nor_touches_its_lock(
 
         started = time.monotonic()
         refused = [
-            server.client.head(url, headers={**TUS, **BOB}),
-            server.client.patch(
+            guarded.client.head(url, headers={**TUS, **BOB}),
+            guarded.client.patch(
                 url,
                 headers={**TUS, **BOB, "Content-Type": OCTETS, "Upload-Offset": "0"},
                 content=b"intruder",
             ),
-            server.client.get(url, headers=BOB),
-            server.client.delete(url, headers={**TUS, **BOB}),
+            guarded.client.get(url, headers=BOB),
+            guarded.client.delete(url, headers={**TUS, **BOB}),
         ]
         elapsed = time.monotonic() - started
         still_locked = state.get(lock_key(upload_id))
@@ -192,63 +192,63 @@ def test_another_user_neither_interrupts_a_running_patch_nor_touches_its_lock(
 
     assert [response.status_code for response in refused] == [403] * 4
     # At once: no wait for the lock (lock_wait is 3 s), no release request.
-    assert elapsed < server.config.lock_wait
+    assert elapsed < guarded.config.lock_wait
     assert still_locked == lock
     assert answer[0].status_code == 204
     assert answer[0].headers["Upload-Offset"] == str(len(DATA))
-    assert (server.storage / upload_id).read_bytes() == DATA
+    assert (guarded.storage / upload_id).read_bytes() == DATA
 
 
 def test_a_missing_upload_is_404_and_a_foreign_unfinished_one_403_not_its_state(
-    server: RunningServer,
+    guarded: RunningServer,
 ) -> None:
-    url = started_upload(server)
+    url = started_upload(guarded)
     missing = url[: -len("0" * 32)] + "0" * 32
 
-    assert server.client.head(missing, headers={**TUS, **BOB}).status_code == 404
-    assert_tus_error(server.client.delete(missing, headers={**TUS, **BOB}), 404)
+    assert guarded.client.head(missing, headers={**TUS, **BOB}).status_code == 404
+    assert_tus_error(guarded.client.delete(missing, headers={**TUS, **BOB}), 404)
     # Alice would get 404 "not finished" from GET; Bob learns nothing of it.
-    assert_tus_error(server.client.get(url, headers=BOB), 403, "upload_forbidden")
-    assert_tus_error(server.client.get(url, headers=ALICE), 404)
+    assert_tus_error(guarded.client.get(url, headers=BOB), 403, "upload_forbidden")
+    assert_tus_error(guarded.client.get(url, headers=ALICE), 404)
 
 
-def partial(server: RunningServer, data: bytes, auth: dict[str, str]) -> str:
-    url = server.create(len(data), Upload_Concat="partial", **auth)
-    assert server.patch(url, 0, data, **auth).status_code == 204
+def partial(guarded: RunningServer, data: bytes, auth: dict[str, str]) -> str:
+    url = guarded.create(len(data), Upload_Concat="partial", **auth)
+    assert guarded.patch(url, 0, data, **auth).status_code == 204
     return url
 
 
-def post_final(server: RunningServer, auth: dict[str, str], *parts: str) -> httpx.Response:
-    return server.client.post(
-        server.endpoint, headers={**TUS, **auth, "Upload-Concat": "final;" + " ".join(parts)}
+def post_final(guarded: RunningServer, auth: dict[str, str], *parts: str) -> httpx.Response:
+    return guarded.client.post(
+        guarded.endpoint, headers={**TUS, **auth, "Upload-Concat": "final;" + " ".join(parts)}
     )
 
 
-def test_a_final_upload_naming_another_users_part_is_refused(server: RunningServer) -> None:
-    alices = partial(server, b"alice's ", ALICE)
-    bobs = partial(server, b"bob's", BOB)
+def test_a_final_upload_naming_another_users_part_is_refused(guarded: RunningServer) -> None:
+    alices = partial(guarded, b"alice's ", ALICE)
+    bobs = partial(guarded, b"bob's", BOB)
 
-    foreign = post_final(server, BOB, bobs, alices)
-    own = post_final(server, ALICE, alices)
+    foreign = post_final(guarded, BOB, bobs, alices)
+    own = post_final(guarded, ALICE, alices)
 
     assert_tus_error(foreign, 403, "concat_part_forbidden")
     assert "Part 2" in foreign.json()["error"]["message"]
     assert own.status_code == 201, own.text
-    final = server.url + own.headers["Location"]
-    assert (server.storage / final.rsplit("/", 1)[1]).read_bytes() == b"alice's "
-    head = server.client.head(final, headers={**TUS, **ALICE})
+    final = guarded.url + own.headers["Location"]
+    assert (guarded.storage / final.rsplit("/", 1)[1]).read_bytes() == b"alice's "
+    head = guarded.client.head(final, headers={**TUS, **ALICE})
     assert head.headers["Upload-Offset"] == "8"
-    assert server.client.head(final, headers={**TUS, **BOB}).status_code == 403
+    assert guarded.client.head(final, headers={**TUS, **BOB}).status_code == 403
 
 
 def test_without_authentication_uploads_have_no_owner(
     tus_server: StartServer, state: redis.Redis
 ) -> None:
-    server = tus_server()
-    url = server.create(3)
+    guarded = tus_server()
+    url = guarded.create(3)
 
     assert state.hget(info_key(url.rsplit("/", 1)[1]), "owner") is None
-    assert server.head(url).status_code == 200
+    assert guarded.head(url).status_code == 200
 
 
 # --- an application's own sessions: create_app(config, authenticate=...) -----
@@ -303,12 +303,12 @@ def as_session(session: str | None) -> dict[str, str]:
 def test_an_authenticate_callable_binds_uploads_to_the_apps_users(
     session_app: RunningServer, state: redis.Redis
 ) -> None:
-    server = session_app
-    alices = server.create(4, **as_session("s-alice"))
-    anonymous = server.create(4)
+    guarded = session_app
+    alices = guarded.create(4, **as_session("s-alice"))
+    anonymous = guarded.create(4)
 
     def head(url: str, headers: dict[str, str]) -> int:
-        return server.client.head(url, headers={**TUS, **headers}).status_code
+        return guarded.client.head(url, headers={**TUS, **headers}).status_code
 
     assert state.hget(info_key(alices.rsplit("/", 1)[1]), "owner") == "alice"
     assert head(alices, as_session("s-alice")) == 200
@@ -324,10 +324,12 @@ def test_an_authenticate_callable_binds_uploads_to_the_apps_users(
 def test_an_authenticate_callable_refuses_with_its_own_401_and_403(
     session_app: RunningServer,
 ) -> None:
-    server = session_app
+    guarded = session_app
 
     def post(headers: dict[str, str]) -> httpx.Response:
-        return server.client.post(server.endpoint, headers={**TUS, "Upload-Length": "1", **headers})
+        return guarded.client.post(
+            guarded.endpoint, headers={**TUS, "Upload-Length": "1", **headers}
+        )
 
     expired = post(as_session("s-unknown"))
     banned = post(as_session("s-banned"))
@@ -337,4 +339,4 @@ def test_an_authenticate_callable_refuses_with_its_own_401_and_403(
     assert expired.headers["WWW-Authenticate"].startswith("Bearer")
     assert_tus_error(banned, 403, "account_suspended")
     assert_tus_error(bad_token, 401, "token_expired")
-    assert server.client.options(server.endpoint).status_code == 200
+    assert guarded.client.options(guarded.endpoint).status_code == 200

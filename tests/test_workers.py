@@ -28,6 +28,7 @@ NOT_DEFAULT: dict[str, Any] = {
     "host": "0.0.0.0",
     "port": 9090,
     "server": "granian",
+    "redis_replicas": 2,
     "workers": 3,
     "file_digest": "none",
     "log_level": "debug",
