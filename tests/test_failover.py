@@ -113,6 +113,28 @@ def in_thread(work: Callable[[], object]) -> threading.Thread:
     return thread
 
 
+def tus_js_upload_while(
+    server: RunningServer, tus_js: TusJs, tmp_path: Path, disturbance: Callable[[], object]
+) -> tuple[str, bytes]:
+    """tus-js-client uploads 8 MiB in slow 64 KiB chunks, retrying, while
+    ``disturbance`` runs in a thread; the upload URL and the bytes sent."""
+    data = os.urandom(8 * 1024 * KIB)
+    source = tmp_path / "source.bin"
+    source.write_bytes(data)
+    chaos = in_thread(disturbance)
+    try:
+        url = tus_js(
+            server.endpoint,
+            source,
+            chunkSize=64 * KIB,
+            requestDelayMs=60,
+            retryDelays=RETRY_DELAYS_MS,
+        )
+    finally:
+        chaos.join(60)
+    return url, data
+
+
 # --- Sentinel ------------------------------------------------------------------
 
 
@@ -141,9 +163,6 @@ def test_tus_js_client_finishes_byte_exact_when_the_sentinel_primary_is_killed(
     tmp_path: Path,
 ) -> None:
     server = tus_server()
-    data = os.urandom(8 * 1024 * KIB)
-    source = tmp_path / "source.bin"
-    source.write_bytes(data)
     killed: list[RedisNode] = []
 
     def kill_when_started() -> None:
@@ -151,18 +170,9 @@ def test_tus_js_client_finishes_byte_exact_when_the_sentinel_primary_is_killed(
         killed.append(redis_sentinels.kill_primary())
         redis_sentinels.wait_promoted(killed[0])
 
-    chaos = in_thread(kill_when_started)
     try:
-        url = tus_js(
-            server.endpoint,
-            source,
-            chunkSize=64 * KIB,
-            requestDelayMs=60,
-            retryDelays=RETRY_DELAYS_MS,
-        )
-        chaos.join(60)
+        url, data = tus_js_upload_while(server, tus_js, tmp_path, kill_when_started)
     finally:
-        chaos.join(60)
         if killed:
             redis_sentinels.restart(killed[0])
 
@@ -289,9 +299,6 @@ def test_tus_js_client_finishes_byte_exact_when_a_cluster_primary_restarts(
     tmp_path: Path,
 ) -> None:
     server = tus_server()
-    data = os.urandom(8 * 1024 * KIB)
-    source = tmp_path / "source.bin"
-    source.write_bytes(data)
     restarted: list[RedisNode] = []
 
     def restart_every_primary() -> None:
@@ -304,17 +311,7 @@ def test_tus_js_client_finishes_byte_exact_when_a_cluster_primary_restarts(
             primary.start()
             restarted.append(primary)
 
-    chaos = in_thread(restart_every_primary)
-    try:
-        url = tus_js(
-            server.endpoint,
-            source,
-            chunkSize=64 * KIB,
-            requestDelayMs=60,
-            retryDelays=RETRY_DELAYS_MS,
-        )
-    finally:
-        chaos.join(60)
+    url, data = tus_js_upload_while(server, tus_js, tmp_path, restart_every_primary)
 
     assert len(restarted) == 3
     assert_published_once(server, upload_id_of(url), data)
