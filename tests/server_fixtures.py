@@ -15,6 +15,7 @@ processes (through ``TUSSERVER_SERVER``) alike.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
 import time
@@ -225,9 +226,13 @@ def server(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
 
 @pytest.fixture
 def served_apps(request: pytest.FixtureRequest) -> Iterator[ServedApps]:
-    """Apps served for one test (on uvicorn, or on each server for a spec
-    that asks for ``server``), stopped when it ends."""
-    server = request.getfixturevalue("server") if "server" in request.fixturenames else "uvicorn"
+    """Apps served for one test, stopped when it ends: on each HTTP server
+    for a spec that asks for ``server``, else on TUSSERVER_TEST_SERVER
+    (default: the server ``tusserver serve`` runs on by default)."""
+    if "server" in request.fixturenames:
+        server = request.getfixturevalue("server")
+    else:
+        server = os.environ.get("TUSSERVER_TEST_SERVER", Config().server)
     served = ServedApps(server)
     yield served
     served.stop()
