@@ -38,8 +38,9 @@ def redis_server() -> Iterator[str]:
 
 
 # The spec files that run against every topology: the protocol and
-# concurrency specs. A spec in them that looks at one server's internals is
-# marked ``standalone_redis``.
+# concurrency specs, and the operator's ``tusserver uploads`` (a listing
+# must SCAN every primary of a Cluster, a script run per slot). A spec in
+# them that looks at one server's internals is marked ``standalone_redis``.
 TOPOLOGY_MODULES = frozenset(
     {
         "test_protocol",
@@ -50,6 +51,7 @@ TOPOLOGY_MODULES = frozenset(
         "test_concatenation",
         "test_transport",
         "test_expiry",
+        "test_admin",
     }
 )
 TOPOLOGIES = ("standalone", "sentinel", "cluster")

@@ -424,6 +424,11 @@ class UploadStore:
         replies: list[tuple[int, list[str]]]
         if isinstance(self._redis, aioredis.RedisCluster):
             # One slot per script: one INSPECT per upload, in one pipeline.
+            # A cluster pipeline sends EVALSHA and, unlike a plain one, never
+            # loads a script a primary lacks (a new or promoted node has an
+            # empty script cache): so SCRIPT LOAD, which goes to every
+            # primary, first. One round trip per primary per batch.
+            await self._redis.script_load(scripts.INSPECT)
             async with self._redis.pipeline(transaction=False) as pipe:
                 for upload_id in ids:
                     keys_of_one = [info_key(upload_id), lock_key(upload_id)]
