@@ -417,6 +417,8 @@ class UploadStore:
             if keys:
                 yield await self._snapshot_batch(keys)
         except RedisError as exc:
+            # As ``_translating`` does (a generator cannot be wrapped by it).
+            metrics.recorder().redis_error(type(exc).__name__)
             raise StateUnavailable(str(exc)) from exc
 
     async def _snapshot_batch(self, keys: list[str]) -> list[Snapshot]:
