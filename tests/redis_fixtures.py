@@ -37,9 +37,24 @@ def redis_server() -> Iterator[str]:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
+@pytest.fixture
+def private_redis() -> Iterator[EmbeddedRedis]:
+    """A second real Redis that a spec may stop or make refuse without
+    harming the session's."""
+    data_dir = short_temp_dir()
+    server = EmbeddedRedis(data_dir / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
 # The spec files that run against every topology: the protocol and
-# concurrency specs. A spec in them that looks at one server's internals is
-# marked ``standalone_redis``.
+# concurrency specs, and the operator's ``tusserver uploads`` (a listing
+# must SCAN every primary of a Cluster, a script run per slot). A spec in
+# them that looks at one server's internals is marked ``standalone_redis``.
 TOPOLOGY_MODULES = frozenset(
     {
         "test_protocol",
@@ -50,6 +65,7 @@ TOPOLOGY_MODULES = frozenset(
         "test_concatenation",
         "test_transport",
         "test_expiry",
+        "test_admin",
     }
 )
 TOPOLOGIES = ("standalone", "sentinel", "cluster")

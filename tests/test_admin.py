@@ -1,9 +1,13 @@
 """``tusserver uploads``: list, show and terminate the uploads of a running
 server, from its Redis and storage, in every state an upload can be in.
 
-Against a real server (uvicorn on loopback) and the session's real Redis;
+Against a real server (uvicorn on loopback) and real Redis, on each
+topology (one server, Sentinel, Cluster: ``redis_fixtures.TOPOLOGY_MODULES``);
 the command runs in-process through click's CliRunner, and once as a real
-``tusserver`` process.
+``tusserver`` process. No spec here is marked ``standalone_redis``: each reads
+records and locks only through the topology's own client (``state``), so
+each holds on a Cluster too; the one that needs no Redis at all (a dead URL)
+runs once.
 """
 
 from __future__ import annotations
@@ -226,7 +230,10 @@ def test_list_escapes_control_characters_of_a_file_name_in_the_table(
 def test_list_reads_every_record_across_many_scan_batches_once(
     redis_url: str, tmp_path: Path
 ) -> None:
-    # More than two batches, through the store's own create path.
+    # More than two batches, through the store's own create path. On a
+    # Cluster these ids fall on every slot range, so on every primary: a
+    # listing that scanned one primary, or that a primary's empty script
+    # cache broke, would miss some.
     count = 2 * admin.BATCH + 345
     ids = [f"{n:032x}" for n in range(count)]
 

@@ -8,7 +8,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -427,19 +427,6 @@ def lone_server(tmp_path: Path, served_apps: ServedApps) -> Callable[[str], Runn
         return served_apps.start(config, storage)
 
     return start
-
-
-@pytest.fixture
-def private_redis() -> Iterator[EmbeddedRedis]:
-    """A second real Redis that a test may stop without harming the session's."""
-    data_dir = short_temp_dir()
-    server = EmbeddedRedis(data_dir / "redis")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def test_a_patch_keeps_writing_through_a_redis_failure_of_one_lock_keep_alive(

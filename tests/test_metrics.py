@@ -1,6 +1,7 @@
 """Prometheus metrics: counters move as uploads, refusals, deletions, 423s,
-sweeps and hooks happen, as a real scrape parsed by prometheus_client shows;
-each app counts on its own; worker processes are summed."""
+sweeps, hooks, Redis failures and storage failures happen, as a real scrape
+parsed by prometheus_client shows; each app counts on its own; worker
+processes are summed."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ from tusclient.client import TusClient
 from tests.helpers import assert_tus_error, b64, upload_id_of
 from tests.process_fixtures import ServeProcess
 from tests.redis_fixtures import short_temp_dir
-from tests.server_fixtures import RunningServer, free_port
+from tests.server_fixtures import RunningServer, ServedApps, free_port
+from tusserver.config import Config
+from tusserver.embedded_redis import EmbeddedRedis
 from tusserver.hook_events import HookEvent, HookResponse
 from tusserver.hooks import Hooks
 
@@ -160,6 +163,104 @@ def test_a_running_patch_is_in_flight_and_a_takeover_is_counted(
     samples = scrape(metrics_url(server))
     assert value(samples, "tusserver_lock_takeovers_total") == 1
     wait_for(lambda: value(scrape(metrics_url(server)), "tusserver_patches_in_flight") == 0)
+
+
+def _stop(server: EmbeddedRedis) -> None:
+    server.stop()
+
+
+def _refuse_scripts(server: EmbeddedRedis) -> None:
+    # A real refusal by Redis itself: its default user may no longer run
+    # scripts (every request's Redis work is a script).
+    with redis.Redis.from_url(server.url) as admin:
+        admin.execute_command("ACL", "SETUSER", "default", "-evalsha", "-eval")
+
+
+@pytest.mark.parametrize(
+    ("trouble", "kind"),
+    [(_stop, "ConnectionError"), (_refuse_scripts, "NoPermissionError")],
+    ids=["stopped", "refusing-scripts"],
+)
+def test_a_redis_failure_answers_503_retryable_and_is_counted_by_its_kind(
+    served_apps: ServedApps,
+    private_redis: EmbeddedRedis,
+    tmp_path: Path,
+    trouble: Callable[[EmbeddedRedis], None],
+    kind: str,
+) -> None:
+    # A Redis of the spec's own, which it may stop; no sweep pass during the
+    # spec, so only the PATCHes below touch Redis once it fails.
+    storage = tmp_path / "storage"
+    config = Config(
+        storage=str(storage), redis_url=private_redis.url, lock_wait=0.2, sweep_interval=3600
+    )
+    server = served_apps.start(config, storage)
+    url = server.create(10)
+    before = scrape(metrics_url(server))
+
+    trouble(private_redis)
+    answers = [server.patch(url, 0, b"hello") for _ in range(2)]
+
+    for answer in answers:
+        assert_tus_error(answer, 503, "state_unavailable")
+        assert answer.json()["error"]["retryable"] is True
+        assert "redis" not in answer.text.lower()
+    after = scrape(metrics_url(server))
+    assert value(before, "tusserver_redis_errors_total", kind=kind) == 0
+    # Each failed PATCH failed on its first Redis call (the lock's claim).
+    assert value(after, "tusserver_redis_errors_total", kind=kind) == 2
+    assert value(after, "tusserver_requests_total", method="PATCH", status="503") == 2
+
+
+def _full_disk(partial: Path) -> None:
+    # Every write to /dev/full fails with ENOSPC, as on a full disk.
+    partial.unlink()
+    partial.symlink_to("/dev/full")
+
+
+def _directory_in_its_place(partial: Path) -> None:
+    partial.unlink()
+    partial.mkdir()
+
+
+@pytest.mark.parametrize(
+    ("damage", "status", "code", "retryable", "kind"),
+    [
+        (_full_disk, 507, "storage_full", False, "ENOSPC"),
+        (_directory_in_its_place, 503, "storage_failed", True, "EISDIR"),
+    ],
+    ids=["full-disk", "directory-in-its-place"],
+)
+def test_a_storage_failure_of_a_patch_answers_its_error_and_is_counted_by_errno(
+    tus_server: Callable[..., RunningServer],
+    damage: Callable[[Path], None],
+    status: int,
+    code: str,
+    retryable: bool,
+    kind: str,
+) -> None:
+    server = tus_server()
+    url = server.create(10)
+    assert server.patch(url, 0, b"hello").status_code == 204
+    partial = server.partials / upload_id_of(url)
+    damage(partial)
+    before = scrape(metrics_url(server))
+
+    answer = server.patch(url, 5, b"world")
+
+    assert_tus_error(answer, status, code)
+    assert answer.json()["error"]["retryable"] is retryable
+    for internal in (str(server.storage), kind, "Errno"):
+        assert internal not in answer.text
+    after = scrape(metrics_url(server))
+    assert value(before, "tusserver_storage_errors_total", kind=kind) == 0
+    assert value(after, "tusserver_storage_errors_total", kind=kind) == 1
+    # Nothing was counted as stored, and the record still says 5: a retry
+    # once the storage is repaired resumes there.
+    assert value(after, "tusserver_stored_bytes_total") == value(
+        before, "tusserver_stored_bytes_total"
+    )
+    assert server.head(url).headers["Upload-Offset"] == "5"
 
 
 def test_hook_calls_are_counted_by_event_and_outcome(

@@ -329,25 +329,53 @@ def test_deferred_upload_is_finalized_by_an_empty_patch_carrying_upload_length(
     assert record(state, url)["state"] == "complete"
 
 
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 @pytest.mark.parametrize("declared", [5, 7], ids=["no room left", "room for less"])
 def test_a_patch_declaring_a_length_its_body_overruns_is_413_and_leaves_the_length_deferred(
-    tus_server: Callable[..., RunningServer], state: redis.Redis, declared: int
+    tus_server: Callable[..., RunningServer], state: redis.Redis, declared: int, chunked: bool
 ) -> None:
+    # With a Content-Length the overrun is known before the body is read;
+    # a chunked body shows it only as it streams, past the declared length.
+    # Either way the refused PATCH records nothing: not its bytes (the
+    # offset stays) and not its length (the upload stays deferred).
     server = tus_server()
     url = server.create(None)
     assert server.patch(url, 0, b"hello").status_code == 204
 
-    response = server.patch(url, 5, b"world", Upload_Length=str(declared))
+    if chunked:
+        response = patch_stream(server, url, 5, [b"wo", b"rld"], **{"Upload-Length": str(declared)})
+    else:
+        response = server.patch(url, 5, b"world", Upload_Length=str(declared))
 
     assert_tus_error(response, 413, "body_exceeds_upload_length")
     saved = record(state, url)
     assert (saved["length"], saved["offset"], saved["state"]) == ("", "5", "partial")
     head = server.head(url)
     assert head.headers["Upload-Defer-Length"] == "1"
+    assert "Upload-Length" not in head.headers
+    assert head.headers["Upload-Offset"] == "5"
     assert not (server.storage / upload_id_of(url)).exists()
     last = server.patch(url, 5, b"world", Upload_Length="10")
     assert last.status_code == 204
     assert (server.storage / upload_id_of(url)).read_bytes() == b"helloworld"
+
+
+def test_a_chunked_patch_declaring_a_length_it_fits_in_records_it_with_its_bytes(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    server = tus_server()
+    url = server.create(None)
+    assert server.patch(url, 0, b"hello").status_code == 204
+
+    response = patch_stream(server, url, 5, [b"wor", b"ld"], **{"Upload-Length": "12"})
+
+    assert response.status_code == 204
+    assert response.headers["Upload-Offset"] == "10"
+    saved = record(state, url)
+    assert (saved["length"], saved["offset"], saved["state"]) == ("12", "10", "partial")
+    assert server.head(url).headers["Upload-Length"] == "12"
+    assert server.patch(url, 10, b"!!").status_code == 204
+    assert (server.storage / upload_id_of(url)).read_bytes() == b"helloworld!!"
 
 
 def test_a_chunked_body_sent_to_an_upload_with_no_byte_left_is_413_not_dropped_behind_a_204(

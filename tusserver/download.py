@@ -134,6 +134,11 @@ async def download_upload(request: Request, services: Services) -> Response:
         status = 206
         headers[CONTENT_RANGE] = byte_range.content_range(size)
     headers[CONTENT_LENGTH] = str(byte_range.length)
+    if byte_range.length == 0:
+        # Complete with its headers: the client may go on (and remove the
+        # upload through another instance) before a stream would have opened
+        # the file, which would then cut the connection it reuses.
+        return Response(status_code=status, headers=headers)
     blocks = services.storage.read(upload_id, _source(upload), byte_range.start, byte_range.end)
     logger.debug(
         "upload %s: serving bytes %d-%d of %d", upload_id, byte_range.start, byte_range.end, size

@@ -266,8 +266,9 @@ async def _settle_length(
     """creation-defer-length: the length is set once, on a PATCH, never changed.
 
     A body announced longer than the length leaves is refused before the
-    length is recorded, so that the refused PATCH changes nothing (a chunked
-    body, whose size shows only as it streams, is checked by the transfer).
+    length is recorded, so that the refused PATCH changes nothing. A chunked
+    body's size shows only as it streams: its length is announced, and
+    recorded with its bytes only if it fits (``HeldUpload.announce_length``).
     """
     upload = held.upload
     if upload.length is not None:
@@ -286,7 +287,10 @@ async def _settle_length(
         # The file it ends up being is too small: nothing can make this
         # upload acceptable, so it fails for good.
         raise await screening.refuse(services, held, screening.TOO_SMALL, too_small)
-    await held.set_length(length)
+    if content_length is None:
+        held.announce_length(length)
+    else:
+        await held.set_length(length)
 
 
 def _patched(upload: Upload) -> Response:

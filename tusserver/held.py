@@ -39,6 +39,9 @@ class HeldUpload:
         # Set when a post-receive hook said StopUpload while this request
         # writes: its answer, for the client (see receiving).
         self.stopped_by_hook: HookResponse | None = None
+        # upload.length is a deferred length a chunked body declared, not yet
+        # recorded (see ``announce_length``).
+        self._unrecorded_length = False
 
     @property
     def id(self) -> str:
@@ -79,17 +82,48 @@ class HeldUpload:
             release=release,
             expires=expires,  # the script ignores it once the file is published
             durable=durable,
+            # Recorded with the bytes: the body fitted in it.
+            length=upload.length if self._unrecorded_length else None,
         )
         self._check(status, "commit")
+        self._unrecorded_length = False
         metrics.recorder().stored(new_offset - upload.offset)
         upload.offset = new_offset
         if expires is not None and upload.expires is not None:
             upload.expires = expires
 
     async def set_length(self, length: int) -> None:
-        """Fix a deferred length (creation-defer-length); the caller checked it was unset."""
-        await self._store.set_length(self.upload.id, length)
+        """Fix a deferred length (creation-defer-length) now; the caller
+        checked it was unset. Compare-and-set, as a commit: refused (423)
+        once another request took the upload over meanwhile."""
+        upload = self.upload
+        status = await self._store.set_length(upload.id, self.lease.token, upload.offset, length)
+        self._check(status, "length")
+        upload.length = length
+        self._unrecorded_length = False
+
+    def announce_length(self, length: int) -> None:
+        """A deferred length declared by a PATCH whose body has no announced
+        size (chunked), checked otherwise: the upload's length while that
+        body streams, recorded only with its bytes (``commit``) or by
+        ``record_length`` once the body ended within it. A body that runs
+        past it is refused and the length ``withdraw``n: a refused PATCH
+        leaves the upload deferred, as when its Content-Length is too long."""
         self.upload.length = length
+        self._unrecorded_length = True
+
+    async def record_length(self) -> None:
+        """Record an announced length that no commit recorded (the body
+        stored nothing)."""
+        if self._unrecorded_length:
+            assert self.upload.length is not None
+            await self.set_length(self.upload.length)
+
+    def withdraw_length(self) -> None:
+        """Forget an announced length that was never recorded."""
+        if self._unrecorded_length:
+            self.upload.length = None
+            self._unrecorded_length = False
 
     async def complete(
         self,

@@ -87,7 +87,11 @@ async def receive_body(
         if held.stopped_by_hook is not None:
             await _stop(services, held, held.stopped_by_hook)
         if transfer.end is End.TOO_LARGE:
-            raise _too_large(upload, config)
+            too_large = _too_large(upload, config)
+            # Nothing was committed, so a length this chunked body declared
+            # was never recorded: the upload stays deferred.
+            held.withdraw_length()
+            raise too_large
         if transfer.end is End.RELEASED:
             # Never a 2xx: another request has the upload now, and a client
             # reads a 2xx as "all sent was accepted".
@@ -109,6 +113,9 @@ async def receive_body(
                 transfer.end.value,
                 transfer.stored if checksum is None else 0,
             )
+        # The body did not run past a length it declared: recorded now if
+        # no commit of its bytes did (a chunked body that stored nothing).
+        await held.record_length()
         if isinstance(transfer.failure, FileNotFoundError):
             # The partial is gone (removed behind our back): the bytes the
             # record counts are lost, so the upload is too. 410 makes a

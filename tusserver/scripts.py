@@ -85,7 +85,8 @@ return out
 """
 
 # KEYS: info, lock. ARGV: token, expected offset, new offset, release (1|0),
-# new expires ("" = unchanged; only an unpublished upload has one).
+# new expires ("" = unchanged; only an unpublished upload has one), a
+# deferred length to record with the bytes ("" = none: see SET_LENGTH).
 COMMIT = """
 local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[1] then return 'lost' end
@@ -101,11 +102,35 @@ if current == ARGV[3] and redis.call('HGET', KEYS[1], 'committer') == ARGV[1] th
   return 'ok'
 end
 if current ~= ARGV[2] then return 'moved' end
+if ARGV[6] ~= '' then
+  local length = redis.call('HGET', KEYS[1], 'length')
+  if length and length ~= '' and length ~= ARGV[6] then return 'moved' end
+  redis.call('HSET', KEYS[1], 'length', ARGV[6])
+end
 redis.call('HSET', KEYS[1], 'offset', ARGV[3], 'committer', ARGV[1])
 if ARGV[5] ~= '' and redis.call('HEXISTS', KEYS[1], 'expires') == 1 then
   redis.call('HSET', KEYS[1], 'expires', ARGV[5])
 end
 if holder and ARGV[4] == '1' then redis.call('DEL', KEYS[2]) end
+return 'ok'
+"""
+
+# KEYS: info, lock. ARGV: token, expected offset, length. Records a deferred
+# length (creation-defer-length) by compare-and-set, as COMMIT moves the
+# offset: only while the writer holds the lock or nobody does, at the offset
+# it started from, and while the length is still unset. A retried call (reply
+# lost) finds the same length recorded.
+SET_LENGTH = """
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[1] then return 'lost' end
+local known = redis.call('HMGET', KEYS[1], 'offset', 'length')
+if not known[1] then return 'missing' end
+if known[2] and known[2] ~= '' then
+  if known[2] == ARGV[3] then return 'ok' end
+  return 'moved'
+end
+if known[1] ~= ARGV[2] then return 'moved' end
+redis.call('HSET', KEYS[1], 'length', ARGV[3])
 return 'ok'
 """
 

@@ -208,6 +208,7 @@ class UploadStore:
         self._create = client.register_script(scripts.CREATE)
         self._claim = client.register_script(scripts.CLAIM)
         self._commit = client.register_script(scripts.COMMIT)
+        self._set_length = client.register_script(scripts.SET_LENGTH)
         self._complete = client.register_script(scripts.COMPLETE)
         self._terminate = client.register_script(scripts.TERMINATE)
         self._release = client.register_script(scripts.RELEASE)
@@ -258,10 +259,13 @@ class UploadStore:
         release: bool,
         expires: float | None = None,
         durable: bool = False,
+        length: int | None = None,
     ) -> CommitStatus:
         """Move the offset by compare-and-set; with ``expires``, also slide the
-        expiry of an unpublished upload, in the same script (no extra trip).
-        ``durable``: on the replicas too before it returns (NotReplicated)."""
+        expiry of an unpublished upload, and with ``length``, record a deferred
+        length (MOVED if another one is recorded), in the same script (no
+        extra trip). ``durable``: on the replicas too before it returns
+        (NotReplicated)."""
         return CommitStatus(
             await self._run(
                 self._commit,
@@ -273,6 +277,7 @@ class UploadStore:
                     new,
                     "1" if release else "0",
                     "" if expires is None else repr(expires),
+                    "" if length is None else str(length),
                 ],
             )
         )
@@ -295,9 +300,17 @@ class UploadStore:
             return result
 
     @_translating
-    async def set_length(self, upload_id: str, length: int) -> None:
-        """Fix a deferred length. The caller holds the lock and checked it was unset."""
-        await self._redis.hset(info_key(upload_id), "length", str(length))
+    async def set_length(
+        self, upload_id: str, token: str, expected: int, length: int
+    ) -> CommitStatus:
+        """Fix a deferred length by compare-and-set: refused (LOST_LOCK,
+        MOVED) once another writer holds the lock, moved the offset from
+        ``expected`` or recorded another length."""
+        return CommitStatus(
+            await self._set_length(
+                keys=[info_key(upload_id), lock_key(upload_id)], args=[token, expected, length]
+            )
+        )
 
     @_translating
     async def complete(
@@ -417,6 +430,8 @@ class UploadStore:
             if keys:
                 yield await self._snapshot_batch(keys)
         except RedisError as exc:
+            # As ``_translating`` does (a generator cannot be wrapped by it).
+            metrics.recorder().redis_error(type(exc).__name__)
             raise StateUnavailable(str(exc)) from exc
 
     async def _snapshot_batch(self, keys: list[str]) -> list[Snapshot]:
@@ -424,6 +439,11 @@ class UploadStore:
         replies: list[tuple[int, list[str]]]
         if isinstance(self._redis, aioredis.RedisCluster):
             # One slot per script: one INSPECT per upload, in one pipeline.
+            # A cluster pipeline sends EVALSHA and, unlike a plain one, never
+            # loads a script a primary lacks (a new or promoted node has an
+            # empty script cache): so SCRIPT LOAD, which goes to every
+            # primary, first. One round trip per primary per batch.
+            await self._redis.script_load(scripts.INSPECT)
             async with self._redis.pipeline(transaction=False) as pipe:
                 for upload_id in ids:
                     keys_of_one = [info_key(upload_id), lock_key(upload_id)]
