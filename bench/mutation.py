@@ -153,6 +153,7 @@ SPECS: dict[str, list[str]] = {
     "tusserver/slots.py": ["tests/test_slots.py", "tests/test_termination.py"],
     "tusserver/redis_urls.py": ["tests/test_config.py", "tests/test_termination.py"],
     "tusserver/release_requests.py": [
+        "tests/test_release_requests.py",
         "tests/test_patch.py::test_a_patch_waiting_for_the_lock_asks_the_holder_again_every_half_second",
         "tests/test_transport.py::test_reconnecting_client_takes_over_its_stalled_patch_within_the_lock_wait",
     ],
