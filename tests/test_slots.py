@@ -10,7 +10,8 @@ from tests.redis_topologies import RedisClusterSet
 from tusserver import slots
 
 # Keys with and without a hash tag, an empty one ("{}" counts as none), an
-# unclosed one, two of them (the first counts) and non-ASCII text.
+# unclosed one, a closing brace alone, two tags (the first counts) and
+# non-ASCII text.
 KEYS = [
     "upload",
     "tus:{0123abcd}:info",
@@ -18,6 +19,7 @@ KEYS = [
     "a{}{b}",
     "{unclosed",
     "a}b{c",
+    "x}y",
     "x{b}{c}",
     "{{a}}",
     "tus:{é}:lock",
