@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SPECS: dict[str, list[str]] = {
     "tusserver/state.py": [
         "tests/test_state.py",
+        "tests/test_errors.py::test_head_when_redis_stops_answers_423_retryable_not_5xx",
         "tests/test_termination.py",
         "tests/test_head.py",
         "tests/test_expiry.py",
@@ -156,6 +157,7 @@ SPECS: dict[str, list[str]] = {
     "tusserver/redis_urls.py": ["tests/test_config.py", "tests/test_termination.py"],
     "tusserver/release_requests.py": [
         "tests/test_release_requests.py",
+        "tests/test_errors.py::test_while_redis_is_down_the_release_listener_reconnects_about_once_a_second",
         "tests/test_patch.py::test_a_patch_waiting_for_the_lock_asks_the_holder_again_every_half_second",
         "tests/test_transport.py::test_reconnecting_client_takes_over_its_stalled_patch_within_the_lock_wait",
     ],
