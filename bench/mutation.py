@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SPECS: dict[str, list[str]] = {
     "tusserver/state.py": [
         "tests/test_state.py",
+        "tests/test_errors.py::test_head_when_redis_stops_answers_423_retryable_not_5xx",
         "tests/test_termination.py",
         "tests/test_head.py",
         "tests/test_expiry.py",
@@ -145,6 +146,33 @@ SPECS: dict[str, list[str]] = {
         "tests/test_cli.py::test_sweep_without_a_running_server_starts_the_embedded_redis_for_the_pass",
     ],
     "tusserver/sweeper.py": ["tests/test_sweeper.py", "tests/test_expiry.py"],
+    "tusserver/scripts.py": [
+        "tests/test_state.py",
+        "tests/test_termination.py",
+        "tests/test_sweeper.py",
+    ],
+    # Against a real Cluster's own slot rule; that per-slot keys then share
+    # an upload's slot shows in every Cluster spec (test_termination's).
+    "tusserver/slots.py": ["tests/test_slots.py"],
+    "tusserver/redis_urls.py": ["tests/test_config.py", "tests/test_termination.py"],
+    "tusserver/release_requests.py": [
+        "tests/test_release_requests.py",
+        "tests/test_errors.py::test_while_redis_is_down_the_release_listener_reconnects_about_once_a_second",
+        "tests/test_patch.py::test_a_patch_waiting_for_the_lock_asks_the_holder_again_every_half_second",
+        "tests/test_transport.py::test_reconnecting_client_takes_over_its_stalled_patch_within_the_lock_wait",
+    ],
+    "tusserver/draining.py": [
+        # A process that is not stopping keeps a receiving upload when asked.
+        "tests/test_transport.py::test_two_concurrent_patches_never_interleave_bytes",
+        "tests/test_shutdown.py::test_sigterm_mid_patch_commits_what_was_stored_and_another_instance_resumes_at_once",
+        "tests/test_shutdown.py::test_a_patch_that_ends_inside_the_grace_gets_its_204",
+        "tests/test_shutdown.py::test_after_the_stop_began_a_request_on_an_open_connection_gets_a_retryable_503",
+    ],
+    "tusserver/termination.py": [
+        "tests/test_termination.py",
+        "tests/test_hooks.py::test_pre_terminate_refuses_a_delete_seen_by_tuspy_and_the_upload_stays",
+    ],
+    "tusserver/redis_topology.py": ["tests/test_termination.py", "tests/test_failover.py"],
     "storage_backends/local.py": ["tests/test_local_storage.py", "tests/test_storage_contract.py"],
     "storage_backends/names.py": ["tests/test_local_storage.py", "tests/test_patch.py"],
     "storage_backends/finalizing.py": [
@@ -155,6 +183,19 @@ SPECS: dict[str, list[str]] = {
         "tests/test_storage_registry.py",
         "tests/test_storage_capabilities.py",
     ],
+}
+
+# The spec files parametrized over Redis topologies (tests/redis_fixtures.py)
+# run on one server only (TUSSERVER_TEST_TOPOLOGIES), a third of the time:
+# what a mutant changes shows on one server as well. Except for the modules
+# whose point is a topology: a Cluster's slots and its sharded pub/sub, and
+# the URL forms and connections of all three.
+DEFAULT_TOPOLOGIES = "standalone"
+TOPOLOGIES: dict[str, str] = {
+    "tusserver/slots.py": "cluster",  # on one server a slot means nothing
+    "tusserver/release_requests.py": "standalone,cluster",
+    "tusserver/redis_urls.py": "standalone,sentinel,cluster",
+    "tusserver/redis_topology.py": "standalone,sentinel,cluster",
 }
 
 # Copied into the temporary tree: what the specs import or read.
@@ -331,9 +372,14 @@ class Tally:
     errors: list[Mutant] = field(default_factory=list)
 
 
-def run_specs(tree: Path, specs: list[str], timeout: float) -> tuple[str, float]:
+def run_specs(tree: Path, specs: list[str], timeout: float, topologies: str) -> tuple[str, float]:
     """'passed', 'failed', 'timeout' or 'error' (pytest could not run the specs)."""
-    env = dict(os.environ, PYTHONPATH=str(tree), PYTHONDONTWRITEBYTECODE="1")
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(tree),
+        PYTHONDONTWRITEBYTECODE="1",
+        TUSSERVER_TEST_TOPOLOGIES=topologies,
+    )
     command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *specs]
     started = time.monotonic()
     process = subprocess.Popen(
@@ -403,6 +449,7 @@ def mutate_and_test(
     specs: list[str],
     timeout: float,
     deadline: float,
+    topologies: str,
 ) -> Iterator[tuple[Mutant, str]]:
     target = tree / path
     original = target.read_text()
@@ -411,7 +458,7 @@ def mutate_and_test(
             if time.monotonic() >= deadline:
                 return
             target.write_text(mutant.apply(original))
-            outcome, _ = run_specs(tree, specs, timeout)
+            outcome, _ = run_specs(tree, specs, timeout, topologies)
             yield mutant, outcome
     finally:
         target.write_text(original)
@@ -442,6 +489,12 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         metavar="TEXT",
         help="keep the mutants whose description contains one of these (e.g. locking.py:74:)",
+    )
+    parser.add_argument(
+        "--topologies",
+        metavar="NAMES",
+        help="Redis topologies of the topology-wide specs, e.g. standalone,cluster "
+        "(default: the module's entry in TOPOLOGIES, else standalone)",
     )
     parser.add_argument("--list", action="store_true", help="print the mutants and stop")
     args = parser.parse_args(argv)
@@ -479,14 +532,19 @@ def main(argv: list[str] | None = None) -> int:
             if not mutants:
                 continue
             specs = args.specs or SPECS[path]
-            clean, took = run_specs(tree, specs, timeout=args.timeout or 1800)
+            topologies = args.topologies or TOPOLOGIES.get(path, DEFAULT_TOPOLOGIES)
+            clean, took = run_specs(tree, specs, args.timeout or 1800, topologies)
             if clean != "passed":
                 print(f"\n{path}: the specs {' '.join(specs)} do not pass unmutated ({clean})")
                 continue
             timeout = args.timeout or 3 * took + 10
             tally = Tally()
-            print(f"{path}: {len(mutants)} mutants, specs take {took:.0f} s", flush=True)
-            for mutant, outcome in mutate_and_test(tree, path, mutants, specs, timeout, deadline):
+            print(
+                f"{path}: {len(mutants)} mutants, specs take {took:.0f} s ({topologies})",
+                flush=True,
+            )
+            run = mutate_and_test(tree, path, mutants, specs, timeout, deadline, topologies)
+            for mutant, outcome in run:
                 tally.mutants += 1
                 if outcome == "failed":
                     tally.killed += 1

@@ -27,7 +27,13 @@ from tests.helpers import assert_tus_error, upload_id_of
 from tests.server_fixtures import OCTETS, TUS, RunningServer
 from tusserver import protocol, redis_topology, redis_urls
 from tusserver.config import Config, ConfigError
-from tusserver.state import GONE_TTL_SECONDS, Index, UploadStore, upload_index_key
+from tusserver.state import (
+    GONE_TTL_SECONDS,
+    LEGACY_INDEX,
+    Index,
+    UploadStore,
+    upload_index_key,
+)
 from tusserver.sweeper import BATCH, SweepReport, sweep_once
 
 HOUR = 3600.0
@@ -209,6 +215,28 @@ def test_the_tombstone_of_a_swept_upload_lapses_into_404(
 
     assert server.head(url).status_code == 404
     assert_tus_error(server.patch(url, 0, b"x"), 404, "upload_not_found")
+
+
+def test_an_entry_of_the_global_index_of_earlier_versions_is_moved_and_swept(
+    tus_server: Callable[..., RunningServer], state: redis.Redis, redis_url: str
+) -> None:
+    # Earlier versions kept one expiry index for all uploads; a deployment
+    # upgraded with uploads pending still has their entries there.
+    server = tus_server(expire_after=HOUR)
+    url = server.create(10)
+    upload_id = upload_id_of(url)
+    expires = state.zscore(expiry_key(upload_id), upload_id)
+    assert expires is not None
+    state.zrem(expiry_key(upload_id), upload_id)
+    state.zadd(LEGACY_INDEX[Index.EXPIRY], {upload_id: expires})
+
+    report = sweep(server, redis_url, now=time.time() + LATER)
+
+    assert report.expired == [upload_id]
+    assert state.exists(LEGACY_INDEX[Index.EXPIRY]) == 0
+    assert state.exists(info_key(upload_id)) == 0
+    assert state.zscore(expiry_key(upload_id), upload_id) is None
+    assert server.head(url).status_code == 410
 
 
 def test_an_upload_not_yet_expired_is_kept(

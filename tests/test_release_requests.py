@@ -1,0 +1,64 @@
+"""Release requests over a real Redis Cluster's sharded pub/sub: a request
+for an upload on any slot reaches every instance, whichever primary serves
+that slot (the spec files on three topologies cover one server and the
+Sentinel's primary through HTTP)."""
+
+from __future__ import annotations
+
+import os
+
+import anyio
+import redis
+
+from tests.redis_topologies import RedisClusterSet
+from tusserver import redis_topology, redis_urls, slots
+from tusserver.release_requests import ShardedReleases
+
+
+def _upload_id_on(slot: int) -> str:
+    """An upload id (32 hex digits, as tusserver makes them) whose keys sit on ``slot``."""
+    while True:  # about 16384 tries on average: a few tens of milliseconds
+        upload_id = os.urandom(16).hex()
+        if slots.upload_slot(upload_id) == slot:
+            return upload_id
+
+
+def _edge_slots(redis_cluster: RedisClusterSet) -> list[int]:
+    """The first and the last slot of every primary's range."""
+    with redis.Redis(port=redis_cluster.nodes[0].port, decode_responses=True) as node:
+        ranges = node.execute_command("CLUSTER SLOTS")
+    return sorted({bound for first, last, *_ in ranges for bound in (first, last)})
+
+
+def test_a_request_for_an_upload_on_the_first_or_last_slot_of_a_primary_is_heard(
+    redis_cluster: RedisClusterSet,
+) -> None:
+    edges = _edge_slots(redis_cluster)
+    assert len(edges) >= 6  # three primaries, one range or more each
+    wanted = {_upload_id_on(slot) for slot in edges}
+    target = redis_urls.parse(redis_cluster.url)
+    heard: set[str] = set()
+
+    async def run() -> None:
+        listening = redis_topology.connect(target)
+        asking = redis_topology.connect(target)
+        releases = redis_topology.release_requests(target, listening)
+        publisher = redis_topology.release_requests(target, asking)
+        assert isinstance(releases, ShardedReleases)
+        try:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(releases.listen, heard.add)
+                # Asked again until heard: the listener subscribes in the background.
+                with anyio.move_on_after(10):
+                    while not wanted <= heard:
+                        for upload_id in wanted - heard:
+                            await publisher.publish(upload_id)
+                        await anyio.sleep(0.1)
+                tasks.cancel_scope.cancel()
+        finally:
+            await listening.aclose()
+            await asking.aclose()
+
+    anyio.run(run)
+    assert wanted - heard == set(), f"not heard on slots {edges}"
+    assert heard == wanted
