@@ -39,10 +39,10 @@ UNPRIVILEGED = "nobody"
 
 MAIN_CONF = """\
 daemon off;
-worker_processes 1;
+worker_processes {worker_processes};
 pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;
-events {{ worker_connections 64; }}
+events {{ worker_connections {worker_connections}; }}
 http {{
     access_log off;
     client_body_temp_path {dir}/client_body;
@@ -124,27 +124,44 @@ class NginxProxy:
         prefix: str | None = None,
         *,
         render: Callable[[int], str] | None = None,
+        parent: Path | None = None,
+        worker_processes: int = 1,
+        worker_connections: int = 64,
     ) -> None:
         """``render(listen_port)``: the configuration to run instead of
-        examples/nginx.conf for ``upstream_port`` (then unused)."""
+        examples/nginx.conf for ``upstream_port`` (then unused). ``parent``:
+        the folder to make nginx's own folder in (default: the system's
+        temporary folder); the benches keep everything under one folder, and
+        run more workers and connections than a test needs."""
         self.port = free_port()
         self.prefix = prefix or ""
         # Not under pytest's tmp_path: that is private to root, and the
         # workers (as nobody) must reach their temporary folders.
-        self.directory = Path(tempfile.mkdtemp(prefix="tusserver-nginx-"))
+        self.directory = Path(tempfile.mkdtemp(prefix="tusserver-nginx-", dir=parent))
         conf = (
             render_example(self.port, upstream_port, prefix)
             if render is None
             else render(self.port)
         )
         (self.directory / "tusserver.conf").write_text(conf)
-        (self.directory / "nginx.conf").write_text(MAIN_CONF.format(dir=self.directory))
+        (self.directory / "nginx.conf").write_text(
+            MAIN_CONF.format(
+                dir=self.directory,
+                worker_processes=worker_processes,
+                worker_connections=worker_connections,
+            )
+        )
         self._process: subprocess.Popen[bytes] | None = None
         self.workers: list[int] = []
 
     @property
     def endpoint(self) -> str:
         return self.url("/files/")
+
+    @property
+    def pid(self) -> int | None:
+        """The master's process id while it runs (its workers are its children)."""
+        return None if self._process is None else self._process.pid
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{self.prefix}{path}"

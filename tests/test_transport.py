@@ -161,26 +161,37 @@ def test_head_polling_never_interrupts_a_patch_that_is_receiving(
     tus_server: StartServer, redis_url: str
 ) -> None:
     # A progress page polls HEAD while the PATCH streams: every HEAD answers
-    # at once with a committed offset that only grows, and the PATCH runs
-    # to the end in one piece.
+    # at once with a committed offset that only grows, the PATCH keeps its
+    # lock (same holder) and its connection (no early answer, every piece
+    # taken) the whole time, and it runs to the end in one piece.
     server = tus_server(block_size=64 * KiB, checkpoint_bytes=256 * KiB)
     source = os.urandom(8 * MiB)
     upload_url = server.create(len(source))
     lock_key = f"tus:{{{upload_id(upload_url)}}}:lock"
     state = redis_topology.connect_sync(redis_urls.parse(redis_url))
     offsets: list[int] = []
+    holders: set[object] = set()
     try:
         with raw_patch(upload_url, 0, content_length=len(source)) as request:
             for start in range(0, len(source), 256 * KiB):
-                assert request.send(source[start : start + 256 * KiB])
+                assert request.send(source[start : start + 256 * KiB]), "the PATCH was cut"
                 if start == 0:
                     wait_until(lambda: bool(state.exists(lock_key)), "the PATCH took the lock")
-                offsets.append(head_offset(server, upload_url))
+                # Several polls per piece, as a page polling every 20 ms
+                # does while a slow uplink sends.
+                body_ended = start + 256 * KiB >= len(source)
+                for _ in range(3):
+                    offsets.append(head_offset(server, upload_url))
+                    if not body_ended:  # after its last byte, the PATCH may finish and let go
+                        holders.add(state.get(lock_key))
+                        assert not request.answered(), f"the PATCH was answered at {start}"
             answer = request.response(timeout=30)
     finally:
         state.close()
     assert answer.status == 204, answer
     assert int(answer.headers["upload-offset"]) == len(source)
+    # One holder from first poll to last: no HEAD took, released or broke the lock.
+    assert len(holders) == 1 and None not in holders, holders
     assert offsets == sorted(offsets)
     assert 0 < offsets[-1] <= len(source)
     assert head_offset(server, upload_url) == len(source)
