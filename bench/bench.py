@@ -1093,13 +1093,15 @@ def warm_page_cache(directory: Path, size: int) -> None:
     path.unlink()
 
 
-def hash_cost(payload: memoryview, size: int = HASH_SIZE, tries: int = 3) -> float:
-    """CPU seconds per GiB of ``hashlib.sha256`` in this process, on the server's CPU when
-    pinning (the median of ``tries``): the digest's own cost, next to which a digest-on server's
-    CPU per GiB is judged."""
+def hash_cost(
+    payload: memoryview, size: int = HASH_SIZE, tries: int = 3, cpu: int | None = SERVER_CPU
+) -> float:
+    """CPU seconds per GiB of ``hashlib.sha256`` in this thread, on ``cpu`` (the server's;
+    None: wherever the kernel runs it), the median of ``tries``: the digest's own cost, next to
+    which a digest-on server's CPU per GiB is judged."""
     before = os.sched_getaffinity(0)
-    if SERVER_CPU in before:
-        os.sched_setaffinity(0, {SERVER_CPU})
+    if cpu is not None and cpu in before:
+        os.sched_setaffinity(0, {cpu})
     try:
         figures = []
         for _ in range(tries):
@@ -1236,7 +1238,7 @@ def cpu_keys(sizes: Sizes) -> list[tuple[str, str]]:
     return keys
 
 
-def tries(results: Results, server: str, key: str) -> list[Figure]:
+def tries_of(results: Results, server: str, key: str) -> list[Figure]:
     return results.samples.get(server, {}).get(key) or (
         [results.figures[server][key]] if key in results.figures.get(server, {}) else []
     )
@@ -1244,7 +1246,7 @@ def tries(results: Results, server: str, key: str) -> list[Figure]:
 
 def value_of(results: Results, server: str, key: str, pick: str) -> float | None:
     """A figure's median ("median") or best ("best": highest rate, worst RSS growth)."""
-    values = [f.value for f in tries(results, server, key)]
+    values = [f.value for f in tries_of(results, server, key)]
     if not values:
         return None
     return max(values) if pick == "best" else median(values)
@@ -1254,7 +1256,7 @@ def cpu_of(
     results: Results, server: str, key: str, pick: str, per: Callable[[Figure], float | None]
 ) -> float | None:
     """Server CPU per unit of a figure over its tries: the median, or the lowest ("best")."""
-    values = [v for v in (per(f) for f in tries(results, server, key)) if v is not None]
+    values = [v for v in (per(f) for f in tries_of(results, server, key)) if v is not None]
     if not values:
         return None
     return min(values) if pick == "best" else median(values)
@@ -1273,10 +1275,11 @@ def issue_table(results: Results, cols: list[str], sizes: Sizes, pick: str) -> N
 
     for key, title in transfer_keys(sizes):
         row(f"{title}, MB/s", lambda s, k=key: number(value_of(results, s, k, pick), ",.1f"))
-    row(
-        f"{human_size(sizes.single)} one PATCH, unpinned, MB/s",
-        lambda s: number(value_of(results, s, "single_unpinned", pick), ",.1f"),
-    )
+    if any(value_of(results, s, "single_unpinned", pick) is not None for s in cols):
+        row(
+            f"{human_size(sizes.single)} one PATCH, unpinned, MB/s",
+            lambda s: number(value_of(results, s, "single_unpinned", pick), ",.1f"),
+        )
     for key, title in cpu_keys(sizes):
         row(
             f"CPU s/GiB: {title}",
@@ -1467,7 +1470,8 @@ def report(results: Results, servers: list[str], sizes: Sizes, command: str) -> 
     print("| ratio | measured |")
     print("|---|---:|")
     for title, value in ceilings:
-        print(f"| {title} | {'n/a' if value is None else f'{value:.2f}'} |")
+        if value is not None:
+            print(f"| {title} | {value:.2f} |")
     print()
     side_by_side(results, cols, sizes)
     print("## Targets (informational; from the medians of this run)")
@@ -1511,20 +1515,19 @@ TRANSFERS = ("single", "chunk_", "concurrent")  # keys of the rows that move byt
 def side_by_side(results: Results, cols: list[str], sizes: Sizes) -> None:
     """Server CPU per GiB moved, and the ratios of PAIRS, in the same run."""
     rows = [(k, t) for k, t in row_titles(sizes) if k.startswith(TRANSFERS)]
-    print("Server CPU seconds per GiB moved (a share of one core over MB/s):")
+    print("Server CPU seconds per GiB moved (a share of one core over MB/s; median of the tries):")
     print()
     print("| measurement | " + " | ".join(LABELS[s] for s in cols) + " |")
     print("|---|" + "---:|" * len(cols))
     for key, title in rows:
         cells = []
         for s in cols:
-            fig = results.figures[s].get(key)
-            if fig is None or fig.value <= 0:
-                cells.append("—")
-            else:
-                cells.append(f"{fig.server_cpu * GiB / MB / fig.value:.2f}")
+            value = cpu_of(results, s, key, "median", cpu_per_gib)
+            cells.append("—" if value is None else f"{value:.2f}")
         print(f"| {title.split(' (')[0]} | " + " | ".join(cells) + " |")
     print()
+    if not any(a in cols and b in cols for a, b, _ in PAIRS):
+        return
     print("## HTTP servers and file digest side by side (ratios of figures above)")
     print()
     print("| ratio | " + " | ".join(t.split(" (")[0] for k, t in row_titles(sizes)[:-1]) + " |")
@@ -1751,7 +1754,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(line)
             payload = memoryview(os.urandom(PAYLOAD_SIZE))
             if any(name in args.servers for name in DIGEST_ON):
-                results.hash_cost = hash_cost(payload)
+                results.hash_cost = hash_cost(payload, cpu=SERVER_CPU if args.pin else None)
                 where = f"on CPU {SERVER_CPU}" if args.pin else "unpinned"
                 print(
                     f"hashlib.sha256 in this process, {where}: {results.hash_cost:.2f} CPU s/GiB"
