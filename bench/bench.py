@@ -1655,8 +1655,11 @@ def pin_client(args: argparse.Namespace) -> None:
         print(f"client pinned to CPU {CLIENT_CPU}; servers will be pinned to CPU {SERVER_CPU}")
 
 
-def fail(server: Server, exc: BaseException, results: Results) -> None:
+def fail(server: Server, exc: BaseException, results: Results, during: str = "") -> None:
+    """Record why a server failed (and in which measurement), show its log, stop it."""
     detail = "".join(traceback.format_exception_only(exc)).strip()
+    if during:
+        detail = f"during {during}: {detail}"
     results.errors[server.name] = detail
     print(f"  {server.label} FAILED: {detail}", flush=True)
     tail = server.log_tail()
@@ -1693,6 +1696,7 @@ async def run_servers(
         shift = round_no % max(1, len(benches))  # nobody always goes first
         for bench in benches[shift:] + benches[:shift]:
             server = bench.server
+            during = "the warm-up"
             try:
                 if server.name not in results.errors:
                     await bench.warm_up()
@@ -1703,9 +1707,10 @@ async def run_servers(
                         continue
                     if step.only and server.name not in step.only:
                         continue
+                    during = f"the {step.key!r} measurement of round {round_no + 1}"
                     await bench.measure(step.key, lambda b=bench, st=step: st.run(b))
             except Exception as exc:
-                fail(server, exc, results)
+                fail(server, exc, results, during)
 
 
 @contextlib.contextmanager
