@@ -11,7 +11,10 @@ One client, every server, one run:
   bodies to files: what receiving bytes through uvicorn costs, without any protocol;
   ``bare-granian`` the same app on granian;
 * ``node``: ``@tus/server`` with ``@tus/file-store`` on node's http server
-  (``bench/node/tus-server.mjs``, installed with ``npm ci``).
+  (``bench/node/tus-server.mjs``, installed with ``npm ci``);
+* ``tuspy``: the ``tuspyserver`` package's FastAPI router on uvicorn
+  (``bench/tuspy/tuspy_server.py``, installed from ``bench/tuspy/requirements.txt`` into its
+  own virtualenv).
 
 All servers run at once, pinned to CPU 0, and are measured in turn, one at a time, in
 rounds (``--repeat``); the client runs on CPU 1. The client is an asyncio HTTP/1.1 keep-alive
@@ -20,7 +23,11 @@ little next to the server. The script prints figures and the project's target ra
 asserts nothing about speed (exit code 0 whatever the figures; 1 only if a server could not
 be started, answered wrongly or stored the wrong number of bytes).
 
-Usage: python bench/bench.py [--only tusserver,bare,node,...] [--quick] [--repeat N]
+Every figure is taken ``--repeat`` times (3 by default); the tables give the median, and the
+best next to it. Before each server's measurements in a round, the page cache is warmed up the
+way ``smb_bench.py`` does it (see ``warm_page_cache``).
+
+Usage: python bench/bench.py [--only tusserver,bare,node,tuspy,...] [--quick] [--repeat N]
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -59,6 +67,8 @@ HOST = "127.0.0.1"  # every byte of traffic stays on loopback
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 NODE_DIR = BENCH_DIR / "node"
+TUSPY_DIR = BENCH_DIR / "tuspy"
+TUSPY_VENV = TUSPY_DIR / ".venv"
 
 SERVER_CPU = 0
 CLIENT_CPU = 1
@@ -84,7 +94,7 @@ TUSSERVER_VARIANTS = {
 }
 # The HTTP server of each bare sink (bench/bare_sink.py --server).
 BARE_SINKS = {"bare": "uvicorn", "bare-granian": "granian"}
-SERVERS = (*TUSSERVER_VARIANTS, *BARE_SINKS, "node")
+SERVERS = (*TUSSERVER_VARIANTS, *BARE_SINKS, "node", "tuspy")
 LABELS = {
     "tusserver": "tusserver",
     "tusserver-nodigest": "tusserver, no digest",
@@ -93,7 +103,17 @@ LABELS = {
     "bare": "bare sink",
     "bare-granian": "bare sink on granian",
     "node": "@tus/server",
+    "tuspy": "tuspyserver",
 }
+# The tusserver variants that hash every upload (the default SHA-256), and those that do not.
+DIGEST_ON = ("tusserver", "tusserver-granian")
+DIGEST_OFF = ("tusserver-nodigest", "tusserver-granian-nodigest")
+# Sent with every creation, to every tus server: what browser clients send. tuspyserver answers
+# a HEAD with 400 when an upload has no filename and filetype in its metadata.
+UPLOAD_METADATA = (
+    "Upload-Metadata: filename YmVuY2guYmlu,filetype YXBwbGljYXRpb24vb2N0ZXQtc3RyZWFt\r\n"
+)
+HASH_SIZE = 1 * GiB  # what the bench hashes itself, for the cost of SHA-256 alone
 DEFAULT_TUSSERVER_CMD = (
     "{python} -m tusserver serve --host {host} --port {port} --storage {storage}"
     " --data-dir {data_dir} --workers 1"
@@ -126,6 +146,8 @@ class Sizes:
     head_requests: int
     post_requests: int
     rss: int  # one upload, one PATCH, while the server's RSS is sampled
+    # Fewer uploads of concurrent_size at once, measured before the concurrent_uploads; 0: not.
+    concurrent_few: int = 0
 
 
 FULL = Sizes(
@@ -138,6 +160,7 @@ FULL = Sizes(
     head_requests=20_000,
     post_requests=5_000,
     rss=2 * GiB,
+    concurrent_few=16,
 )
 QUICK = Sizes(
     single=64 * MiB,
@@ -149,6 +172,7 @@ QUICK = Sizes(
     head_requests=2_000,
     post_requests=500,
     rss=256 * MiB,
+    concurrent_few=4,
 )
 
 
@@ -411,6 +435,17 @@ class Server:
                 cpus = sorted(os.sched_getaffinity(proc.pid))
                 self.pinned.append(f"{proc.name()}[{proc.pid}] -> CPU {','.join(map(str, cpus))}")
 
+    def unpin_tree(self) -> None:
+        """Let every thread of the tree run on any CPU (until the next ``pin_tree``)."""
+        if self.tree is None:
+            return
+        everywhere = set(range(os.cpu_count() or 1))
+        for proc in self.tree.processes(refresh=True):
+            with contextlib.suppress(psutil.Error, OSError):
+                for thread in proc.threads():
+                    with contextlib.suppress(OSError):
+                        os.sched_setaffinity(thread.id, everywhere)
+
     def log_tail(self, lines: int = 30) -> str:
         with contextlib.suppress(OSError):
             text = self.log_path.read_text(errors="replace").splitlines()
@@ -458,8 +493,9 @@ class Server:
     # Where an upload's bytes ended up, for the size check.
 
     def stored_files(self, upload_path: str) -> list[Path]:
-        """The file named after the upload id (and its ``<id>.json``) in the storage folder;
-        failing that, files named ``<id>`` or ``<id>.*`` anywhere under it."""
+        """The file named after the upload id (and its ``<id>.json`` or ``<id>.info``, and
+        tuspyserver's ``.locks/<id>.lock``) in the storage folder; failing that, files named
+        ``<id>`` or ``<id>.*`` anywhere under it."""
         upload_id = upload_path.rstrip("/").rsplit("/", 1)[-1]
         if not upload_id or upload_id.startswith("."):
             return []
@@ -469,8 +505,12 @@ class Server:
 
         direct = self.storage / upload_id
         if direct.is_file():
-            sidecar = self.storage / (upload_id + ".json")  # @tus/file-store's metadata
-            return [direct, sidecar] if sidecar.is_file() else [direct]
+            sidecars = [
+                self.storage / (upload_id + ".json"),  # @tus/file-store's metadata
+                self.storage / (upload_id + ".info"),  # tuspyserver's
+                self.storage / ".locks" / (upload_id + ".lock"),  # tuspyserver's lock file
+            ]
+            return [direct] + [p for p in sidecars if p.is_file()]
         found = []
         for root, _dirs, files in os.walk(self.storage):
             found += [Path(root, f) for f in files if ours(f)]
@@ -478,7 +518,7 @@ class Server:
 
     def stored_size(self, upload_path: str) -> int | None:
         for _ in range(40):  # a server may finish moving the file just after its 204
-            data = [p for p in self.stored_files(upload_path) if p.suffix != ".json"]
+            data = [p for p in self.stored_files(upload_path) if p.suffix not in SIDECARS]
             if len(data) == 1:
                 with contextlib.suppress(OSError):
                     return data[0].stat().st_size
@@ -489,6 +529,9 @@ class Server:
         for path in self.stored_files(upload_path):
             with contextlib.suppress(OSError):
                 path.unlink()
+
+
+SIDECARS = (".json", ".info", ".lock")  # suffixes of the files next to an upload's data
 
 
 def free_port() -> int:
@@ -528,6 +571,12 @@ def make_server(name: str, workdir: Path, args: argparse.Namespace) -> Server:
             BARE_SINKS[name],
         ]
         base = "/sink/"
+    elif name == "tuspy":
+        storage = workdir / "tuspy"
+        storage.mkdir()
+        argv = [str(tuspy_python()), str(TUSPY_DIR / "tuspy_server.py"), "--host", HOST]
+        argv += ["--port", str(port), "--dir", str(storage)]
+        base = "/files/"
     else:
         storage = workdir / "node"
         storage.mkdir()
@@ -562,6 +611,47 @@ def npm_ci() -> None:
     )
     if done.returncode != 0:
         raise BenchError(f"npm ci failed:\n{done.stdout}\n{done.stderr}")
+
+
+def tuspy_python() -> Path:
+    """The python of the tuspyserver virtualenv."""
+    return TUSPY_VENV / "bin" / "python"
+
+
+def tuspy_venv() -> None:
+    """Install the tuspyserver comparison server into its own virtualenv, from its pinned
+    requirements, unless that virtualenv already holds exactly them."""
+    requirements = TUSPY_DIR / "requirements.txt"
+    installed = TUSPY_VENV / "requirements.installed"  # a copy, written once pip succeeded
+    wanted = requirements.read_text()
+    if tuspy_python().is_file() and installed.is_file() and installed.read_text() == wanted:
+        return
+    print("installing tuspyserver into bench/tuspy/.venv ...", flush=True)
+    shutil.rmtree(TUSPY_VENV, ignore_errors=True)
+    for argv in (
+        [sys.executable, "-m", "venv", str(TUSPY_VENV)],
+        [str(tuspy_python()), "-m", "pip", "install", "-q", "-r", str(requirements)],
+    ):
+        done = subprocess.run(
+            argv, cwd=TUSPY_DIR, capture_output=True, text=True, timeout=900, check=False
+        )
+        if done.returncode != 0:
+            errors = [line for line in done.stderr.splitlines() if "WARNING" not in line]
+            raise BenchError(f"{shlex.join(argv[:3])} failed:\n" + "\n".join(errors[-20:]))
+    installed.write_text(wanted)
+
+
+def tuspy_versions() -> str:
+    """The versions of tuspyserver and the stack it runs on, from its virtualenv."""
+    code = (
+        "import importlib.metadata as m;"
+        "print(', '.join(f'{p} {m.version(p)}' for p in"
+        " ('tuspyserver', 'fastapi', 'starlette', 'uvicorn', 'uvloop', 'httptools')))"
+    )
+    done = subprocess.run(
+        [str(tuspy_python()), "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    return done.stdout.strip() or "tuspyserver (version unknown)"
 
 
 def tusserver_available(args: argparse.Namespace) -> str | None:
@@ -605,6 +695,9 @@ class Results:
     checks: list[str] = field(default_factory=list)
     check_failures: int = 0
     quiet_waited: float = 0.0  # seconds spent waiting for other processes to calm down
+    # Every try of every figure, in order; `figures` holds the median try of each.
+    samples: dict[str, dict[str, list[Figure]]] = field(default_factory=dict)
+    hash_cost: float | None = None  # CPU seconds of hashlib.sha256 per GiB on the server CPU
 
 
 class Meter:
@@ -691,7 +784,7 @@ class Bench:
         response = await conn.request(
             "POST",
             self.server.base_path,
-            f"Tus-Resumable: 1.0.0\r\nUpload-Length: {length}\r\n",
+            f"Tus-Resumable: 1.0.0\r\nUpload-Length: {length}\r\n{UPLOAD_METADATA}",
         )
         expect(response, 201, f"POST {self.server.base_path}")
         location = response.headers.get(b"location")
@@ -839,7 +932,7 @@ class Bench:
         self.check_size(path, total)
         self.settle()
 
-    async def concurrent(self, uploads: int, size: int) -> None:
+    async def concurrent(self, uploads: int, size: int, key: str = "concurrent") -> None:
         conns = [Connection(self.server.port) for _ in range(uploads)]
         await asyncio.gather(*(c.connect() for c in conns))
         total = uploads * size
@@ -852,7 +945,7 @@ class Bench:
         finally:
             await asyncio.gather(*(c.close() for c in conns))
         title = f"{uploads} concurrent uploads of {human_size(size)}, aggregate"
-        self.record("concurrent", title, meter.figure(total / MB / meter.seconds, "MB/s"))
+        self.record(key, title, meter.figure(total / MB / meter.seconds, "MB/s"))
         for path in paths:
             self.check_size(path, size)
         self.settle()
@@ -911,13 +1004,35 @@ class Bench:
 
         async def step(conn: Connection, _index: int) -> None:
             response = await conn.request(
-                "POST", base, "Tus-Resumable: 1.0.0\r\nUpload-Length: 1\r\n"
+                "POST", base, f"Tus-Resumable: 1.0.0\r\nUpload-Length: 1\r\n{UPLOAD_METADATA}"
             )
             expect(response, 201, f"POST {base}")
 
         title = f"POST (creation), {self.sizes.connections} connections,"
         title += f" {self.sizes.post_requests} requests"
         await self.rate("post", title, self.sizes.post_requests, step)
+
+    async def single_unpinned(self, key: str, title: str, total: int) -> None:
+        """One upload in one PATCH with server and client free to run on any CPU, as with
+        --no-pin: the figure a server gets when it shares the cores with its client."""
+        pinned = self.server.pin
+        if pinned:
+            self.server.unpin_tree()
+            os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+        try:
+            await self.single(key, title, total, total)
+        finally:
+            if pinned:
+                os.sched_setaffinity(0, {CLIENT_CPU})
+                self.server.pin_tree()
+
+    async def measure(self, key: str, measurement: Callable[[], Awaitable[None]]) -> None:
+        """Run a measurement (again); keep every try, and the median one as the figure."""
+        await self.wait_for_quiet()
+        await measurement()
+        tries = self.results.samples.setdefault(self.server.name, {}).setdefault(key, [])
+        tries.append(self.figures[key])
+        self.figures[key] = median_figure(tries)
 
     async def keep_max(self, key: str, measurement: Callable[[], Awaitable[None]]) -> None:
         """Run a measurement (again); keep the highest value (best rate, worst RSS growth)."""
@@ -928,11 +1043,88 @@ class Bench:
             self.figures[key] = previous
 
 
+def median_figure(tries: list[Figure]) -> Figure:
+    """The try with the median value (of an even number, the lower of the two middle ones)."""
+    ordered = sorted(tries, key=lambda f: f.value)
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def best_figure(key: str, tries: list[Figure]) -> Figure:
+    """The highest rate, or for memory the highest growth (the worst)."""
+    return max(tries, key=lambda f: f.value)
+
+
+def cpu_per_gib(figure: Figure) -> float | None:
+    """Server CPU seconds per GiB moved, from a throughput figure in MB/s."""
+    if figure.unit != "MB/s" or figure.value <= 0:
+        return None
+    return figure.server_cpu * GiB / MB / figure.value
+
+
+def cpu_per_request(figure: Figure) -> float | None:
+    """Server CPU microseconds per request, from a rate figure in req/s."""
+    if figure.unit != "req/s" or figure.value <= 0:
+        return None
+    return figure.server_cpu / figure.value * 1e6
+
+
+def median(values: list[float]) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def warm_page_cache(directory: Path, size: int) -> None:
+    """Write and remove ``size`` bytes in ``directory``, so later writes reuse warm pages.
+
+    As in smb_bench.py: on a virtual machine the first touch of a guest page the host has not
+    backed yet is expensive (a plain pwrite loop into the page cache measured 0.24 to 2.6 system
+    CPU s/GiB, depending only on whether the pages had been used before), and every server
+    pays it when it writes. Freed page cache pages are handed out again first, so writing (and
+    deleting) more than the next measurements hold at once makes servers and rounds comparable.
+    """
+    block = bytes(64 * MiB)
+    path = directory / "warm-up.bin"
+    with path.open("wb") as f:
+        for _ in range(-(-size // len(block))):
+            f.write(block)
+    path.unlink()
+
+
+def hash_cost(
+    payload: memoryview, size: int = HASH_SIZE, tries: int = 3, cpu: int | None = SERVER_CPU
+) -> float:
+    """CPU seconds per GiB of ``hashlib.sha256`` in this thread, on ``cpu`` (the server's;
+    None: wherever the kernel runs it), the median of ``tries``: the digest's own cost, next to
+    which a digest-on server's CPU per GiB is judged."""
+    before = os.sched_getaffinity(0)
+    if cpu is not None and cpu in before:
+        os.sched_setaffinity(0, {cpu})
+    try:
+        figures = []
+        for _ in range(tries):
+            digest = hashlib.sha256()
+            t0 = time.thread_time()
+            done = 0
+            while done < size:
+                n = min(SEND_SLICE, size - done, len(payload) - done % len(payload))
+                start = done % len(payload)
+                digest.update(payload[start : start + n])
+                done += n
+            figures.append((time.thread_time() - t0) * GiB / size)
+    finally:
+        os.sched_setaffinity(0, before)
+    return median(figures) or 0.0
+
+
 @dataclass(frozen=True)
 class Step:
     key: str
     run: Callable[[Bench], Awaitable[None]]
     tus_only: bool = False  # the bare sink has no creation (its HEAD is a bare stat)
+    only: tuple[str, ...] = ()  # if set, only these servers take it
 
 
 def plan(sizes: Sizes) -> list[Step]:
@@ -942,17 +1134,23 @@ def plan(sizes: Sizes) -> list[Step]:
     steps = [
         Step("rss", lambda b: b.rss(sizes.rss)),
         Step("single", lambda b: b.single("single", one, sizes.single, sizes.single)),
+        Step(
+            "single_unpinned",
+            lambda b: b.single_unpinned("single_unpinned", one + ", unpinned", sizes.single),
+            only=DIGEST_ON,
+        ),
     ]
     for chunk in sizes.chunks:
         key = f"chunk_{chunk}"
         title = f"{human_size(sizes.chunked)} in {human_size(chunk)} chunks"
         steps.append(Step(key, lambda b, k=key, t=title, c=chunk: b.single(k, t, sizes.chunked, c)))
+    if sizes.concurrent_few:
+        few = f"concurrent_{sizes.concurrent_few}"
+        steps.append(
+            Step(few, lambda b: b.concurrent(sizes.concurrent_few, sizes.concurrent_size, few))
+        )
     steps += [
-        Step(
-            "concurrent",
-            lambda b: b.concurrent(sizes.concurrent_uploads, sizes.concurrent_size),
-            tus_only=True,
-        ),
+        Step("concurrent", lambda b: b.concurrent(sizes.concurrent_uploads, sizes.concurrent_size)),
         Step("head", lambda b: b.head_rate()),
         Step("post", lambda b: b.post_rate(), tus_only=True),
     ]
@@ -966,11 +1164,20 @@ def plan(sizes: Sizes) -> list[Step]:
 def row_titles(sizes: Sizes) -> list[tuple[str, str]]:
     rows = [
         ("single", f"{human_size(sizes.single)} upload, one PATCH (MB/s)"),
+        ("single_unpinned", f"{human_size(sizes.single)} upload, one PATCH, unpinned (MB/s)"),
     ]
     rows += [
         (f"chunk_{c}", f"{human_size(sizes.chunked)} upload, {human_size(c)} chunks (MB/s)")
         for c in sizes.chunks
     ]
+    if sizes.concurrent_few:
+        rows.append(
+            (
+                f"concurrent_{sizes.concurrent_few}",
+                f"{sizes.concurrent_few} concurrent uploads of"
+                f" {human_size(sizes.concurrent_size)}, one PATCH each (MB/s, aggregate)",
+            )
+        )
     rows += [
         (
             "concurrent",
@@ -996,22 +1203,226 @@ def ratio(results: Results, a: tuple[str, str], b: tuple[str, str] | None) -> fl
     return fa.value / fb.value
 
 
+# --------------------------------------------------------------------------------------------
+# The issue's table and targets
+
+
+def transfer_keys(sizes: Sizes) -> list[tuple[str, str]]:
+    """The upload scenarios of the table: key and title."""
+    keys = [("single", f"{human_size(sizes.single)} one PATCH")]
+    keys += [
+        (f"chunk_{c}", f"{human_size(sizes.chunked)} in {human_size(c)} PATCHes")
+        for c in sizes.chunks
+    ]
+    if sizes.concurrent_few:
+        keys.append(
+            (
+                f"concurrent_{sizes.concurrent_few}",
+                f"{sizes.concurrent_few} x {human_size(sizes.concurrent_size)} in parallel",
+            )
+        )
+    keys.append(
+        (
+            "concurrent",
+            f"{sizes.concurrent_uploads} x {human_size(sizes.concurrent_size)} in parallel",
+        )
+    )
+    return keys
+
+
+def cpu_keys(sizes: Sizes) -> list[tuple[str, str]]:
+    """The scenarios whose server CPU per GiB the table gives."""
+    keys = [("single", "one PATCH")]
+    keys += [(f"chunk_{c}", human_size(c)) for c in sizes.chunks]
+    keys.append(("concurrent", f"{sizes.concurrent_uploads} parallel"))
+    return keys
+
+
+def tries_of(results: Results, server: str, key: str) -> list[Figure]:
+    return results.samples.get(server, {}).get(key) or (
+        [results.figures[server][key]] if key in results.figures.get(server, {}) else []
+    )
+
+
+def value_of(results: Results, server: str, key: str, pick: str) -> float | None:
+    """A figure's median ("median") or best ("best": highest rate, worst RSS growth)."""
+    values = [f.value for f in tries_of(results, server, key)]
+    if not values:
+        return None
+    return max(values) if pick == "best" else median(values)
+
+
+def cpu_of(
+    results: Results, server: str, key: str, pick: str, per: Callable[[Figure], float | None]
+) -> float | None:
+    """Server CPU per unit of a figure over its tries: the median, or the lowest ("best")."""
+    values = [v for v in (per(f) for f in tries_of(results, server, key)) if v is not None]
+    if not values:
+        return None
+    return min(values) if pick == "best" else median(values)
+
+
+def issue_table(results: Results, cols: list[str], sizes: Sizes, pick: str) -> None:
+    """Rows: the scenarios; columns: the servers."""
+    print("| | " + " | ".join(LABELS[s] for s in cols) + " |")
+    print("|---|" + "---:|" * len(cols))
+
+    def row(title: str, cell: Callable[[str], str]) -> None:
+        print(f"| {title} | " + " | ".join(cell(s) for s in cols) + " |")
+
+    def number(value: float | None, fmt: str) -> str:
+        return "—" if value is None else format(value, fmt)
+
+    for key, title in transfer_keys(sizes):
+        row(f"{title}, MB/s", lambda s, k=key: number(value_of(results, s, k, pick), ",.1f"))
+    if any(value_of(results, s, "single_unpinned", pick) is not None for s in cols):
+        row(
+            f"{human_size(sizes.single)} one PATCH, unpinned, MB/s",
+            lambda s: number(value_of(results, s, "single_unpinned", pick), ",.1f"),
+        )
+    for key, title in cpu_keys(sizes):
+        row(
+            f"CPU s/GiB: {title}",
+            lambda s, k=key: number(cpu_of(results, s, k, pick, cpu_per_gib), ".2f"),
+        )
+
+    def head(s: str) -> str:
+        rate = value_of(results, s, "head", pick)
+        cpu = cpu_of(results, s, "head", pick, cpu_per_request)
+        if rate is None:
+            return "—"
+        return f"{rate:,.0f} ({number(cpu, ',.0f')} µs)"
+
+    row(f"HEAD, {sizes.connections} connections, req/s (CPU µs/req)", head)
+    row(
+        f"POST, {sizes.connections} connections, req/s",
+        lambda s: number(value_of(results, s, "post", pick), ",.0f"),
+    )
+    row(
+        f"RSS growth, one {human_size(sizes.rss)} PATCH, MiB",
+        lambda s: number(value_of(results, s, "rss", pick), ".1f"),
+    )
+    print()
+
+
+@dataclass
+class Target:
+    title: str
+    measured: str
+    needed: str
+    ok: bool | None  # None: a figure is missing, or the line only reports
+
+
+def best_of(results: Results, candidates: tuple[str, ...], key: str) -> tuple[str, float] | None:
+    """The candidate server with the highest median for ``key``, and that median."""
+    found = [(s, v) for s in candidates if (v := value_of(results, s, key, "median")) is not None]
+    return max(found, key=lambda sv: sv[1]) if found else None
+
+
+def targets(results: Results, sizes: Sizes) -> list[Target]:
+    """The project's targets, from the medians of this run."""
+    out: list[Target] = []
+
+    def versus(key: str, what: str, candidates: tuple[str, ...], peer: str, factor: float) -> None:
+        best = best_of(results, candidates, key)
+        theirs = value_of(results, peer, key, "median")
+        if best is None or not theirs:
+            out.append(Target(f"{what}: tusserver / {LABELS[peer]}", "n/a", f">= {factor:g}", None))
+            return
+        r = best[1] / theirs
+        out.append(
+            Target(
+                f"{what}: {LABELS[best[0]]} / {LABELS[peer]}",
+                f"{r:.2f} ({best[1]:,.0f} / {theirs:,.0f})",
+                f">= {factor:g}",
+                r >= factor,
+            )
+        )
+
+    chunk8, chunk1 = f"chunk_{8 * MiB}", f"chunk_{1 * MiB}"
+    titles = dict(transfer_keys(sizes))
+    for key, peer, factor in (
+        ("single", "node", 1.8),
+        ("single", "tuspy", 1.5),
+        (chunk8, "node", 2),
+        (chunk8, "tuspy", 2),
+        (chunk1, "node", 3),
+        ("concurrent", "tuspy", 1.5),
+    ):
+        if key in titles:
+            versus(key, f"{titles[key]}, no digest", DIGEST_OFF, peer, factor)
+    for key, title in transfer_keys(sizes):
+        versus(key, f"{title}, no digest", DIGEST_OFF, "bare-granian", 0.85)
+
+    cost = results.hash_cost
+    for on, off in zip(DIGEST_ON, DIGEST_OFF, strict=True):
+        for key, title in cpu_keys(sizes):
+            with_digest = cpu_of(results, on, key, "median", cpu_per_gib)
+            without = cpu_of(results, off, key, "median", cpu_per_gib)
+            name = f"{LABELS[on]}, CPU s/GiB, {title}"
+            if with_digest is None or without is None or cost is None:
+                out.append(Target(name, "n/a", "<= no digest + SHA-256", None))
+                continue
+            limit = without + cost
+            out.append(
+                Target(
+                    name,
+                    f"{with_digest:.2f}",
+                    f"<= {without:.2f} + {cost:.2f} = {limit:.2f}",
+                    with_digest <= limit,
+                )
+            )
+    for on in DIGEST_ON:
+        pinned = value_of(results, on, "single", "median")
+        free = value_of(results, on, "single_unpinned", "median")
+        if pinned is not None or free is not None:
+            out.append(
+                Target(
+                    f"{LABELS[on]}, {human_size(sizes.single)} one PATCH, MB/s pinned / unpinned",
+                    f"{'n/a' if pinned is None else f'{pinned:,.0f}'}"
+                    f" / {'n/a' if free is None else f'{free:,.0f}'}",
+                    "reported",
+                    None,
+                )
+            )
+
+    every = (*DIGEST_ON, *DIGEST_OFF)
+    versus("head", "HEAD/s", every, "node", 2)
+    versus("post", "POST/s", every, "node", 3)
+    for s in every:
+        worst = value_of(results, s, "rss", "best")
+        if worst is not None:
+            out.append(
+                Target(
+                    f"{LABELS[s]}, RSS growth, {human_size(sizes.rss)} one PATCH (worst try), MiB",
+                    f"{worst:.1f}",
+                    "<= 16",
+                    worst <= 16,
+                )
+            )
+    return out
+
+
 def report(results: Results, servers: list[str], sizes: Sizes, command: str) -> None:
     cols = [s for s in servers if results.figures.get(s)]
+    counts = [len(t) for per in results.samples.values() for t in per.values()]
+    repeat = max(counts, default=1)
     print()
-    print("## Results")
+    print(f"## Results: medians of {repeat}" if repeat > 1 else "## Results: one try")
     print()
-    print("| measurement | " + " | ".join(LABELS[s] for s in cols) + " |")
-    print("|---|" + "---:|" * len(cols))
-    for key, title in row_titles(sizes):
-        cells = []
-        for s in cols:
-            fig = results.figures[s].get(key)
-            cells.append("—" if fig is None else f"{fig.value:,.1f}")
-        print(f"| {title} | " + " | ".join(cells) + " |")
-    print()
+    issue_table(results, cols, sizes, "median")
+    if repeat > 1:
+        print(f"Best of {repeat} (rates: the highest; CPU: the lowest; RSS growth: the worst):")
+        print()
+        issue_table(results, cols, sizes, "best")
+    if results.hash_cost is not None:
+        print(
+            f"hashlib.sha256 alone, in the bench process on the server's CPU:"
+            f" {results.hash_cost:.2f} CPU s/GiB."
+        )
+        print()
     print(
-        "CPU use during the figures above, in shares of one core: server tree (pinned to one"
+        "CPU use during the median figures, in shares of one core: server tree (pinned to one"
         " core) / client / everything else on the machine:"
     )
     print()
@@ -1044,63 +1455,38 @@ def report(results: Results, servers: list[str], sizes: Sizes, command: str) -> 
         )
         print()
     chunk = f"chunk_{1 * MiB}"
-    targets = [
-        (
-            "tusserver one PATCH / bare sink one PATCH",
-            ratio(results, ("tusserver", "single"), ("bare", "single")),
-            ">= 0.90",
-            lambda v: v >= 0.90,
-        ),
-        (
-            "tusserver 1 MiB chunks / @tus/server 1 MiB chunks",
-            ratio(results, ("tusserver", chunk), ("node", chunk))
-            if 1 * MiB in sizes.chunks
-            else None,
-            ">= 3",
-            lambda v: v >= 3,
-        ),
-        (
-            "tusserver HEAD/s / @tus/server HEAD/s",
-            ratio(results, ("tusserver", "head"), ("node", "head")),
-            ">= 2",
-            lambda v: v >= 2,
-        ),
-        (
-            f"tusserver peak RSS growth, {human_size(sizes.rss)} one PATCH (MiB)",
-            ratio(results, ("tusserver", "rss"), None),
-            "< 16",
-            lambda v: v < 16,
-        ),
-    ]
     # What the same stack gives with no protocol at all: a target above the
     # bare sink's own ratio cannot be reached by any tus server on it.
     ceilings = [
         (
-            "bare sink 1 MiB chunks / @tus/server 1 MiB chunks",
-            ratio(results, ("bare", chunk), ("node", chunk)) if 1 * MiB in sizes.chunks else None,
-        ),
-        (
-            "bare sink HEAD/s / @tus/server HEAD/s",
-            ratio(results, ("bare", "head"), ("node", "head")),
-        ),
+            f"{LABELS[sink]} 1 MiB chunks / {LABELS[peer]} 1 MiB chunks",
+            ratio(results, (sink, chunk), (peer, chunk)) if 1 * MiB in sizes.chunks else None,
+        )
+        for sink in BARE_SINKS
+        for peer in ("node", "tuspy")
     ]
-    print("## Ceilings of the stack (no tus, no state: bare Starlette on uvicorn)")
+    print("## Ceilings of the stack (no tus, no state: bare Starlette)")
     print()
     print("| ratio | measured |")
     print("|---|---:|")
     for title, value in ceilings:
-        print(f"| {title} | {'n/a' if value is None else f'{value:.2f}'} |")
+        if value is not None:
+            print(f"| {title} | {value:.2f} |")
     print()
     side_by_side(results, cols, sizes)
-    print("## Targets (informational)")
+    print("## Targets (informational; from the medians of this run)")
     print()
-    print("| ratio | measured | target | result |")
+    print("| target | measured | needed | result |")
     print("|---|---:|---:|---|")
-    for title, value, target, ok in targets:
-        if value is None:
-            print(f"| {title} | n/a | {target} | n/a |")
-        else:
-            print(f"| {title} | {value:.2f} | {target} | {'PASS' if ok(value) else 'MISS'} |")
+    for t in targets(results, sizes):
+        result = (
+            "—"
+            if t.needed == "reported"
+            else "n/a"
+            if t.ok is None
+            else ("PASS" if t.ok else "MISS")
+        )
+        print(f"| {t.title} | {t.measured} | {t.needed} | {result} |")
     print()
     print("1 MB = 10^6 bytes; KiB, MiB and GiB are binary (2^10, 2^20, 2^30 bytes).")
     print(f"Command: {command}")
@@ -1129,20 +1515,19 @@ TRANSFERS = ("single", "chunk_", "concurrent")  # keys of the rows that move byt
 def side_by_side(results: Results, cols: list[str], sizes: Sizes) -> None:
     """Server CPU per GiB moved, and the ratios of PAIRS, in the same run."""
     rows = [(k, t) for k, t in row_titles(sizes) if k.startswith(TRANSFERS)]
-    print("Server CPU seconds per GiB moved (a share of one core over MB/s):")
+    print("Server CPU seconds per GiB moved (a share of one core over MB/s; median of the tries):")
     print()
     print("| measurement | " + " | ".join(LABELS[s] for s in cols) + " |")
     print("|---|" + "---:|" * len(cols))
     for key, title in rows:
         cells = []
         for s in cols:
-            fig = results.figures[s].get(key)
-            if fig is None or fig.value <= 0:
-                cells.append("—")
-            else:
-                cells.append(f"{fig.server_cpu * GiB / MB / fig.value:.2f}")
+            value = cpu_of(results, s, key, "median", cpu_per_gib)
+            cells.append("—" if value is None else f"{value:.2f}")
         print(f"| {title.split(' (')[0]} | " + " | ".join(cells) + " |")
     print()
+    if not any(a in cols and b in cols for a, b, _ in PAIRS):
+        return
     print("## HTTP servers and file digest side by side (ratios of figures above)")
     print()
     print("| ratio | " + " | ".join(t.split(" (")[0] for k, t in row_titles(sizes)[:-1]) + " |")
@@ -1181,6 +1566,8 @@ def environment(servers: list[str]) -> list[str]:
             f"node {node_version}, @tus/server {tus.get('server', '?')},"
             f" @tus/file-store {tus.get('file-store', '?')}"
         )
+    if "tuspy" in servers and tuspy_python().is_file():
+        lines.append(tuspy_versions())
     return lines
 
 
@@ -1268,8 +1655,11 @@ def pin_client(args: argparse.Namespace) -> None:
         print(f"client pinned to CPU {CLIENT_CPU}; servers will be pinned to CPU {SERVER_CPU}")
 
 
-def fail(server: Server, exc: BaseException, results: Results) -> None:
+def fail(server: Server, exc: BaseException, results: Results, during: str = "") -> None:
+    """Record why a server failed (and in which measurement), show its log, stop it."""
     detail = "".join(traceback.format_exception_only(exc)).strip()
+    if during:
+        detail = f"during {during}: {detail}"
     results.errors[server.name] = detail
     print(f"  {server.label} FAILED: {detail}", flush=True)
     tail = server.log_tail()
@@ -1284,7 +1674,9 @@ async def run_servers(
     """Start every server, then run the rounds. In a round every server in turn is warmed up
     and takes all the measurements back to back; the order of the servers rotates from round
     to round. Rounds are short, so a machine whose speed drifts over minutes moves every
-    server's best figure alike. Only one server is busy at a time."""
+    server's figures alike. Only one server is busy at a time. Before its measurements, each
+    server's turn writes and removes twice the largest upload of the turn in its storage folder
+    (``warm_page_cache``)."""
     benches = []
     for server in servers:
         try:
@@ -1304,16 +1696,21 @@ async def run_servers(
         shift = round_no % max(1, len(benches))  # nobody always goes first
         for bench in benches[shift:] + benches[:shift]:
             server = bench.server
+            during = "the warm-up"
             try:
                 if server.name not in results.errors:
                     await bench.warm_up()
+                    await asyncio.to_thread(warm_page_cache, server.storage, 2 * sizes.rss)
                     bench.settle()
                 for step in steps:
                     if server.name in results.errors or (step.tus_only and not server.is_tus):
                         continue
-                    await bench.keep_max(step.key, lambda b=bench, st=step: st.run(b))
+                    if step.only and server.name not in step.only:
+                        continue
+                    during = f"the {step.key!r} measurement of round {round_no + 1}"
+                    await bench.measure(step.key, lambda b=bench, st=step: st.run(b))
             except Exception as exc:
-                fail(server, exc, results)
+                fail(server, exc, results, during)
 
 
 @contextlib.contextmanager
@@ -1339,8 +1736,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with sigterm_as_interrupt():
             pin_client(args)
-            for line in environment(args.servers):
-                print(line)
             variants = [name for name in args.servers if name in TUSSERVER_VARIANTS]
             why = tusserver_available(args) if variants else None
             if why is not None:
@@ -1353,7 +1748,23 @@ def main(argv: list[str] | None = None) -> int:
                 except (BenchError, OSError, subprocess.SubprocessError) as exc:
                     results.errors["node"] = str(exc)
                     print(f"@tus/server is not available: {exc}")
+            if "tuspy" in args.servers:
+                try:
+                    tuspy_venv()
+                except (BenchError, OSError, subprocess.SubprocessError) as exc:
+                    results.errors["tuspy"] = str(exc)
+                    print(f"tuspyserver is not available: {exc}")
+            # After the installs, so that the versions installed are the ones printed.
+            for line in environment(args.servers):
+                print(line)
             payload = memoryview(os.urandom(PAYLOAD_SIZE))
+            if any(name in args.servers for name in DIGEST_ON):
+                results.hash_cost = hash_cost(payload, cpu=SERVER_CPU if args.pin else None)
+                where = f"on CPU {SERVER_CPU}" if args.pin else "unpinned"
+                print(
+                    f"hashlib.sha256 in this process, {where}: {results.hash_cost:.2f} CPU s/GiB"
+                    f" (median of 3 x {human_size(HASH_SIZE)})"
+                )
             try:
                 import uvloop
 
