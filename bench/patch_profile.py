@@ -9,12 +9,13 @@ the server's process tree (Python and Redis apart) before and after, and
 the embedded Redis's ``INFO commandstats``, so that it prints:
 
 * CPU µs per HEAD and per POST, and Redis commands per request;
-* for PATCHes of 1 MiB and 8 MiB (one upload, each PATCH waiting for the 204
-  of the one before): MB/s, CPU ms per PATCH, and the fixed part of it: the
-  CPU per PATCH minus what its bytes cost in one large PATCH (the "per
-  byte" phase, measured first);
+* for PATCHes of 4 KiB (as many as POSTs: next to nothing but the fixed
+  cost of a PATCH), 1 MiB and 8 MiB (one upload, each PATCH waiting for the
+  204 of the one before): MB/s and CPU per PATCH, and a fit of the 1 and
+  8 MiB figures to "fixed + size x per byte" (noisy: writeback makes the
+  per-byte cost move);
 * with ``--py-spy PHASE``, a py-spy profile of the server's Python
-  processes during that phase (``head``, ``post``, ``patch1``, ``patch8``),
+  processes during that phase (``head``, ``post``, ``patch0``, ``patch1``, ``patch8``),
   printed as the top functions by own time and by total time.
 
 Figures on a shared machine move by 10-30 % from one run to the next; the
@@ -349,7 +350,7 @@ def main() -> int:
     parser.add_argument("--heads", type=int, default=5000)
     parser.add_argument("--posts", type=int, default=2000)
     parser.add_argument("--patch-total", type=int, default=512, help="MiB per PATCH phase")
-    parser.add_argument("--py-spy", choices=("head", "post", "patch1", "patch8"))
+    parser.add_argument("--py-spy", choices=("head", "post", "patch0", "patch1", "patch8"))
     args = parser.parse_args()
     if not 1 <= args.heads <= 100_000 or not 1 <= args.posts <= 100_000:
         parser.error("--heads and --posts: 1 to 100000")
@@ -397,6 +398,16 @@ def main() -> int:
         cleanup()
         phases.append(measure(server, "head", args.heads, heads, args.py_spy))
         phases.append(measure(server, "post", args.posts, posts, args.py_spy))
+        # 4 KiB PATCHes: next to nothing but the fixed cost of a PATCH.
+        tiny = measure(
+            server,
+            "patch0",
+            args.posts,
+            lambda: upload(conn, payload, args.posts * 4096, 4096),
+            args.py_spy,
+        )
+        phases.append(tiny)
+        cleanup()
         for chunk_mib in (1, 8):
             name = f"patch{chunk_mib}"
             count = total // (chunk_mib * MiB)
