@@ -52,12 +52,12 @@ from functools import wraps
 from typing import Any, ParamSpec, TypeVar
 
 import redis.asyncio as aioredis
-from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 from redis.typing import EncodableT
 
 from tusserver import metrics, scripts, slots
 from tusserver.record import COMPLETE, FAILED, OWNER_FIELD, Upload, from_fields, to_fields
+from tusserver.script_calls import Script, ScriptCalls
 
 # How long a terminated upload answers 410 before it is forgotten (then 404).
 GONE_TTL_SECONDS = 24 * 3600
@@ -205,17 +205,18 @@ class UploadStore:
         self._redis = client
         self._replicas = replicas if pin_to is not None else 0
         self._pin_to = pin_to
-        self._create = client.register_script(scripts.CREATE)
-        self._claim = client.register_script(scripts.CLAIM)
-        self._commit = client.register_script(scripts.COMMIT)
-        self._set_length = client.register_script(scripts.SET_LENGTH)
-        self._complete = client.register_script(scripts.COMPLETE)
-        self._terminate = client.register_script(scripts.TERMINATE)
-        self._release = client.register_script(scripts.RELEASE)
-        self._extend = client.register_script(scripts.EXTEND)
-        self._seize = client.register_script(scripts.SEIZE)
-        self._inspect = client.register_script(scripts.INSPECT)
-        self._inspect_many = client.register_script(scripts.INSPECT_MANY)
+        calls = ScriptCalls(client)
+        self._create = calls.register(scripts.CREATE)
+        self._claim = calls.register(scripts.CLAIM)
+        self._commit = calls.register(scripts.COMMIT)
+        self._set_length = calls.register(scripts.SET_LENGTH)
+        self._complete = calls.register(scripts.COMPLETE)
+        self._terminate = calls.register(scripts.TERMINATE)
+        self._release = calls.register(scripts.RELEASE)
+        self._extend = calls.register(scripts.EXTEND)
+        self._seize = calls.register(scripts.SEIZE)
+        self._inspect = calls.register(scripts.INSPECT)
+        self._inspect_many = calls.register(scripts.INSPECT_MANY)
         slots.slot_tag(0)  # the tag table, built now rather than in a first request
 
     @_translating
@@ -283,7 +284,7 @@ class UploadStore:
         )
 
     async def _run(
-        self, script: AsyncScript, durable: bool, keys: list[str], args: list[EncodableT]
+        self, script: Script, durable: bool, keys: list[str], args: list[EncodableT]
     ) -> Any:
         """Run ``script``; when ``durable`` and replicas are asked for, on one
         connection followed by WAIT on it, so its write is on the replicas."""

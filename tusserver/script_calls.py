@@ -1,0 +1,116 @@
+"""Running the store's Lua scripts with as little client work as possible.
+
+Every tus request runs one or two scripts (``state``), and through
+redis-py's ``Redis.execute_command`` each costs about three times what
+sending it and reading its reply does: the pool's lock, a check that the
+connection has no stray data (a non-blocking read), observability hooks,
+the retry wrapper. That was a third of a HEAD's CPU.
+
+So, on one server (standalone or a Sentinel's primary), a script is sent
+on a connection kept here, taken once from the client's pool: ``EVALSHA``,
+then its reply. A connection goes back to the idle list only after a whole
+reply was read, so it never holds stray data. Anything unusual goes to
+redis-py's ordinary path, which has the retries and the failover handling:
+
+- the script is not loaded (a restarted or failed-over Redis): the ordinary
+  call loads it;
+- the connection failed or timed out: it is closed, and the ordinary call
+  tries again on another one. The scripts are written to be retried (a
+  claim finds its own token, a commit its own offset), as redis-py's own
+  retry already resends them.
+
+On a Redis Cluster the ordinary path is used: routing by slot is the
+cluster client's job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import AbstractConnection, ConnectionPool
+from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.typing import EncodableT, KeyT
+
+# Connections kept idle beyond this go back to the pool: a burst of
+# concurrent requests does not pin its peak of connections for good.
+_MAX_IDLE = 32
+
+
+class ScriptCalls:
+    """Scripts of one client, run on connections of their own when it can."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._client = client
+        self._pool: ConnectionPool | None = (
+            None if isinstance(client, RedisCluster) else client.connection_pool
+        )
+        self._idle: list[AbstractConnection] = []
+
+    def register(self, text: str) -> Script:
+        return Script(self, self._client.register_script(text))
+
+    async def run(
+        self, script: AsyncScript, keys: Sequence[KeyT], args: Sequence[EncodableT]
+    ) -> Any:
+        pool = self._pool
+        if pool is None:
+            return await script(keys=keys, args=args)
+        connection = self._idle.pop() if self._idle else await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await connection.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            reply = await connection.read_response()
+        except NoScriptError:
+            # A whole reply was read: the connection is clean.
+            await self._put_back(connection)
+            return await script(keys=keys, args=args)
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            await self._drop(connection)
+            return await script(keys=keys, args=args)
+        except BaseException:
+            # Cancelled, or a reply that failed to parse: a reply may still
+            # be on its way, so the connection cannot serve another call.
+            await self._drop(connection)
+            raise
+        await self._put_back(connection)
+        return reply
+
+    async def _put_back(self, connection: AbstractConnection) -> None:
+        if len(self._idle) < _MAX_IDLE:
+            self._idle.append(connection)
+            return
+        assert self._pool is not None
+        with anyio.CancelScope(shield=True):
+            await self._pool.release(connection)
+
+    async def _drop(self, connection: AbstractConnection) -> None:
+        assert self._pool is not None
+        # Shielded: left open, the connection would stay counted as in use.
+        with anyio.CancelScope(shield=True):
+            await connection.disconnect()
+            await self._pool.release(connection)
+
+
+class Script:
+    """A registered script: called as redis-py's ``AsyncScript`` is, with
+    ``client`` for a pipeline or a pinned connection."""
+
+    def __init__(self, calls: ScriptCalls, script: AsyncScript) -> None:
+        self._calls = calls
+        self.script = script
+
+    async def __call__(
+        self,
+        keys: Sequence[KeyT],
+        args: Sequence[EncodableT] = (),
+        client: aioredis.Redis | None = None,
+    ) -> Any:
+        if client is not None:
+            return await self.script(keys=keys, args=args, client=client)
+        return await self._calls.run(self.script, keys, args)
