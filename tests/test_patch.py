@@ -699,10 +699,37 @@ def test_patch_whose_lock_was_taken_stops_writing_and_answers_423(
     assert response.status == 423
     assert response.headers["tus-resumable"] == "1.0.0"
     assert json.loads(response.body)["error"]["code"] == "upload_lock_lost"
+    assert response.headers["upload-offset"] == "0"  # what it committed: nothing
     # The loser's commit was refused: the offset is still the new owner's 0,
     # and nothing the loser still had in flight landed on the new owner's bytes.
     assert record(state, url)["offset"] == "0"
     assert partial.read_bytes()[: len(theirs)] == theirs
+    assert state.get(f"tus:{{{upload_id}}}:lock") == "the-new-owner"
+
+
+def test_patch_whose_lock_was_taken_before_it_stored_a_block_answers_423(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    # No byte has arrived yet (a client slow to start its body): nothing
+    # stored, nothing to commit, so no refused commit answers for it. It
+    # must not answer 204 all the same (a client reads that as "accepted"),
+    # and the new owner's record is left alone.
+    ttl = 1.5
+    server = tus_server(lock_ttl=ttl, idle_timeout=30, block_size=MIB)
+    url = server.create(4 * MIB)
+    upload_id = upload_id_of(url)
+
+    with raw_patch(url, 0, content_length=4 * MIB) as loser:
+        wait_until(lambda: state.exists(f"tus:{{{upload_id}}}:lock"), "the PATCH holds the lock")
+        state.set(f"tus:{{{upload_id}}}:lock", "the-new-owner", px=60_000)
+        wait_until(loser.answered, "the PATCH noticed", timeout=ttl + 2)
+        response = loser.response()
+
+    assert response.status == 423
+    assert json.loads(response.body)["error"]["code"] == "upload_lock_lost"
+    assert response.headers["tus-resumable"] == "1.0.0"
+    assert response.headers["upload-offset"] == "0"
+    assert record(state, url)["offset"] == "0"
     assert state.get(f"tus:{{{upload_id}}}:lock") == "the-new-owner"
 
 

@@ -197,14 +197,17 @@ def locked() -> TusError:
     )
 
 
-def lock_lost() -> TusError:
+def lock_lost(offset: int) -> TusError:
+    """``offset``: where this request last committed (or found) the upload;
+    another request may have moved it on since."""
     return TusError(
         423,
         "upload_lock_lost",
         "Another request took this upload over while this one was working on it.",
-        "Send HEAD and resume from the Upload-Offset it returns; "
-        "bytes this request sent past it were not counted.",
+        "Send HEAD and resume from the Upload-Offset it returns; this request's bytes "
+        "past the Upload-Offset given here were not counted.",
         retryable=True,
+        headers={UPLOAD_OFFSET: str(offset)},
     )
 
 

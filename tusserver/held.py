@@ -193,4 +193,4 @@ class HeldUpload:
         if status is CommitStatus.MISSING:
             raise errors.gone()
         # LOST_LOCK or MOVED: our lock lapsed and another request moved on.
-        raise errors.lock_lost()
+        raise errors.lock_lost(self.upload.offset)

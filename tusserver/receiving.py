@@ -96,6 +96,11 @@ async def receive_body(
             # Never a 2xx: another request has the upload now, and a client
             # reads a 2xx as "all sent was accepted".
             raise errors.taken_over(upload.offset)
+        if transfer.end is End.LOCK_LOST:
+            # Never a 2xx either: the lock lapsed and another request has
+            # the upload. With bytes stored the commit above was refused
+            # already; this is the PATCH that stored none before it noticed.
+            raise errors.lock_lost(upload.offset)
         if transfer.end is End.SHUTDOWN:
             # Retryable, and never a 2xx, as for a takeover: the client
             # resumes on another instance from the offset committed here.
