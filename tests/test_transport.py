@@ -451,8 +451,11 @@ def test_patch_pausing_longer_than_the_lock_ttl_keeps_its_lock_and_its_bytes(
             assert state.exists(lock_key), "the live PATCH lost its lock"
 
             # Its bytes were committed while it paused (a checkpoint), and the
-            # HEAD reads them without interrupting it.
-            assert head_offset(server, upload_url) == sent
+            # HEAD reads them without interrupting it. All but what is short
+            # of a block: bytes are stored a block at a time, and where the
+            # server cut the body into pieces decides what the last block
+            # held when the client paused.
+            assert sent - 64 * KiB < head_offset(server, upload_url) <= sent
             assert paused.send(source[sent:])
             answer = paused.response(timeout=10)
             assert answer.status == 204
