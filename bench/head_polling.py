@@ -26,6 +26,7 @@ code 1. The figures themselves are not asserted (exit code 0 whatever they are).
 
 Usage: python bench/head_polling.py [--quick] [--repeat N] [--size-mib 256]
        [--targets direct,nginx] [--scenarios one,four] [--server granian|uvicorn]
+       [--poll same|other]
 """
 
 from __future__ import annotations
@@ -120,9 +121,16 @@ async def poll(conn: Connection, bench: Bench, path: str, length: int, done: asy
 
 
 async def measure(
-    deployment: Deployment, bench: Bench, uploads: int, size: int, polled: bool
+    deployment: Deployment,
+    bench: Bench,
+    uploads: int,
+    size: int,
+    polled: bool,
+    poll_other: bool = False,
 ) -> Figure:
-    """POST ``uploads`` uploads, then PATCH each whole at once (polled or not)."""
+    """POST ``uploads`` uploads, then PATCH each whole at once (polled or not).
+    ``poll_other``: the HEADs go to as many other uploads, which nothing
+    writes: what the same rate of HEADs costs without meeting the PATCH."""
     conns = [Connection(bench.server.port) for _ in range(uploads)]
     pollers = [Connection(bench.server.port) for _ in range(uploads if polled else 0)]
     polls = [Polls() for _ in pollers]
@@ -130,9 +138,10 @@ async def measure(
     done = asyncio.Event()
     try:
         paths = [await bench.create(conn, size) for conn in conns]
+        polled_paths = [await bench.create(c, size) for c in pollers] if poll_other else paths
         tasks = [
             asyncio.ensure_future(poll(c, bench, path, size, done, p, limit))
-            for c, path, p in zip(pollers, paths, polls, strict=False)
+            for c, path, p in zip(pollers, polled_paths, polls, strict=False)
         ]
         try:
             sends = [bench.send(c, path, 0, size) for c, path in zip(conns, paths, strict=True)]
@@ -148,7 +157,7 @@ async def measure(
     for path in paths:
         bench.check_size(path, size)
     for p in polls:
-        if p.last_offset == 0 and meter.seconds > 4 * POLL_INTERVAL:
+        if not poll_other and p.last_offset == 0 and meter.seconds > 4 * POLL_INTERVAL:
             raise BenchError("no HEAD saw any progress of an upload")
     latencies = [x for p in polls for x in p.latencies]
     return Figure(
@@ -187,7 +196,9 @@ async def run(args: argparse.Namespace, workdir: Path, results: Results, pairs: 
                     # follows a pause (or the other's writeback).
                     for polled in (False, True) if round_no % 2 == 0 else (True, False):
                         bench.settle()
-                        figures[polled] = await measure(deployment, bench, uploads, size, polled)
+                        figures[polled] = await measure(
+                            deployment, bench, uploads, size, polled, args.poll == "other"
+                        )
                     pairs.rounds.setdefault((target, scenario), []).append(
                         (figures[False], figures[True])
                     )
@@ -278,6 +289,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--targets", default=",".join(TARGETS), help="direct,nginx (default)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="one,four (default)")
+    parser.add_argument(
+        "--poll",
+        choices=("same", "other"),
+        default="same",
+        help="HEAD the uploads being written (same, the figure) or as many idle ones"
+        " (other: the HEADs' cost alone, for comparison)",
+    )
     parser.add_argument(
         "--server",
         choices=("granian", "uvicorn"),
