@@ -21,7 +21,7 @@ Three tasks cooperate for one PATCH (or POST with data):
   far while the body still streams, every ``Checkpoints.every_bytes`` or
   ``every_seconds``, whichever comes first, so that a process that dies
   mid-body loses at most the bytes since the last one. Each runs beside the
-  pipeline, never stalling it;
+  pipeline, never stalling it, and one at a time;
 - a *head check* (when the caller gives one) judges the upload's first
   bytes as the receiver takes them, before the block holding them is handed
   to storage: refused content stops the reading and nothing of this body is
@@ -79,8 +79,22 @@ class Checkpoints:
         since = time.monotonic() - self._at
         return stored - self.committed >= self.every_bytes or since >= self.every_seconds
 
-    async def run(self, stored: int, stop: Callable[[], None]) -> None:
+    def start_if_due(self, tasks: TaskGroup, stored: int, stop: Callable[[], None]) -> None:
+        """Commit the first ``stored`` bytes in a task of ``tasks`` if one is
+        due and none is running; ``stop()`` if the upload is no longer ours.
+
+        One at a time: two commits would both compare-and-set from the same
+        offset, and the one that lost would read as a lost lock. So it counts
+        as running from here, not from when its task first runs: the writer
+        and the watchdog can both ask within one turn of the event loop,
+        before that task has run a line.
+        """
+        if not self.due(stored):
+            return
         self._running = True
+        tasks.start_soon(self._run, stored, stop)
+
+    async def _run(self, stored: int, stop: Callable[[], None]) -> None:
         try:
             # Shielded: a commit cut off after Redis applied it would leave
             # this request with an offset it does not know it moved.
@@ -146,8 +160,8 @@ async def receive_into_storage(
         reading.cancel()
 
     def checkpoint_if_due(tasks: TaskGroup) -> None:
-        if checkpoints is not None and checkpoints.due(transfer.stored):
-            tasks.start_soon(checkpoints.run, transfer.stored, lock_lost)
+        if checkpoints is not None:
+            checkpoints.start_if_due(tasks, transfer.stored, lock_lost)
 
     async def receiver() -> None:
         pieces: list[bytes] = []
