@@ -19,15 +19,32 @@ the machine, over one measurement.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shlex
 import shutil
 import sys
+import tempfile
 import time
+import traceback
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 # Run as `python bench/<name>.py`: this folder is on sys.path (bench.py is
 # `bench`), the repository is not; it comes after, for tests/.
-from bench import HOST, REPO_DIR, ProcessTree, Server, free_port, machine_busy_seconds
+from bench import (
+    HOST,
+    REPO_DIR,
+    BenchError,
+    ProcessTree,
+    Results,
+    Server,
+    environment,
+    free_port,
+    machine_busy_seconds,
+    sigterm_as_interrupt,
+)
 
 sys.path.insert(1, str(REPO_DIR))
 
@@ -188,3 +205,51 @@ class Meter:
         self.cpu["client"] = time.process_time() - self._client0
         busy = machine_busy_seconds() - self._busy0
         self.cpu["other"] = max(0.0, busy - sum(self.cpu.values()))
+
+
+def event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run
+    return uvloop.run
+
+
+def run_deployment_bench(
+    script: str,
+    argv: list[str],
+    server: str | None,
+    measure: Callable[[Path, Results], Coroutine[Any, Any, None]],
+    report: Callable[[Results, str], None],
+) -> int:
+    """What every deployment benchmark's ``main`` does around its own
+    ``measure`` and ``report``: the tools checked, the machine described, one
+    temporary folder (removed at the end), SIGTERM and Ctrl-C stopping
+    everything started, and the exit status: 1 on a failure or a wrong
+    stored size, 130 when interrupted."""
+    command = shlex.join(["python", f"bench/{script}", *argv])
+    missing = check_tools()
+    if missing:
+        print(f"cannot run: {missing}", file=sys.stderr)
+        return 1
+    for line in environment([]):
+        print(line)
+    print(f"tusserver instances on {server or 'the default HTTP server'}; nothing pinned")
+    results = Results()
+    workdir = Path(tempfile.mkdtemp(prefix="deploybench", dir="/tmp"))
+    # nginx's workers run as nobody when this runs as root: they must reach their folder.
+    workdir.chmod(0o711)
+    try:
+        with sigterm_as_interrupt():
+            event_loop_runner()(measure(workdir, results))
+        report(results, command)
+    except KeyboardInterrupt:
+        print("\ninterrupted; everything started was stopped", file=sys.stderr)
+        return 130
+    except (BenchError, OSError, RuntimeError, AssertionError, TimeoutError) as exc:
+        detail = "".join(traceback.format_exception_only(exc)).strip()
+        print(f"FAILED: {detail}", file=sys.stderr)
+        return 1
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 1 if results.check_failures else 0

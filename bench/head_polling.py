@@ -35,19 +35,13 @@ import argparse
 import asyncio
 import math
 import os
-import shlex
-import shutil
 import statistics
 import sys
-import tempfile
 import time
-import traceback
-from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from deployment import Deployment, Meter, check_tools
+from deployment import Deployment, Meter, run_deployment_bench
 
 from bench import (
     MB,
@@ -58,9 +52,7 @@ from bench import (
     Connection,
     Results,
     Sizes,
-    environment,
     expect,
-    sigterm_as_interrupt,
 )
 
 MiB = 1024 * 1024
@@ -317,44 +309,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run
-    return uvloop.run
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    command = shlex.join(["python", "bench/head_polling.py", *argv])
-    missing = check_tools()
-    if missing:
-        print(f"cannot run: {missing}", file=sys.stderr)
-        return 1
-    for line in environment([]):
-        print(line)
-    print(f"tusserver instances on {args.server or 'the default HTTP server'}; nothing pinned")
-    results = Results()
     pairs = Pairs()
-    workdir = Path(tempfile.mkdtemp(prefix="thp", dir="/tmp"))
-    # nginx's workers run as nobody when this runs as root: they must reach their folder.
-    workdir.chmod(0o711)
-    try:
-        with sigterm_as_interrupt():
-            event_loop_runner()(run(args, workdir, results, pairs))
-        report(args, pairs, results, command)
-    except KeyboardInterrupt:
-        print("\ninterrupted; everything started was stopped", file=sys.stderr)
-        return 130
-    except (BenchError, OSError, RuntimeError, AssertionError, TimeoutError) as exc:
-        detail = "".join(traceback.format_exception_only(exc)).strip()
-        print(f"FAILED: {detail}", file=sys.stderr)
-        return 1
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return 1 if results.check_failures else 0
+    return run_deployment_bench(
+        "head_polling.py",
+        argv,
+        args.server,
+        lambda workdir, results: run(args, workdir, results, pairs),
+        lambda results, command: report(args, pairs, results, command),
+    )
 
 
 if __name__ == "__main__":

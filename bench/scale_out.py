@@ -29,30 +29,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shlex
-import shutil
 import statistics
 import sys
-import tempfile
-import traceback
-from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from deployment import GROUPS, Deployment, Meter, check_tools
+from deployment import GROUPS, Deployment, Meter, run_deployment_bench
 
 from bench import (
     MB,
     MIN_RATE,
     PAYLOAD_SIZE,
     Bench,
-    BenchError,
     Connection,
     Results,
     Sizes,
-    environment,
-    sigterm_as_interrupt,
 )
 
 MiB = 1024 * 1024
@@ -233,44 +224,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run
-    return uvloop.run
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    command = shlex.join(["python", "bench/scale_out.py", *argv])
-    missing = check_tools()
-    if missing:
-        print(f"cannot run: {missing}", file=sys.stderr)
-        return 1
-    for line in environment([]):
-        print(line)
-    print(f"tusserver instances on {args.server or 'the default HTTP server'}; nothing pinned")
-    results = Results()
     runs = Runs()
-    workdir = Path(tempfile.mkdtemp(prefix="tso", dir="/tmp"))
-    # nginx's workers run as nobody when this runs as root: they must reach their folder.
-    workdir.chmod(0o711)
-    try:
-        with sigterm_as_interrupt():
-            event_loop_runner()(run(args, workdir, results, runs))
-        report(args, runs, results, command)
-    except KeyboardInterrupt:
-        print("\ninterrupted; everything started was stopped", file=sys.stderr)
-        return 130
-    except (BenchError, OSError, RuntimeError, AssertionError, TimeoutError) as exc:
-        detail = "".join(traceback.format_exception_only(exc)).strip()
-        print(f"FAILED: {detail}", file=sys.stderr)
-        return 1
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return 1 if results.check_failures else 0
+    return run_deployment_bench(
+        "scale_out.py",
+        argv,
+        args.server,
+        lambda workdir, results: run(args, workdir, results, runs),
+        lambda results, command: report(args, runs, results, command),
+    )
 
 
 if __name__ == "__main__":
