@@ -37,7 +37,6 @@ async def finalize(services: Services, held: HeldUpload) -> None:
     # Reading a file back to hash it, and fsyncing a large one, can outlast
     # the lock's TTL: keep the lock until the outcome is recorded.
     async with kept_alive(held.lease):
-        await held.make_offset_durable()
         published: str | None = None
         try:
             digests = await integrity.file_digests(

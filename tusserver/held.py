@@ -42,8 +42,6 @@ class HeldUpload:
         # upload.length is a deferred length a chunked body declared, not yet
         # recorded (see ``announce_length``).
         self._unrecorded_length = False
-        # This request committed upload.offset durably (on the replicas).
-        self._offset_durable = False
 
     @property
     def id(self) -> str:
@@ -66,24 +64,6 @@ class HeldUpload:
             new_offset, release=not finishing, expires=expires, durable=finishing
         )
         self.lease.released = not finishing
-        self._offset_durable = finishing
-
-    async def make_offset_durable(self) -> None:
-        """Make sure the replicas have the offset about to be published on
-        (NotReplicated if they do not answer in time).
-
-        A finalize that follows this request's own final commit has that
-        already. One that repairs an earlier request's (a HEAD or PATCH
-        finding every byte in) may have read an offset the primary
-        acknowledged but never replicated, the final commit having answered
-        NotReplicated: publishing on it, then losing it in a failover, would
-        leave a record counting fewer bytes than the file it published, and
-        the client's resumed PATCH would find no partial to write to. The
-        same offset is committed again, durably: the write goes to the
-        replicas behind the one it repeats, and WAIT waits for both."""
-        if not self._offset_durable:
-            await self._move_offset(self.upload.offset, release=False, expires=None, durable=True)
-            self._offset_durable = True
 
     async def checkpoint(self, new_offset: int, *, expires: float) -> None:
         """Commit the bytes stored so far while the body still streams,
