@@ -157,3 +157,34 @@ def test_a_final_offset_lost_in_a_failover_is_sent_again_and_published_once(
     assert resumed.headers["Upload-Offset"] == "10"
     assert_published_once(server, upload_id, b"helloworld")
     assert record_on_primary(redis_sentinels, upload_id)["sha256"] == digest(b"helloworld")
+
+
+@ON_SENTINEL
+def test_a_final_offset_lost_after_a_head_published_on_it_is_counted_from_the_published_file(
+    tus_server: StartServer, redis_sentinels: RedisSentinelSet, lost_writes: LostWrites
+) -> None:
+    server = tus_server()
+    url = server.create(10)
+    upload_id = upload_id_of(url)
+    assert server.patch(url, 0, b"hello").status_code == 204
+    lost_writes.cut_off()
+    assert_retryable(server.patch(url, 5, b"world"), 503)
+    # A HEAD on the old primary reads the unreplicated final offset and
+    # publishes on it; its completion reaches no replica either.
+    assert_retryable(server.head(url), 423)
+    assert (server.storage / upload_id).read_bytes() == b"helloworld"
+    lost_writes.fail_over()
+    assert record_on_primary(redis_sentinels, upload_id)["offset"] == "5"
+
+    head = head_once_served(server, url)
+    assert head.headers["Upload-Offset"] == "5"
+    # The client sends the rest again; the partial is gone, the file published.
+    resumed = server.patch(url, 5, b"world")
+
+    assert resumed.status_code == 204, resumed.text
+    assert resumed.headers["Upload-Offset"] == "10"
+    assert_published_once(server, upload_id, b"helloworld")
+    record = record_on_primary(redis_sentinels, upload_id)
+    assert record["location"] == upload_id
+    assert record["sha256"] == digest(b"helloworld")
+    assert list(server.partials.iterdir()) == []

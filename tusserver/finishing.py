@@ -119,6 +119,16 @@ async def _published_earlier(services: Services, held: HeldUpload) -> str:
     return location
 
 
+async def published_earlier(services: Services, held: HeldUpload) -> str | None:
+    """Where an earlier finalize published the upload, whose partial the
+    caller found gone; None if none did (its bytes are lost). Never
+    publishes: without a partial, the storage's finalize only reads its note."""
+    try:
+        return await _publish(services, held)
+    except FileNotFoundError:
+        return None
+
+
 async def _record_completion(
     services: Services,
     held: HeldUpload,
