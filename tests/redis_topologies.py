@@ -353,6 +353,36 @@ class RedisSentinelSet:
         _wait(lambda: self.primary() is not old, "the sentinels did not promote the replica")
         return self.primary()
 
+    def cut_off_replica(self) -> RedisNode:
+        """Freeze the replica (SIGSTOP) and close its link on the primary's
+        side: from now on the primary acknowledges every write to its client
+        but no replica gets it (WAIT times out). Freezing alone would not
+        do: the kernel would still take the stream into the frozen process's
+        socket, and it would apply it once woken. The replica; let it go
+        with ``lose_unreplicated_writes`` (or ``thaw`` it)."""
+        primary, replica = self.primary(), self.replica()
+        assert replica.process is not None
+        replica.process.send_signal(signal.SIGSTOP)
+        with primary.client() as client:
+            client.client_kill_filter(_type="replica")
+        return replica
+
+    @staticmethod
+    def thaw(replica: RedisNode) -> None:
+        """Wake a replica ``cut_off_replica`` froze. Idempotent."""
+        if replica.running:
+            assert replica.process is not None
+            replica.process.send_signal(signal.SIGCONT)
+
+    def lose_unreplicated_writes(self, replica: RedisNode) -> RedisNode:
+        """SIGKILL the primary, wake the replica ``cut_off_replica`` froze, and
+        wait until the sentinels promote it: every write the primary made
+        since the cut is lost. The killed primary (``restart`` it)."""
+        killed = self.kill_primary()
+        self.thaw(replica)
+        self.wait_promoted(killed)
+        return killed
+
     def restart(self, node: RedisNode) -> None:
         """Start a killed server again and wait until the set-up is whole:
         the sentinels make it a replica of the current primary."""

@@ -63,6 +63,19 @@ async def file_digests(
     return await digest_stored_bytes(storage.read(upload.id, None, 0, upload.length), algorithms)
 
 
+async def published_digests(
+    storage: Storage, upload: Upload, location: str, algorithms: tuple[str, ...]
+) -> dict[str, bytes]:
+    """Digests of the file an earlier finalize of ``upload`` published at
+    ``location``, read back (its partial is gone)."""
+    assert upload.length is not None
+    if not algorithms:
+        return {}
+    return await digest_stored_bytes(
+        storage.read(upload.id, location, 0, upload.length), algorithms
+    )
+
+
 def mismatch(declared: Checksum | None, digests: Mapping[str, bytes]) -> str | None:
     """Why the file does not match its declared digest, or None if it does."""
     if declared is None or digests[declared.algorithm] == declared.digest:

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from tusserver import errors, expiry, extensions, integrity, metrics, protocol, screening
 from tusserver.config import Config
 from tusserver.digests import Digests, Hasher
-from tusserver.finishing import finalize
+from tusserver.finishing import finalize, published_earlier
 from tusserver.held import HeldUpload
 from tusserver.hook_events import HookResponse, HookType
 from tusserver.hooking import file_info, rejection
@@ -121,6 +121,10 @@ async def receive_body(
         # The body did not run past a length it declared: recorded now if
         # no commit of its bytes did (a chunked body that stored nothing).
         await held.record_length()
+        if isinstance(transfer.failure, FileNotFoundError) and await _published_before(
+            services, held
+        ):
+            return
         if isinstance(transfer.failure, FileNotFoundError):
             # The partial is gone (removed behind our back): the bytes the
             # record counts are lost, so the upload is too. 410 makes a
@@ -145,6 +149,25 @@ async def receive_body(
         if refusal is not None:
             raise await screening.refuse(services, held, screening.CONTENT_REFUSED, refusal)
         await finalize(services, held)
+
+
+async def _published_before(services: Services, held: HeldUpload) -> bool:
+    """Finish an upload whose partial is gone because an earlier finalize
+    published every byte of it, though the record counts fewer: a request
+    that reached a Redis primary before a failover read a final offset that
+    primary never replicated, and published on it (see ``finishing``). The
+    bytes are all stored, in the published file: the offset is moved to the
+    length and the completion recorded, instead of a 410. False when no
+    finalize published the upload (its bytes are lost)."""
+    upload = held.upload
+    if upload.length is None or upload.concat == protocol.CONCAT_PARTIAL:
+        return False
+    if await published_earlier(services, held) is None:
+        return False
+    logger.warning("upload %s: every byte was published earlier; counting them", upload.id)
+    await held.commit(upload.length)
+    await finalize(services, held)
+    return True
 
 
 def _checkpoints(

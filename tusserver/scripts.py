@@ -96,8 +96,12 @@ if not current then return 'missing' end
 -- "its own": the same offset committed by another writer (this one's lock
 -- lapsed, the other took over and wrote the same range) does not count.
 -- A checkpoint of the same writer may have committed this offset already;
--- the lock is released all the same when asked.
+-- the lock is released all the same when asked. The committer is written
+-- again, so that a durable commit's WAIT waits for a write of its own, sent
+-- behind the one it repeats (WAIT waits for the replication stream only up
+-- to its own connection's last write).
 if current == ARGV[3] and redis.call('HGET', KEYS[1], 'committer') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'committer', ARGV[1])
   if holder and ARGV[4] == '1' then redis.call('DEL', KEYS[2]) end
   return 'ok'
 end
