@@ -160,7 +160,7 @@ class Config:
     # file is published, and its completion before the client hears of it
     # (WAIT). A primary that dies before replicating a write loses it; with
     # this, a failover can lose only offsets a client has not yet been told
-    # are final, which the storage still holds (see docs/scaling.md). None:
+    # are final, which the storage still holds (docs/architecture.md, "Durability"). None:
     # 1 for redis+sentinel:// (which always has a replica to fail over to),
     # 0 otherwise; say 1 for a Redis Cluster with replicas.
     redis_replicas: int | None = None
