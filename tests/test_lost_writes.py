@@ -71,13 +71,20 @@ class LostWrites:
         if self.frozen is None:
             self.frozen = self.sentinels.cut_off_replica()
 
-    def fail_over(self) -> None:
-        """Lose the writes, then start the old primary again as the new one's
-        replica: without one, every durable write would answer NotReplicated."""
+    def fail_over(self, upload_id: str) -> dict[str, str]:
+        """Lose the writes and return the upload's record as the new primary
+        has it, then start the old primary again as the new one's replica:
+        without one, every durable write would answer NotReplicated. The
+        record is read before that restart: the old primary comes back with
+        its append-only file, writes the failover lost included, and until
+        the sentinels have made it a replica it must not be what is read."""
         assert self.frozen is not None, "the replica was never cut off"
         self.killed = self.sentinels.lose_unreplicated_writes(self.frozen)
+        self.frozen = None  # thawed, and promoted: the next cut_off cuts anew
+        record = record_on_primary(self.sentinels, upload_id)
         self.sentinels.restart(self.killed)
         self.killed = None
+        return record
 
     def heal(self) -> None:
         if self.frozen is not None:
@@ -112,8 +119,7 @@ def test_a_completion_lost_in_a_failover_is_recorded_again_and_never_answered_41
     # Published, but the client is not told so: its completion is on no replica.
     assert_retryable(unrecorded, 503)
     assert (server.storage / upload_id).read_bytes() == b"helloworld"
-    lost_writes.fail_over()
-    record = record_on_primary(redis_sentinels, upload_id)
+    record = lost_writes.fail_over(upload_id)
     assert record["offset"] == "10"
     assert "location" not in record, "the completion was not lost: nothing is tested"
 
@@ -145,8 +151,7 @@ def test_a_final_offset_lost_in_a_failover_is_sent_again_and_published_once(
     assert not (server.storage / upload_id).exists()
     # The partial holds all ten bytes; the record soon counts five.
     assert (server.partials / upload_id).read_bytes() == b"helloworld"
-    lost_writes.fail_over()
-    assert record_on_primary(redis_sentinels, upload_id)["offset"] == "5"
+    assert lost_writes.fail_over(upload_id)["offset"] == "5"
 
     head = head_once_served(server, url)
     assert head.headers["Upload-Offset"] == "5"
@@ -173,8 +178,7 @@ def test_a_final_offset_lost_after_a_head_published_on_it_is_counted_from_the_pu
     # publishes on it; its completion reaches no replica either.
     assert_retryable(server.head(url), 423)
     assert (server.storage / upload_id).read_bytes() == b"helloworld"
-    lost_writes.fail_over()
-    assert record_on_primary(redis_sentinels, upload_id)["offset"] == "5"
+    assert lost_writes.fail_over(upload_id)["offset"] == "5"
 
     head = head_once_served(server, url)
     assert head.headers["Upload-Offset"] == "5"
