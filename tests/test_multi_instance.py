@@ -3,7 +3,8 @@
 The instances share one Redis and one storage (a local folder, or a real
 Samba share); nginx runs examples/nginx-multi.conf. The real clients upload
 through it: tus-js-client with parallel uploads (four partial uploads and a
-concatenation, each PATCH of which may land on any instance) and tuspy. An
+concatenation, each PATCH of which may land on any instance), tuspy, and
+Uppy in headless Chromium on a page from another origin. An
 instance may die (SIGKILL) or be stopped (SIGTERM) mid-upload: the clients
 retry, another instance takes the upload over, and every file is still
 byte-exact.
@@ -24,8 +25,10 @@ import pytest
 from tusclient.client import TusClient
 
 from tests.deployment_fixtures import Deployment, StartDeployment, ThrottlingProxy
+from tests.e2e_clients import StaticSite, pseudo_random_bytes
 from tests.js_fixtures import TusJs
 from tests.samba_fixtures import SambaServer
+from tests.test_browser_clients import drive
 
 MiB = 1024 * 1024
 # Clients that may meet a dead or stopping instance: they retry for a while.
@@ -97,6 +100,44 @@ def test_parallel_tus_js_client_and_tuspy_finish_byte_exact_through_three_round_
     # Round robin, not one instance doing it all: each received a share of the bytes.
     for instance, before in zip(three.instances, read_before, strict=True):
         assert instance.bytes_read() - before > 2 * MiB
+
+
+def test_uppy_in_chromium_finishes_byte_exact_through_three_round_robined_instances(
+    deployment: StartDeployment,
+    shared_storage: SharedStorage,
+    static_site: StaticSite,
+    browser_harness: Path,
+    tmp_path: Path,
+) -> None:
+    # Cross-origin, so every preflight too goes to whichever instance is next.
+    three = deployment(
+        3,
+        shared_storage.url,
+        shared_storage.shown_at,
+        "--cors-origin",
+        static_site.origin,
+        env=shared_storage.env,
+    )
+    size, seed = 6 * MiB + 5, 37
+    file = {"endpoint": three.endpoint, "size": size, "seed": seed, "name": "uppy.bin"}
+
+    added, _, result = drive(
+        browser_harness,
+        static_site.page,
+        [
+            {"call": "uppyAdd", "args": {**file, "chunkSize": MiB}},
+            {"click": ".uppy-StatusBar-actionBtn--upload"},
+            {"call": "uppyResult"},
+        ],
+        tmp_path / "profile",
+    )
+
+    assert added == {"files": 1}
+    assert result["failed"] == []
+    [uploaded] = result["successful"]
+    source = tmp_path / "uppy.bin"
+    source.write_bytes(pseudo_random_bytes(size, seed))
+    assert_published(three, uploaded["url"], source)
 
 
 class Background(threading.Thread):
