@@ -4,7 +4,7 @@
 One client, every server, one run:
 
 * ``tusserver``: ``python -m tusserver serve`` with its embedded Redis, one worker, on
-  uvicorn; ``tusserver-granian`` the same on granian (``--server granian``), and
+  uvicorn (``--server uvicorn``); ``tusserver-granian`` the same on granian, and
   ``tusserver-nodigest`` / ``tusserver-granian-nodigest`` each with ``--file-digest none``
   (the same work as the other servers, which hash nothing);
 * ``bare``: ``bench/bare_sink.py``, the simplest Starlette app on uvicorn that streams request
@@ -87,8 +87,8 @@ QUIET_BUDGET = 90.0  # but no more than this in a whole run
 
 # Extra flags of each tusserver variant, after --tusserver-cmd's.
 TUSSERVER_VARIANTS = {
-    "tusserver": [],
-    "tusserver-nodigest": ["--file-digest", "none"],
+    "tusserver": ["--server", "uvicorn"],
+    "tusserver-nodigest": ["--server", "uvicorn", "--file-digest", "none"],
     "tusserver-granian": ["--server", "granian"],
     "tusserver-granian-nodigest": ["--server", "granian", "--file-digest", "none"],
 }
