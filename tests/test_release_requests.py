@@ -11,7 +11,7 @@ from collections.abc import Callable
 import anyio
 import redis
 
-from tests.redis_topologies import RedisClusterSet
+from tests.redis_topologies import RedisClusterSet, RedisNode
 from tusserver import redis_topology, redis_urls, slots
 from tusserver.release_requests import ShardedReleases
 
@@ -124,3 +124,59 @@ def test_a_request_for_an_upload_on_a_slot_that_moved_to_another_primary_is_hear
     finally:
         redis_cluster.move_slot(slot, source)
     assert heard == [True, True], "heard before the move, after it"
+
+
+def _subscribed_connections(redis_cluster: RedisClusterSet) -> dict[int, int]:
+    """Per primary's port, its connections subscribed to a shard channel
+    (what CLIENT LIST counts in ``ssub``); the spec's listener is the only
+    subscriber the cluster has."""
+    counts = {}
+    for node in redis_cluster.primaries():
+        with node.client() as client:
+            counts[node.port] = sum(1 for row in client.client_list() if int(row["ssub"]) > 0)
+    return counts
+
+
+def test_subscribing_again_closes_the_connections_it_subscribed_on_before(
+    redis_cluster: RedisClusterSet,
+) -> None:
+    slot = _edge_slots(redis_cluster)[1]
+    source = redis_cluster.primary_of_slot(slot)
+    to = redis_cluster.primary_of_slot(slot + 1)
+    primaries = redis_cluster.primaries()
+    assert to is not source and len(primaries) == 3
+    seen: list[dict[int, int]] = []
+
+    def kill_subscribers_of(node: RedisNode) -> Callable[[], None]:
+        def step() -> None:
+            seen.append(_subscribed_connections(redis_cluster))
+            with node.client() as client:
+                client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+
+        return step
+
+    def move_to(node: RedisNode) -> Callable[[], None]:
+        def step() -> None:
+            seen.append(_subscribed_connections(redis_cluster))
+            redis_cluster.move_slot(slot, node)
+
+        return step
+
+    # Every step ends all the listener's subscriptions and makes them again
+    # (a lost connection, then slots moved away and back); each request is
+    # asked until heard, so the step before has subscribed again.
+    steps = [
+        *(kill_subscribers_of(node) for node in primaries),
+        move_to(to),
+        move_to(source),
+    ]
+    try:
+        heard = _heard_after_each(redis_urls.parse(redis_cluster.url), slot, steps)
+        seen.append(_subscribed_connections(redis_cluster))
+    finally:
+        redis_cluster.move_slot(slot, source)
+    assert heard == [True] * (len(steps) + 1)
+    # One subscribed connection a primary at most, however often it
+    # subscribed again: the ones before were closed, not left open.
+    assert all(count <= 1 for counts in seen for count in counts.values()), seen
+    assert max(sum(counts.values()) for counts in seen) == 3, seen
