@@ -112,6 +112,9 @@ SPECS: dict[str, list[str]] = {
         "tests/test_startup.py",
     ],
     "tusserver/held.py": [
+        # Only the final offset waits for replicas: needs the Sentinel's
+        # replica (--topologies standalone,sentinel), skipped on one server.
+        "tests/test_failover.py::test_a_partial_patch_without_a_replica_to_reach_is_stored_as_without_replicas",
         "tests/test_termination.py",
         "tests/test_head.py",
         "tests/test_errors.py",
