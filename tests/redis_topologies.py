@@ -227,6 +227,55 @@ class RedisClusterSet:
             port = node.port
         return next(n for n in self.nodes if n.port == port)
 
+    def node_id(self, node: RedisNode) -> str:
+        with node.client() as client:
+            return str(client.execute_command("CLUSTER", "MYID"))
+
+    def primary_of_slot(self, slot: int) -> RedisNode:
+        with self.primaries()[0].client() as client:
+            ranges = client.execute_command("CLUSTER", "SLOTS")
+        port = next(int(primary[1]) for first, last, primary, *_ in ranges if first <= slot <= last)
+        return next(n for n in self.nodes if n.port == port)
+
+    def move_slot(self, slot: int, to: RedisNode) -> RedisNode:
+        """Move one slot, keys and all, to the primary ``to``, as
+        ``redis-cli --cluster reshard`` does (SETSLOT IMPORTING and MIGRATING,
+        MIGRATE, then SETSLOT NODE on every primary); returns the primary that
+        served it, once every node of the cluster names ``to`` for it."""
+        source = self.primary_of_slot(slot)
+        if source is to:
+            return source
+        source_id, to_id = self.node_id(source), self.node_id(to)
+        with to.client() as target, source.client() as client:
+            target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+            client.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", to_id)
+            for _ in range(
+                10_000
+            ):  # a hundred keys a turn: bounded, and far more than any spec makes
+                keys = client.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100)
+                if not keys:
+                    break
+                client.execute_command("MIGRATE", "127.0.0.1", to.port, "", 0, 5000, "KEYS", *keys)
+            # The new owner first, then the old one, as the reshard does.
+            target.execute_command("CLUSTER", "SETSLOT", slot, "NODE", to_id)
+            client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", to_id)
+        for other in self.primaries():
+            if other is not to and other is not source:
+                with other.client() as client:
+                    client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", to_id)
+
+        def everyone_agrees() -> bool:
+            for node in self.nodes:
+                with node.client() as client:
+                    ranges = client.execute_command("CLUSTER", "SLOTS")
+                owner = [p for first, last, p, *_ in ranges if first <= slot <= last]
+                if not owner or int(owner[0][1]) != to.port:
+                    return False
+            return True
+
+        _wait(everyone_agrees, f"slot {slot} did not move to port {to.port}")
+        return source
+
     def restart(self, node: RedisNode) -> None:
         """Start a killed node again (it rejoins from its nodes.conf, as a
         replica if its own replica was promoted) and wait until whole."""

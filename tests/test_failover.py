@@ -254,6 +254,30 @@ def test_a_final_patch_without_a_replica_to_reach_publishes_nothing_and_is_retri
     assert_published_once(server, upload_id, b"helloworld")
 
 
+@ON_SENTINEL
+def test_a_partial_patch_without_a_replica_to_reach_is_stored_as_without_replicas(
+    tus_server: StartServer, redis_sentinels: RedisSentinelSet
+) -> None:
+    # Only the final offset waits for replicas: a PATCH that leaves bytes to
+    # send is answered as soon as the primary has its offset.
+    # Checkpoints too, each 64 KiB block of the body's four: a checkpoint
+    # that waited for the replica would fail, and the next would find its
+    # own offset moved under it.
+    server = tus_server(redis_replicas=1, block_size=64 * KIB, checkpoint_bytes=64 * KIB)
+    url = server.create(1024 * KIB)
+    replica = redis_sentinels.replica()
+    replica.kill()
+    try:
+        partial = server.patch(url, 0, os.urandom(256 * KIB))
+    finally:
+        redis_sentinels.restart(replica)
+
+    assert partial.status_code == 204
+    assert partial.headers["Upload-Offset"] == str(256 * KIB)
+    assert server.head(url).headers["Upload-Offset"] == str(256 * KIB)
+    assert not (server.storage / upload_id_of(url)).exists()
+
+
 def _head_when_served(server: RunningServer, url: str) -> httpx.Response:
     for _ in range(100):
         head = server.head(url)

@@ -442,7 +442,7 @@ def test_pre_terminate_refuses_a_delete_sent_by_curl_and_the_upload_stays(
 
 
 def test_without_a_pre_finish_answer_nothing_is_published_until_a_head_finishes_it(
-    tus_server: StartServer, hook_receiver: HookReceiver
+    tus_server: StartServer, hook_receiver: HookReceiver, state: redis.Redis
 ) -> None:
     server = hooked(tus_server, hook_receiver, hooks_retries=0)
     url = server.create(3)
@@ -450,6 +450,9 @@ def test_without_a_pre_finish_answer_nothing_is_published_until_a_head_finishes_
     hook_receiver.answer("pre-finish", status=500)
 
     patched = server.patch(url, 0, b"abc")
+    # The commit of the last bytes kept the lock for the finalize: the 503
+    # lets go of it, so the next HEAD can finish the upload at once.
+    assert state.exists(f"tus:{{{upload_id}}}:lock") == 0
     held_back = server.head(url)
 
     assert_tus_error(patched, 503, "hook_unavailable")

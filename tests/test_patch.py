@@ -89,6 +89,27 @@ def test_patch_with_an_empty_body_keeps_the_offset(
     assert record(state, url)["offset"] == "3"
 
 
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length-0", "chunked"])
+def test_an_empty_patch_without_upload_length_leaves_a_deferred_length_deferred(
+    tus_server: Callable[..., RunningServer], state: redis.Redis, chunked: bool
+) -> None:
+    # Stores nothing and declares no length: nothing to record, and a length
+    # the upload does not have is not recorded either. An empty chunked
+    # body is read (it might have run past the length), a Content-Length
+    # of 0 is not.
+    server = tus_server()
+    url = server.create(None)
+    assert server.patch(url, 0, b"hello").status_code == 204
+
+    response = patch_stream(server, url, 5, []) if chunked else server.patch(url, 5, b"")
+
+    assert response.status_code == 204
+    assert response.headers["Upload-Offset"] == "5"
+    saved = record(state, url)
+    assert (saved["length"], saved["offset"], saved["state"]) == ("", "5", "partial")
+    assert server.head(url).headers["Upload-Defer-Length"] == "1"
+
+
 @pytest.mark.parametrize("sent_offset", [0, 3, 7], ids=["behind", "inside", "ahead"])
 def test_patch_with_stale_offset_returns_409_with_current_offset_and_writes_nothing(
     tus_server: Callable[..., RunningServer], state: redis.Redis, sent_offset: int

@@ -6,11 +6,12 @@ Sentinel's primary through HTTP)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import anyio
 import redis
 
-from tests.redis_topologies import RedisClusterSet
+from tests.redis_topologies import RedisClusterSet, RedisNode
 from tusserver import redis_topology, redis_urls, slots
 from tusserver.release_requests import ShardedReleases
 
@@ -62,3 +63,120 @@ def test_a_request_for_an_upload_on_the_first_or_last_slot_of_a_primary_is_heard
     anyio.run(run)
     assert wanted - heard == set(), f"not heard on slots {edges}"
     assert heard == wanted
+
+
+def _heard_after_each(
+    target: redis_urls.RedisTarget, slot: int, steps: list[Callable[[], None]]
+) -> list[bool]:
+    """Listen with one client and ask with another. Before the first step,
+    and after each step (run in a thread: it talks to Redis synchronously),
+    ask about a new upload on ``slot`` until it is heard or ten seconds
+    pass. Returns, for that first request and each step's, whether it was
+    heard."""
+    heard: set[str] = set()
+    outcomes: list[bool] = []
+
+    async def run() -> None:
+        listening = redis_topology.connect(target)
+        asking = redis_topology.connect(target)
+        releases = redis_topology.release_requests(target, listening)
+        publisher = redis_topology.release_requests(target, asking)
+        assert isinstance(releases, ShardedReleases)
+
+        async def ask() -> None:
+            wanted = _upload_id_on(slot)
+            # Asked again until heard: the listener subscribes in the background.
+            with anyio.move_on_after(10):
+                while wanted not in heard:
+                    await publisher.publish(wanted)
+                    await anyio.sleep(0.1)
+            outcomes.append(wanted in heard)
+
+        try:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(releases.listen, heard.add)
+                await ask()
+                for step in steps:
+                    await anyio.to_thread.run_sync(step)
+                    await ask()
+                tasks.cancel_scope.cancel()
+        finally:
+            await listening.aclose()
+            await asking.aclose()
+
+    anyio.run(run)
+    return outcomes
+
+
+def test_a_request_for_an_upload_on_a_slot_that_moved_to_another_primary_is_heard(
+    redis_cluster: RedisClusterSet,
+) -> None:
+    # The last slot of the first primary's range goes to the primary of the
+    # next range, as a reshard would move it.
+    slot = _edge_slots(redis_cluster)[1]
+    source = redis_cluster.primary_of_slot(slot)
+    to = redis_cluster.primary_of_slot(slot + 1)
+    assert to is not source
+    try:
+        heard = _heard_after_each(
+            redis_urls.parse(redis_cluster.url), slot, [lambda: redis_cluster.move_slot(slot, to)]
+        )
+    finally:
+        redis_cluster.move_slot(slot, source)
+    assert heard == [True, True], "heard before the move, after it"
+
+
+def _subscribed_connections(redis_cluster: RedisClusterSet) -> dict[int, int]:
+    """Per primary's port, its connections subscribed to a shard channel
+    (what CLIENT LIST counts in ``ssub``); the spec's listener is the only
+    subscriber the cluster has."""
+    counts = {}
+    for node in redis_cluster.primaries():
+        with node.client() as client:
+            counts[node.port] = sum(1 for row in client.client_list() if int(row["ssub"]) > 0)
+    return counts
+
+
+def test_subscribing_again_closes_the_connections_it_subscribed_on_before(
+    redis_cluster: RedisClusterSet,
+) -> None:
+    slot = _edge_slots(redis_cluster)[1]
+    source = redis_cluster.primary_of_slot(slot)
+    to = redis_cluster.primary_of_slot(slot + 1)
+    primaries = redis_cluster.primaries()
+    assert to is not source and len(primaries) == 3
+    seen: list[dict[int, int]] = []
+
+    def kill_subscribers_of(node: RedisNode) -> Callable[[], None]:
+        def step() -> None:
+            seen.append(_subscribed_connections(redis_cluster))
+            with node.client() as client:
+                client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+
+        return step
+
+    def move_to(node: RedisNode) -> Callable[[], None]:
+        def step() -> None:
+            seen.append(_subscribed_connections(redis_cluster))
+            redis_cluster.move_slot(slot, node)
+
+        return step
+
+    # Every step ends all the listener's subscriptions and makes them again
+    # (a lost connection, then slots moved away and back); each request is
+    # asked until heard, so the step before has subscribed again.
+    steps = [
+        *(kill_subscribers_of(node) for node in primaries),
+        move_to(to),
+        move_to(source),
+    ]
+    try:
+        heard = _heard_after_each(redis_urls.parse(redis_cluster.url), slot, steps)
+        seen.append(_subscribed_connections(redis_cluster))
+    finally:
+        redis_cluster.move_slot(slot, source)
+    assert heard == [True] * (len(steps) + 1)
+    # One subscribed connection a primary at most, however often it
+    # subscribed again: the ones before were closed, not left open.
+    assert all(count <= 1 for counts in seen for count in counts.values()), seen
+    assert max(sum(counts.values()) for counts in seen) == 3, seen
