@@ -8,6 +8,7 @@ waits until it answers; every process a test started is stopped after it.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from typing import IO
 import httpx
 import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.server_fixtures import free_port
 
@@ -93,8 +95,42 @@ class ServeProcess:
         return sum(p.memory_info().rss for p in self.serving_processes()) / 2**20
 
     def bytes_read(self) -> int:
-        """Everything the processes have read so far (sockets and files alike)."""
+        """Everything the processes have read so far with read(2): files, and
+        sockets on uvicorn. Not sockets on granian, which reads them with
+        recv(2), which the kernel's I/O accounting does not count: for bytes
+        from clients, ``socket_bytes_read`` or the metrics."""
         return sum(int(p.io_counters().read_chars) for p in self.serving_processes())
+
+    def socket_bytes_read(self) -> int:
+        """What the server has read so far from its open client connections,
+        whatever the HTTP server: the kernel's count of bytes each received,
+        less what still waits in its receive queue (``ss``). A connection
+        that closed no longer counts."""
+        listing = subprocess.run(
+            ["ss", "-tinH", "state", "established", f"sport = :{self.port}"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout
+        total, queued = 0, 0
+        for line in listing.splitlines():
+            if line[:1].isspace():
+                match = re.search(r"\bbytes_received:(\d+)", line)
+                total += int(match.group(1)) if match else 0
+            elif line.strip():
+                queued += int(line.split()[0])  # Recv-Q: received, not yet read
+        return total - queued
+
+    def metric(self, name: str) -> float:
+        """An unlabelled sample of the server's /metrics (its workers summed)."""
+        response = httpx.get(self.url + "/metrics", timeout=10)
+        response.raise_for_status()
+        for family in text_string_to_metric_families(response.text):
+            for sample in family.samples:
+                if sample.name == name and not sample.labels:
+                    return float(sample.value)
+        return 0.0
 
 
 @pytest.fixture

@@ -85,7 +85,7 @@ def stream_until_killed(server: ServeProcess, path: str, offset: int, seconds: f
     returns how many bytes the server process read meanwhile."""
     head = patch_head(path, offset, LENGTH - offset)
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
-        read_before = server.bytes_read()
+        read_before = server.socket_bytes_read()
         sock.sendall(head)
         started = time.monotonic()
         sent = 0
@@ -97,7 +97,7 @@ def stream_until_killed(server: ServeProcess, path: str, offset: int, seconds: f
                 break
             sock.sendall(piece)
             sent += len(piece)
-        reached = server.bytes_read() - read_before
+        reached = server.socket_bytes_read() - read_before
         server.kill()
     return reached
 

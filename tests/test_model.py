@@ -702,6 +702,8 @@ class TusModel(RuleBasedStateMachine):
         assert not strays, strays
 
 
+# 7,500 steps of real requests: minutes on a busy machine, past the default.
+@pytest.mark.timeout(1200)
 def test_two_instances_answer_random_request_sequences_as_the_model_says(
     deployment: Deployment, caplog: pytest.LogCaptureFixture
 ) -> None:

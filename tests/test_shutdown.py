@@ -305,9 +305,11 @@ def test_tuspy_whose_instance_is_stopped_mid_patch_finishes_on_the_other_one(
     done.start()
     uplink.wait_for(8 * MiB, done.is_alive)
     # The instance receiving the PATCH is the one reading bytes.
-    before = [instance.bytes_read() for instance in two.instances]
+    before = [instance.socket_bytes_read() for instance in two.instances]
     time.sleep(0.5)
-    grown = [instance.bytes_read() - b for instance, b in zip(two.instances, before, strict=True)]
+    grown = [
+        instance.socket_bytes_read() - b for instance, b in zip(two.instances, before, strict=True)
+    ]
     receiving = two.instances[grown.index(max(grown))]
     assert stop_and_wait(receiving, 1.0) == 0
     done.join(120)
