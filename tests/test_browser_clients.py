@@ -56,6 +56,26 @@ def drive(harness: Path, page: str, steps: list[dict[str, Any]], profile: Path) 
     return results
 
 
+def uppy_upload(site: StaticSite, harness: Path, profile: Path, **file: Any) -> str:
+    """Add one generated file to Uppy's Dashboard on the test page, press its
+    upload button as a person would, and return the upload URL Uppy got
+    (``file``: endpoint, size, seed, name, and optionally chunkSize, headers)."""
+    added, _, result = drive(
+        harness,
+        site.page,
+        [
+            {"call": "uppyAdd", "args": file},
+            {"click": ".uppy-StatusBar-actionBtn--upload"},
+            {"call": "uppyResult"},
+        ],
+        profile,
+    )
+    assert added == {"files": 1}
+    assert result["failed"] == []
+    [uploaded] = result["successful"]
+    return str(uploaded["url"])
+
+
 def upload_file(server: RunningServer, url: str) -> Path:
     assert url.startswith(server.endpoint), url
     return server.storage / url.rsplit("/", 1)[1]
@@ -67,25 +87,17 @@ def test_uppy_dashboard_on_another_origin_uploads_a_file_byte_identically(
     server = tus_server(cors_origins=(static_site.origin,))
     size, seed = 3 * MiB + 333, 11
 
-    added, _, result = drive(
+    url = uppy_upload(
+        static_site,
         browser_harness,
-        static_site.page,
-        [
-            {
-                "call": "uppyAdd",
-                "args": {"endpoint": server.endpoint, "size": size, "seed": seed, "name": "a.bin"},
-            },
-            # The Dashboard's own upload button, as a person would press it.
-            {"click": ".uppy-StatusBar-actionBtn--upload"},
-            {"call": "uppyResult"},
-        ],
         tmp_path / "profile",
+        endpoint=server.endpoint,
+        size=size,
+        seed=seed,
+        name="a.bin",
     )
 
-    assert added == {"files": 1}
-    assert result["failed"] == []
-    [uploaded] = result["successful"]
-    assert upload_file(server, uploaded["url"]).read_bytes() == pseudo_random_bytes(size, seed)
+    assert upload_file(server, url).read_bytes() == pseudo_random_bytes(size, seed)
 
 
 def test_uppy_with_a_bearer_token_uploads_to_a_server_that_checks_tokens(
@@ -96,22 +108,17 @@ def test_uppy_with_a_bearer_token_uploads_to_a_server_that_checks_tokens(
     size, seed = 2 * MiB + 17, 23
     file = {"endpoint": server.endpoint, "size": size, "seed": seed, "name": "token.bin"}
 
-    added, _, result = drive(
+    url = uppy_upload(
+        static_site,
         browser_harness,
-        static_site.page,
-        [
-            {"call": "uppyAdd", "args": {**file, "chunkSize": MiB, "headers": bearer("carol")}},
-            {"click": ".uppy-StatusBar-actionBtn--upload"},
-            {"call": "uppyResult"},
-        ],
         tmp_path / "profile",
+        **file,
+        chunkSize=MiB,
+        headers=bearer("carol"),
     )
 
-    assert added == {"files": 1}
-    assert result["failed"] == []
-    [uploaded] = result["successful"]
-    assert upload_file(server, uploaded["url"]).read_bytes() == pseudo_random_bytes(size, seed)
-    head = server.client.head(uploaded["url"], headers={**TUS, **bearer("dave")})
+    assert upload_file(server, url).read_bytes() == pseudo_random_bytes(size, seed)
+    head = server.client.head(url, headers={**TUS, **bearer("dave")})
     assert head.status_code == 403  # bound to carol
 
 

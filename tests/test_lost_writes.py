@@ -57,6 +57,22 @@ def head_once_served(server: RunningServer, url: str) -> httpx.Response:
     raise AssertionError("HEAD never answered 200 after the failover")
 
 
+def resume_at_five(server: RunningServer, sentinels: RedisSentinelSet, url: str) -> dict[str, str]:
+    """What a client does after the failover lost the final offset: HEAD (5),
+    then the last five bytes again; the upload ends published once, with its
+    digest. The record, as the new primary has it."""
+    upload_id = upload_id_of(url)
+    head = head_once_served(server, url)
+    assert head.headers["Upload-Offset"] == "5"
+    resumed = server.patch(url, 5, b"world")
+    assert resumed.status_code == 204, resumed.text
+    assert resumed.headers["Upload-Offset"] == "10"
+    assert_published_once(server, upload_id, b"helloworld")
+    record = record_on_primary(sentinels, upload_id)
+    assert record["sha256"] == digest(b"helloworld")
+    return record
+
+
 class LostWrites:
     """Cuts the replica off once, and afterwards makes the failover that
     loses what the primary acknowledged meanwhile; always leaves the
@@ -153,15 +169,8 @@ def test_a_final_offset_lost_in_a_failover_is_sent_again_and_published_once(
     assert (server.partials / upload_id).read_bytes() == b"helloworld"
     assert lost_writes.fail_over(upload_id)["offset"] == "5"
 
-    head = head_once_served(server, url)
-    assert head.headers["Upload-Offset"] == "5"
     # Written again over the same five bytes, at the offset the record kept.
-    resumed = server.patch(url, 5, b"world")
-
-    assert resumed.status_code == 204, resumed.text
-    assert resumed.headers["Upload-Offset"] == "10"
-    assert_published_once(server, upload_id, b"helloworld")
-    assert record_on_primary(redis_sentinels, upload_id)["sha256"] == digest(b"helloworld")
+    resume_at_five(server, redis_sentinels, url)
 
 
 @ON_SENTINEL
@@ -180,15 +189,6 @@ def test_a_final_offset_lost_after_a_head_published_on_it_is_counted_from_the_pu
     assert (server.storage / upload_id).read_bytes() == b"helloworld"
     assert lost_writes.fail_over(upload_id)["offset"] == "5"
 
-    head = head_once_served(server, url)
-    assert head.headers["Upload-Offset"] == "5"
     # The client sends the rest again; the partial is gone, the file published.
-    resumed = server.patch(url, 5, b"world")
-
-    assert resumed.status_code == 204, resumed.text
-    assert resumed.headers["Upload-Offset"] == "10"
-    assert_published_once(server, upload_id, b"helloworld")
-    record = record_on_primary(redis_sentinels, upload_id)
-    assert record["location"] == upload_id
-    assert record["sha256"] == digest(b"helloworld")
+    assert resume_at_five(server, redis_sentinels, url)["location"] == upload_id
     assert list(server.partials.iterdir()) == []

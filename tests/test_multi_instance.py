@@ -28,7 +28,7 @@ from tests.deployment_fixtures import Deployment, StartDeployment, ThrottlingPro
 from tests.e2e_clients import StaticSite, pseudo_random_bytes
 from tests.js_fixtures import TusJs
 from tests.samba_fixtures import SambaServer
-from tests.test_browser_clients import drive
+from tests.test_browser_clients import uppy_upload
 
 MiB = 1024 * 1024
 # Clients that may meet a dead or stopping instance: they retry for a while.
@@ -120,25 +120,20 @@ def test_uppy_in_chromium_finishes_byte_exact_through_three_round_robined_instan
         env=shared_storage.env,
     )
     size, seed = 6 * MiB + 5, 37
-    file = {"endpoint": three.endpoint, "size": size, "seed": seed, "name": "uppy.bin"}
-
-    added, _, result = drive(
+    url = uppy_upload(
+        static_site,
         browser_harness,
-        static_site.page,
-        [
-            {"call": "uppyAdd", "args": {**file, "chunkSize": MiB}},
-            {"click": ".uppy-StatusBar-actionBtn--upload"},
-            {"call": "uppyResult"},
-        ],
         tmp_path / "profile",
+        endpoint=three.endpoint,
+        size=size,
+        seed=seed,
+        name="uppy.bin",
+        chunkSize=MiB,
     )
 
-    assert added == {"files": 1}
-    assert result["failed"] == []
-    [uploaded] = result["successful"]
     source = tmp_path / "uppy.bin"
     source.write_bytes(pseudo_random_bytes(size, seed))
-    assert_published(three, uploaded["url"], source)
+    assert_published(three, url, source)
 
 
 class Background(threading.Thread):
