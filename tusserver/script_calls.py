@@ -6,8 +6,8 @@ sending it and reading its reply does: the pool's lock, a check that the
 connection has no stray data (a non-blocking read), observability hooks,
 the retry wrapper. That was a third of a HEAD's CPU.
 
-So, on one server (standalone or a Sentinel's primary), a script is sent
-on a connection kept here, taken once from the client's pool: ``EVALSHA``,
+So, on one standalone server, a script is sent on a connection kept here,
+taken once from the client's pool: ``EVALSHA``,
 then its reply. A connection goes back to the idle list only after a whole
 reply was read, so it never holds stray data. Anything unusual goes to
 redis-py's ordinary path, which has the retries and the failover handling:
@@ -20,7 +20,7 @@ redis-py's ordinary path, which has the retries and the failover handling:
   retry already resends them.
 
 On a Redis Cluster the ordinary path is used: routing by slot is the
-cluster client's job.
+cluster client's job. Behind Sentinel too: see ``ScriptCalls``.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import anyio
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
+from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
@@ -48,8 +49,14 @@ class ScriptCalls:
 
     def __init__(self, client: aioredis.Redis) -> None:
         self._client = client
+        pool = None if isinstance(client, RedisCluster) else client.connection_pool
+        # Sentinel too goes the ordinary way: a kept connection can outlive a
+        # failover on the demoted primary, where a script that decides before
+        # it writes (COMMIT's "moved") still answers, from a record that is
+        # not the new primary's. redis-py's Sentinel connections check the
+        # primary on every call.
         self._pool: ConnectionPool | None = (
-            None if isinstance(client, RedisCluster) else client.connection_pool
+            None if isinstance(pool, SentinelConnectionPool) else pool
         )
         self._idle: list[AbstractConnection] = []
 
