@@ -148,6 +148,34 @@ class ThreadedGranian:
         if self.thread.is_alive():
             self.loop.call_soon_threadsafe(self.server.stop)
         self.thread.join(timeout)
+        if not self.thread.is_alive():
+            _close_sockets_bound_to(self.port)
+
+
+def _close_sockets_bound_to(port: int) -> None:
+    """Close this process's sockets still bound to ``port`` once its server
+    stopped. granian's embedded server (2.8) builds a socket bound to the
+    port on Linux, for its workers to listen with, and never closes it (its
+    ``_drop_shared_socket`` does nothing): one descriptor per server started,
+    past select()'s 1,024 over a whole suite run."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            copy = os.dup(fd)
+        except OSError:
+            continue  # gone meanwhile
+        try:
+            probe = socket.socket(fileno=copy)
+        except OSError:
+            os.close(copy)
+            continue  # not a socket
+        try:
+            if probe.family == socket.AF_INET and probe.getsockname()[1:2] == (port,):
+                os.close(fd)
+        except OSError:
+            pass
+        finally:
+            probe.close()
 
 
 # How the specs run an app in a thread, by the server's name (Config.server).
