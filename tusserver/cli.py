@@ -99,7 +99,7 @@ def main() -> None:
 @option(
     "--server",
     type=click.Choice(SERVERS),
-    help="The HTTP server: uvicorn (Python), or granian (Rust, faster per core).",
+    help="The HTTP server: granian (Rust, faster per core; the default), or uvicorn (Python).",
 )
 @option("--workers", type=int, help="Worker processes (1 to 64).")
 @option(
