@@ -27,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("server")
 NOT_DEFAULT: dict[str, Any] = {
     "host": "0.0.0.0",
     "port": 9090,
-    "server": "granian",
+    "server": "uvicorn",
     "redis_replicas": 2,
     "workers": 3,
     "file_digest": "none",
