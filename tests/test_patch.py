@@ -8,7 +8,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 
 import anyio
@@ -16,6 +16,7 @@ import httpx
 import pytest
 import redis
 
+from storage_backends.base import Block
 from storage_backends.local import LocalStorage
 from tests.helpers import assert_tus_error, b64, upload_id_of
 from tests.raw_http import raw_patch, send_in_pieces, wait_until
@@ -780,6 +781,64 @@ def test_a_resumed_patch_commits_from_its_offset_while_its_body_streams(
     assert record(state, url)["offset"] == str(length)
 
 
+class BlockLog(LocalStorage):
+    """Local storage that notes the size of each block it is handed."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.block_sizes: list[int] = []
+
+    async def write(self, upload_id: str, offset: int, blocks: AsyncIterator[Block]) -> int:
+        async def noted() -> AsyncIterator[Block]:
+            async for block in blocks:
+                self.block_sizes.append(sum(len(piece) for piece in block))
+                yield block
+
+        return await super().write(upload_id, offset, noted())
+
+
+@pytest.mark.parametrize("sized", [True, False], ids=["content-length", "chunked"])
+def test_the_last_bytes_of_a_body_of_known_length_go_to_storage_in_small_blocks(
+    served_apps: ServedApps, redis_url: str, tmp_path: Path, sized: bool
+) -> None:
+    # What is left to write and hash once the last byte arrived is what the
+    # client waits for before its 204: with a Content-Length, the body's last
+    # block_size bytes go in small blocks; a chunked body's length is not
+    # known in advance, so its blocks stay whole.
+    root = tmp_path / "files"
+    storage = BlockLog(root)
+    block = 4 * MIB
+    server = served_apps.start(
+        Config(storage=str(root), redis_url=redis_url, block_size=block), root, backend=storage
+    )
+    body = os.urandom(3 * block - 1000)
+    url = server.create(len(body))
+
+    pieces = [body[at : at + 64 * KIB] for at in range(0, len(body), 64 * KIB)]
+    response = server.client.patch(
+        url,
+        content=body if sized else iter(pieces),
+        headers={**TUS, "Content-Type": OCTETS, "Upload-Offset": "0"},
+    )
+
+    assert response.status_code == 204
+    assert (server.storage / upload_id_of(url)).read_bytes() == body
+    sizes = storage.block_sizes
+    assert sum(sizes) == len(body)
+    if sized:
+        # Whole blocks until the last block_size bytes, then blocks of an
+        # eighth: a block is handed over once it holds that much, so it can
+        # be larger by one body message (the HTTP server's, often bigger
+        # while the writer was busy), but the last is a fraction of a block.
+        whole = [size for size in sizes if size >= block]
+        assert whole and sizes[: len(whole)] == whole
+        assert len(sizes) - len(whole) >= 2
+        assert sizes[-1] <= block // 2
+    else:
+        assert min(sizes[:-1]) >= block
+        assert sizes[-1] > block // 2
+
+
 class HeldFinalize(LocalStorage):
     """Local storage whose finalize waits until the test lets it go on."""
 
@@ -912,7 +971,7 @@ def test_head_during_a_stalled_patch_answers_at_once_and_a_patch_takes_over(
 # --- large uploads -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("chunk_size", [20 * MIB, MIB], ids=["one patch", "1 MiB chunks"])
+@pytest.mark.parametrize("chunk_size", [20 * MIB, MIB], ids=["one patch", "1 MIB chunks"])
 def test_large_upload_is_stored_byte_identical(
     tus_server: Callable[..., RunningServer], state: redis.Redis, chunk_size: int
 ) -> None:

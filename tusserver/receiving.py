@@ -70,6 +70,7 @@ async def receive_body(
                 digests=digests,
                 checkpoints=_checkpoints(services, held, start, content_length, checksum, limit),
                 head_check=head_check,
+                body_length=content_length,
             )
         finally:
             # Shielded, so that it also runs when the server cancels this
