@@ -72,31 +72,19 @@ class LocalStorage:
 
     async def write(self, upload_id: str, offset: int, blocks: AsyncIterator[Block]) -> int:
         path = self._partial(upload_id)
-        # Opened in the same thread hop as the first block is written: one
-        # hop less per request, which counts for clients sending small chunks.
-        fd: int | None = None
+        # One thread hop per block, which opens, writes and closes: a body of
+        # one block (most small chunks) costs one hop, and nothing is left to
+        # do once its last block is written, while the client waits.
         written = 0
-        try:
-            async for block in blocks:
-                if fd is None:
-                    fd, written = await anyio.to_thread.run_sync(
-                        _open_and_write, path, block, offset, limiter=self._limiter
-                    )
-                else:
-                    written += await anyio.to_thread.run_sync(
-                        pwritev_all, fd, block, offset + written, limiter=self._limiter
-                    )
-            if fd is None:
-                # No bytes came: a vanished partial still fails loudly.
-                fd = await anyio.to_thread.run_sync(
-                    os.open, path, os.O_WRONLY, limiter=self._limiter
-                )
-        finally:
-            # Shielded: under cancellation (shutdown) an unshielded hop would
-            # never run, leaking the descriptor.
-            if fd is not None:
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(os.close, fd, limiter=self._limiter)
+        any_block = False
+        async for block in blocks:
+            any_block = True
+            written += await anyio.to_thread.run_sync(
+                _write_at, path, block, offset + written, limiter=self._limiter
+            )
+        if not any_block:
+            # No bytes came: a vanished partial still fails loudly.
+            await anyio.to_thread.run_sync(_write_at, path, [], offset, limiter=self._limiter)
         return written
 
     async def flush(self, upload_id: str) -> None:
@@ -245,16 +233,15 @@ def _note(partial: Path) -> Path:
     return partial.with_name(partial.name + NOTE_SUFFIX)
 
 
-def _open_and_write(path: Path, block: Block, offset: int) -> tuple[int, int]:
-    """Open the partial and write ``block`` at ``offset``: the descriptor and
-    the bytes written. O_WRONLY without O_CREAT: a partial that vanished
-    (expired, deleted) must fail loudly, not be recreated full of holes."""
+def _write_at(path: Path, block: Block, offset: int) -> int:
+    """Write ``block`` into the partial at ``offset``: the bytes written.
+    O_WRONLY without O_CREAT: a partial that vanished (expired, deleted)
+    must fail loudly, not be recreated full of holes."""
     fd = os.open(path, os.O_WRONLY)
     try:
-        return fd, pwritev_all(fd, block, offset)
-    except BaseException:
+        return pwritev_all(fd, block, offset)
+    finally:
         os.close(fd)
-        raise
 
 
 def _create_empty(path: Path) -> None:
