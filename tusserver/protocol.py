@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 import secrets
 from collections.abc import Mapping
@@ -233,4 +234,11 @@ def format_expires(epoch_seconds: float) -> str:
     """Upload-Expires: an HTTP-date (RFC 9110 IMF-fixdate), e.g.
     ``Wed, 25 Jun 2025 12:00:00 GMT``; fractions of a second are dropped, so
     the date a client sees is never later than the real expiry."""
-    return format_datetime(datetime.fromtimestamp(int(epoch_seconds), UTC), usegmt=True)
+    return _http_date(int(epoch_seconds))
+
+
+# An upload's expiry moves only with its commits: the HEADs polling it
+# between two ask for the same date again.
+@functools.lru_cache(maxsize=1024)
+def _http_date(epoch_seconds: int) -> str:
+    return format_datetime(datetime.fromtimestamp(epoch_seconds, UTC), usegmt=True)

@@ -25,6 +25,7 @@ cluster client's job. Behind Sentinel too: see ``ScriptCalls``.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -71,7 +72,7 @@ class ScriptCalls:
             return await script(keys=keys, args=args)
         connection = self._idle.pop() if self._idle else await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
-            await connection.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            await _send(connection, "EVALSHA", script.sha, len(keys), *keys, *args)
             reply = await connection.read_response()
         except NoScriptError:
             # A whole reply was read: the connection is clean.
@@ -102,6 +103,18 @@ class ScriptCalls:
         with anyio.CancelScope(shield=True):
             await connection.disconnect()
             await self._pool.release(connection)
+
+
+async def _send(connection: AbstractConnection, *command: EncodableT) -> None:
+    """``connection.send_command`` without its write in a task of its own:
+    with a socket timeout, redis-py writes through ``asyncio.wait_for``,
+    which (before Python 3.12) wraps the write in a new task, a turn of the
+    event loop and a sixth of a HEAD's own work; a cancel scope bounds it
+    as well. A timeout raises ``TimeoutError``, an ``OSError``, as a failed
+    write does."""
+    packed = connection.pack_command(*command)
+    async with asyncio.timeout(connection.socket_timeout):
+        await connection._send_packed_command(packed)
 
 
 class Script:
