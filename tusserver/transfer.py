@@ -4,10 +4,11 @@ Three tasks cooperate for one PATCH (or POST with data):
 
 - the *receiver* takes ASGI body messages (at most 64 KiB each from uvicorn),
   gathers them into blocks of ``block_size`` without copying, and refuses
-  bytes beyond ``limit`` without storing them. Near the end of a body of
-  known length it hands over smaller blocks (``tail_block_size``), so that
-  what is left to write and hash once the last byte arrived, while the
-  client waits for its answer, is a small block, not a whole one;
+  bytes beyond ``limit`` without storing them. In a body of known length
+  it hands over what it gathered once only a quarter block is left to
+  come (``final_block_size``), so that what is left to write and hash once
+  the last byte arrived, while the client waits for its answer, is that
+  quarter, not a whole block: one block more per body, no more;
 - the *writer* (the storage backend) writes each block in a worker thread
   while the next one is received: at most three blocks are in memory per
   request (one gathering, one queued, one being written), whatever the
@@ -146,8 +147,8 @@ async def receive_into_storage(
     """Stream the body to ``storage`` at ``offset``, recording in ``transfer`` how it went.
 
     ``body_length``: the body's Content-Length, if it has one; the last
-    ``block_size`` bytes of such a body go in blocks of
-    ``tail_block_size(block_size)``.
+    ``final_block_size(block_size)`` bytes of such a body go in a block of
+    their own.
 
     A storage ``OSError`` does not propagate: it is recorded as
     ``Transfer.failure``, with ``stored`` counting the blocks confirmed
@@ -171,9 +172,9 @@ async def receive_into_storage(
         if checkpoints is not None:
             checkpoints.start_if_due(tasks, transfer.stored, lock_lost)
 
-    # Bytes received from which blocks are small: the tail of the body.
-    tail_from = None if body_length is None else body_length - block_size
-    tail_block = tail_block_size(block_size)
+    # Bytes received from which only the final block is left to come.
+    final_block = final_block_size(block_size)
+    final_from = None if body_length is None else body_length - final_block
 
     async def receiver() -> None:
         pieces: list[bytes] = []
@@ -202,9 +203,9 @@ async def receive_into_storage(
                         pieces.append(body)
                         size += len(body)
                         if size >= block_size or (
-                            size >= tail_block
-                            and tail_from is not None
-                            and transfer.received > tail_from
+                            size >= final_block
+                            and final_from is not None
+                            and transfer.received >= final_from
                         ):
                             await hand_over(pieces)
                             pieces, size = [], 0
@@ -277,15 +278,17 @@ async def receive_into_storage(
         transfer.stored = 0
 
 
-def tail_block_size(block_size: int) -> int:
-    """The blocks of a body's last ``block_size`` bytes: an eighth of a block,
-    at least 64 KiB (one uvicorn body message), at most the block itself.
+def final_block_size(block_size: int) -> int:
+    """The last bytes of a body of known length that go in a block of their
+    own: a quarter of a block, at least 64 KiB (one uvicorn body message).
 
-    An eighth: the write and hash of the last block are the part of a
-    PATCH's storing that nothing overlaps (the body has ended), so it should
-    be small; a handful more thread hops per body is all it costs.
+    Their write and hash are the part of a PATCH's storing that nothing
+    overlaps (the body has ended), so the smaller the better; but the block
+    before them is written while they arrive, and writing runs at about
+    twice the rate bytes arrive over loopback, so a quarter leaves that
+    block written, or nearly, by the time the last byte is in.
     """
-    return min(block_size, max(block_size // 8, 64 * 1024))
+    return max(block_size // 4, 64 * 1024)
 
 
 async def _counted(
