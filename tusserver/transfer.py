@@ -45,12 +45,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import anyio
-from anyio.abc import ObjectReceiveStream, TaskGroup
+from anyio.abc import TaskGroup
 from starlette.types import Receive
 
 from storage_backends.base import Block, Storage
 from tusserver.content_types import HeadCheck
 from tusserver.digests import Digests
+from tusserver.handoff import Handoff
 from tusserver.locking import Lease
 
 
@@ -161,7 +162,7 @@ async def receive_into_storage(
     returns normally (``digests.fed == transfer.stored``); a caller must not
     trust it otherwise.
     """
-    send_blocks, receive_blocks = anyio.create_memory_object_stream[Block](1)
+    blocks = Handoff()
     reading = anyio.CancelScope()
 
     def lock_lost() -> None:
@@ -180,7 +181,7 @@ async def receive_into_storage(
     async def receiver() -> None:
         pieces: list[bytes] = []
         size = 0
-        async with send_blocks:
+        try:
             with reading:
                 while True:
                     message = await receive()
@@ -217,6 +218,8 @@ async def receive_into_storage(
             # watchdog cancelled the reading: the bytes gathered are kept.
             if pieces:
                 await hand_over(pieces)
+        finally:
+            blocks.close_sending()
 
     async def hand_over(block: Block) -> None:
         # Shielded: a send cancelled at the wrong instant can have delivered
@@ -224,7 +227,7 @@ async def receive_into_storage(
         # The watchdog's cancel lands at the next receive() instead.
         with anyio.CancelScope(shield=True):
             try:
-                await send_blocks.send(block)
+                await blocks.send(block)
             except anyio.BrokenResourceError:
                 pass  # the writer stopped (storage failure): nothing to hand over to
 
@@ -276,7 +279,7 @@ async def receive_into_storage(
             transfer.stored = await storage.write(
                 lease.upload_id,
                 offset,
-                _counted(receive_blocks, transfer, digests, tasks, checkpoint_if_due),
+                _counted(blocks, transfer, digests, tasks, checkpoint_if_due),
             )
         except OSError as exc:
             transfer.failure = exc
@@ -284,7 +287,7 @@ async def receive_into_storage(
             # Wakes a receiver waiting to hand over a block the writer will
             # never take, then stops the receiver and the watchdog.
             first_tick.cancel()
-            receive_blocks.close()
+            blocks.close_receiving()
             tasks.cancel_scope.cancel()
     if transfer.end in (End.TOO_LARGE, End.REFUSED):
         transfer.stored = 0
@@ -304,7 +307,7 @@ def final_block_size(block_size: int) -> int:
 
 
 async def _counted(
-    blocks: ObjectReceiveStream[Block],
+    blocks: Handoff,
     transfer: Transfer,
     digests: Digests | None,
     tasks: TaskGroup,
@@ -317,7 +320,7 @@ async def _counted(
     written; the next block is taken only once both are done, so the digests
     never run ahead of the stored bytes by more than the block in flight.
     """
-    async with blocks:
+    try:
         async for block in blocks:
             hashed = None
             if digests is not None and digests.active:
@@ -329,6 +332,8 @@ async def _counted(
                 await hashed.wait()
             transfer.stored += sum(len(piece) for piece in block)
             stored_more(tasks)
+    finally:
+        blocks.close_receiving()
 
 
 async def _hash(digests: Digests, block: Block, done: anyio.Event) -> None:
