@@ -220,6 +220,7 @@ async def receive_into_storage(
                 await hand_over(pieces)
         finally:
             blocks.close_sending()
+            idle_tasks.add("receiver")
 
     async def hand_over(block: Block) -> None:
         # Shielded: a send cancelled at the wrong instant can have delivered
@@ -264,6 +265,15 @@ async def receive_into_storage(
             with anyio.move_on_after(tick):
                 await lease.release_requested.wait()
 
+    # The tasks of this body that are not running (or not yet): when both
+    # are, there is nothing to cancel at the end, and a cancel costs turns
+    # of the event loop even so.
+    idle_tasks = {"watchdog"}
+
+    def start_watchdog() -> None:
+        idle_tasks.discard("watchdog")
+        tasks.start_soon(watchdog)
+
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(receiver)
         # The watchdog starts at its first tick, not with the body: most
@@ -273,7 +283,7 @@ async def receive_into_storage(
         # no later than that; idleness counts from the first tick anyway.
         # Only a stop's "let go at once" waits for it (a second at most).
         first_tick = asyncio.get_running_loop().call_later(
-            min(tick, takeover_after), tasks.start_soon, watchdog
+            min(tick, takeover_after), start_watchdog
         )
         try:
             transfer.stored = await storage.write(
@@ -288,7 +298,8 @@ async def receive_into_storage(
             # never take, then stops the receiver and the watchdog.
             first_tick.cancel()
             blocks.close_receiving()
-            tasks.cancel_scope.cancel()
+            if len(idle_tasks) < 2:
+                tasks.cancel_scope.cancel()
     if transfer.end in (End.TOO_LARGE, End.REFUSED):
         transfer.stored = 0
 
