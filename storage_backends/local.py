@@ -12,15 +12,17 @@ Python.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import stat
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path, PurePosixPath
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import anyio
-import anyio.to_thread
+import anyio.lowlevel
 
 from storage_backends.base import Block, FileStat
 from storage_backends.file_io import copy_into, pwritev_all
@@ -46,16 +48,40 @@ def open_storage(url: str, settings: StorageSettings) -> LocalStorage:
     return LocalStorage(Path(root), file_mode=settings.file_mode)
 
 
+T = TypeVar("T")
+
+
 class LocalStorage:
     def __init__(self, root: Path, *, file_mode: int = 0o644, max_threads: int = 8) -> None:
         self.root = root.resolve()
         self.staging = self.root / STAGING_DIR
         self.file_mode = file_mode
-        self._limiter = anyio.CapacityLimiter(max_threads)
+        # Threads this storage's calls may occupy at once (of the loop's default pool).
+        self._slots = asyncio.Semaphore(max_threads)
+
+    async def _in_thread(self, function: Callable[..., T], *args: Any) -> T:
+        """``function(*args)`` in a worker thread, awaited to its end even
+        when the caller is cancelled meanwhile (as ``anyio.to_thread`` does
+        by default), so that a write's count is never lost.
+
+        Not ``anyio.to_thread``: its checkpoint and its capacity limiter's
+        are two turns of the event loop per call besides the thread's own,
+        in every PATCH; an asyncio semaphore with a free slot takes none,
+        and a check for a pending cancellation takes none unless there is one.
+        """
+        # A cancellation already pending lands here, as at anyio's
+        # checkpoint: without it, a writer whose blocks keep coming would
+        # never be cancelled (every other wait of it is shielded or none).
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        async with self._slots:
+            future = asyncio.get_running_loop().run_in_executor(None, function, *args)
+            with anyio.CancelScope(shield=True):
+                result = await future
+        return result
 
     async def check(self) -> None:
         """Create the folders and prove they are writable (start-up check)."""
-        await anyio.to_thread.run_sync(self._check, limiter=self._limiter)
+        await self._in_thread(self._check)
 
     def _check(self) -> None:
         self.staging.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -68,7 +94,7 @@ class LocalStorage:
 
     async def create(self, upload_id: str) -> None:
         path = self._partial(upload_id)
-        await anyio.to_thread.run_sync(_create_empty, path, limiter=self._limiter)
+        await self._in_thread(_create_empty, path)
 
     async def write(self, upload_id: str, offset: int, blocks: AsyncIterator[Block]) -> int:
         path = self._partial(upload_id)
@@ -79,31 +105,27 @@ class LocalStorage:
         any_block = False
         async for block in blocks:
             any_block = True
-            written += await anyio.to_thread.run_sync(
-                _write_at, path, block, offset + written, limiter=self._limiter
-            )
+            written += await self._in_thread(_write_at, path, block, offset + written)
         if not any_block:
             # No bytes came: a vanished partial still fails loudly.
-            await anyio.to_thread.run_sync(_write_at, path, [], offset, limiter=self._limiter)
+            await self._in_thread(_write_at, path, [], offset)
         return written
 
     async def flush(self, upload_id: str) -> None:
         path = self._partial(upload_id)
-        await anyio.to_thread.run_sync(_fsync, path, os.fdatasync, limiter=self._limiter)
+        await self._in_thread(_fsync, path, os.fdatasync)
 
     async def finalize(self, upload_id: str, final_name: str, length: int) -> str:
         staged = _DiskUpload(self, self._partial(upload_id))
         relative = safe_relative(final_name)
-        return await anyio.to_thread.run_sync(
-            finalize, staged, relative, length, limiter=self._limiter
-        )
+        return await self._in_thread(finalize, staged, relative, length)
 
     async def delete(self, upload_id: str, location: str | None = None) -> None:
         partial = self._partial(upload_id)
         paths = [partial, _note(partial)]
         if location is not None:
             paths.append(self.root.joinpath(*safe_relative(location).parts))
-        await anyio.to_thread.run_sync(_unlink_all, paths, limiter=self._limiter)
+        await self._in_thread(_unlink_all, paths)
 
     async def aclose(self) -> None:
         """Nothing to release: files are opened per call."""
@@ -112,23 +134,21 @@ class LocalStorage:
         target = self._partial(upload_id)
         sources = [(self._partial(part), length) for part, length in parts]
         # Without O_CREAT, like write(): the final's partial must exist.
-        fd = await anyio.to_thread.run_sync(os.open, target, os.O_WRONLY, limiter=self._limiter)
+        fd = await self._in_thread(os.open, target, os.O_WRONLY)
         total = 0
         try:
             # One thread hop per part: other requests get the limiter between parts.
             for source, length in sources:
-                await anyio.to_thread.run_sync(
-                    copy_into, source, fd, total, length, limiter=self._limiter
-                )
+                await self._in_thread(copy_into, source, fd, total, length)
                 total += length
-            await anyio.to_thread.run_sync(os.ftruncate, fd, total, limiter=self._limiter)
+            await self._in_thread(os.ftruncate, fd, total)
         finally:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(os.close, fd, limiter=self._limiter)
+                await self._in_thread(os.close, fd)
 
     async def stat(self, upload_id: str, location: str | None) -> FileStat:
         path = self._existing(upload_id, location)
-        result = await anyio.to_thread.run_sync(os.stat, path, limiter=self._limiter)
+        result = await self._in_thread(os.stat, path)
         return FileStat(size=result.st_size, modified=result.st_mtime)
 
     def read(
@@ -141,14 +161,12 @@ class LocalStorage:
         return self._read_blocks(path, start, end)
 
     async def _read_blocks(self, path: Path, start: int, end: int) -> AsyncIterator[bytes]:
-        fd = await anyio.to_thread.run_sync(os.open, path, os.O_RDONLY, limiter=self._limiter)
+        fd = await self._in_thread(os.open, path, os.O_RDONLY)
         try:
             position = start
             while position < end:
                 size = min(_READ_BLOCK, end - position)
-                block = await anyio.to_thread.run_sync(
-                    os.pread, fd, size, position, limiter=self._limiter
-                )
+                block = await self._in_thread(os.pread, fd, size, position)
                 if not block:
                     raise OSError(errno.EIO, f"file ends at {position}, before {end}", str(path))
                 position += len(block)
@@ -157,7 +175,7 @@ class LocalStorage:
             # Shielded: a download cancelled by a client disconnect must
             # still close its descriptor.
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(os.close, fd, limiter=self._limiter)
+                await self._in_thread(os.close, fd)
 
     def _existing(self, upload_id: str, location: str | None) -> Path:
         """The partial, or the finished file at ``location``: never a path outside."""
@@ -166,9 +184,7 @@ class LocalStorage:
         return self.root.joinpath(*safe_relative(location).parts)
 
     async def stale_partials(self, older_than: float) -> list[str]:
-        return await anyio.to_thread.run_sync(
-            self._stale_partials, older_than, limiter=self._limiter
-        )
+        return await self._in_thread(self._stale_partials, older_than)
 
     def _stale_partials(self, older_than: float) -> list[str]:
         stale = set()
