@@ -5,15 +5,20 @@ a termination."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import anyio
+import pytest
 import redis.asyncio as aioredis
 
+from tests.redis_topologies import RedisSentinelSet
 from tusserver.record import PARTIAL, Upload
 from tusserver.state import (
     ClaimStatus,
     CommitStatus,
+    NotReplicated,
     UploadStore,
     info_key,
     lock_key,
@@ -41,7 +46,8 @@ def test_a_retried_commit_finds_its_own_commit_done(redis_url: str) -> None:
     async def scenario(store: UploadStore, client: aioredis.Redis) -> None:
         await store.create(Upload(UPLOAD_ID, 0, 100), lock_token="A", lock_ttl_ms=10_000)
         assert await store.commit(UPLOAD_ID, "A", 0, 60, release=True) is CommitStatus.OK
-        # The reply was lost and redis-py sent the same call again.
+        # The reply was lost and redis-py sent the same call again, and again.
+        assert await store.commit(UPLOAD_ID, "A", 0, 60, release=True) is CommitStatus.OK
         assert await store.commit(UPLOAD_ID, "A", 0, 60, release=True) is CommitStatus.OK
 
     with_store(redis_url, scenario)
@@ -263,3 +269,51 @@ def test_a_commit_slides_the_expiry_of_an_upload_that_has_one_and_adds_none(
         assert await client.hexists(info_key(OTHER_ID), "expires") == 0
 
     with_store(redis_url, scenario)
+
+
+def test_a_retried_durable_commit_waits_for_a_write_of_its_own(
+    redis_sentinels: RedisSentinelSet,
+) -> None:
+    # WAIT counts the replication stream only up to its own connection's
+    # last write. A durable COMMIT retried after its WAIT timed out finds its
+    # commit done; it writes the committer again, so that its WAIT waits for
+    # a write behind the one it repeats. Without that write, a retry on
+    # another connection, whose last write the replica has, would count a
+    # replica that lags behind the first commit (connected, acknowledging
+    # nothing) as having it.
+    redis_sentinels.flush()
+    primary, replica = redis_sentinels.primary(), redis_sentinels.replica()
+    assert replica.process is not None
+
+    async def scenario() -> None:
+        client = aioredis.Redis(port=primary.port, decode_responses=True)
+        first, retry = (
+            aioredis.Redis(port=primary.port, decode_responses=True, single_connection_client=True)
+            for _ in range(2)
+        )
+        pinned = iter((first, retry))
+
+        @asynccontextmanager
+        async def next_connection(key: str) -> AsyncIterator[aioredis.Redis]:
+            yield next(pinned)
+
+        store = UploadStore(client, replicas=1, pin_to=next_connection)
+        try:
+            await store.create(Upload(UPLOAD_ID, 0, 100), lock_token="A", lock_ttl_ms=60_000)
+            # The retry's connection wrote before, and the replica has it.
+            await retry.set(OTHER_ID, "1")
+            assert await retry.wait(1, 2_000) == 1
+            replica.process.send_signal(signal.SIGSTOP)
+            try:
+                with pytest.raises(NotReplicated):
+                    await store.commit(UPLOAD_ID, "A", 0, 100, release=False, durable=True)
+                # Told "not on a replica yet", the writer tries again.
+                with pytest.raises(NotReplicated):
+                    await store.commit(UPLOAD_ID, "A", 0, 100, release=False, durable=True)
+            finally:
+                replica.process.send_signal(signal.SIGCONT)
+        finally:
+            for connection in (client, first, retry):
+                await connection.aclose()
+
+    anyio.run(scenario)
