@@ -21,6 +21,19 @@ left (equivalent, or not worth a spec).
 The standard library's ``ast`` finds the mutation points, and each mutant
 replaces the source text of one node only, so the rest of the file (and its
 line numbers) is the code as written.
+
+Lua too: an assignment of string constants that hold a Redis script (text
+with ``redis.call`` or ``KEYS[``, as in ``tusserver/scripts.py``) is not
+mutated as Python (``+`` joining Lua to ``-`` only breaks the import), but
+token by token as Lua: a comparison flipped (``==``/``~=``, ``<``/``>=``...)
+or moved by one, ``and``/``or`` swapped, a ``not`` dropped, a binary ``+``/``-``
+swapped, an integer off by one (key and argument indexes included), a
+returned status swapped for another the same script returns, and a write
+``redis.call('HSET', ...)`` (and HDEL, ZADD, ZREM, DEL, SET, EXPIRE...)
+dropped: it becomes ``type('HSET', ...)``, which has no effect. Each replaces
+text inside one line of the literal, so the line numbers hold too; a literal
+with escapes or a prefix (``r""``, ``f""``) is not mutated. The lexer knows
+what these scripts use: names, integers, short strings, ``--`` comments.
 """
 
 from __future__ import annotations
@@ -29,6 +42,7 @@ import argparse
 import ast
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -153,10 +167,39 @@ SPECS: dict[str, list[str]] = {
         "tests/test_cli.py::test_sweep_without_a_running_server_starts_the_embedded_redis_for_the_pass",
     ],
     "tusserver/sweeper.py": ["tests/test_sweeper.py", "tests/test_expiry.py"],
+    # The Lua of the state: its contracts straight on Redis first (fast),
+    # then the requests that run each script: DELETE (TERMINATE), HEAD
+    # (CLAIM without a token), the listing and the forced termination
+    # (INSPECT_MANY, SEIZE), the indexes (CREATE, COMMIT, COMPLETE,
+    # TERMINATE), the lock and the offset (CLAIM, COMMIT, SET_LENGTH,
+    # EXTEND, RELEASE), a part kept staged, a taken id, a post-finish event.
     "tusserver/scripts.py": [
         "tests/test_state.py",
         "tests/test_termination.py",
-        "tests/test_sweeper.py",
+        "tests/test_head.py",
+        "tests/test_admin.py::test_list_shows_every_upload_in_its_state_with_progress_and_file_name",
+        "tests/test_admin.py::test_show_gives_the_published_file_of_a_finished_upload_and_the_reason_of_a_failed_one",
+        "tests/test_admin.py::test_terminate_is_refused_while_a_patch_runs_and_force_stops_that_patch",
+        "tests/test_expiry.py::test_post_patch_and_head_announce_upload_expires_and_each_patch_slides_it_later",
+        "tests/test_expiry.py::test_a_finished_upload_has_no_upload_expires_and_leaves_the_expiry_index",
+        "tests/test_expiry.py::test_an_expired_upload_is_swept_bytes_and_record_gone_and_then_answers_410",
+        "tests/test_expiry.py::test_with_a_retention_a_finished_upload_loses_its_record_but_keeps_its_file",
+        "tests/test_expiry.py::test_a_finished_upload_deleted_during_its_retention_leaves_no_index_entry_behind",
+        "tests/test_patch.py::test_patch_with_stale_offset_returns_409_with_current_offset_and_writes_nothing",
+        "tests/test_patch.py::test_deferred_upload_is_finalized_by_a_patch_carrying_upload_length_with_data",
+        "tests/test_patch.py::test_deferred_upload_is_finalized_by_an_empty_patch_carrying_upload_length",
+        "tests/test_patch.py::test_deferred_upload_length_cannot_change_once_set",
+        "tests/test_patch.py::test_a_chunked_patch_declaring_a_length_it_fits_in_records_it_with_its_bytes",
+        "tests/test_patch.py::test_patch_while_another_holder_keeps_the_lock_returns_423_after_the_lock_wait",
+        "tests/test_patch.py::test_patch_whose_lock_was_taken_stops_writing_and_answers_423",
+        "tests/test_patch.py::test_a_streaming_patch_extends_its_lock_a_few_times_per_ttl_not_at_every_check",
+        "tests/test_patch.py::test_the_patch_that_completes_an_upload_holds_its_lock_until_the_file_is_published",
+        "tests/test_patch.py::test_patch_on_a_finished_upload_is_409_with_the_final_offset_and_keeps_the_file",
+        "tests/test_patch.py::test_patch_whose_upload_was_removed_mid_body_answers_410",
+        "tests/test_concatenation.py::test_a_complete_partial_stays_staged_and_is_never_published",
+        "tests/test_concatenation.py::test_final_of_three_partials_is_their_byte_exact_concatenation",
+        "tests/test_hooks.py::test_an_id_that_is_taken_is_refused_with_409_and_the_existing_upload_is_untouched",
+        "tests/test_hook_delivery.py::test_a_post_finish_not_yet_delivered_when_the_server_is_killed_is_delivered_after_restart",
     ],
     # Against a real Cluster's own slot rule; that per-slot keys then share
     # an upload's slot shows in every Cluster spec (test_termination's).
@@ -237,6 +280,22 @@ ARITHMETIC: dict[type[ast.operator], type[ast.operator]] = {
 }
 
 
+# Lua: the same flips and boundary moves, and the writes a script may drop.
+LUA_FLIPS = {"==": "~=", "~=": "==", "<": ">=", ">=": "<", ">": "<=", "<=": ">"}
+LUA_BOUNDARIES = {"<": "<=", "<=": "<", ">": ">=", ">=": ">"}
+LUA_WRITES = {"SET", "DEL", "HSET", "HDEL", "ZADD", "ZREM", "EXPIRE", "PEXPIRE", "SREM", "SADD"}
+LUA_TOKEN = re.compile(
+    r"""(?P<comment>--[^\n]*)
+    |(?P<string>'[^'\n]*'|"[^"\n]*")
+    |(?P<name>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)
+    |(?P<number>\d+)
+    |(?P<op>==|~=|<=|>=|\.\.|[<>+\-\#])
+    |(?P<other>\S)""",
+    re.VERBOSE,
+)
+LUA_MARKERS = ("redis.call", "KEYS[")
+
+
 @dataclass(frozen=True)
 class Mutant:
     path: str  # relative to the tree's root
@@ -246,9 +305,11 @@ class Mutant:
     original: str
     replacement: str
     operator: str
+    shown: str = ""  # what the description shows instead of original -> replacement
 
     def describe(self) -> str:
-        return f"{self.path}:{self.line}: {self.original} -> {self.replacement}  [{self.operator}]"
+        change = self.shown or f"{self.original} -> {self.replacement}"
+        return f"{self.path}:{self.line}: {change}  [{self.operator}]"
 
     def apply(self, source: str) -> str:
         # ast positions are (1-based line, 0-based UTF-8 byte column).
@@ -300,10 +361,162 @@ def _segment(source: str, node: ast.AST) -> str:
     return " ".join(text.split())
 
 
+@dataclass(frozen=True)
+class LuaToken:
+    kind: str  # comment, string, name, number, op, other
+    text: str
+    start: int  # offset in the literal's text
+    end: int
+
+
+def lua_tokens(text: str) -> list[LuaToken]:
+    """The Lua tokens of one string constant (comments dropped)."""
+    return [
+        LuaToken(str(match.lastgroup), match.group(), match.start(), match.end())
+        for match in LUA_TOKEN.finditer(text)
+        if match.lastgroup != "comment"
+    ]
+
+
+def lua_changes(tokens: list[LuaToken], statuses: list[str]) -> Iterator[tuple[int, int, str, str]]:
+    """(start, end, replacement, operator) of each Lua mutant of one literal;
+    ``statuses`` are the strings its script returns, to swap one for another."""
+    for index, token in enumerate(tokens):
+        before = tokens[index - 1] if index else None
+        after = tokens[index + 1 : index + 3]
+        if token.kind == "op" and token.text in LUA_FLIPS:
+            yield token.start, token.end, LUA_FLIPS[token.text], "lua: flip comparison"
+            if token.text in LUA_BOUNDARIES:
+                yield token.start, token.end, LUA_BOUNDARIES[token.text], "lua: move boundary"
+        elif token.kind == "op" and token.text in "+-" and before is not None:
+            # Binary only: after a value, not after `(` or `,` (a negative number).
+            if before.kind in ("name", "number") or before.text in ")]":
+                swapped = "-" if token.text == "+" else "+"
+                yield token.start, token.end, swapped, "lua: arithmetic"
+        elif token.kind == "name" and token.text in ("and", "or"):
+            swapped = "or" if token.text == "and" else "and"
+            yield token.start, token.end, swapped, "lua: swap and/or"
+        elif token.kind == "name" and token.text == "not" and after:
+            if after[0].start - token.end == 1:  # `not x` -> `x`, within the line
+                yield token.start, after[0].start, "", "lua: drop not"
+        elif token.kind == "number" and before is not None and before.text == "[":
+            # KEYS[n] or ARGV[n]: the neighbouring key or argument (index 0 is
+            # always nil: an error, not a mix-up).
+            value = int(token.text)
+            neighbour = value - 1 if value > 1 else value + 1
+            yield token.start, token.end, str(neighbour), "lua: other index"
+        elif token.kind == "number":
+            value = int(token.text)
+            yield token.start, token.end, str(value + 1), "lua: constant + 1"
+            if value > 0:
+                yield token.start, token.end, str(value - 1), "lua: constant - 1"
+        elif token.kind == "string" and _returned(tokens, index):
+            others = [status for status in statuses if status != token.text]
+            if others:
+                yield token.start, token.end, others[0], "lua: swap returned status"
+        elif (
+            token.text == "redis.call"
+            and len(after) == 2
+            and after[0].text == "("
+            and after[1].kind == "string"
+            and after[1].text.strip("'\"").upper() in LUA_WRITES
+        ):
+            yield token.start, token.end, "type", "lua: drop write"
+
+
+def _returned(tokens: list[LuaToken], index: int) -> bool:
+    """A string right after ``return`` or ``return {``: a status."""
+    before = [token.text for token in tokens[max(0, index - 2) : index]]
+    return before[-1:] == ["return"] or before == ["return", "{"]
+
+
+def _statuses(texts: list[str]) -> list[str]:
+    """The strings a script returns (its statuses), sorted."""
+    found: set[str] = set()
+    for text in texts:
+        tokens = lua_tokens(text)
+        found.update(
+            token.text
+            for index, token in enumerate(tokens)
+            if token.kind == "string" and _returned(tokens, index)
+        )
+    return sorted(found)
+
+
+def _literal_text(source: str, node: ast.Constant) -> tuple[str, int] | None:
+    """The literal's text as written and where it starts past its quotes, or
+    None when the value is not the text (escapes, a prefix): then text offsets
+    would not be source positions."""
+    written = ast.get_source_segment(source, node)
+    if written is None or not isinstance(node.value, str):
+        return None
+    quotes = 3 if written[:3] in ('"""', "'''") else 1
+    if written[0] not in "\"'" or written[quotes:-quotes] != node.value:
+        return None
+    return node.value, quotes
+
+
+def _lua_assignments(tree: ast.AST) -> list[ast.Assign]:
+    """The assignments whose string constants hold Lua (a script, or a
+    piece of one joined into several)."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign):
+            texts = [
+                child.value
+                for child in ast.walk(node.value)
+                if isinstance(child, ast.Constant) and isinstance(child.value, str)
+            ]
+            if any(marker in text for text in texts for marker in LUA_MARKERS):
+                found.append(node)
+    return found
+
+
+def find_lua_mutants(path: str, source: str, assignment: ast.Assign) -> list[Mutant]:
+    """The Lua mutants of one script (the string constants of one assignment)."""
+    literals = [
+        (node, written)
+        for node in ast.walk(assignment.value)
+        if isinstance(node, ast.Constant) and (written := _literal_text(source, node)) is not None
+    ]
+    statuses = _statuses([text for _, (text, _) in literals])
+    mutants = []
+    for node, (text, quotes) in literals:
+        for start, end, replacement, operator in lua_changes(lua_tokens(text), statuses):
+            line, column = _source_position(source, node, quotes, text, start)
+            end_column = column + len(text[start:end].encode())  # never across a line
+            # Shown: the Lua line before and after.
+            first = text.rfind("\n", 0, start) + 1
+            last = text.find("\n", end)
+            last = len(text) if last < 0 else last
+            changed = text[first:start] + replacement + text[end:last]
+            shown = f"{text[first:last].strip()} -> {changed.strip()}"
+            mutants.append(
+                Mutant(path, line, (line, column), (line, end_column), text[start:end],
+                       replacement, operator, shown)
+            )  # fmt: skip
+    return mutants
+
+
+def _source_position(
+    source: str, node: ast.Constant, quotes: int, text: str, offset: int
+) -> tuple[int, int]:
+    """(line, UTF-8 byte column) in the file of ``text[offset]``."""
+    before = text[:offset]
+    newlines = before.count("\n")
+    if newlines == 0:
+        return node.lineno, node.col_offset + quotes + len(before.encode())
+    return node.lineno + newlines, len(before.rsplit("\n", 1)[1].encode())
+
+
 def find_mutants(path: str, source: str) -> list[Mutant]:
     tree = ast.parse(source)
     excluded = _annotations(tree)
     mutants: list[Mutant] = []
+    for assignment in _lua_assignments(tree):
+        # Mutated as Lua; never as Python (the joining of its text).
+        excluded.update(id(child) for child in ast.walk(assignment.value))
+        mutants.extend(find_lua_mutants(path, source, assignment))
 
     def add(node: ast.expr | ast.stmt, replacement: str, operator: str) -> None:
         assert node.end_lineno is not None and node.end_col_offset is not None

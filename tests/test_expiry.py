@@ -540,7 +540,10 @@ def test_a_finished_upload_deleted_during_its_retention_leaves_no_index_entry_be
     upload_id = upload_id_of(url)
     assert server.patch(url, 0, b"hello").status_code == 204
     completed = float(record(state, upload_id)["completed"])
+    assert state.zscore(retention_key(upload_id), upload_id) is not None
     assert server.client.delete(url, headers=TUS).status_code == 204
+    # The DELETE itself removes the entry, not only a sweep finding no record.
+    assert state.zscore(retention_key(upload_id), upload_id) is None
 
     sweep(server, redis_url, now=completed + HOUR + 1)
 

@@ -1,17 +1,32 @@
-"""The upload store's scripts on a real Redis: what a retried call and a
-stale writer each get from a commit or from recording a deferred length."""
+"""The upload store's scripts on a real Redis: what a retried call, a
+stale writer and a writer when nobody holds the lock each get from a
+creation, a claim, a commit, recording a deferred length, a completion and
+a termination."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import anyio
+import pytest
 import redis.asyncio as aioredis
 
-from tusserver.record import Upload
-from tusserver.state import CommitStatus, UploadStore, info_key, lock_key
+from tests.redis_topologies import RedisSentinelSet
+from tusserver.record import PARTIAL, Upload
+from tusserver.state import (
+    ClaimStatus,
+    CommitStatus,
+    NotReplicated,
+    UploadStore,
+    info_key,
+    lock_key,
+    post_finish_key,
+)
 
 UPLOAD_ID = "a" * 32
+OTHER_ID = "b" * 32
 
 
 def with_store(
@@ -31,7 +46,8 @@ def test_a_retried_commit_finds_its_own_commit_done(redis_url: str) -> None:
     async def scenario(store: UploadStore, client: aioredis.Redis) -> None:
         await store.create(Upload(UPLOAD_ID, 0, 100), lock_token="A", lock_ttl_ms=10_000)
         assert await store.commit(UPLOAD_ID, "A", 0, 60, release=True) is CommitStatus.OK
-        # The reply was lost and redis-py sent the same call again.
+        # The reply was lost and redis-py sent the same call again, and again.
+        assert await store.commit(UPLOAD_ID, "A", 0, 60, release=True) is CommitStatus.OK
         assert await store.commit(UPLOAD_ID, "A", 0, 60, release=True) is CommitStatus.OK
 
     with_store(redis_url, scenario)
@@ -86,9 +102,218 @@ def test_a_commit_records_the_length_its_chunked_body_declared_with_its_bytes(
             await store.commit(UPLOAD_ID, "A", 0, 10, release=False, length=20) is CommitStatus.OK
         )
         assert await client.hmget(info_key(UPLOAD_ID), "offset", "length") == ["10", "20"]
+        # The next commit of the same body declares the same length: no clash.
+        same = await store.commit(UPLOAD_ID, "A", 10, 12, release=False, length=20)
+        assert same is CommitStatus.OK
         # Another writer's length, recorded meanwhile, is never overwritten.
-        clash = await store.commit(UPLOAD_ID, "A", 10, 15, release=True, length=30)
+        clash = await store.commit(UPLOAD_ID, "A", 12, 15, release=True, length=30)
         assert clash is CommitStatus.MOVED
-        assert await client.hmget(info_key(UPLOAD_ID), "offset", "length") == ["10", "20"]
+        assert await client.hmget(info_key(UPLOAD_ID), "offset", "length") == ["12", "20"]
 
     with_store(redis_url, scenario)
+
+
+def test_a_retried_create_finds_its_own_record_and_a_taken_id_or_a_tombstone_is_refused(
+    redis_url: str,
+) -> None:
+    async def scenario(store: UploadStore, client: aioredis.Redis) -> None:
+        first = Upload(UPLOAD_ID, 0, 100, created=1000.0)
+        assert await store.create(first, lock_token=None, lock_ttl_ms=10_000)
+        # The reply was lost and redis-py sent the same call again.
+        assert await store.create(first, lock_token=None, lock_ttl_ms=10_000)
+        # Another creation of the same id (a pre-create hook chose it) is refused.
+        taken = Upload(UPLOAD_ID, 0, 5, created=2000.0)
+        assert not await store.create(taken, lock_token=None, lock_ttl_ms=10_000)
+        assert await client.hget(info_key(UPLOAD_ID), "length") == "100"
+
+        # So is the id of a terminated upload while its tombstone lasts.
+        await store.create(Upload(OTHER_ID, 0, 5), lock_token="A", lock_ttl_ms=10_000)
+        assert await store.terminate(OTHER_ID, "A") is CommitStatus.OK
+        again = Upload(OTHER_ID, 0, 5, created=3000.0)
+        assert not await store.create(again, lock_token=None, lock_ttl_ms=10_000)
+        assert await client.exists(info_key(OTHER_ID)) == 0
+
+    with_store(redis_url, scenario)
+
+
+def test_the_creator_holds_the_lock_it_asked_for_and_a_retried_claim_finds_its_own(
+    redis_url: str,
+) -> None:
+    async def scenario(store: UploadStore, client: aioredis.Redis) -> None:
+        await store.create(Upload(UPLOAD_ID, 0, 100), lock_token="A", lock_ttl_ms=10_000)
+        assert (await store.claim(UPLOAD_ID, "B", 10_000)).status is ClaimStatus.LOCKED
+        assert (await store.read(UPLOAD_ID)).status is ClaimStatus.LOCKED
+        # A's claim sent again (reply lost): its own lock, not another's.
+        assert (await store.claim(UPLOAD_ID, "A", 10_000)).status is ClaimStatus.CLAIMED
+
+        # Created without a lock: free for the first claim, and then taken.
+        await store.create(Upload(OTHER_ID, 0, 100), lock_token=None, lock_ttl_ms=10_000)
+        assert (await store.read(OTHER_ID)).status is ClaimStatus.CLAIMED
+        assert (await store.claim(OTHER_ID, "B", 10_000)).status is ClaimStatus.CLAIMED
+        assert (await store.claim(OTHER_ID, "C", 10_000)).status is ClaimStatus.LOCKED
+
+    with_store(redis_url, scenario)
+
+
+def test_a_checkpoint_sent_twice_keeps_the_lock_and_the_closing_commit_of_its_offset_releases_it(
+    redis_url: str,
+) -> None:
+    async def scenario(store: UploadStore, client: aioredis.Redis) -> None:
+        await store.create(Upload(UPLOAD_ID, 0, 100), lock_token="A", lock_ttl_ms=10_000)
+        assert await store.commit(UPLOAD_ID, "A", 0, 60, release=False) is CommitStatus.OK
+        assert await store.commit(UPLOAD_ID, "A", 0, 60, release=False) is CommitStatus.OK
+        assert await client.get(lock_key(UPLOAD_ID)) == "A"
+
+        # The patch ends at the offset its last checkpoint committed.
+        assert await store.commit(UPLOAD_ID, "A", 0, 60, release=True) is CommitStatus.OK
+        assert await client.get(lock_key(UPLOAD_ID)) is None
+        assert await client.hget(info_key(UPLOAD_ID), "offset") == "60"
+        # Sent again (reply lost): still its own commit.
+        assert await store.commit(UPLOAD_ID, "A", 0, 60, release=True) is CommitStatus.OK
+
+    with_store(redis_url, scenario)
+
+
+def test_with_nobody_holding_the_lock_a_writer_may_commit_and_record_the_length(
+    redis_url: str,
+) -> None:
+    async def scenario(store: UploadStore, client: aioredis.Redis) -> None:
+        # Its lock lapsed and nobody took it since.
+        await store.create(Upload(UPLOAD_ID, 0, None), lock_token=None, lock_ttl_ms=10_000)
+        assert await store.set_length(UPLOAD_ID, "A", 0, 50) is CommitStatus.OK
+        assert await store.commit(UPLOAD_ID, "A", 0, 50, release=True) is CommitStatus.OK
+        assert await client.hmget(info_key(UPLOAD_ID), "offset", "length") == ["50", "50"]
+
+    with_store(redis_url, scenario)
+
+
+def test_a_completion_or_termination_is_refused_to_a_writer_whose_lock_another_holds(
+    redis_url: str,
+) -> None:
+    async def scenario(store: UploadStore, client: aioredis.Redis) -> None:
+        await store.create(Upload(UPLOAD_ID, 5, 5), lock_token="B", lock_ttl_ms=10_000)
+        assert await store.complete(UPLOAD_ID, "A", "file", None) is CommitStatus.LOST_LOCK
+        assert await store.terminate(UPLOAD_ID, "A") is CommitStatus.LOST_LOCK
+        upload = (await store.read(UPLOAD_ID)).upload
+        assert upload is not None and upload.state == PARTIAL
+
+        # The holder finishes it, and lets go of the lock in the same step.
+        assert await store.complete(UPLOAD_ID, "B", "file", None) is CommitStatus.OK
+        assert await client.exists(lock_key(UPLOAD_ID)) == 0
+        # Without a post-finish event to deliver, none is stored.
+        assert await client.exists(post_finish_key(UPLOAD_ID)) == 0
+
+        # With nobody holding the lock (it lapsed), a writer may finish; an
+        # upload removed meanwhile is missing.
+        await store.create(Upload(OTHER_ID, 5, 5), lock_token=None, lock_ttl_ms=10_000)
+        assert await store.complete(OTHER_ID, "A", "file", None) is CommitStatus.OK
+        assert await store.complete("c" * 32, "A", "file", None) is CommitStatus.MISSING
+
+    with_store(redis_url, scenario)
+
+
+def test_only_the_holder_releases_or_extends_the_lock(redis_url: str) -> None:
+    async def scenario(store: UploadStore, client: aioredis.Redis) -> None:
+        await store.create(Upload(UPLOAD_ID, 0, 100), lock_token="A", lock_ttl_ms=1_000)
+        await store.release(UPLOAD_ID, "B")
+        assert not await store.extend(UPLOAD_ID, "B", 60_000)
+        assert await client.get(lock_key(UPLOAD_ID)) == "A"
+        assert 0 < await client.pttl(lock_key(UPLOAD_ID)) <= 1_000
+
+        assert await store.extend(UPLOAD_ID, "A", 60_000)
+        assert 1_000 < await client.pttl(lock_key(UPLOAD_ID)) <= 60_000
+        await store.release(UPLOAD_ID, "A")
+        assert await client.exists(lock_key(UPLOAD_ID)) == 0
+        # A lock that is gone (lapsed, or taken and released) is not extended back.
+        assert not await store.extend(UPLOAD_ID, "A", 60_000)
+        assert await client.exists(lock_key(UPLOAD_ID)) == 0
+
+    with_store(redis_url, scenario)
+
+
+def test_a_seize_takes_the_lock_from_its_holder_and_tells_a_terminated_from_an_unknown_upload(
+    redis_url: str,
+) -> None:
+    async def scenario(store: UploadStore, client: aioredis.Redis) -> None:
+        await store.create(Upload(UPLOAD_ID, 0, 100), lock_token="A", lock_ttl_ms=10_000)
+        seized = await store.seize(UPLOAD_ID, "B", 10_000)
+        assert seized.status is ClaimStatus.CLAIMED and seized.upload is not None
+        assert await client.get(lock_key(UPLOAD_ID)) == "B"
+        assert await store.commit(UPLOAD_ID, "A", 0, 10, release=True) is CommitStatus.LOST_LOCK
+
+        assert await store.terminate(UPLOAD_ID, "B") is CommitStatus.OK
+        assert (await store.seize(UPLOAD_ID, "C", 10_000)).status is ClaimStatus.GONE
+        assert (await store.seize(OTHER_ID, "C", 10_000)).status is ClaimStatus.MISSING
+        assert await client.exists(lock_key(UPLOAD_ID), lock_key(OTHER_ID)) == 0
+
+    with_store(redis_url, scenario)
+
+
+def test_a_commit_slides_the_expiry_of_an_upload_that_has_one_and_adds_none(
+    redis_url: str,
+) -> None:
+    async def scenario(store: UploadStore, client: aioredis.Redis) -> None:
+        expiring = Upload(UPLOAD_ID, 0, 100, expires=5000.0)
+        await store.create(expiring, lock_token="A", lock_ttl_ms=10_000)
+        slid = await store.commit(UPLOAD_ID, "A", 0, 10, release=False, expires=6000.0)
+        assert slid is CommitStatus.OK
+        assert await client.hget(info_key(UPLOAD_ID), "expires") == "6000.0"
+        # A commit that does not slide it leaves it as it is.
+        assert await store.commit(UPLOAD_ID, "A", 10, 20, release=True) is CommitStatus.OK
+        assert await client.hget(info_key(UPLOAD_ID), "expires") == "6000.0"
+
+        # An upload without an expiry (published, or never expiring) gets none.
+        await store.create(Upload(OTHER_ID, 0, 100), lock_token="A", lock_ttl_ms=10_000)
+        unslid = await store.commit(OTHER_ID, "A", 0, 10, release=True, expires=7000.0)
+        assert unslid is CommitStatus.OK
+        assert await client.hexists(info_key(OTHER_ID), "expires") == 0
+
+    with_store(redis_url, scenario)
+
+
+def test_a_retried_durable_commit_waits_for_a_write_of_its_own(
+    redis_sentinels: RedisSentinelSet,
+) -> None:
+    # WAIT counts the replication stream only up to its own connection's
+    # last write. A durable COMMIT retried after its WAIT timed out finds its
+    # commit done; it writes the committer again, so that its WAIT waits for
+    # a write behind the one it repeats. Without that write, a retry on
+    # another connection, whose last write the replica has, would count a
+    # replica that lags behind the first commit (connected, acknowledging
+    # nothing) as having it.
+    redis_sentinels.flush()
+    primary, replica = redis_sentinels.primary(), redis_sentinels.replica()
+    assert replica.process is not None
+
+    async def scenario() -> None:
+        client = aioredis.Redis(port=primary.port, decode_responses=True)
+        first, retry = (
+            aioredis.Redis(port=primary.port, decode_responses=True, single_connection_client=True)
+            for _ in range(2)
+        )
+        pinned = iter((first, retry))
+
+        @asynccontextmanager
+        async def next_connection(key: str) -> AsyncIterator[aioredis.Redis]:
+            yield next(pinned)
+
+        store = UploadStore(client, replicas=1, pin_to=next_connection)
+        try:
+            await store.create(Upload(UPLOAD_ID, 0, 100), lock_token="A", lock_ttl_ms=60_000)
+            # The retry's connection wrote before, and the replica has it.
+            await retry.set(OTHER_ID, "1")
+            assert await retry.wait(1, 2_000) == 1
+            replica.process.send_signal(signal.SIGSTOP)
+            try:
+                with pytest.raises(NotReplicated):
+                    await store.commit(UPLOAD_ID, "A", 0, 100, release=False, durable=True)
+                # Told "not on a replica yet", the writer tries again.
+                with pytest.raises(NotReplicated):
+                    await store.commit(UPLOAD_ID, "A", 0, 100, release=False, durable=True)
+            finally:
+                replica.process.send_signal(signal.SIGCONT)
+        finally:
+            for connection in (client, first, retry):
+                await connection.aclose()
+
+    anyio.run(scenario)

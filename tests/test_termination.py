@@ -10,6 +10,7 @@ import redis
 from tests.helpers import assert_tus_error as shared_assert_tus_error
 from tests.helpers import upload_id_of
 from tests.server_fixtures import TUS, RunningServer
+from tusserver.state import Index, upload_index_key
 
 
 def assert_tus_error(response: httpx.Response, status: int, code: str) -> None:
@@ -29,6 +30,8 @@ def test_delete_returns_204_removes_partial_bytes_and_leaves_a_tombstone(
     upload_id = upload_id_of(url)
     assert server.patch(url, 0, b"hello").status_code == 204
     assert (server.partials / upload_id).exists()
+    expiry_index = upload_index_key(Index.EXPIRY, upload_id)
+    assert state.zscore(expiry_index, upload_id) is not None
 
     response = delete(server, url)
 
@@ -39,6 +42,8 @@ def test_delete_returns_204_removes_partial_bytes_and_leaves_a_tombstone(
     assert state.exists(f"tus:{{{upload_id}}}:info") == 0
     assert state.exists(f"tus:{{{upload_id}}}:lock") == 0
     assert state.exists(f"tus:{{{upload_id}}}:gone") == 1
+    # Nothing left for the sweeper to find.
+    assert state.zscore(expiry_index, upload_id) is None
     # README: the URL answers 410 for a day, then 404.
     assert 24 * 3600 - 5 <= state.ttl(f"tus:{{{upload_id}}}:gone") <= 24 * 3600
 
