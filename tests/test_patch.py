@@ -679,6 +679,33 @@ def test_a_streaming_patch_extends_its_lock_a_few_times_per_ttl_not_at_every_che
     assert extends() - before <= elapsed / (ttl / 3) + 1
 
 
+def test_each_patch_holds_the_lock_with_a_random_128_bit_token_of_its_own(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    # The token fences writers: a request whose lock lapsed must not commit
+    # as the request that holds it now, so no request may guess another's.
+    # 128 random bits, drawn afresh for every request.
+    server = tus_server(block_size=64 * KIB)
+    piece = 64 * KIB
+    url = server.create(4 * piece)
+    lock_key = f"tus:{{{upload_id_of(url)}}}:lock"
+    partial = server.partials / upload_id_of(url)
+    tokens = []
+    for offset in (0, 2 * piece):
+        with raw_patch(url, offset, content_length=2 * piece) as request:
+            send_in_pieces(request, b"x" * piece)
+            wait_until(lambda offset=offset: partial.stat().st_size >= offset + piece, "stored")
+            tokens.append(state.get(lock_key))
+            send_in_pieces(request, b"x" * piece)
+            assert request.response().status == 204
+
+    for token in tokens:
+        assert isinstance(token, str)
+        assert len(bytes.fromhex(token)) == 16, token
+    assert tokens[0] != tokens[1]
+    assert record(state, url)["offset"] == str(4 * piece)
+
+
 def test_patch_whose_lock_was_taken_stops_writing_and_answers_423(
     tus_server: Callable[..., RunningServer], state: redis.Redis
 ) -> None:
