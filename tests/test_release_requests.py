@@ -15,7 +15,7 @@ import pytest
 import redis
 from redis.asyncio.cluster import RedisCluster
 
-from tests.redis_topologies import RedisClusterSet, RedisNode
+from tests.redis_topologies import RedisClusterSet, RedisNode, free_ports
 from tusserver import redis_topology, redis_urls, slots
 from tusserver.release_requests import ShardedReleases
 
@@ -249,3 +249,28 @@ def test_a_listener_refused_the_slot_map_asks_again_about_once_a_second_not_in_a
     assert failures, "the listener was never refused"
     # At 0, 1, 2 and perhaps 3 s; fewer on a busy machine, never many more.
     assert 1 <= attempts <= _WATCHED + 2, f"{attempts} reads of the slot map"
+
+
+def test_a_listener_whose_cluster_no_node_answers_keeps_asking_instead_of_ending(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # No node answers: a Cluster not up yet when the instance starts, or down
+    # altogether. redis-py then says so with an exception of its own, not a
+    # RedisError; the listener must log it and ask again, as for any other
+    # failure: a listener that ended would end the instance with it.
+    (port,) = free_ports(1)  # nothing listens there
+    target = redis_urls.parse(f"redis+cluster://127.0.0.1:{port}")
+
+    async def run() -> None:
+        listening = redis_topology.connect(target)
+        try:
+            with anyio.move_on_after(_WATCHED):
+                await ShardedReleases(listening, None).listen(lambda upload_id: None)
+        finally:
+            await listening.aclose()
+
+    with caplog.at_level(logging.WARNING, logger="tusserver.release_requests"):
+        anyio.run(run)
+
+    refused = [r for r in caplog.records if "no slot map" in r.getMessage()]
+    assert refused, "the listener never said it had no slot map"
