@@ -245,6 +245,25 @@ def test_patch_past_upload_length_with_content_length_returns_413_and_keeps_the_
     assert (server.storage / upload_id_of(url)).read_bytes() == b"helloworld"
 
 
+def test_a_patch_announcing_more_than_the_upload_has_left_stores_none_of_its_body(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    # The Content-Length alone decides: the body is refused before a byte of
+    # it is stored, not written block by block until it runs past the length.
+    server = tus_server(block_size=64 * KIB)
+    length = 4 * 64 * KIB
+    url = server.create(length)
+
+    with raw_patch(url, 0, content_length=length + 1) as request:
+        request.send(b"x" * (length + 1))  # cut short once the server has answered
+        response = request.response()
+
+    assert response.status == 413
+    assert json.loads(response.body)["error"]["code"] == "body_exceeds_upload_length"
+    assert record(state, url)["offset"] == "0"
+    assert (server.partials / upload_id_of(url)).stat().st_size == 0
+
+
 def test_patch_past_upload_length_chunked_returns_413_and_keeps_the_offset(
     tus_server: Callable[..., RunningServer], state: redis.Redis
 ) -> None:
