@@ -245,6 +245,24 @@ def test_patch_past_upload_length_with_content_length_returns_413_and_keeps_the_
     assert (server.storage / upload_id_of(url)).read_bytes() == b"helloworld"
 
 
+def test_patches_of_a_single_byte_each_store_it(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    # The smallest body there is: one byte, and the last one of the upload.
+    server = tus_server()
+    url = server.create(2)
+
+    first = server.patch(url, 0, b"a")
+    assert first.status_code == 204
+    assert first.headers["Upload-Offset"] == "1"
+    assert record(state, url)["offset"] == "1"
+    last = server.patch(url, 1, b"b")
+
+    assert last.status_code == 204
+    assert last.headers["Upload-Offset"] == "2"
+    assert (server.storage / upload_id_of(url)).read_bytes() == b"ab"
+
+
 def test_a_patch_announcing_more_than_the_upload_has_left_stores_none_of_its_body(
     tus_server: Callable[..., RunningServer], state: redis.Redis
 ) -> None:
