@@ -110,6 +110,24 @@ def test_an_empty_patch_without_upload_length_leaves_a_deferred_length_deferred(
     assert server.head(url).headers["Upload-Defer-Length"] == "1"
 
 
+def test_an_empty_chunked_patch_declaring_the_length_records_it(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    # The body stored nothing, so no commit recorded the length it declared:
+    # it is recorded once the body ended within it.
+    server = tus_server()
+    url = server.create(None)
+    assert server.patch(url, 0, b"hello").status_code == 204
+
+    response = patch_stream(server, url, 5, [], **{"Upload-Length": "10"})
+
+    assert response.status_code == 204
+    assert record(state, url)["length"] == "10"
+    head = server.head(url)
+    assert head.headers["Upload-Length"] == "10"
+    assert "Upload-Defer-Length" not in head.headers
+
+
 @pytest.mark.parametrize("sent_offset", [0, 3, 7], ids=["behind", "inside", "ahead"])
 def test_patch_with_stale_offset_returns_409_with_current_offset_and_writes_nothing(
     tus_server: Callable[..., RunningServer], state: redis.Redis, sent_offset: int
