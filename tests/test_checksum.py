@@ -92,6 +92,23 @@ def test_patch_with_mismatching_checksum_returns_460_and_next_correct_patch_comp
     assert record(state, upload_url)["sha256"] == hashlib.sha256(data).hexdigest()
 
 
+def test_an_empty_patch_is_held_to_its_upload_checksum_too(
+    tus_server: StartServer, state: redis.Redis
+) -> None:
+    # The checksum is of the request's body, however short: an empty body
+    # matches only the checksum of nothing.
+    server = tus_server()
+    upload_url = server.create(5)
+
+    wrong = server.patch(upload_url, 0, b"", Upload_Checksum=checksum("sha1", b"hello"))
+    right = server.patch(upload_url, 0, b"", Upload_Checksum=checksum("sha1", b""))
+
+    assert_tus_error(wrong, 460, "checksum_mismatch")
+    assert right.status_code == 204, right.text
+    assert right.headers["Upload-Offset"] == "0"
+    assert record(state, upload_url)["offset"] == "0"
+
+
 @pytest.mark.parametrize(
     ("value", "code"),
     [

@@ -137,6 +137,29 @@ def test_a_finished_upload_has_no_upload_expires_and_leaves_the_expiry_index(
     assert state.zscore(retention_key(upload_id), upload_id) is None
 
 
+def test_a_patch_to_a_record_without_an_expiry_announces_none_and_records_none(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    # A record written before uploads expired has no 'expires'. The commit
+    # slides only an expiry the record has, and the PATCH answers what the
+    # record then says, as HEAD does: no Upload-Expires.
+    server = tus_server(expire_after=HOUR)
+    url = server.create(10)
+    upload_id = upload_id_of(url)
+    state.hdel(info_key(upload_id), "expires")
+
+    patched = server.patch(url, 0, b"hello")
+    head = server.head(url)
+
+    assert patched.status_code == 204
+    assert patched.headers["Upload-Offset"] == "5"
+    assert "Upload-Expires" not in patched.headers
+    assert head.status_code == 200
+    assert "Upload-Expires" not in head.headers
+    assert record(state, upload_id)["offset"] == "5"
+    assert "expires" not in record(state, upload_id)
+
+
 def test_creation_with_upload_that_finishes_has_no_upload_expires(
     tus_server: Callable[..., RunningServer],
 ) -> None:

@@ -111,6 +111,24 @@ def test_an_empty_patch_without_upload_length_leaves_a_deferred_length_deferred(
     assert server.head(url).headers["Upload-Defer-Length"] == "1"
 
 
+def test_an_empty_chunked_patch_declaring_the_length_records_it(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    # The body stored nothing, so no commit recorded the length it declared:
+    # it is recorded once the body ended within it.
+    server = tus_server()
+    url = server.create(None)
+    assert server.patch(url, 0, b"hello").status_code == 204
+
+    response = patch_stream(server, url, 5, [], **{"Upload-Length": "10"})
+
+    assert response.status_code == 204
+    assert record(state, url)["length"] == "10"
+    head = server.head(url)
+    assert head.headers["Upload-Length"] == "10"
+    assert "Upload-Defer-Length" not in head.headers
+
+
 @pytest.mark.parametrize("sent_offset", [0, 3, 7], ids=["behind", "inside", "ahead"])
 def test_patch_with_stale_offset_returns_409_with_current_offset_and_writes_nothing(
     tus_server: Callable[..., RunningServer], state: redis.Redis, sent_offset: int
@@ -244,6 +262,43 @@ def test_patch_past_upload_length_with_content_length_returns_413_and_keeps_the_
     assert server.head(url).headers["Upload-Offset"] == "5"
     assert server.patch(url, 5, b"world").status_code == 204
     assert (server.storage / upload_id_of(url)).read_bytes() == b"helloworld"
+
+
+def test_patches_of_a_single_byte_each_store_it(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    # The smallest body there is: one byte, and the last one of the upload.
+    server = tus_server()
+    url = server.create(2)
+
+    first = server.patch(url, 0, b"a")
+    assert first.status_code == 204
+    assert first.headers["Upload-Offset"] == "1"
+    assert record(state, url)["offset"] == "1"
+    last = server.patch(url, 1, b"b")
+
+    assert last.status_code == 204
+    assert last.headers["Upload-Offset"] == "2"
+    assert (server.storage / upload_id_of(url)).read_bytes() == b"ab"
+
+
+def test_a_patch_announcing_more_than_the_upload_has_left_stores_none_of_its_body(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    # The Content-Length alone decides: the body is refused before a byte of
+    # it is stored, not written block by block until it runs past the length.
+    server = tus_server(block_size=64 * KIB)
+    length = 4 * 64 * KIB
+    url = server.create(length)
+
+    with raw_patch(url, 0, content_length=length + 1) as request:
+        request.send(b"x" * (length + 1))  # cut short once the server has answered
+        response = request.response()
+
+    assert response.status == 413
+    assert json.loads(response.body)["error"]["code"] == "body_exceeds_upload_length"
+    assert record(state, url)["offset"] == "0"
+    assert (server.partials / upload_id_of(url)).stat().st_size == 0
 
 
 def test_patch_past_upload_length_chunked_returns_413_and_keeps_the_offset(
@@ -678,6 +733,33 @@ def test_a_streaming_patch_extends_its_lock_a_few_times_per_ttl_not_at_every_che
 
     assert response.status == 204
     assert extends() - before <= elapsed / (ttl / 3) + 1
+
+
+def test_each_patch_holds_the_lock_with_a_random_128_bit_token_of_its_own(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    # The token fences writers: a request whose lock lapsed must not commit
+    # as the request that holds it now, so no request may guess another's.
+    # 128 random bits, drawn afresh for every request.
+    server = tus_server(block_size=64 * KIB)
+    piece = 64 * KIB
+    url = server.create(4 * piece)
+    lock_key = f"tus:{{{upload_id_of(url)}}}:lock"
+    partial = server.partials / upload_id_of(url)
+    tokens = []
+    for offset in (0, 2 * piece):
+        with raw_patch(url, offset, content_length=2 * piece) as request:
+            send_in_pieces(request, b"x" * piece)
+            wait_until(lambda offset=offset: partial.stat().st_size >= offset + piece, "stored")
+            tokens.append(state.get(lock_key))
+            send_in_pieces(request, b"x" * piece)
+            assert request.response().status == 204
+
+    for token in tokens:
+        assert isinstance(token, str)
+        assert len(bytes.fromhex(token)) == 16, token
+    assert tokens[0] != tokens[1]
+    assert record(state, url)["offset"] == str(4 * piece)
 
 
 def test_patch_whose_lock_was_taken_stops_writing_and_answers_423(

@@ -5,13 +5,17 @@ Sentinel's primary through HTTP)."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import anyio
+import pytest
 import redis
+from redis.asyncio.cluster import RedisCluster
 
-from tests.redis_topologies import RedisClusterSet, RedisNode
+from tests.redis_topologies import RedisClusterSet, RedisNode, free_ports
 from tusserver import redis_topology, redis_urls, slots
 from tusserver.release_requests import ShardedReleases
 
@@ -180,3 +184,93 @@ def test_subscribing_again_closes_the_connections_it_subscribed_on_before(
     # subscribed again: the ones before were closed, not left open.
     assert all(count <= 1 for counts in seen for count in counts.values()), seen
     assert max(sum(counts.values()) for counts in seen) == 3, seen
+
+
+def _slot_map_reads(redis_cluster: RedisClusterSet) -> int:
+    """CLUSTER SLOTS commands the nodes have seen, refused ones included: the
+    listener reads the slot map once each time it subscribes, and nothing
+    else in the spec does."""
+    total = 0
+    for node in redis_cluster.nodes:
+        with node.client() as client:
+            stats = client.info("commandstats").get("cmdstat_cluster|slots", {})
+            total += int(stats.get("calls", 0)) + int(stats.get("rejected_calls", 0))
+    return total
+
+
+@contextlib.contextmanager
+def _refused(redis_cluster: RedisClusterSet, command: str) -> Iterator[None]:
+    """Every node refuses ``command`` (an ACL rule), until the block ends."""
+    try:
+        for node in redis_cluster.nodes:
+            with node.client() as client:
+                client.execute_command("ACL", "SETUSER", "default", f"-{command}")
+        yield
+    finally:
+        for node in redis_cluster.nodes:
+            with node.client() as client:
+                client.execute_command("ACL", "SETUSER", "default", f"+{command}")
+
+
+# How long the spec watches a listener that fails at every attempt.
+_WATCHED = 3.0
+
+
+def test_a_listener_refused_the_slot_map_asks_again_about_once_a_second_not_in_a_loop(
+    redis_cluster: RedisClusterSet, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Refused at every attempt, the listener pauses before the next one:
+    # without the pause it asks as fast as the cluster answers, thousands
+    # of times in the few seconds watched here.
+    target = redis_urls.parse(redis_cluster.url)
+
+    async def run() -> int:
+        listening = redis_topology.connect(target)
+        try:
+            assert isinstance(listening, RedisCluster)
+            await listening.initialize()  # the client knows the cluster before it is refused
+            releases = ShardedReleases(listening, None)
+            with _refused(redis_cluster, "cluster|slots"):
+                before = _slot_map_reads(redis_cluster)
+                with anyio.move_on_after(_WATCHED):
+                    await releases.listen(lambda upload_id: None)
+                return _slot_map_reads(redis_cluster) - before
+        finally:
+            await listening.aclose()
+
+    with caplog.at_level(logging.INFO, logger="tusserver.release_requests"):
+        attempts = anyio.run(run)
+    failures = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "tusserver.release_requests" and "no slot map" in r.getMessage()
+    ]
+
+    assert failures, "the listener was never refused"
+    # At 0, 1, 2 and perhaps 3 s; fewer on a busy machine, never many more.
+    assert 1 <= attempts <= _WATCHED + 2, f"{attempts} reads of the slot map"
+
+
+def test_a_listener_whose_cluster_no_node_answers_keeps_asking_instead_of_ending(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # No node answers: a Cluster not up yet when the instance starts, or down
+    # altogether. redis-py then says so with an exception of its own, not a
+    # RedisError; the listener must log it and ask again, as for any other
+    # failure: a listener that ended would end the instance with it.
+    (port,) = free_ports(1)  # nothing listens there
+    target = redis_urls.parse(f"redis+cluster://127.0.0.1:{port}")
+
+    async def run() -> None:
+        listening = redis_topology.connect(target)
+        try:
+            with anyio.move_on_after(_WATCHED):
+                await ShardedReleases(listening, None).listen(lambda upload_id: None)
+        finally:
+            await listening.aclose()
+
+    with caplog.at_level(logging.WARNING, logger="tusserver.release_requests"):
+        anyio.run(run)
+
+    refused = [r for r in caplog.records if "no slot map" in r.getMessage()]
+    assert refused, "the listener never said it had no slot map"

@@ -51,8 +51,11 @@ async def receive_body(
         raise _too_large(upload, config)
     head_check = await screening.head_check(services, upload)
     # A body of unknown size is read even when no byte is left to send: any
-    # byte in it is a 413, never dropped behind a 204.
-    if content_length != 0 and (content_length is None or not upload.is_fully_received):
+    # byte in it is a 413, never dropped behind a 204. An empty body with an
+    # Upload-Checksum is read too: it must match the checksum of nothing.
+    if checksum is not None or (
+        content_length != 0 and (content_length is None or not upload.is_fully_received)
+    ):
         start = upload.offset
         digests = Digests(_running_file_digests(services, upload), checksum)
         transfer = Transfer()

@@ -22,7 +22,7 @@ import anyio
 import anyio.abc
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from tusserver import slots
 from tusserver.log_safety import describe
@@ -91,7 +91,7 @@ class ShardedReleases:
         while True:
             try:
                 shards = await self._slot_map()
-            except RedisError as exc:
+            except (RedisError, RedisClusterException) as exc:  # the latter: no node answers
                 logger.warning("release-request listener: no slot map (%s)", describe(exc))
                 await anyio.sleep(_RECONNECT_SECONDS)
                 continue
