@@ -66,6 +66,29 @@ def test_with_durable_commits_every_commit_follows_a_flush_of_the_bytes_it_count
     assert committed_offsets(state, upload_id_of(url))() == len(body)
 
 
+def test_with_durable_commits_a_patch_too_short_for_a_checkpoint_is_flushed_before_its_commit(
+    served_apps: ServedApps, redis_url: str, state: redis.Redis, tmp_path: Path
+) -> None:
+    # No checkpoint runs during a body shorter than checkpoint_bytes that
+    # ends within the checkpoint interval: the commit at its end is the one
+    # that must follow a flush (the upload is not finished, so no finalize
+    # flushes it either).
+    storage = FlushLog(tmp_path / "files")
+    config = Config(
+        storage=str(tmp_path / "files"),
+        redis_url=redis_url,
+        durable_commits=True,
+        checkpoint_bytes=4 * MiB,
+    )
+    server = served_apps.start(config, tmp_path / "files", backend=storage)
+    url = server.create(2 * MiB)
+
+    assert server.patch(url, 0, b"x" * MiB).status_code == 204
+
+    assert storage.flushed_sizes == [MiB]
+    assert committed_offsets(state, upload_id_of(url))() == MiB
+
+
 def test_without_durable_commits_nothing_is_flushed_before_the_file_is_finished(
     served_apps: ServedApps, redis_url: str, tmp_path: Path
 ) -> None:
