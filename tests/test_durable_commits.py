@@ -40,17 +40,24 @@ def committed_offsets(state: redis.Redis, upload_id: str) -> Callable[[], int]:
     return lambda: int(state.hget(f"tus:{{{upload_id}}}:info", "offset") or 0)
 
 
-def test_with_durable_commits_every_commit_follows_a_flush_of_the_bytes_it_counts(
-    served_apps: ServedApps, redis_url: str, state: redis.Redis, tmp_path: Path
-) -> None:
+def start_with_flush_log(
+    served_apps: ServedApps, redis_url: str, tmp_path: Path, *, durable: bool
+) -> tuple[RunningServer, FlushLog]:
+    """A server whose storage logs its flushes, with a checkpoint every 4 MiB."""
     storage = FlushLog(tmp_path / "files")
     config = Config(
         storage=str(tmp_path / "files"),
         redis_url=redis_url,
-        durable_commits=True,
+        durable_commits=durable,
         checkpoint_bytes=4 * MiB,
     )
-    server = served_apps.start(config, tmp_path / "files", backend=storage)
+    return served_apps.start(config, tmp_path / "files", backend=storage), storage
+
+
+def test_with_durable_commits_every_commit_follows_a_flush_of_the_bytes_it_counts(
+    served_apps: ServedApps, redis_url: str, state: redis.Redis, tmp_path: Path
+) -> None:
+    server, storage = start_with_flush_log(served_apps, redis_url, tmp_path, durable=True)
     body = bytes(range(256)) * (40 * MiB // 256)
     url = server.create(len(body) + 1)
 
@@ -73,14 +80,7 @@ def test_with_durable_commits_a_patch_too_short_for_a_checkpoint_is_flushed_befo
     # ends within the checkpoint interval: the commit at its end is the one
     # that must follow a flush (the upload is not finished, so no finalize
     # flushes it either).
-    storage = FlushLog(tmp_path / "files")
-    config = Config(
-        storage=str(tmp_path / "files"),
-        redis_url=redis_url,
-        durable_commits=True,
-        checkpoint_bytes=4 * MiB,
-    )
-    server = served_apps.start(config, tmp_path / "files", backend=storage)
+    server, storage = start_with_flush_log(served_apps, redis_url, tmp_path, durable=True)
     url = server.create(2 * MiB)
 
     assert server.patch(url, 0, b"x" * MiB).status_code == 204
@@ -92,9 +92,7 @@ def test_with_durable_commits_a_patch_too_short_for_a_checkpoint_is_flushed_befo
 def test_without_durable_commits_nothing_is_flushed_before_the_file_is_finished(
     served_apps: ServedApps, redis_url: str, tmp_path: Path
 ) -> None:
-    storage = FlushLog(tmp_path / "files")
-    config = Config(storage=str(tmp_path / "files"), redis_url=redis_url, checkpoint_bytes=4 * MiB)
-    server = served_apps.start(config, tmp_path / "files", backend=storage)
+    server, storage = start_with_flush_log(served_apps, redis_url, tmp_path, durable=False)
     url = server.create(20 * MiB + 1)
 
     assert server.patch(url, 0, b"x" * 20 * MiB).status_code == 204
