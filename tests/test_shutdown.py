@@ -21,17 +21,20 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 import redis
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 from tusclient.client import TusClient
 
 from tests.deployment_fixtures import StartDeployment, ThrottlingProxy
 from tests.helpers import assert_tus_error, upload_id_of
 from tests.process_fixtures import ServeProcess
+from tests.raw_http import raw_patch, send_in_pieces, wait_until
 from tests.server_fixtures import OCTETS, TUS, ServedApps, mounted
 from tusserver import Config, create_app
 from tusserver.draining import Draining
@@ -281,6 +284,73 @@ def test_after_the_stop_began_a_request_on_an_open_connection_gets_a_retryable_5
     head = client.head(upload, headers=TUS)
     assert head.status_code == 200
     assert head.headers["Upload-Offset"] == "0"
+
+
+class CutsPatchesOnRequest:
+    """ASGI middleware of an embedding application that cancels running
+    PATCHes through an anyio cancel scope, as its own request timeout or
+    shutdown would: a scope cancels every await inside it until it is left,
+    where a task's cancel() interrupts one."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.running: set[anyio.CancelScope] = set()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "PATCH":
+            await self.app(scope, receive, send)
+            return
+        with anyio.CancelScope() as cut:
+            self.running.add(cut)
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                self.running.discard(cut)
+
+    def cut_all(self) -> None:
+        for cut in self.running:
+            cut.cancel()
+
+
+def test_a_patch_cancelled_by_the_embedding_application_commits_what_it_stored(
+    served_apps: ServedApps, redis_url: str, state: redis.Redis, tmp_path: Path
+) -> None:
+    """The commit at the end of a body is shielded: a PATCH cancelled
+    mid-body counts the bytes it stored, and the client resumes after them."""
+    config = Config(storage=str(tmp_path / "files"), redis_url=redis_url, block_size=64 * 1024)
+
+    async def cut(request: Request) -> Response:
+        cutter.cut_all()
+        return Response(status_code=204)
+
+    beside = [Route("/cut", cut, methods=["POST"])]
+    cutter = CutsPatchesOnRequest(mounted(create_app(config), "/app", beside))
+    url, client = served_apps.serve(cutter)
+    length = 4 * MiB
+    created = client.post(url + "/app/files/", headers={**TUS, "Upload-Length": str(length)})
+    assert created.status_code == 201
+    upload = url + created.headers["Location"]
+    upload_id = upload_id_of(upload)
+    partial = tmp_path / "files" / ".partial" / upload_id
+    data = b"".join(source(0, length))
+
+    with raw_patch(upload, 0, content_length=length) as request:
+        send_in_pieces(request, data[:MiB])
+        wait_until(lambda: partial.stat().st_size >= MiB // 2, "half the bytes sent stored")
+        assert client.post(url + "/cut").status_code == 204
+        wait_until(lambda: committed(state, upload_id) > 0, "the cut PATCH's commit")
+
+    # Counted bytes are stored bytes; a block whose write was under way at
+    # the cut may be stored and not counted, and is written again.
+    offset = committed(state, upload_id)
+    assert offset <= partial.stat().st_size <= MiB
+    finished = client.patch(
+        upload,
+        headers={**TUS, "Content-Type": OCTETS, "Upload-Offset": str(offset)},
+        content=data[offset:],
+    )
+    assert finished.status_code == 204
+    assert (tmp_path / "files" / upload_id).read_bytes() == data
 
 
 def test_tuspy_whose_instance_is_stopped_mid_patch_finishes_on_the_other_one(
