@@ -129,6 +129,48 @@ def test_an_empty_chunked_patch_declaring_the_length_records_it(
     assert "Upload-Defer-Length" not in head.headers
 
 
+def scripts_run(state: redis.Redis) -> int:
+    """How many scripts Redis ran, on every primary of a Cluster. A script's
+    first call on a server fails (NOSCRIPT) and is sent again: not counted."""
+    if isinstance(state, redis.RedisCluster):
+        by_node = state.info("commandstats", target_nodes=redis.RedisCluster.PRIMARIES)
+        nodes = list(by_node.values())
+    else:
+        nodes = [state.info("commandstats")]
+    return sum(
+        int(stats.get("calls", 0)) - int(stats.get("failed_calls", 0))
+        for node in nodes
+        for stats in (node.get("cmdstat_evalsha", {}), node.get("cmdstat_eval", {}))
+    )
+
+
+@pytest.mark.parametrize("body", [b"hello", b""], ids=["bytes", "nothing-stored"])
+def test_a_length_declared_with_a_content_length_is_recorded_once(
+    tus_server: Callable[..., RunningServer], state: redis.Redis, body: bytes
+) -> None:
+    # A body whose size is announced fits the length or is refused before a
+    # byte is read, so the length is recorded before the body: one script
+    # more than the same PATCH without a length, not another one at its end
+    # (whether the body stored bytes, or none: an empty body is read when it
+    # carries a checksum, and ends with nothing to commit).
+    server = tus_server(sweep_interval=3600.0)
+    url = server.create(None)
+    checksum = "sha1 " + b64(hashlib.sha1(body).digest())
+    before = scripts_run(state)
+    assert server.patch(url, 0, body, Upload_Checksum=checksum).status_code == 204
+    plain = scripts_run(state) - before
+
+    before = scripts_run(state)
+    offset = len(body)
+    declared = server.patch(url, offset, body, Upload_Checksum=checksum, Upload_Length="100")
+    declaring = scripts_run(state) - before
+
+    assert declared.status_code == 204
+    assert declared.headers["Upload-Offset"] == str(2 * len(body))
+    assert record(state, url)["length"] == "100"
+    assert declaring == plain + 1
+
+
 @pytest.mark.parametrize("sent_offset", [0, 3, 7], ids=["behind", "inside", "ahead"])
 def test_patch_with_stale_offset_returns_409_with_current_offset_and_writes_nothing(
     tus_server: Callable[..., RunningServer], state: redis.Redis, sent_offset: int
