@@ -84,6 +84,8 @@ SPECS: dict[str, list[str]] = {
         "tests/test_durable_commits.py::test_with_durable_commits_a_patch_too_short_for_a_checkpoint_is_flushed_before_its_commit",
         # The closing commit's shield: only a cancel scope cancels it again.
         "tests/test_shutdown.py::test_a_patch_cancelled_by_the_embedding_application_commits_what_it_stored",
+        # A post-receive hook's StopUpload ends the body (``_stop``).
+        "tests/test_hooks.py::test_post_receive_stops_a_running_patch_and_the_upload_is_terminated",
     ],
     "tusserver/transfer.py": [
         "tests/test_patch.py",

@@ -491,8 +491,9 @@ def slow_patch_headers(blocks: int) -> dict[str, str]:
     }
 
 
+@pytest.mark.parametrize("with_response", [True, False], ids=["hooks-answer", "default-answer"])
 def test_post_receive_stops_a_running_patch_and_the_upload_is_terminated(
-    tus_server: StartServer, hook_receiver: HookReceiver, state: redis.Redis
+    tus_server: StartServer, hook_receiver: HookReceiver, state: redis.Redis, with_response: bool
 ) -> None:
     server = hooked(
         tus_server,
@@ -501,17 +502,22 @@ def test_post_receive_stops_a_running_patch_and_the_upload_is_terminated(
         block_size=64 * 1024,
         progress_interval=0.1,
     )
-    hook_receiver.answer(
-        "post-receive",
-        {"StopUpload": True, "HTTPResponse": {"StatusCode": 400, "Body": "virus found"}},
-    )
+    answer: dict[str, Any] = {"StopUpload": True}
+    if with_response:
+        answer["HTTPResponse"] = {"StatusCode": 409, "Body": "virus found"}
+    hook_receiver.answer("post-receive", answer)
     url = server.create(40 * 65536)
 
     with httpx.Client(timeout=30) as client:
         stopped = client.patch(url, headers=slow_patch_headers(40), content=slow_body(40))
 
-    assert stopped.status_code == 400
-    assert stopped.text == "virus found"
+    if with_response:
+        assert stopped.status_code == 409
+        assert stopped.text == "virus found"
+    else:
+        # As tusd: 400, which tells a tus client not to resume.
+        assert_tus_error(stopped, 400, "upload_stopped")
+        assert stopped.json()["error"]["retryable"] is False
     assert server.head(url).status_code == 410
     [terminated] = hook_receiver.wait_for("post-terminate")
     assert terminated.upload["ID"] == upload_id_of(url)
