@@ -157,8 +157,16 @@ def finish(server: ServeProcess, path: str, offset: int, length: int) -> httpx.R
 
 @pytest.fixture
 def options(tmp_path: Path, redis_url: str) -> list[str]:
-    """What every instance of one deployment shares: the storage and the Redis."""
-    return ["--storage", str(tmp_path / "files"), "--redis-url", redis_url, *LOCK_OPTIONS]
+    """What every instance of one deployment shares: the storage and the Redis;
+    with the access log, which tells what each request was answered."""
+    return [
+        "--storage",
+        str(tmp_path / "files"),
+        "--redis-url",
+        redis_url,
+        "--access-log",
+        *LOCK_OPTIONS,
+    ]
 
 
 def assert_cut_cleanly(
@@ -176,6 +184,9 @@ def assert_cut_cleanly(
     assert offset == (storage / ".partial" / upload_id).stat().st_size
     log = server.log_text()
     assert "cut by shutdown" in log
+    # Never a 2xx for a cut body: a retryable 503 (the client may not have
+    # read it, as it was still sending; the server's access line has it).
+    assert f"PATCH {patch.path} 503" in log
     assert "Traceback" not in log  # not cancelled by uvicorn: cut by the app
     return offset
 
