@@ -78,12 +78,18 @@ class RedisNode:
     sentinel: bool = False
     process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, *, replica_of: int | None = None) -> None:
+        """Start the process; a server with ``replica_of`` starts as the
+        replica of the server on that port, whatever its options say."""
         self.folder.mkdir(parents=True, exist_ok=True)
         config = self.folder / ("sentinel.conf" if self.sentinel else "redis.conf")
+        options = self.options
+        if replica_of is not None:
+            options = [o for o in options if not o.startswith("replicaof ")]
+            options.append(f"replicaof 127.0.0.1 {replica_of}")
         if not config.exists() or not self.sentinel:
             # A sentinel rewrites its file with what it learned: keep it on restart.
-            config.write_text("\n".join(self.options) + "\n")
+            config.write_text("\n".join(options) + "\n")
         command = [redis_server_binary(), str(config)]
         if self.sentinel:
             command.append("--sentinel")
@@ -433,9 +439,18 @@ class RedisSentinelSet:
         return killed
 
     def restart(self, node: RedisNode) -> None:
-        """Start a killed server again and wait until the set-up is whole:
-        the sentinels make it a replica of the current primary."""
-        node.start()
+        """Start a killed server again, as the current primary's replica, and
+        wait until the set-up is whole.
+
+        As its replica from the start, as an operator brings a failed
+        primary back: started as it was, a killed primary comes back a
+        primary, with its append-only file (writes a failover lost
+        included), and stays one until the sentinels turn it into a replica,
+        which a sentinel does only after seeing it claim the role for some
+        seconds. Two primaries meanwhile, one holding the lost writes: which
+        of them a sentinel still catching up with the failover makes the
+        other's replica is a race no spec here is about."""
+        node.start(replica_of=self.primary().port)
         self.wait_healthy()
 
     def stop(self) -> None:

@@ -92,8 +92,8 @@ class LostWrites:
         has it, then start the old primary again as the new one's replica:
         without one, every durable write would answer NotReplicated. The
         record is read before that restart: the old primary comes back with
-        its append-only file, writes the failover lost included, and until
-        the sentinels have made it a replica it must not be what is read."""
+        its append-only file, writes the failover lost included, until its
+        first sync with the new primary (``RedisSentinelSet.restart``)."""
         assert self.frozen is not None, "the replica was never cut off"
         self.killed = self.sentinels.lose_unreplicated_writes(self.frozen)
         self.frozen = None  # thawed, and promoted: the next cut_off cuts anew
