@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import zlib
 from collections.abc import Callable
@@ -150,6 +151,32 @@ def test_checksummed_chunk_cut_short_by_a_disconnect_is_discarded(
     response = server.patch(upload_url, 0, data, Upload_Checksum=checksum("sha256", data))
     assert response.status_code == 204, response.text
     assert (server.storage / upload_id_of(upload_url)).read_bytes() == data
+
+
+def test_checksummed_chunk_ended_by_the_idle_timeout_answers_460_body_incomplete(
+    tus_server: StartServer, state: redis.Redis
+) -> None:
+    # The client is still there to read the answer: it must say the chunk
+    # was cut, not that its bytes failed the checksum, and keep none of them.
+    server = tus_server(block_size=64 * KiB, idle_timeout=1.0, lock_ttl=30)
+    data = os.urandom(1 * MiB)
+    upload_url = server.create(len(data))
+    with raw_patch(
+        upload_url,
+        0,
+        content_length=len(data),
+        **{"Upload-Checksum": checksum("sha256", data)},
+    ) as request:
+        send_in_pieces(request, data[: 300 * KiB])
+        answer = request.response(timeout=15)
+
+    assert answer.status == 460
+    assert answer.headers["tus-resumable"] == "1.0.0"
+    error = json.loads(answer.body)["error"]
+    assert error["code"] == "checksum_body_incomplete"
+    assert error["retryable"] is True
+    assert head_offset(server, upload_url) == 0
+    assert record(state, upload_url)["offset"] == "0"
 
 
 def test_creation_with_upload_verifies_upload_checksum(tus_server: StartServer) -> None:
