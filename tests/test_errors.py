@@ -388,13 +388,16 @@ def test_an_unexpected_failure_answers_500_without_internals_and_logs_the_upload
     assert (server.partials / upload_id).read_bytes() == b""
 
 
+@pytest.mark.parametrize("length", [10, None], ids=["length-known", "length-deferred"])
 def test_patch_after_the_partial_vanished_answers_410_and_the_upload_is_gone(
-    tus_server: Callable[..., RunningServer], redis_url: str
+    tus_server: Callable[..., RunningServer], redis_url: str, length: int | None
 ) -> None:
     # The stored bytes are lost: retrying cannot help, the client must start
-    # a new upload, which tus clients do on 410.
+    # a new upload, which tus clients do on 410. With a deferred length no
+    # finalize can have published the upload either: there is no note of
+    # one to look for (``receiving._published_before``).
     server = tus_server()
-    url = server.create(10)
+    url = server.create(length)
     assert server.patch(url, 0, b"hello").status_code == 204
     upload_id = upload_id_of(url)
     (server.partials / upload_id).unlink()
