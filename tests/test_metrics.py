@@ -109,6 +109,24 @@ def test_a_refused_checksum_and_a_delete_move_their_counters(
     assert value(samples, "tusserver_requests_total", method="DELETE", status="204") == 1
 
 
+def test_an_upload_recorded_failed_is_counted_by_its_error_code(
+    tus_server: Callable[..., RunningServer],
+) -> None:
+    server = tus_server()
+    declared = "sha256 " + b64(bytes(32))  # not the checksum of b"hello"
+    url = server.create(5, upload_metadata=f"checksum {b64(declared.encode())}")
+
+    assert_tus_error(server.patch(url, 0, b"hello"), 460, "upload_checksum_mismatch")
+
+    samples = scrape(metrics_url(server))
+    failed = {
+        labels: count
+        for (name, labels), count in samples.items()
+        if name == "tusserver_uploads_failed_total"
+    }
+    assert failed == {frozenset({("code", "upload_checksum_mismatch")}): 1}
+
+
 def test_a_423_is_counted_by_its_error_code(
     tus_server: Callable[..., RunningServer], state: redis.Redis
 ) -> None:

@@ -524,8 +524,8 @@ def too_small(reason: str) -> TusError:
 
 def failed(code: str | None, reason: str) -> TusError:
     """What HEAD and PATCH answer for an upload recorded as failed, by the
-    code of the error that failed it (none: a whole-file checksum mismatch,
-    the only failure recorded before codes were)."""
+    code of the error that failed it (none: a whole-file checksum mismatch
+    recorded before codes were)."""
     if code == "upload_content_refused":
         return content_refused(reason)
     if code == "upload_too_small":

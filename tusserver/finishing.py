@@ -57,8 +57,9 @@ async def finalize(services: Services, held: HeldUpload) -> None:
             # file published earlier passed this check then: failing now, it
             # was changed since, and the record says so.)
             logger.warning("upload %s: not finalized: %s", upload.id, failure)
-            await held.fail(failure)
-            raise errors.upload_checksum_failed(failure)
+            refusal = errors.upload_checksum_failed(failure)
+            await held.fail(failure, refusal.code)
+            raise refusal
         # Blocking: nothing is published until the hook agreed; without an
         # answer (503) the upload stays fully received, and the client's next
         # HEAD or PATCH finalizes it again. A file published already was

@@ -56,7 +56,7 @@ class Upload:
     location: str | None = None  # where the finished file is, relative to storage
     sha256: str | None = None  # hex digest of the finished file's bytes
     failure: str | None = None  # why a FAILED upload was not finalized
-    failure_code: str | None = None  # the error that failed it; None: checksum mismatch
+    failure_code: str | None = None  # the error that failed it; None: a checksum mismatch of old
     concat: str = ""  # "partial" or "final" (concatenation), "" for a plain upload
     parts: tuple[str, ...] = ()  # a final upload's part URLs, as the client sent them
     expires: float | None = None  # epoch seconds; None once the file is published
