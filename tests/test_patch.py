@@ -171,6 +171,43 @@ def test_a_length_declared_with_a_content_length_is_recorded_once(
     assert declaring == plain + 1
 
 
+@pytest.mark.parametrize("outcome", ["finished", "failed", "concatenation-part"])
+def test_the_script_that_records_an_upload_s_outcome_lets_go_of_its_lock(
+    tus_server: Callable[..., RunningServer], state: redis.Redis, outcome: str
+) -> None:
+    # The completion (a file published, or a part kept staged) and the
+    # failure each release the lock in the same script: the PATCH that ends
+    # an upload runs one script more than one that leaves bytes to send
+    # (claim and commit), never a release after it.
+    server = tus_server(sweep_interval=3600.0)
+    headers = {"Upload_Concat": "partial"} if outcome == "concatenation-part" else {}
+    if outcome == "failed":  # the whole file's declared checksum is not its own
+        declared = "sha256 " + b64(bytes(32))
+        headers["Upload_Metadata"] = f"checksum {b64(declared.encode())}"
+    url = server.create(10, **headers)
+    before = scripts_run(state)
+    assert server.patch(url, 0, b"hello").status_code == 204
+    leaving_bytes = scripts_run(state) - before
+
+    before = scripts_run(state)
+    last = server.patch(url, 5, b"world")
+    ending = scripts_run(state) - before
+
+    assert last.status_code == (460 if outcome == "failed" else 204), last.text
+    assert not state.exists(f"tus:{{{upload_id_of(url)}}}:lock")
+    assert ending == leaving_bytes + 1
+
+
+def test_a_delete_takes_the_lock_and_its_termination_lets_go_of_it(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    server = tus_server(sweep_interval=3600.0)
+    url = server.create(10)
+    before = scripts_run(state)
+    assert server.client.delete(url, headers=TUS).status_code == 204
+    assert scripts_run(state) - before == 2  # the lock taken, the upload terminated
+
+
 @pytest.mark.parametrize("sent_offset", [0, 3, 7], ids=["behind", "inside", "ahead"])
 def test_patch_with_stale_offset_returns_409_with_current_offset_and_writes_nothing(
     tus_server: Callable[..., RunningServer], state: redis.Redis, sent_offset: int
