@@ -942,6 +942,15 @@ def test_a_resumed_patch_commits_from_its_offset_while_its_body_streams(
     assert record(state, url)["offset"] == str(length)
 
 
+def serve_on(
+    served_apps: ServedApps, redis_url: str, storage: LocalStorage, **options: object
+) -> RunningServer:
+    """A tusserver whose local storage is the spec's own instance (a subclass
+    that watches or holds its calls)."""
+    config = Config(storage=str(storage.root), redis_url=redis_url, **options)  # type: ignore[arg-type]
+    return served_apps.start(config, storage.root, backend=storage)
+
+
 class BlockLog(LocalStorage):
     """Local storage that counts its writes and notes the size of each block
     it is handed."""
@@ -968,11 +977,8 @@ def test_a_patch_with_a_content_length_of_0_answers_from_the_record_without_the_
     # Like a HEAD: a body known to be empty has nothing to store, and on an
     # SMB share even a write of nothing costs a round trip. (An empty
     # chunked body, or one with an Upload-Checksum, is read all the same.)
-    root = tmp_path / "files"
-    storage = BlockLog(root)
-    server = served_apps.start(
-        Config(storage=str(root), redis_url=redis_url), root, backend=storage
-    )
+    storage = BlockLog(tmp_path / "files")
+    server = serve_on(served_apps, redis_url, storage)
     url = server.create(10)
     assert server.patch(url, 0, b"abc").status_code == 204
     writes = storage.writes
@@ -992,12 +998,9 @@ def test_the_last_bytes_of_a_body_of_known_length_go_to_storage_in_small_blocks(
     # client waits for before its 204: with a Content-Length, the body's last
     # quarter block goes in a block of its own; a chunked body's length is
     # not known in advance, so its blocks stay whole.
-    root = tmp_path / "files"
-    storage = BlockLog(root)
+    storage = BlockLog(tmp_path / "files")
     block = 4 * MIB
-    server = served_apps.start(
-        Config(storage=str(root), redis_url=redis_url, block_size=block), root, backend=storage
-    )
+    server = serve_on(served_apps, redis_url, storage, block_size=block)
     body = os.urandom(3 * block - 1000)
     url = server.create(len(body))
 
@@ -1043,11 +1046,8 @@ def test_the_patch_that_completes_an_upload_holds_its_lock_until_the_file_is_pub
 ) -> None:
     # Between the last byte's commit and the publishing, another request
     # (a HEAD that would finalize an upload left "fully received") must wait.
-    root = tmp_path / "files"
-    storage = HeldFinalize(root)
-    server = served_apps.start(
-        Config(storage=str(root), redis_url=redis_url), root, backend=storage
-    )
+    storage = HeldFinalize(tmp_path / "files")
+    server = serve_on(served_apps, redis_url, storage)
     url = server.create(5)
     lock = f"tus:{{{upload_id_of(url)}}}:lock"
     answers: list[httpx.Response] = []
