@@ -158,13 +158,13 @@ class HeldUpload:
         self.lease.released = True
         self.upload.state = COMPLETE
 
-    async def fail(self, failure: str, code: str | None = None) -> None:
+    async def fail(self, failure: str, code: str) -> None:
         """Record that the upload will never be published, why, and the code of
         the error that says so (HEAD answers it); releases the lock."""
         status = await self._store.fail(self.upload.id, self.lease.token, failure, code)
         self._check(status, "failure")
         self.lease.released = True
-        metrics.recorder().failed(code or "unspecified")
+        metrics.recorder().failed(code)
         upload = self.upload
         upload.state, upload.failure, upload.failure_code = FAILED, failure, code
 

@@ -366,16 +366,13 @@ class UploadStore:
         return CommitStatus(result)
 
     @_translating
-    async def fail(
-        self, upload_id: str, token: str, failure: str, code: str | None = None
-    ) -> CommitStatus:
+    async def fail(self, upload_id: str, token: str, failure: str, code: str) -> CommitStatus:
         """Record that the upload will never be finalized, why, and the code of
         the error that says so; releases the lock. It keeps expiring, so the
         sweeper removes its bytes and record in time."""
-        fields = ["failure", failure] + ([] if code is None else ["failcode", code])
         result = await self._complete(
             keys=[*_complete_keys(upload_id), *_index_keys(upload_id)],
-            args=[token, FAILED, "0", "", "", *fields],
+            args=[token, FAILED, "0", "", "", "failure", failure, "failcode", code],
         )
         return CommitStatus(result)
 
