@@ -82,6 +82,8 @@ SPECS: dict[str, list[str]] = {
         "tests/test_crash_recovery.py::test_sigkill_mid_patch_keeps_what_was_stored_and_the_resumed_upload_is_byte_exact",
         "tests/test_crash_recovery.py::test_a_checksummed_chunk_cut_by_sigkill_counts_for_nothing",
         "tests/test_durable_commits.py::test_with_durable_commits_a_patch_too_short_for_a_checkpoint_is_flushed_before_its_commit",
+        # A checkpoint's commit follows a flush too (``_checkpoints``).
+        "tests/test_durable_commits.py::test_with_durable_commits_every_commit_follows_a_flush_of_the_bytes_it_counts",
         # The closing commit's shield: only a cancel scope cancels it again.
         "tests/test_shutdown.py::test_a_patch_cancelled_by_the_embedding_application_commits_what_it_stored",
         # A post-receive hook's StopUpload ends the body (``_stop``).

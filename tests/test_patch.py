@@ -19,7 +19,7 @@ import redis
 from storage_backends.base import Block
 from storage_backends.local import LocalStorage
 from tests.helpers import assert_tus_error, b64, upload_id_of
-from tests.raw_http import raw_patch, send_in_pieces, wait_until
+from tests.raw_http import chunked, raw_patch, send_in_pieces, wait_until
 from tests.server_fixtures import OCTETS, TUS, RunningServer, ServedApps
 from tusserver import Config
 
@@ -940,6 +940,91 @@ def test_a_resumed_patch_commits_from_its_offset_while_its_body_streams(
     assert start + MIB <= mid_body <= start + 2 * MIB
     assert response.status == 204
     assert record(state, url)["offset"] == str(length)
+
+
+def test_a_chunked_body_with_no_limit_to_run_past_commits_while_it_streams(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    # A deferred length and no size limit: nothing can make this body count
+    # for nothing, so a crash mid-body must keep what it stored, as for a
+    # body of known length.
+    server = tus_server(checkpoint_bytes=256 * KIB, block_size=64 * KIB)
+    url = server.create(None)
+    body = pattern(2 * MIB)
+
+    with raw_patch(url, 0, content_length=None) as request:
+        assert request.send(chunked(body[:MIB]))
+        wait_until(
+            lambda: int(record(state, url)["offset"]) >= 256 * KIB,
+            "a checkpoint while the chunked body streams",
+        )
+        assert state.exists(f"tus:{{{upload_id_of(url)}}}:lock")
+        assert request.send(chunked(body[MIB:]) + b"0\r\n\r\n")
+        response = request.response()
+
+    assert response.status == 204
+    assert record(state, url)["offset"] == str(len(body))
+    assert (server.partials / upload_id_of(url)).read_bytes() == body
+
+
+def test_a_chunked_body_under_a_size_limit_counts_for_nothing_when_it_runs_past_it(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    # Checkpoints would have committed the first megabytes of a body that
+    # the 413 then refuses whole: the offset must stay where the PATCH found
+    # it, so none runs while a body of unknown length may still overrun.
+    server = tus_server(max_size=3 * MIB, checkpoint_bytes=256 * KIB, block_size=64 * KIB)
+    url = server.create(None)
+    partial = server.partials / upload_id_of(url)
+
+    with raw_patch(url, 0, content_length=None) as request:
+        assert request.send(chunked(b"a" * (2 * MIB)))
+        wait_until(lambda: partial.stat().st_size >= 2 * MIB, "the first 2 MiB stored")
+        assert record(state, url)["offset"] == "0"
+        request.send(chunked(b"b" * (2 * MIB)) + b"0\r\n\r\n")
+        response = request.response()
+
+    assert response.status == 413
+    assert json.loads(response.body)["error"]["code"] == "upload_too_large"
+    assert record(state, url)["offset"] == "0"
+    assert partial.stat().st_size <= 3 * MIB
+
+
+def test_a_patch_whose_lock_was_taken_stops_at_its_next_checkpoint(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    # The keep-alive is a third of a long lock TTL away, so the checkpoint's
+    # refused commit is the first to learn that the upload is another
+    # writer's: it must stop the reading there, not let the PATCH write on
+    # until its body ends or the keep-alive runs.
+    server = tus_server(lock_ttl=60, checkpoint_bytes=256 * KIB, block_size=64 * KIB)
+    length = 16 * MIB
+    url = server.create(length)
+    upload_id = upload_id_of(url)
+    partial = server.partials / upload_id
+
+    with raw_patch(url, 0, content_length=length) as loser:
+        send_in_pieces(loser, b"L" * (64 * KIB))
+        wait_until(lambda: partial.stat().st_size >= 64 * KIB, "the first block stored")
+        state.set(f"tus:{{{upload_id}}}:lock", "the-new-owner", px=120_000)
+        taken_at_size = partial.stat().st_size
+        sent = 0
+        # Bounded by bytes: up to 8 MiB more, 32 checkpoints' worth.
+        while sent < 8 * MIB and not loser.answered():
+            if not loser.send(b"L" * (64 * KIB)):
+                break
+            sent += 64 * KIB
+            time.sleep(0.002)
+        wait_until(loser.answered, "the PATCH answered", timeout=10)
+        response = loser.response()
+
+    assert response.status == 423
+    assert json.loads(response.body)["error"]["code"] == "upload_lock_lost"
+    assert response.headers["upload-offset"] == record(state, url)["offset"]
+    # It stopped writing a checkpoint's worth after the loss, give or take
+    # the blocks in flight: far from the 8 MiB the client went on sending.
+    assert partial.stat().st_size < taken_at_size + 2 * MIB
+    assert state.get(f"tus:{{{upload_id}}}:lock") == "the-new-owner"
 
 
 def serve_on(
