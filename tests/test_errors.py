@@ -4,6 +4,7 @@ status a client needs to recover (423 on HEAD for passing trouble)."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import shutil
@@ -283,6 +284,31 @@ def test_a_disk_full_mid_body_commits_exactly_the_bytes_stored_before_it(
     stored = (server.partials / upload_id_of(url)).stat().st_size
     assert 3 * 64 * 1024 <= stored < 1024 * 1024
     assert state.hget(f"tus:{{{upload_id_of(url)}}}:info", "offset") == str(stored)
+
+
+def test_an_upload_resumed_after_a_disk_full_mid_body_records_the_digest_of_its_bytes(
+    served_apps: ServedApps, redis_url: str, state: redis.Redis, tmp_path: Path
+) -> None:
+    # The block the disk refused was hashed beside its write: the running
+    # SHA-256 is then ahead of the stored bytes and must not be resumed from.
+    root = tmp_path / "files"
+    config = Config(storage=str(root), redis_url=redis_url, block_size=64 * 1024)
+    server = served_apps.start(config, root, backend=FullAfter(root, blocks=3))
+    body = os.urandom(1024 * 1024)
+    url = server.create(len(body))
+    assert server.patch(url, 0, body).status_code == 507
+    stored = int(state.hget(f"tus:{{{upload_id_of(url)}}}:info", "offset") or 0)
+    assert 0 < stored < len(body)
+
+    # The rest, in PATCHes short enough for this disk (three blocks each).
+    for start in range(stored, len(body), 3 * 64 * 1024):
+        response = server.patch(url, start, body[start : start + 3 * 64 * 1024])
+        assert response.status_code == 204
+
+    assert (
+        state.hget(f"tus:{{{upload_id_of(url)}}}:info", "sha256")
+        == hashlib.sha256(body).hexdigest()
+    )
 
 
 def test_a_patch_that_stores_nothing_neither_moves_the_offset_nor_extends_the_expiry(

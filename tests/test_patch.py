@@ -1076,6 +1076,40 @@ def test_a_patch_with_a_content_length_of_0_answers_from_the_record_without_the_
 
 
 @pytest.mark.parametrize("sized", [True, False], ids=["content-length", "chunked"])
+class ReadLog(LocalStorage):
+    """Local storage that counts the reads of stored bytes (a download, or a
+    digest read back from the file)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.reads = 0
+
+    def read(
+        self, upload_id: str, location: str | None, start: int, end: int
+    ) -> AsyncIterator[bytes]:
+        self.reads += 1
+        return super().read(upload_id, location, start, end)
+
+
+def test_an_upload_sent_in_several_patches_is_digested_as_it_streams_not_read_back(
+    served_apps: ServedApps, redis_url: str, tmp_path: Path, state: redis.Redis
+) -> None:
+    # Each PATCH resumes the SHA-256 where the one before left it, in this
+    # process: the finished file is never read back to digest it, which
+    # would cost its whole length again at the end of the upload.
+    storage = ReadLog(tmp_path / "files")
+    server = serve_on(served_apps, redis_url, storage, block_size=256 * KIB)
+    body = pattern(3 * MIB + 5)
+    url = server.create(len(body))
+
+    for start in range(0, len(body), MIB):
+        response = server.patch(url, start, body[start : start + MIB])
+        assert response.status_code == 204
+
+    assert record(state, url)["sha256"] == sha256(body)
+    assert storage.reads == 0
+
+
 def test_the_last_bytes_of_a_body_of_known_length_go_to_storage_in_small_blocks(
     served_apps: ServedApps, redis_url: str, tmp_path: Path, sized: bool
 ) -> None:
