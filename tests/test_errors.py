@@ -269,12 +269,19 @@ class FullAfter(LocalStorage):
         return await super().write(upload_id, offset, until_full())
 
 
+def start_on_a_disk_that_fills_after_3_blocks(
+    served_apps: ServedApps, redis_url: str, tmp_path: Path
+) -> RunningServer:
+    """A server of 64 KiB blocks whose disk refuses each write's fourth block."""
+    root = tmp_path / "files"
+    config = Config(storage=str(root), redis_url=redis_url, block_size=64 * 1024)
+    return served_apps.start(config, root, backend=FullAfter(root, blocks=3))
+
+
 def test_a_disk_full_mid_body_commits_exactly_the_bytes_stored_before_it(
     served_apps: ServedApps, redis_url: str, state: redis.Redis, tmp_path: Path
 ) -> None:
-    root = tmp_path / "files"
-    config = Config(storage=str(root), redis_url=redis_url, block_size=64 * 1024)
-    server = served_apps.start(config, root, backend=FullAfter(root, blocks=3))
+    server = start_on_a_disk_that_fills_after_3_blocks(served_apps, redis_url, tmp_path)
     url = server.create(1024 * 1024)
 
     response = server.patch(url, 0, os.urandom(1024 * 1024))
@@ -291,9 +298,7 @@ def test_an_upload_resumed_after_a_disk_full_mid_body_records_the_digest_of_its_
 ) -> None:
     # The block the disk refused was hashed beside its write: the running
     # SHA-256 is then ahead of the stored bytes and must not be resumed from.
-    root = tmp_path / "files"
-    config = Config(storage=str(root), redis_url=redis_url, block_size=64 * 1024)
-    server = served_apps.start(config, root, backend=FullAfter(root, blocks=3))
+    server = start_on_a_disk_that_fills_after_3_blocks(served_apps, redis_url, tmp_path)
     body = os.urandom(1024 * 1024)
     url = server.create(len(body))
     assert server.patch(url, 0, body).status_code == 507
