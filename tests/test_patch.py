@@ -1075,7 +1075,6 @@ def test_a_patch_with_a_content_length_of_0_answers_from_the_record_without_the_
     assert storage.writes == writes == 1
 
 
-@pytest.mark.parametrize("sized", [True, False], ids=["content-length", "chunked"])
 class ReadLog(LocalStorage):
     """Local storage that counts the reads of stored bytes (a download, or a
     digest read back from the file)."""
@@ -1110,6 +1109,7 @@ def test_an_upload_sent_in_several_patches_is_digested_as_it_streams_not_read_ba
     assert storage.reads == 0
 
 
+@pytest.mark.parametrize("sized", [True, False], ids=["content-length", "chunked"])
 def test_the_last_bytes_of_a_body_of_known_length_go_to_storage_in_small_blocks(
     served_apps: ServedApps, redis_url: str, tmp_path: Path, sized: bool
 ) -> None:
