@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import stat
 import threading
@@ -1073,6 +1074,33 @@ def test_a_patch_with_a_content_length_of_0_answers_from_the_record_without_the_
     assert response.status_code == 204
     assert response.headers["Upload-Offset"] == "3"
     assert storage.writes == writes == 1
+
+
+def test_a_body_cut_short_is_logged_with_the_bytes_it_kept_and_a_whole_one_is_not(
+    tus_server: Callable[..., RunningServer], state: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An operator reading why an upload stalls sees each body that ended
+    # early, why, and what it kept; a body sent whole is not one of them.
+    server = tus_server(block_size=64 * KIB)
+    url = server.create(MIB)
+    upload_id = upload_id_of(url)
+    partial = server.partials / upload_id
+
+    def ended_early() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "body ended early" in r.getMessage()]
+
+    with caplog.at_level(logging.INFO, logger="tusserver.receiving"):
+        assert server.patch(url, 0, b"a" * (64 * KIB)).status_code == 204
+        with raw_patch(url, 64 * KIB, content_length=512 * KIB) as request:
+            send_in_pieces(request, b"b" * (128 * KIB))
+            # A block of this body stored: the request is streaming.
+            wait_until(lambda: partial.stat().st_size >= 128 * KIB, "a block stored")
+        wait_until(lambda: bool(ended_early()), "the cut body logged")
+
+    assert ended_early() == [
+        f"upload {upload_id}: body ended early (disconnect); kept {128 * KIB} bytes"
+    ]
+    assert record(state, url)["offset"] == str(192 * KIB)
 
 
 class ReadLog(LocalStorage):
