@@ -165,10 +165,12 @@ def test_a_patch_cut_off_between_client_and_nginx_keeps_what_arrived_and_resumes
 
     assert 0 < offset <= sent
     # As a tus client does: a 409 (the cut PATCH committed more since the
-    # HEAD) means HEAD again and resume from there.
+    # HEAD) means HEAD again and resume from there. So does a 502: that
+    # 409, answered before the body was read, reaches the client as
+    # nginx's 502 about one time in five (docs/clients.md, "Proxies that buffer").
     for _ in range(5):
         resumed = patch(client, url, offset, data[offset:])
-        if resumed.status_code != 409:
+        if resumed.status_code not in (409, 502):
             break
         offset = int(client.head(url, headers=TUS).headers["Upload-Offset"])
     assert 0 < offset <= sent
