@@ -301,8 +301,9 @@ def test_an_upload_resumed_after_a_disk_full_mid_body_records_the_digest_of_its_
     server = start_on_a_disk_that_fills_after_3_blocks(served_apps, redis_url, tmp_path)
     body = os.urandom(1024 * 1024)
     url = server.create(len(body))
+    info = f"tus:{{{upload_id_of(url)}}}:info"
     assert server.patch(url, 0, body).status_code == 507
-    stored = int(state.hget(f"tus:{{{upload_id_of(url)}}}:info", "offset") or 0)
+    stored = int(state.hget(info, "offset") or 0)
     assert 0 < stored < len(body)
 
     # The rest, in PATCHes short enough for this disk (three blocks each).
@@ -310,10 +311,7 @@ def test_an_upload_resumed_after_a_disk_full_mid_body_records_the_digest_of_its_
         response = server.patch(url, start, body[start : start + 3 * 64 * 1024])
         assert response.status_code == 204
 
-    assert (
-        state.hget(f"tus:{{{upload_id_of(url)}}}:info", "sha256")
-        == hashlib.sha256(body).hexdigest()
-    )
+    assert state.hget(info, "sha256") == hashlib.sha256(body).hexdigest()
 
 
 def test_a_patch_that_stores_nothing_neither_moves_the_offset_nor_extends_the_expiry(
