@@ -332,6 +332,9 @@ _WAITS = frozenset(
         "select",
         "poll",
         "_run_once",
+        # A pool thread waiting for work: its queue's get() is C, so the
+        # thread's own frame is the leaf (a thread at work has a deeper one).
+        "_worker",
     }
 )
 

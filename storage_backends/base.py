@@ -148,6 +148,17 @@ class Concatenator(Protocol):
 
 
 @runtime_checkable
+class BlockSized(Protocol):
+    @property
+    def preferred_block_size(self) -> int:
+        """Bytes per block this backend writes best (``write`` takes any size).
+
+        The server gathers a request body into blocks of this size unless
+        its configuration sets one; a backend without it gets 4 MiB.
+        """
+
+
+@runtime_checkable
 class Flusher(Protocol):
     async def flush(self, upload_id: str) -> None:
         """Make the bytes written to the upload's partial so far durable: on

@@ -75,6 +75,11 @@ def open_storage(url: str, settings: StorageSettings) -> SMBStorage:
 
 
 class SMBStorage:
+    # Large blocks: each goes out as several pipelined 1 MiB WRITE requests
+    # (storage_backends/smb_writes.py), and a block's last reply is awaited
+    # before the next block, so smaller blocks would leave the server idle.
+    preferred_block_size = 4 * 1024 * 1024
+
     def __init__(
         self,
         location: SMBLocation,

@@ -11,18 +11,19 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
+from typing import cast
 
 import anyio
 import httpx
 import pytest
 import redis
 
-from storage_backends.base import Block
+from storage_backends.base import Block, Storage
 from storage_backends.local import LocalStorage
 from tests.helpers import assert_tus_error, b64, upload_id_of
 from tests.raw_http import chunked, raw_patch, send_in_pieces, wait_until
 from tests.server_fixtures import OCTETS, TUS, RunningServer, ServedApps
-from tusserver import Config
+from tusserver import Config, extensions
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -1135,6 +1136,37 @@ def test_an_upload_sent_in_several_patches_is_digested_as_it_streams_not_read_ba
 
     assert record(state, url)["sha256"] == sha256(body)
     assert storage.reads == 0
+
+
+def test_local_storage_is_handed_blocks_of_half_a_mib_unless_the_configuration_sets_a_size(
+    served_apps: ServedApps, redis_url: str, tmp_path: Path
+) -> None:
+    # The size the backend prefers: on local disk, blocks small enough that
+    # those in flight stay in a core's cache (bench/README.md, "Block size").
+    # A size in the configuration wins over it.
+    body = os.urandom(3 * MIB)
+    sizes: dict[int | None, list[int]] = {}
+    for configured in (None, MIB):
+        storage = BlockLog(tmp_path / f"files-{configured}")
+        server = serve_on(served_apps, redis_url, storage, block_size=configured)
+        url = server.create(len(body))
+        assert server.patch(url, 0, body).status_code == 204
+        assert (server.storage / upload_id_of(url)).read_bytes() == body
+        sizes[configured] = storage.block_sizes
+
+    # Whole blocks until the body's last quarter block (see the spec below).
+    assert min(sizes[None][:4]) >= 512 * KIB
+    assert max(sizes[None]) < MIB
+    assert min(sizes[MIB][:2]) >= MIB
+
+
+def test_a_backend_that_states_no_block_size_is_handed_blocks_of_4_mib() -> None:
+    class Plain:  # no preferred_block_size
+        pass
+
+    assert extensions.block_size(cast(Storage, Plain()), None) == 4 * MIB
+    assert extensions.block_size(cast(Storage, Plain()), 64 * KIB) == 64 * KIB
+    assert extensions.block_size(LocalStorage(Path("unused")), None) == 512 * KIB
 
 
 @pytest.mark.parametrize("sized", [True, False], ids=["content-length", "chunked"])

@@ -9,7 +9,7 @@ implemented, and a request for it is refused before any state is written.
 
 from __future__ import annotations
 
-from storage_backends.base import Concatenator, Flusher, Storage
+from storage_backends.base import BlockSized, Concatenator, Flusher, Storage
 from tusserver import errors
 
 # In the order OPTIONS lists them; None: every backend has what it needs.
@@ -31,6 +31,20 @@ def advertised(storage: Storage) -> tuple[str, ...]:
         for name, capability in _EXTENSIONS
         if capability is None or isinstance(storage, capability)
     )
+
+
+# Blocks for a backend that states no preference: large writes suit most.
+DEFAULT_BLOCK_SIZE = 4 * 1024 * 1024
+
+
+def block_size(storage: Storage, configured: int | None) -> int:
+    """Bytes per block handed to ``storage``: the configured size, else the
+    backend's preferred one, else ``DEFAULT_BLOCK_SIZE``."""
+    if configured is not None:
+        return configured
+    if isinstance(storage, BlockSized):
+        return storage.preferred_block_size
+    return DEFAULT_BLOCK_SIZE
 
 
 def flusher(storage: Storage) -> Flusher:

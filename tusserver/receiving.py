@@ -67,7 +67,7 @@ async def receive_body(
                 held.lease,
                 upload.offset,
                 limit=limit,
-                block_size=config.block_size,
+                block_size=services.block_size,
                 idle_timeout=config.idle_timeout,
                 takeover_after=config.takeover_after,
                 digests=digests,

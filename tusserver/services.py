@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from storage_backends.base import Storage
+from tusserver import extensions
 from tusserver.config import Config
 from tusserver.digests import RunningDigests
 from tusserver.headers import TUS_RESUMABLE
@@ -29,6 +30,12 @@ class Services:
     # File digests in progress in this process (see digests.RunningDigests).
     running: RunningDigests = field(default_factory=RunningDigests)
     hooks: HookRunner = field(default_factory=HookRunner.none)
+    # Bytes per block a request body is gathered into for the storage.
+    block_size: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Once: a protocol check per request would cost every PATCH.
+        self.block_size = extensions.block_size(self.storage, self.config.block_size)
 
 
 def tus_headers(extra: Mapping[str, str] | None = None) -> dict[str, str]:
