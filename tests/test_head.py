@@ -92,6 +92,30 @@ def test_head_does_not_change_the_record_or_take_the_lock(
     assert state.exists(f"tus:{{{upload_id}}}:lock") == 0
 
 
+# Kills the connections of every client of one Redis server.
+@pytest.mark.standalone_redis
+def test_a_head_after_redis_dropped_the_servers_connections_still_answers_from_the_record(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    # The state scripts go out on connections the server keeps, written
+    # without waiting (tusserver/script_calls.py): one Redis closed meanwhile
+    # (a restart, a timeout, CLIENT KILL) must show at the reply and be
+    # retried on a fresh connection, never answer 423 or a stale record.
+    server = tus_server()
+    url = server.create(10)
+    assert server.patch(url, 0, b"abc").status_code == 204
+    for _ in range(3):  # connections kept in use
+        assert server.head(url).status_code == 200
+
+    for attempt in range(3):
+        state.client_kill_filter(_type="normal", skipme=True)
+        response = server.head(url)
+        assert response.status_code == 200, attempt
+        assert response.headers["Upload-Offset"] == "3"
+    assert server.patch(url, 3, b"defg").status_code == 204
+    assert server.head(url).headers["Upload-Offset"] == "7"
+
+
 def test_head_of_an_unknown_id_returns_404(
     tus_server: Callable[..., RunningServer], state: redis.Redis
 ) -> None:
