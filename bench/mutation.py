@@ -239,7 +239,12 @@ SPECS: dict[str, list[str]] = {
     ],
     "tusserver/redis_topology.py": ["tests/test_termination.py", "tests/test_failover.py"],
     "storage_backends/local.py": ["tests/test_local_storage.py", "tests/test_storage_contract.py"],
-    "storage_backends/names.py": ["tests/test_local_storage.py", "tests/test_patch.py"],
+    "storage_backends/names.py": [
+        "tests/test_local_storage.py",
+        "tests/test_patch.py",
+        # Which suffix a numbered variant keeps (on every backend).
+        "tests/test_storage_contract.py::test_finalize_never_overwrites_and_picks_a_numbered_variant",
+    ],
     "storage_backends/finalizing.py": [
         "tests/test_local_storage.py",
         "tests/test_storage_contract.py",
