@@ -8,11 +8,13 @@ import hashlib
 import logging
 import os
 import shutil
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio.to_thread
 import httpx
 import pytest
 import redis
@@ -25,6 +27,8 @@ from tests.redis_fixtures import short_temp_dir
 from tests.server_fixtures import OCTETS, TUS, RunningServer, ServedApps
 from tusserver import Config, errors
 from tusserver.embedded_redis import EmbeddedRedis
+from tusserver.hook_events import HookEvent, HookResponse
+from tusserver.hooks import Hooks
 
 UNKNOWN_ID = "0123456789abcdef0123456789abcdef"
 
@@ -506,6 +510,77 @@ def test_a_patch_keeps_writing_through_a_redis_failure_of_one_lock_keep_alive(
     assert response.status == 204
     assert response.headers["upload-offset"] == str(length)
     assert (server.storage / upload_id_of(url)).read_bytes() == data
+
+
+class _AllowScriptsAfterRetries(logging.Handler):
+    """Lets the ``default`` user run scripts again ``delay`` seconds after
+    the ``refusals``-th "retrying to record it" of tusserver.finishing; counts
+    those lines."""
+
+    def __init__(self, admin: redis.Redis, refusals: int, delay: float) -> None:
+        super().__init__(logging.WARNING)
+        self.admin, self.refusals, self.delay = admin, refusals, delay
+        self.retries = 0
+        self.timer: threading.Timer | None = None
+
+    def allow(self) -> None:
+        self.admin.execute_command("ACL", "SETUSER", "default", "+evalsha", "+eval")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "retrying to record it" not in record.getMessage():
+            return
+        self.retries += 1
+        if self.retries == self.refusals:
+            self.timer = threading.Timer(self.delay, self.allow)
+            self.timer.start()
+
+
+@pytest.mark.parametrize("refusals", [1, 2])
+def test_a_completion_redis_refuses_for_a_moment_is_recorded_by_a_retry_after_a_pause(
+    served_apps: ServedApps, private_redis: EmbeddedRedis, tmp_path: Path, refusals: int
+) -> None:
+    # Redis refuses scripts (a real permission error, as above) from the
+    # moment the pre-finish hook agrees until 0.05 s after the completion
+    # was refused ``refusals`` times. The file is published by then; the
+    # server pauses before trying again (0.2 s, then 0.4 s), so the next
+    # attempt records it and the client gets its 204. Without the pauses
+    # the attempts left run into the same refusal and the upload stays
+    # unrecorded; the third attempt is the last.
+    admin = redis.Redis.from_url(private_redis.url, decode_responses=True)
+
+    async def refuse_scripts(event: HookEvent) -> HookResponse | None:
+        await anyio.to_thread.run_sync(
+            admin.execute_command, "ACL", "SETUSER", "default", "-evalsha", "-eval"
+        )
+        return None
+
+    storage = tmp_path / "storage"
+    config = Config(storage=str(storage), redis_url=private_redis.url)
+    server = served_apps.start(config, storage, hooks=Hooks(pre_finish=refuse_scripts))
+    url = server.create(10)
+    upload_id = upload_id_of(url)
+    watcher = _AllowScriptsAfterRetries(admin, refusals, delay=0.05)
+    finishing = logging.getLogger("tusserver.finishing")
+    finishing.addHandler(watcher)
+    try:
+        patched = server.patch(url, 0, b"helloworld")
+        record = admin.hgetall(f"tus:{{{upload_id}}}:info")
+        locked = admin.exists(f"tus:{{{upload_id}}}:lock")
+    finally:
+        finishing.removeHandler(watcher)
+        if watcher.timer is not None:
+            watcher.timer.join()
+        watcher.allow()
+        admin.close()
+
+    assert watcher.retries == refusals
+    assert patched.status_code == 204, patched.text
+    assert patched.headers["Upload-Offset"] == "10"
+    assert record["state"] == "complete"
+    assert record["location"] == upload_id
+    assert record["sha256"] == hashlib.sha256(b"helloworld").hexdigest()
+    assert not locked
+    assert (server.storage / upload_id).read_bytes() == b"helloworld"
 
 
 def test_head_when_redis_stops_answers_423_retryable_not_5xx(

@@ -25,8 +25,9 @@ import redis.asyncio as aioredis
 from storage_backends.local import LocalStorage
 from tests.helpers import assert_tus_error, upload_id_of
 from tests.server_fixtures import OCTETS, TUS, RunningServer
-from tusserver import protocol, redis_topology, redis_urls
+from tusserver import expiry, protocol, redis_topology, redis_urls
 from tusserver.config import Config, ConfigError
+from tusserver.record import from_fields
 from tusserver.state import (
     GONE_TTL_SECONDS,
     LEGACY_INDEX,
@@ -193,6 +194,25 @@ def test_an_expired_upload_answers_410_even_before_it_is_swept(
     # Nothing was stored by the refused PATCH; the sweeper removes the rest.
     assert (server.partials / upload_id).read_bytes() == b"hello"
     assert record(state, upload_id)["offset"] == "5"
+
+
+def test_at_the_moment_of_its_expiry_an_upload_is_expired_to_requests_as_to_the_sweep(
+    tus_server: Callable[..., RunningServer], state: redis.Redis, redis_url: str
+) -> None:
+    # The moment in Upload-Expires is the first at which the upload is
+    # expired, for the answers (410 before it is swept) as for the sweeper,
+    # which takes every index entry due up to and including its ``now``.
+    server = tus_server(expire_after=HOUR)
+    url = server.create(10)
+    upload_id = upload_id_of(url)
+    upload = from_fields(upload_id, record(state, upload_id))
+    assert upload.expires is not None
+    moment = upload.expires
+
+    assert not expiry.has_expired(upload, now=moment - 0.001)
+    assert sweep(server, redis_url, now=moment - 0.001) == SweepReport()
+    assert expiry.has_expired(upload, now=moment)
+    assert sweep(server, redis_url, now=moment).expired == [upload_id]
 
 
 # --- the sweep -----------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 
@@ -199,6 +200,37 @@ def test_head_of_a_finished_upload_reports_offset_equal_to_length_after_finalize
         assert response.status_code == 200
         assert response.headers["Upload-Offset"] == "6"
         assert response.headers["Upload-Length"] == "6"
+
+
+def test_a_head_after_a_publish_whose_completion_was_never_recorded_records_it_from_the_storage(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    # As if the process died between the publish and its record: the
+    # partial is gone (moved to its final name), the storage's note of where
+    # it went is still in staging, and the record says every byte is in but
+    # nothing finished. The HEAD that finishes the upload finds the file from
+    # the note and records it, with the digest of the published bytes; it
+    # publishes no second copy.
+    server = tus_server()
+    url = server.create(5)
+    upload_id = upload_id_of(url)
+    assert server.patch(url, 0, b"hello").status_code == 204
+    info = f"tus:{{{upload_id}}}:info"
+    (server.partials / f"{upload_id}.final").write_text(upload_id)
+    state.hset(info, "state", "partial")
+    state.hdel(info, "location", "sha256", "completed")
+
+    head = server.head(url)
+
+    assert head.status_code == 200, head.text
+    assert head.headers["Upload-Offset"] == head.headers["Upload-Length"] == "5"
+    record = state.hgetall(info)
+    assert record["state"] == "complete"
+    assert record["location"] == upload_id
+    assert record["sha256"] == hashlib.sha256(b"hello").hexdigest()
+    assert sorted(path.name for path in server.storage.iterdir()) == [".partial", upload_id]
+    assert (server.storage / upload_id).read_bytes() == b"hello"
+    assert list(server.partials.iterdir()) == []
 
 
 @pytest.mark.parametrize(

@@ -315,6 +315,9 @@ async def test_finalize_into_a_subfolder_creates_it(storage: Storage) -> None:
         ("a.txt", ["a.txt", "a (1).txt"], "a (2).txt"),
         ("plain", ["plain"], "plain (1)"),
         ("a.txt", ["a (1).txt"], "a.txt"),
+        # The number goes before the last suffix only: the dots before it
+        # are the name's own.
+        ("notes v1.2.txt", ["notes v1.2.txt"], "notes v1.2 (1).txt"),
     ],
 )
 async def test_finalize_never_overwrites_and_picks_a_numbered_variant(
