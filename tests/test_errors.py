@@ -573,7 +573,10 @@ def test_a_completion_redis_refuses_for_a_moment_is_recorded_by_a_retry_after_a_
         watcher.allow()
         admin.close()
 
-    assert watcher.retries == refusals
+    # At least: on a machine too busy to lift the refusal within the pause,
+    # one attempt more is refused; with one refusal planned the last
+    # attempt, 0.4 s later, still records it.
+    assert watcher.retries >= refusals
     assert patched.status_code == 204, patched.text
     assert patched.headers["Upload-Offset"] == "10"
     assert record["state"] == "complete"
