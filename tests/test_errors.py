@@ -300,8 +300,9 @@ def test_a_disk_full_mid_body_commits_exactly_the_bytes_stored_before_it(
 def test_an_upload_resumed_after_a_disk_full_mid_body_records_the_digest_of_its_bytes(
     served_apps: ServedApps, redis_url: str, state: redis.Redis, tmp_path: Path
 ) -> None:
-    # The block the disk refused was hashed beside its write: the running
-    # SHA-256 is then ahead of the stored bytes and must not be resumed from.
+    # The bytes of the block the disk refused were hashed as they arrived:
+    # the running SHA-256 is then ahead of the stored bytes and must not be
+    # resumed from.
     server = start_on_a_disk_that_fills_after_3_blocks(served_apps, redis_url, tmp_path)
     body = os.urandom(1024 * 1024)
     url = server.create(len(body))

@@ -9,9 +9,10 @@ file part becomes one upload, made and finished as a tus upload is:
   Upload-Metadata is;
 - its bytes received by ``receiving.receive_body``, as a PATCH's are: the
   part is handed over as if it were a request body of its own (``_Form``
-  plays the ASGI ``receive`` of it), so the transfer pipeline (blocks
-  written in a thread, hashed beside, ``--max-size`` enforced while bytes
-  arrive, idle timeout, checkpoints) is the same code, not a copy;
+  plays the ASGI ``receive`` of it), so the transfer pipeline (bytes
+  hashed as they arrive, blocks written in a thread, ``--max-size``
+  enforced while bytes arrive, idle timeout, checkpoints) is the same
+  code, not a copy;
 - finished by ``finishing.finalize`` once the whole form is in: SHA-256
   recorded, file published by rename.
 

@@ -6,15 +6,17 @@ Three tasks cooperate for one PATCH (or POST with data):
   gathers them into blocks of ``block_size`` without copying, and refuses
   bytes beyond ``limit`` without storing them. In a body of known length
   it hands over what it gathered once only a quarter block is left to
-  come (``final_block_size``), so that what is left to write and hash once
+  come (``final_block_size``), so that what is left to write once
   the last byte arrived, while the client waits for its answer, is that
   quarter, not a whole block: one block more per body, no more;
 - the *writer* (the storage backend) writes each block in a worker thread
   while the next one is received: at most three blocks are in memory per
   request (one gathering, one queued, one being written), whatever the
   upload size;
-- the *hasher* (when digests are wanted) hashes each block in another worker
-  thread while the writer writes it, so hashing adds no latency per block;
+- the receiver also feeds the *digests* (when they are wanted) each message
+  as it takes it, on the loop, while its bytes are in the cache
+  (``tusserver/digests.py``): the digests have then consumed exactly the
+  bytes handed to the writer;
 - the *watchdog* ends the reading when no byte arrived for ``idle_timeout``,
   when another request asked for the lock (see ``locking``) and no byte
   arrived for ``takeover_after`` (a writer that is receiving keeps the
@@ -158,9 +160,11 @@ async def receive_into_storage(
     If this task is cancelled (server shutdown), ``transfer.stored`` is
     still accurate when the cancellation reaches the caller.
 
-    ``digests``, if given, has consumed exactly the stored bytes when this
-    returns normally (``digests.fed == transfer.stored``); a caller must not
-    trust it otherwise.
+    ``digests``, if given, has consumed every byte handed to the writer:
+    exactly the stored bytes when the storage did not fail
+    (``digests.fed == transfer.stored``), more when it did, and bytes of a
+    body that counts for nothing (too large, refused); a caller checks
+    ``fed == stored`` before trusting it.
     """
     blocks = Handoff()
     reading = anyio.CancelScope()
@@ -174,6 +178,8 @@ async def receive_into_storage(
         if checkpoints is not None:
             checkpoints.start_if_due(tasks, transfer.stored, lock_lost)
 
+    # Called with each message's bytes as they are taken, or None.
+    hash_piece = digests.feed if digests is not None and digests.active else None
     # Bytes received from which only the final block is left to come.
     final_block = final_block_size(block_size)
     final_from = None if body_length is None else body_length - final_block
@@ -202,6 +208,8 @@ async def receive_into_storage(
                                 break
                         transfer.received += len(body)
                         transfer.last_bytes_at = time.monotonic()
+                        if hash_piece is not None:
+                            hash_piece(body)
                         pieces.append(body)
                         size += len(body)
                         if size >= block_size or (
@@ -289,7 +297,7 @@ async def receive_into_storage(
             transfer.stored = await storage.write(
                 lease.upload_id,
                 offset,
-                _counted(blocks, transfer, digests, tasks, checkpoint_if_due),
+                _counted(blocks, transfer, tasks, checkpoint_if_due),
             )
         except OSError as exc:
             transfer.failure = exc
@@ -308,7 +316,7 @@ def final_block_size(block_size: int) -> int:
     """The last bytes of a body of known length that go in a block of their
     own: a quarter of a block, at least 64 KiB (one uvicorn body message).
 
-    Their write and hash are the part of a PATCH's storing that nothing
+    Their write is the part of a PATCH's storing that nothing
     overlaps (the body has ended), so the smaller the better; but the block
     before them is written while they arrive, and writing runs at about
     twice the rate bytes arrive over loopback, so a quarter leaves that
@@ -320,35 +328,19 @@ def final_block_size(block_size: int) -> int:
 async def _counted(
     blocks: Handoff,
     transfer: Transfer,
-    digests: Digests | None,
     tasks: TaskGroup,
     stored_more: Callable[[TaskGroup], None],
 ) -> AsyncIterator[Block]:
     """Hand blocks to storage, counting a block as stored once the next is asked for.
 
     That is the Storage.write contract: it asks for the next block only
-    after the previous one is fully written. Each block is hashed while it is
-    written; the next block is taken only once both are done, so the digests
-    never run ahead of the stored bytes by more than the block in flight.
+    after the previous one is fully written.
     """
     try:
         async for block in blocks:
-            hashed = None
-            if digests is not None and digests.active:
-                hashed = anyio.Event()
-                tasks.start_soon(_hash, digests, block, hashed)
             yield block
             # Resumed: the writer asks for the next block, so this one is written.
-            if hashed is not None:
-                await hashed.wait()
             transfer.stored += sum(len(piece) for piece in block)
             stored_more(tasks)
     finally:
         blocks.close_receiving()
-
-
-async def _hash(digests: Digests, block: Block, done: anyio.Event) -> None:
-    # Shielded: a half-hashed block would leave the digests matching nothing.
-    with anyio.CancelScope(shield=True):
-        await digests.feed(block)
-    done.set()
