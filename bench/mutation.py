@@ -175,6 +175,8 @@ SPECS: dict[str, list[str]] = {
         "tests/test_options.py",
         "tests/test_storage_capabilities.py",
         "tests/test_durable_commits.py",
+        # The block size a backend prefers, or the default.
+        "tests/test_patch.py::test_a_backend_that_states_no_block_size_is_handed_blocks_of_4_mib",
     ],
     "tusserver/startup.py": [
         "tests/test_startup.py",
@@ -240,7 +242,12 @@ SPECS: dict[str, list[str]] = {
         "tests/test_hooks.py::test_pre_terminate_refuses_a_delete_seen_by_tuspy_and_the_upload_stays",
     ],
     "tusserver/redis_topology.py": ["tests/test_termination.py", "tests/test_failover.py"],
-    "storage_backends/local.py": ["tests/test_local_storage.py", "tests/test_storage_contract.py"],
+    "storage_backends/local.py": [
+        "tests/test_local_storage.py",
+        "tests/test_storage_contract.py",
+        # The half-MiB blocks it asks for.
+        "tests/test_patch.py::test_a_backend_that_states_no_block_size_is_handed_blocks_of_4_mib",
+    ],
     "storage_backends/names.py": [
         "tests/test_local_storage.py",
         "tests/test_patch.py",
