@@ -57,7 +57,7 @@ class LocalStorage:
     # kernel copies each into the page cache from cache, not from memory.
     # With 4 MiB blocks a PATCH cost three times the CPU per GiB in a fresh
     # process or beside other work, and a 2 GiB PATCH grew the process by
-    # 10-13 MiB instead of 1-3 (bench/README.md, "Block size").
+    # 10-13 MiB instead of 2-3 (bench/README.md, "Block size").
     preferred_block_size = 512 * 1024
 
     def __init__(self, root: Path, *, file_mode: int = 0o644, max_threads: int = 8) -> None:
