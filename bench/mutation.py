@@ -125,7 +125,15 @@ SPECS: dict[str, list[str]] = {
         "tests/test_creation.py",
         "tests/test_patch.py",
     ],
-    "tusserver/concatenation.py": ["tests/test_concatenation.py"],
+    "tusserver/concatenation.py": [
+        "tests/test_concatenation.py",
+        # Another owner's part, named by its place in the list.
+        "tests/test_ownership.py::test_a_final_upload_naming_another_users_part_is_refused",
+        # A part failed by its declared checksum.
+        "tests/test_extensions_together.py::test_a_concatenation_part_is_verified_against_its_declared_checksum",
+        # The pre-access hook asked for each part.
+        "tests/test_hooks.py::test_pre_create_runs_for_a_concatenation_and_can_refuse_it",
+    ],
     "tusserver/expiry.py": [
         "tests/test_expiry.py",
         "tests/test_cli.py::test_sweep_uses_the_embedded_redis_of_the_server_running_on_the_data_dir",

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import httpx
 import pytest
 import redis
 
+from storage_backends.local import LocalStorage
 from tests.helpers import assert_tus_error, b64, upload_id_of
 from tests.js_fixtures import TusJs
-from tests.server_fixtures import OCTETS, TUS, RunningServer
+from tests.server_fixtures import OCTETS, TUS, RunningServer, ServedApps
+from tusserver import Config
 
 MIB = 1024 * 1024
 
@@ -430,6 +432,59 @@ def test_a_final_larger_than_max_size_returns_413(
 
     assert_refused_without_trace(server, state, response, 413, "upload_too_large")
     assert response.headers["Tus-Max-Size"] == "10"
+
+
+def test_a_final_of_exactly_max_size_is_created(
+    tus_server: Callable[..., RunningServer],
+) -> None:
+    # The limit is the largest size allowed, not the first one refused.
+    server = tus_server(max_size=10)
+    urls = [create_partial(server, b"123456"), create_partial(server, b"1234")]
+
+    response = post_final(server, *urls)
+
+    assert response.status_code == 201, response.text
+    assert final_file(server, response).read_bytes() == b"1234561234"
+
+
+class ConcatFails(LocalStorage):
+    """Local storage whose assembly of a final upload fails with ``failure``."""
+
+    def __init__(self, root: Path, failure: OSError) -> None:
+        super().__init__(root)
+        self.failure = failure
+
+    async def concat(self, upload_id: str, parts: Sequence[tuple[str, int]]) -> None:
+        raise self.failure
+
+
+@pytest.mark.parametrize(
+    ("failure", "status", "code"),
+    [
+        pytest.param(FileNotFoundError(2, "gone"), 400, "concat_part_removed", id="part removed"),
+        pytest.param(OSError(5, "I/O error"), 503, "storage_failed", id="storage fault"),
+    ],
+)
+def test_a_final_whose_assembly_fails_answers_why_and_is_not_published(
+    served_apps: ServedApps,
+    redis_url: str,
+    tmp_path: Path,
+    failure: OSError,
+    status: int,
+    code: str,
+) -> None:
+    # A part removed between the checks and the copy tells the client to
+    # upload it again (400); any other storage fault is passing trouble
+    # (503). Either way nothing is published under the final's name.
+    storage = ConcatFails(tmp_path / "files", failure)
+    config = Config(storage=str(storage.root), redis_url=redis_url)
+    server = served_apps.start(config, storage.root, backend=storage)
+    urls = [create_partial(server, b"abc"), create_partial(server, b"def")]
+
+    response = post_final(server, *urls)
+
+    assert_tus_error(response, status, code)
+    assert published(server) == []
 
 
 # --- partial uploads ---------------------------------------------------------
