@@ -74,7 +74,10 @@ class Digests:
         self.chunk = chunk
         self._chunk_hasher = new_hasher(chunk.algorithm) if chunk else None
         self.fed = 0  # bytes every hasher has consumed
-        self._hashers: list[Hasher] | None = None  # both, once the first piece comes
+        # Every piece goes to each: the file's hashers, then the chunk's.
+        self._hashers: list[Hasher] = [*(file or {}).values()]
+        if self._chunk_hasher is not None:
+            self._hashers.append(self._chunk_hasher)
 
     @property
     def active(self) -> bool:
@@ -86,10 +89,6 @@ class Digests:
 
     def feed(self, piece: bytes) -> None:
         """Hash ``piece`` into every hasher (the file's and the chunk's)."""
-        if self._hashers is None:
-            self._hashers = list(self.file.values()) if self.file is not None else []
-            if self._chunk_hasher is not None:
-                self._hashers.append(self._chunk_hasher)
         for hasher in self._hashers:
             hasher.update(piece)
         self.fed += len(piece)
