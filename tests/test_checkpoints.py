@@ -73,18 +73,18 @@ def test_checkpoints_asked_for_in_one_turn_of_the_event_loop_commit_one_at_a_tim
         stops: list[int] = []
         checkpoints = checkpoints_of(held, committed)
 
-        async with anyio.create_task_group() as tasks:
-            # The watchdog asks at 30 bytes stored, then the writer, having
-            # stored 30 more, before the first checkpoint's task has run.
-            checkpoints.start_if_due(tasks, 30, lambda: stops.append(30))
-            checkpoints.start_if_due(tasks, 60, lambda: stops.append(60))
+        # The watchdog asks at 30 bytes stored, then the writer, having
+        # stored 30 more, before the first checkpoint's task has run.
+        checkpoints.start_if_due(30, lambda: stops.append(30))
+        checkpoints.start_if_due(60, lambda: stops.append(60))
+        await checkpoints.finished()
         assert stops == [], "a checkpoint was refused: the request would stop as if taken over"
         assert committed == [30]
         assert await client.hget(info_key(UPLOAD_ID), "offset") == "30"
 
         # Once it is done, the next one is due.
-        async with anyio.create_task_group() as tasks:
-            checkpoints.start_if_due(tasks, 60, lambda: stops.append(60))
+        checkpoints.start_if_due(60, lambda: stops.append(60))
+        await checkpoints.finished()
         assert stops == []
         assert committed == [30, 60]
         assert held.upload.offset == 60

@@ -47,8 +47,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import anyio
-from anyio.abc import TaskGroup
-from starlette.types import Receive
+from starlette.types import Message, Receive
 
 from storage_backends.base import Block, Storage
 from tusserver.content_types import HeadCheck
@@ -78,17 +77,18 @@ class Checkpoints:
     every_bytes: int
     every_seconds: float
     committed: int = 0  # bytes of this body committed by a checkpoint
-    _running: bool = False
+    _running: asyncio.Task[None] | None = None
+    _failure: Exception | None = None  # a commit that raised: raised by finished()
     _at: float = field(default_factory=time.monotonic)
 
     def due(self, stored: int) -> bool:
-        if self._running or stored <= self.committed:
+        if self._running is not None or stored <= self.committed:
             return False
         since = time.monotonic() - self._at
         return stored - self.committed >= self.every_bytes or since >= self.every_seconds
 
-    def start_if_due(self, tasks: TaskGroup, stored: int, stop: Callable[[], None]) -> None:
-        """Commit the first ``stored`` bytes in a task of ``tasks`` if one is
+    def start_if_due(self, stored: int, stop: Callable[[], None]) -> None:
+        """Commit the first ``stored`` bytes in a task of its own if one is
         due and none is running; ``stop()`` if the upload is no longer ours.
 
         One at a time: two commits would both compare-and-set from the same
@@ -99,21 +99,33 @@ class Checkpoints:
         """
         if not self.due(stored):
             return
-        self._running = True
-        tasks.start_soon(self._run, stored, stop)
+        self._running = asyncio.get_running_loop().create_task(self._run(stored, stop))
+
+    async def finished(self) -> None:
+        """Wait for the running checkpoint, if any, to its end. Never cancelled
+        (nobody cancels its task): a commit cut off after Redis applied it
+        would leave this request with an offset it does not know it moved."""
+        running = self._running
+        if running is not None and not running.done():
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait([running])
+        if self._failure is not None:
+            raise self._failure
 
     async def _run(self, stored: int, stop: Callable[[], None]) -> None:
         try:
-            # Shielded: a commit cut off after Redis applied it would leave
-            # this request with an offset it does not know it moved.
-            with anyio.CancelScope(shield=True):
-                if await self.commit(stored):
-                    self.committed = stored
-                else:
-                    stop()
+            if await self.commit(stored):
+                self.committed = stored
+            else:
+                stop()
+        except Exception as exc:
+            # Not a refusal (``commit`` answers those): a fault, raised
+            # where the transfer ends; meanwhile the reading stops.
+            self._failure = exc
+            stop()
         finally:
             self._at = time.monotonic()
-            self._running = False
+            self._running = None
 
 
 @dataclass
@@ -167,16 +179,33 @@ async def receive_into_storage(
     ``fed == stored`` before trusting it.
     """
     blocks = Handoff()
-    reading = anyio.CancelScope()
+    loop = asyncio.get_running_loop()
+    # Plain asyncio tasks, not an anyio task group: its scopes look up the
+    # running library and task at every step, which with the group's own
+    # set-up was a seventh of a short PATCH's CPU. Nothing outside cancels
+    # them: this function stops them, and waits for them, itself.
+    stopping = False  # the reading was asked to stop (stop_reading)
+    in_receive = False  # the receiver waits in receive(): a cancel lands there
+    receiving: asyncio.Task[None] | None = None
+    watching: asyncio.Task[None] | None = None
+
+    def stop_reading(end: End) -> None:
+        """End the reading early, keeping the bytes taken so far; ``end`` says why."""
+        nonlocal stopping
+        transfer.end = end
+        stopping = True
+        # Waiting for a message: cut the wait. Otherwise the receiver stops at
+        # the top of its loop, after handing over what it gathered.
+        if in_receive and receiving is not None:
+            receiving.cancel()
 
     def lock_lost() -> None:
         # Another request owns the upload now: stop writing into it.
-        transfer.end = End.LOCK_LOST
-        reading.cancel()
+        stop_reading(End.LOCK_LOST)
 
-    def checkpoint_if_due(tasks: TaskGroup) -> None:
+    def checkpoint_if_due() -> None:
         if checkpoints is not None:
-            checkpoints.start_if_due(tasks, transfer.stored, lock_lost)
+            checkpoints.start_if_due(transfer.stored, lock_lost)
 
     # Called with each message's bytes as they are taken, or None.
     hash_piece = digests.feed if digests is not None and digests.active else None
@@ -184,61 +213,76 @@ async def receive_into_storage(
     final_block = final_block_size(block_size)
     final_from = None if body_length is None else body_length - final_block
 
+    async def receive_message() -> Message | None:
+        """The next message, or None once the reading was stopped."""
+        nonlocal in_receive
+        in_receive = True
+        try:
+            return await receive()
+        except asyncio.CancelledError:
+            if not stopping:
+                raise  # the transfer is being torn down
+            # Cancelled by stop_reading: that is an end of the body, not an error.
+            task = asyncio.current_task()
+            assert task is not None
+            task.uncancel()
+            return None
+        finally:
+            in_receive = False
+
     async def receiver() -> None:
         pieces: list[bytes] = []
         size = 0
         try:
-            with reading:
-                while True:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        transfer.end = End.DISCONNECT
+            while not stopping:
+                message = await receive_message()
+                if message is None:
+                    break
+                if message["type"] == "http.disconnect":
+                    transfer.end = End.DISCONNECT
+                    break
+                body: bytes = message.get("body", b"")
+                if body:
+                    if limit is not None and transfer.received + len(body) > limit:
+                        transfer.end = End.TOO_LARGE
+                        pieces = []
                         break
-                    body: bytes = message.get("body", b"")
-                    if body:
-                        if limit is not None and transfer.received + len(body) > limit:
-                            transfer.end = End.TOO_LARGE
+                    if head_check is not None:
+                        transfer.refusal = head_check.take(body)
+                        if transfer.refusal is not None:
+                            transfer.end = End.REFUSED
                             pieces = []
                             break
-                        if head_check is not None:
-                            transfer.refusal = head_check.take(body)
-                            if transfer.refusal is not None:
-                                transfer.end = End.REFUSED
-                                pieces = []
-                                break
-                        transfer.received += len(body)
-                        transfer.last_bytes_at = time.monotonic()
-                        if hash_piece is not None:
-                            hash_piece(body)
-                        pieces.append(body)
-                        size += len(body)
-                        if size >= block_size or (
-                            size >= final_block
-                            and final_from is not None
-                            and transfer.received >= final_from
-                        ):
-                            await hand_over(pieces)
-                            pieces, size = [], 0
-                    if not message.get("more_body", False):
-                        transfer.whole_body = True
-                        break
+                    transfer.received += len(body)
+                    transfer.last_bytes_at = time.monotonic()
+                    if hash_piece is not None:
+                        hash_piece(body)
+                    pieces.append(body)
+                    size += len(body)
+                    if size >= block_size or (
+                        size >= final_block
+                        and final_from is not None
+                        and transfer.received >= final_from
+                    ):
+                        await hand_over(pieces)
+                        pieces, size = [], 0
+                if not message.get("more_body", False):
+                    transfer.whole_body = True
+                    break
             # Reached at the end of the body, on a disconnect and when the
-            # watchdog cancelled the reading: the bytes gathered are kept.
+            # reading was stopped: the bytes gathered are kept.
             if pieces:
                 await hand_over(pieces)
         finally:
             blocks.close_sending()
-            idle_tasks.add("receiver")
 
     async def hand_over(block: Block) -> None:
-        # Shielded: a send cancelled at the wrong instant can have delivered
-        # its block all the same, and sending it again would store it twice.
-        # The watchdog's cancel lands at the next receive() instead.
-        with anyio.CancelScope(shield=True):
-            try:
-                await blocks.send(block)
-            except anyio.BrokenResourceError:
-                pass  # the writer stopped (storage failure): nothing to hand over to
+        # A block is queued whole or not at all (``Handoff.send``), and only
+        # this function's own teardown cancels the receiver: never stored twice.
+        try:
+            await blocks.send(block)
+        except anyio.BrokenResourceError:
+            pass  # the writer stopped (storage failure): nothing to hand over to
 
     tick = min(1.0, idle_timeout / 4)
 
@@ -248,68 +292,71 @@ async def receive_into_storage(
         while True:
             now = time.monotonic()
             if lease.must_let_go:
-                transfer.end = End.SHUTDOWN
-                reading.cancel()
+                stop_reading(End.SHUTDOWN)
                 return
             if lease.release_requested.is_set():
                 if now - transfer.last_bytes_at >= takeover_after:
-                    transfer.end = End.RELEASED
-                    reading.cancel()
+                    stop_reading(End.RELEASED)
                     return
                 # Bytes are arriving: this writer keeps the upload, and the
                 # asker waits (it asks again while it waits).
-                lease.release_requested = anyio.Event()
+                lease.release_requested = asyncio.Event()
             activity = transfer.received + transfer.stored
             if activity != last_activity:
                 last_activity, active_at = activity, now
             elif now - active_at >= idle_timeout:
-                transfer.end = End.IDLE
-                reading.cancel()
+                stop_reading(End.IDLE)
                 return
             if not await lease.keep_alive():
                 lock_lost()
                 return
-            checkpoint_if_due(tasks)
+            checkpoint_if_due()
             with anyio.move_on_after(tick):
                 await lease.release_requested.wait()
 
-    # The tasks of this body that are not running (or not yet): when both
-    # are, there is nothing to cancel at the end, and a cancel costs turns
-    # of the event loop even so.
-    idle_tasks = {"watchdog"}
-
     def start_watchdog() -> None:
-        idle_tasks.discard("watchdog")
-        tasks.start_soon(watchdog)
+        nonlocal watching
+        watching = loop.create_task(watchdog())
 
-    async with anyio.create_task_group() as tasks:
-        tasks.start_soon(receiver)
-        # The watchdog starts at its first tick, not with the body: most
-        # bodies end before it, and a task less is a tenth of a short
-        # PATCH's CPU. Nothing it watches can fall due sooner: a takeover
-        # needs ``takeover_after`` without bytes, and this first tick comes
-        # no later than that; idleness counts from the first tick anyway.
-        # Only a stop's "let go at once" waits for it (a second at most).
-        first_tick = asyncio.get_running_loop().call_later(
-            min(tick, takeover_after), start_watchdog
+    receiving = loop.create_task(receiver())
+    # The watchdog starts at its first tick, not with the body: most bodies
+    # end before it, and a task less is a tenth of a short PATCH's CPU.
+    # Nothing it watches can fall due sooner: a takeover needs
+    # ``takeover_after`` without bytes, and this first tick comes no later
+    # than that; idleness counts from the first tick anyway. Only a stop's
+    # "let go at once" waits for it (a second at most).
+    first_tick = loop.call_later(min(tick, takeover_after), start_watchdog)
+    try:
+        transfer.stored = await storage.write(
+            lease.upload_id, offset, _counted(blocks, transfer, checkpoint_if_due)
         )
-        try:
-            transfer.stored = await storage.write(
-                lease.upload_id,
-                offset,
-                _counted(blocks, transfer, tasks, checkpoint_if_due),
-            )
-        except OSError as exc:
-            transfer.failure = exc
-        finally:
-            # Wakes a receiver waiting to hand over a block the writer will
-            # never take, then stops the receiver and the watchdog.
-            first_tick.cancel()
-            blocks.close_receiving()
-            if len(idle_tasks) < 2:
-                tasks.cancel_scope.cancel()
+    except OSError as exc:
+        transfer.failure = exc
+    finally:
+        first_tick.cancel()
+        # Wakes a receiver waiting to hand over a block the writer will never
+        # take. At the end of a body the receiver is done already.
+        blocks.close_receiving()
+        await _stop_and_wait([receiving, watching])
+        if checkpoints is not None:
+            await checkpoints.finished()
+    for task in (receiving, watching):
+        if task is not None and not task.cancelled() and (failure := task.exception()):
+            raise failure
     if transfer.end in (End.TOO_LARGE, End.REFUSED):
         transfer.stored = 0
+
+
+async def _stop_and_wait(tasks: list[asyncio.Task[None] | None]) -> None:
+    """Cancel the tasks still running and wait for them to end, even when
+    the caller is being cancelled (they touch this request's lock and body)."""
+    running = [task for task in tasks if task is not None and not task.done()]
+    if not running:
+        return
+    for task in running:
+        task.cancel()
+    with anyio.CancelScope(shield=True):
+        await asyncio.wait(running)
 
 
 def final_block_size(block_size: int) -> int:
@@ -326,10 +373,7 @@ def final_block_size(block_size: int) -> int:
 
 
 async def _counted(
-    blocks: Handoff,
-    transfer: Transfer,
-    tasks: TaskGroup,
-    stored_more: Callable[[TaskGroup], None],
+    blocks: Handoff, transfer: Transfer, stored_more: Callable[[], None]
 ) -> AsyncIterator[Block]:
     """Hand blocks to storage, counting a block as stored once the next is asked for.
 
@@ -341,6 +385,6 @@ async def _counted(
             yield block
             # Resumed: the writer asks for the next block, so this one is written.
             transfer.stored += sum(len(piece) for piece in block)
-            stored_more(tasks)
+            stored_more()
     finally:
         blocks.close_receiving()
