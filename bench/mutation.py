@@ -68,6 +68,8 @@ SPECS: dict[str, list[str]] = {
         "tests/test_patch.py",
     ],
     "tusserver/locking.py": [
+        # kept_alive keeping the sweep lock through a pass of several TTLs.
+        "tests/test_sweeper.py",
         "tests/test_termination.py",
         "tests/test_head.py",
         "tests/test_errors.py",
@@ -96,6 +98,8 @@ SPECS: dict[str, list[str]] = {
         "tests/test_transport.py::test_idle_patch_is_ended_after_idle_timeout_and_bytes_are_kept",
     ],
     "tusserver/transfer.py": [
+        # Checkpoints one at a time, straight on a held upload (fast).
+        "tests/test_checkpoints.py",
         "tests/test_patch.py",
         "tests/test_checksum.py",
         "tests/test_durable_commits.py",
