@@ -98,7 +98,8 @@ SPECS: dict[str, list[str]] = {
         "tests/test_transport.py::test_idle_patch_is_ended_after_idle_timeout_and_bytes_are_kept",
     ],
     "tusserver/transfer.py": [
-        # Checkpoints one at a time, straight on a held upload (fast).
+        # Faults of its tasks, and checkpoints one at a time (fast).
+        "tests/test_transfer.py",
         "tests/test_checkpoints.py",
         "tests/test_patch.py",
         "tests/test_checksum.py",

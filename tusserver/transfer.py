@@ -78,7 +78,8 @@ class Checkpoints:
     every_seconds: float
     committed: int = 0  # bytes of this body committed by a checkpoint
     _running: asyncio.Task[None] | None = None
-    _failure: Exception | None = None  # a commit that raised: raised by finished()
+    # A commit that raised (a fault, not a refusal): the transfer raises it at its end.
+    failure: Exception | None = None
     _at: float = field(default_factory=time.monotonic)
 
     def due(self, stored: int) -> bool:
@@ -109,8 +110,6 @@ class Checkpoints:
         if running is not None and not running.done():
             with anyio.CancelScope(shield=True):
                 await asyncio.wait([running])
-        if self._failure is not None:
-            raise self._failure
 
     async def _run(self, stored: int, stop: Callable[[], None]) -> None:
         try:
@@ -121,7 +120,7 @@ class Checkpoints:
         except Exception as exc:
             # Not a refusal (``commit`` answers those): a fault, raised
             # where the transfer ends; meanwhile the reading stops.
-            self._failure = exc
+            self.failure = exc
             stop()
         finally:
             self._at = time.monotonic()
@@ -340,9 +339,13 @@ async def receive_into_storage(
         await _stop_and_wait([receiving, watching])
         if checkpoints is not None:
             await checkpoints.finished()
+    # Faults of the tasks beside the writer, raised as themselves (a task
+    # group would wrap them in an exception group), once all of them ended.
     for task in (receiving, watching):
         if task is not None and not task.cancelled() and (failure := task.exception()):
             raise failure
+    if checkpoints is not None and checkpoints.failure is not None:
+        raise checkpoints.failure
     if transfer.end in (End.TOO_LARGE, End.REFUSED):
         transfer.stored = 0
 

@@ -1,0 +1,106 @@
+"""Faults inside a transfer's own tasks (``tusserver/transfer.py``).
+
+The receiver, the watchdog and the checkpoints run beside the writer as
+tasks of the transfer. A fault in one of them (not a refusal, not the end of
+a body: a bug, or a server's receive() failing) must end the transfer and
+come out of ``receive_into_storage`` as itself, after the bytes the writer
+confirmed are counted; nothing may hang waiting for a task that died.
+
+Straight on local storage, with a scripted ASGI ``receive``: these faults
+cannot be caused from outside a real server.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import pytest
+from starlette.types import Message
+
+from storage_backends.local import LocalStorage
+from tusserver.locking import Lease
+from tusserver.transfer import Checkpoints, Transfer, receive_into_storage
+
+UPLOAD_ID = "f" * 32
+PIECE = b"0123456789"
+# Never reached: the transfer must end long before (a guard against a hang,
+# not a limit on how fast it ends).
+HANG_GUARD_SECONDS = 60
+
+
+async def _kept(key: str, token: str, ttl_ms: int) -> bool:
+    return True
+
+
+async def _storage(root: Path) -> LocalStorage:
+    storage = LocalStorage(root)
+    await storage.check()
+    await storage.create(UPLOAD_ID)
+    return storage
+
+
+def _transfer(
+    root: Path, receive_body: list[bytes], *, fault: Exception | None, checkpoints: bool
+) -> tuple[Transfer, LocalStorage]:
+    """Receive ``receive_body`` piece by piece, then fail with ``fault`` (or stall
+    for good when it is None); blocks of one piece each."""
+
+    async def run() -> tuple[Transfer, LocalStorage]:
+        storage = await _storage(root)
+        pieces = list(receive_body)
+
+        async def receive() -> Message:
+            if pieces:
+                await anyio.sleep(0.01)
+                return {"type": "http.request", "body": pieces.pop(0), "more_body": True}
+            if fault is not None:
+                raise fault
+            await anyio.sleep(3600)  # the client stalls
+            raise AssertionError("the reading was never stopped")
+
+        async def commit(stored: int) -> bool:
+            raise RuntimeError("the checkpoint's commit failed")
+
+        transfer = Transfer()
+        with anyio.fail_after(HANG_GUARD_SECONDS):
+            await receive_into_storage(
+                transfer,
+                receive,
+                storage,
+                Lease(UPLOAD_ID, "token", ttl=30.0, extend=_kept),
+                0,
+                limit=None,
+                block_size=len(PIECE),
+                idle_timeout=3600.0,
+                takeover_after=3600.0,
+                checkpoints=Checkpoints(commit, every_bytes=1, every_seconds=3600.0)
+                if checkpoints
+                else None,
+            )
+        return transfer, storage
+
+    return anyio.run(run)
+
+
+def test_a_receive_that_fails_ends_the_transfer_with_its_own_error_after_storing_what_came(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ConnectionResetError, match="the server's receive failed"):
+        _transfer(
+            tmp_path,
+            [PIECE] * 3,
+            fault=ConnectionResetError("the server's receive failed"),
+            checkpoints=False,
+        )
+    # What arrived before the fault was handed on and written all the same.
+    assert (tmp_path / ".partial" / UPLOAD_ID).read_bytes() == PIECE * 3
+
+
+def test_a_checkpoint_that_fails_stops_a_stalled_body_and_its_error_comes_out_as_itself(
+    tmp_path: Path,
+) -> None:
+    # The client stalls after two pieces; the idle timeout is an hour away, so
+    # only the failed checkpoint can end the reading.
+    with pytest.raises(RuntimeError, match="the checkpoint's commit failed"):
+        _transfer(tmp_path, [PIECE] * 2, fault=None, checkpoints=True)
