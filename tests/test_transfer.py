@@ -104,3 +104,59 @@ def test_a_checkpoint_that_fails_stops_a_stalled_body_and_its_error_comes_out_as
     # only the failed checkpoint can end the reading.
     with pytest.raises(RuntimeError, match="the checkpoint's commit failed"):
         _transfer(tmp_path, [PIECE] * 2, fault=None, checkpoints=True)
+
+
+def test_a_transfer_cancelled_while_a_checkpoint_commits_ends_only_once_that_commit_did(
+    tmp_path: Path,
+) -> None:
+    """A request cancelled from outside (an embedding application's timeout,
+    a server's shutdown) while a checkpoint's commit is in flight: the
+    transfer waits for that commit, since Redis may have applied it, and the
+    request's closing commit must start from the offset it set."""
+
+    async def run() -> tuple[list[int], int]:
+        storage = await _storage(tmp_path)
+        committing = anyio.Event()
+        commits: list[int] = []
+        sent = False
+
+        async def receive() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": PIECE, "more_body": True}
+            await anyio.sleep(3600)  # the client stalls
+            raise AssertionError("the reading was never stopped")
+
+        async def commit(stored: int) -> bool:
+            committing.set()
+            await anyio.sleep(0.2)  # a slow Redis
+            commits.append(stored)
+            return True
+
+        checkpoints = Checkpoints(commit, every_bytes=1, every_seconds=3600.0)
+        with anyio.fail_after(HANG_GUARD_SECONDS):
+            async with anyio.create_task_group() as tasks:
+
+                async def cancel_the_request() -> None:
+                    await committing.wait()
+                    tasks.cancel_scope.cancel()
+
+                tasks.start_soon(cancel_the_request)
+                await receive_into_storage(
+                    Transfer(),
+                    receive,
+                    storage,
+                    Lease(UPLOAD_ID, "token", ttl=30.0, extend=_kept),
+                    0,
+                    limit=None,
+                    block_size=len(PIECE),
+                    idle_timeout=3600.0,
+                    takeover_after=3600.0,
+                    checkpoints=checkpoints,
+                )
+        return commits, checkpoints.committed
+
+    commits, committed = anyio.run(run)
+    assert commits == [len(PIECE)], "the transfer ended before the commit in flight"
+    assert committed == len(PIECE)
