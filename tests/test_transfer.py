@@ -12,15 +12,17 @@ cannot be caused from outside a real server.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
 import pytest
 from starlette.types import Message
 
+from storage_backends.base import Block
 from storage_backends.local import LocalStorage
 from tusserver.locking import Lease
-from tusserver.transfer import Checkpoints, Transfer, receive_into_storage
+from tusserver.transfer import Checkpoints, End, Transfer, receive_into_storage
 
 UPLOAD_ID = "f" * 32
 PIECE = b"0123456789"
@@ -160,3 +162,65 @@ def test_a_transfer_cancelled_while_a_checkpoint_commits_ends_only_once_that_com
     commits, committed = anyio.run(run)
     assert commits == [len(PIECE)], "the transfer ended before the commit in flight"
     assert committed == len(PIECE)
+
+
+class SlowDisk(LocalStorage):
+    """Local storage that takes 0.3 s before writing each block."""
+
+    async def write(self, upload_id: str, offset: int, blocks: AsyncIterator[Block]) -> int:
+        async def slowly() -> AsyncIterator[Block]:
+            async for block in blocks:
+                await anyio.sleep(0.3)
+                yield block
+
+        return await super().write(upload_id, offset, slowly())
+
+
+def test_a_stop_while_the_receiver_waits_for_the_writer_still_stores_the_block_in_its_hands(
+    tmp_path: Path,
+) -> None:
+    """The process stops (``Lease.let_go``) while the writer is slow and the
+    receiver waits to hand over its third block: that block arrived, so it
+    is stored and counted before the reading ends, not dropped."""
+
+    async def run() -> Transfer:
+        storage = SlowDisk(tmp_path)
+        await storage.check()
+        await storage.create(UPLOAD_ID)
+        pieces = [PIECE] * 3
+
+        async def receive() -> Message:
+            if pieces:
+                return {"type": "http.request", "body": pieces.pop(0), "more_body": True}
+            await anyio.sleep(3600)  # the client stalls
+            raise AssertionError("the reading was never stopped")
+
+        lease = Lease(UPLOAD_ID, "token", ttl=30.0, extend=_kept)
+        transfer = Transfer()
+        with anyio.fail_after(HANG_GUARD_SECONDS):
+            async with anyio.create_task_group() as tasks:
+
+                async def stop_the_process() -> None:
+                    # The first block is being written, the second queued, the
+                    # third waits in the receiver's hands.
+                    await anyio.sleep(0.2)
+                    lease.let_go()
+
+                tasks.start_soon(stop_the_process)
+                await receive_into_storage(
+                    transfer,
+                    receive,
+                    storage,
+                    lease,
+                    0,
+                    limit=None,
+                    block_size=len(PIECE),
+                    idle_timeout=3600.0,
+                    takeover_after=0.1,  # the watchdog's first tick
+                )
+        return transfer
+
+    transfer = anyio.run(run)
+    assert transfer.end is End.SHUTDOWN
+    assert transfer.received == transfer.stored == 3 * len(PIECE)
+    assert (tmp_path / ".partial" / UPLOAD_ID).read_bytes() == PIECE * 3
