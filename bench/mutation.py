@@ -259,6 +259,8 @@ SPECS: dict[str, list[str]] = {
         "tests/test_storage_contract.py",
         # The half-MiB blocks it asks for.
         "tests/test_patch.py::test_a_backend_that_states_no_block_size_is_handed_blocks_of_4_mib",
+        # A file:// URL is opened as the folder it names.
+        "tests/test_storage_registry.py::test_a_folder_path_and_a_file_url_open_local_storage",
     ],
     "storage_backends/names.py": [
         "tests/test_local_storage.py",
