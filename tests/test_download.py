@@ -4,19 +4,32 @@ validators, a safe Content-Type and a sanitized Content-Disposition."""
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from urllib.parse import quote
 
+import anyio
 import httpx
 import pytest
+import redis
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from storage_backends.local import LocalStorage
 from tests.helpers import assert_tus_error, b64, descriptors_of, upload_id_of
-from tests.server_fixtures import TUS, RunningServer
-from tusserver import Config
+from tests.raw_http import wait_until
+from tests.server_fixtures import OCTETS, TUS, RunningServer, ServedApps, mounted
+from tests.test_expiry import wait_until_expired
+from tests.test_patch import ReadLog, serve_on
+from tusserver import Config, create_app
 from tusserver.config import ConfigError
+from tusserver.embedded_redis import EmbeddedRedis
 
 DATA = b"0123456789abcdefghij"  # 20 bytes, every one distinct
 Server = Callable[..., RunningServer]
@@ -68,6 +81,27 @@ def test_the_etag_is_stable_across_requests_and_differs_between_uploads(
 
     assert get(server, first).headers["ETag"] == get(server, first).headers["ETag"]
     assert get(server, first).headers["ETag"] != get(server, second).headers["ETag"]
+
+
+def test_a_finished_file_changed_behind_the_servers_back_gets_new_validators(
+    tus_server: Server,
+) -> None:
+    # Size and modification time name a finished file's bytes: a copy put
+    # over it (same size, another time) is not the one a client has cached.
+    server = tus_server()
+    url = finished(server)
+    stored = server.storage / upload_id_of(url)
+    before = get(server, url)
+    modified = stored.stat().st_mtime
+    stored.write_bytes(DATA[::-1])
+    os.utime(stored, (modified + 1, modified + 1))
+
+    after = get(server, url, If_None_Match=before.headers["ETag"])
+
+    assert after.status_code == 200
+    assert after.content == DATA[::-1]
+    assert after.headers["ETag"] != before.headers["ETag"]
+    assert after.headers["Last-Modified"] != before.headers["Last-Modified"]
 
 
 @pytest.mark.parametrize(
@@ -141,6 +175,24 @@ def test_a_range_on_an_empty_file_serves_the_empty_file(tus_server: Server) -> N
         assert response.status_code == 200
         assert response.content == b""
         assert response.headers["Content-Length"] == "0"
+
+
+def test_an_empty_file_is_answered_without_opening_it(
+    served_apps: ServedApps, redis_url: str, tmp_path: Path
+) -> None:
+    # The answer is complete with its headers: a client may go on (and
+    # remove the upload through another instance) before a stream would
+    # have opened the file, and the failed open would cut the connection
+    # it reuses.
+    storage = ReadLog(tmp_path / "files")
+    server = serve_on(served_apps, redis_url, storage)
+    url = server.create(0)
+
+    response = get(server, url)
+
+    assert response.status_code == 200
+    assert response.content == b""
+    assert storage.reads == 0
 
 
 @pytest.mark.parametrize("form", ["{etag}", "W/{etag}", '"other", {etag}', "*"])
@@ -459,7 +511,24 @@ def test_get_of_an_unknown_or_malformed_id_returns_404(tus_server: Server, uploa
     assert_tus_error(get(server, server.endpoint + upload_id), 404, "upload_not_found")
 
 
-def test_a_finished_file_removed_behind_the_servers_back_answers_410(tus_server: Server) -> None:
+def test_a_malformed_upload_id_answers_404_without_asking_redis(
+    served_apps: ServedApps, private_redis: EmbeddedRedis, tmp_path: Path
+) -> None:
+    # No upload has such an id: the answer is final, even while Redis is
+    # down, not a retryable one that would have a client ask again.
+    storage = tmp_path / "files"
+    config = Config(storage=str(storage), redis_url=private_redis.url)
+    server = served_apps.start(config, storage)
+    private_redis.stop()
+
+    for upload_id in ("x/y", "Upper-Case-Id", "short"):
+        response = get(server, server.endpoint + upload_id)
+        assert_tus_error(response, 404, "upload_not_found")
+
+
+def test_a_finished_file_removed_behind_the_servers_back_answers_410_and_is_logged(
+    tus_server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
     server = tus_server()
     url = finished(server)
     (server.storage / upload_id_of(url)).unlink()
@@ -468,6 +537,25 @@ def test_a_finished_file_removed_behind_the_servers_back_answers_410(tus_server:
 
     assert_tus_error(response, 410, "upload_gone")
     assert str(server.storage) not in response.text
+    # A published file does not move: its loss is for the operator to see.
+    assert [r.getMessage() for r in caplog.records if "is missing" in r.getMessage()] == [
+        f"upload {upload_id_of(url)}: finished file {upload_id_of(url)} is missing"
+    ]
+
+
+def test_get_of_an_expired_upload_answers_410_even_before_it_is_swept(
+    tus_server: Server, state: redis.Redis
+) -> None:
+    # As HEAD and PATCH answer once Upload-Expires has passed.
+    server = tus_server(download_unfinished=True, expire_after=1)
+    url = server.create(len(DATA))
+    assert server.patch(url, 0, DATA[:8]).status_code == 204
+
+    wait_until_expired(state, upload_id_of(url))
+    response = get(server, url)
+
+    assert_tus_error(response, 410, "upload_gone")
+    assert (server.partials / upload_id_of(url)).read_bytes() == DATA[:8]
 
 
 def test_an_unfinished_upload_whose_bytes_were_removed_answers_410(tus_server: Server) -> None:
@@ -531,6 +619,110 @@ def test_a_download_abandoned_by_the_client_closes_its_file(tus_server: Server) 
     # Leaving the block closes the connection with most of the body unsent.
 
     assert descriptors_closed_soon(stored)
+
+
+class MemoryReads(LocalStorage):
+    """Local storage whose reads hand out the file's bytes from memory, a
+    MiB a block with no wait between them (as a backend with the bytes at
+    hand would). It keeps each block iterator it hands out, so none is
+    collected early, and counts those closed."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.handed: list[AsyncIterator[bytes]] = []
+        self.closed = 0
+
+    def read(
+        self, upload_id: str, location: str | None, start: int, end: int
+    ) -> AsyncIterator[bytes]:
+        data = self._existing(upload_id, location).read_bytes()[start:end]
+
+        async def blocks() -> AsyncIterator[bytes]:
+            try:
+                for at in range(0, len(data), 1024 * 1024):
+                    yield data[at : at + 1024 * 1024]
+            finally:
+                self.closed += 1
+
+        self.handed.append(blocks())
+        return self.handed[-1]
+
+
+class CutsDownloadsOnRequest:
+    """ASGI middleware of an embedding application that cancels running
+    GETs through an anyio cancel scope, as its own request timeout would."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.running: set[anyio.CancelScope] = set()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "GET":
+            await self.app(scope, receive, send)
+            return
+        with anyio.CancelScope() as cut:
+            self.running.add(cut)
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                self.running.discard(cut)
+
+    def cut_all(self) -> None:
+        for cut in self.running:
+            cut.cancel()
+
+
+def test_a_download_cut_while_the_client_is_slow_closes_the_storages_iterator(
+    served_apps: ServedApps, redis_url: str, tmp_path: Path, server: str
+) -> None:
+    # The response closes the iterator itself, however it ends. Cut while it
+    # waits for a client that reads nothing, it leaves the iterator at a
+    # block, which would hold what it opened until it happens to be collected.
+    storage = MemoryReads(tmp_path / "files")
+    config = Config(storage=str(storage.root), redis_url=redis_url)
+
+    async def cut(request: Request) -> Response:
+        cutter.cut_all()
+        return Response(status_code=204)
+
+    routes = [Route("/cut", cut, methods=["POST"])]
+    cutter = CutsDownloadsOnRequest(mounted(create_app(config, storage=storage), "/app", routes))
+    url, client = served_apps.serve(cutter)
+    data = os.urandom(32 * 1024 * 1024)
+    created = client.post(url + "/app/files/", headers={**TUS, "Upload-Length": str(len(data))})
+    upload = httpx.URL(url + created.headers["Location"])
+    stored = client.patch(
+        upload, headers={**TUS, "Content-Type": OCTETS, "Upload-Offset": "0"}, content=data
+    )
+    assert stored.status_code == 204
+
+    with socket.create_connection((upload.host, upload.port)) as slow:
+        request = (
+            f"GET {upload.raw_path.decode()} HTTP/1.1\r\nHost: {upload.netloc.decode()}\r\n\r\n"
+        )
+        slow.sendall(request.encode())
+        wait_until(lambda: len(storage.handed) == 1, "the download started")
+        assert client.post(url + "/cut").status_code == 204
+
+        wait_until(lambda: storage.closed == 1, "the iterator closed")
+
+
+def test_a_download_leaves_its_connection_open_for_the_next_request(
+    tus_server: Server, server: str
+) -> None:
+    # A download ends its response as a complete message, so the client
+    # may send its next request on the same connection.
+    running = tus_server()
+    url = httpx.URL(finished(running))
+    connection = http.client.HTTPConnection(url.host, url.port, timeout=30)
+    try:
+        for _ in range(3):
+            connection.request("GET", url.raw_path.decode())
+            response = connection.getresponse()
+            assert response.status == 200
+            assert response.read() == DATA
+    finally:
+        connection.close()
 
 
 def test_a_file_that_shrinks_mid_download_ends_the_connection_short(

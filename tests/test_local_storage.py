@@ -68,6 +68,40 @@ async def test_write_of_no_blocks_stores_nothing(storage: LocalStorage) -> None:
     assert partial(storage).read_bytes() == b""
 
 
+async def test_write_of_no_blocks_to_a_vanished_partial_raises_file_not_found(
+    storage: LocalStorage,
+) -> None:
+    # An empty body (chunked, or read for its Upload-Checksum) still finds
+    # out that the partial is gone (expired, deleted): no silent 204.
+    with pytest.raises(FileNotFoundError):
+        await storage.write(UPLOAD_ID, 0, blocks())
+
+    assert not partial(storage).exists()
+
+
+async def test_write_touches_the_partial_no_more_once_its_last_block_is_written(
+    storage: LocalStorage,
+) -> None:
+    # Nothing is left to do after the last block: a partial removed then (a
+    # DELETE racing the end of a PATCH) does not turn the bytes written into
+    # an error.
+    await storage.create(UPLOAD_ID)
+
+    async def then_removed() -> AsyncIterator[Sequence[bytes]]:
+        yield [b"abc"]
+        yield [b"defg"]
+        partial(storage).unlink()
+
+    assert await storage.write(UPLOAD_ID, 0, then_removed()) == 7
+
+
+async def test_flush_of_a_vanished_partial_raises_file_not_found(storage: LocalStorage) -> None:
+    # Durability is never claimed for bytes that are gone (the Flusher
+    # protocol, storage_backends/base.py): the commit after it is not made.
+    with pytest.raises(FileNotFoundError):
+        await storage.flush(UPLOAD_ID)
+
+
 async def test_write_asks_for_the_next_block_only_after_the_previous_is_on_disk(
     storage: LocalStorage,
 ) -> None:
@@ -184,6 +218,40 @@ async def test_finalize_completes_a_move_interrupted_between_link_and_unlink(
     assert (storage.root / "out.bin").read_bytes() == b"0123456789"
 
 
+@pytest.mark.parametrize("error", [errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK])
+async def test_finalize_without_hard_links_renames_and_still_never_overwrites(
+    storage: LocalStorage, monkeypatch: pytest.MonkeyPatch, error: int
+) -> None:
+    # A filesystem without hard links (some network shares): a checked
+    # rename instead, which takes a free name only.
+    (storage.root / "out.bin").write_bytes(b"another's")
+    await storage.create(UPLOAD_ID)
+    await storage.write(UPLOAD_ID, 0, blocks([b"0123456789"]))
+    monkeypatch.setattr(os, "link", unsupported(error))
+
+    location = await storage.finalize(UPLOAD_ID, "out.bin", 10)
+
+    assert location == "out (1).bin"
+    assert (storage.root / "out.bin").read_bytes() == b"another's"
+    assert (storage.root / "out (1).bin").read_bytes() == b"0123456789"
+    assert not partial(storage).exists()
+
+
+async def test_finalize_does_not_hide_a_real_link_failure(
+    storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await storage.create(UPLOAD_ID)
+    await storage.write(UPLOAD_ID, 0, blocks([b"0123456789"]))
+    monkeypatch.setattr(os, "link", unsupported(errno.EIO))
+
+    with pytest.raises(OSError) as raised:
+        await storage.finalize(UPLOAD_ID, "out.bin", 10)
+
+    assert raised.value.errno == errno.EIO
+    assert root_entries(storage) == [".partial"]
+    assert partial(storage).read_bytes() == b"0123456789"
+
+
 async def test_the_note_of_an_unrecorded_finalize_is_stale_and_goes_with_delete(
     storage: LocalStorage,
 ) -> None:
@@ -228,16 +296,21 @@ async def test_delete_with_a_location_removes_the_final_file_only(
     assert (storage.root / "theirs.txt").read_bytes() == b"theirs.txt"
 
 
-async def test_staging_folder_and_partials_are_private_to_the_service(
+async def test_staging_folder_partials_and_notes_are_private_to_the_service(
     storage: LocalStorage,
 ) -> None:
+    published = "fedcba9876543210fedcba9876543210"
     await storage.create(UPLOAD_ID)
+    await storage.create(published)
+    await storage.finalize(published, "out.bin", 0)  # leaves its note until recorded
 
     staging_mode = stat.S_IMODE(partial(storage).parent.stat().st_mode)
     partial_mode = stat.S_IMODE(partial(storage).stat().st_mode)
+    note_mode = stat.S_IMODE((storage.staging / (published + ".final")).stat().st_mode)
 
     assert staging_mode & 0o077 == 0
     assert partial_mode & 0o077 == 0
+    assert note_mode & 0o077 == 0
 
 
 # --- concat ------------------------------------------------------------------
@@ -359,6 +432,50 @@ async def test_concat_with_a_missing_part_or_partial_raises_file_not_found(
     await storage.create(UPLOAD_ID)
     with pytest.raises(FileNotFoundError):
         await storage.concat(UPLOAD_ID, [parts[0], (PART_IDS[1], 1)])
+
+
+async def test_concat_closes_the_partial_it_fills(storage: LocalStorage) -> None:
+    parts = await staged_parts(storage, b"one", b"two")
+    await storage.create(UPLOAD_ID)
+
+    await storage.concat(UPLOAD_ID, parts)
+
+    assert partial(storage).read_bytes() == b"onetwo"
+    assert descriptors_of(partial(storage)) == 0
+
+
+async def opened_for_writing(fifo: Path) -> int:
+    """The writing end of ``fifo``, once a reader (a storage call's thread,
+    held in its ``open``) is at the other."""
+    while True:
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:  # no reader yet
+                raise
+        await anyio.sleep(0.001)
+
+
+async def test_concat_cut_while_a_part_copies_closes_the_partial_it_fills(
+    storage: LocalStorage,
+) -> None:
+    # A part that is a FIFO holds the copy's thread until the spec lets it
+    # go: the cut lands while the final's partial is open, and the close
+    # after the copy is shielded from it.
+    await storage.create(UPLOAD_ID)
+    os.mkfifo(partial(storage, PART_IDS[0]))
+
+    async def concat() -> None:
+        with pytest.raises(OSError):  # nothing to copy from a FIFO at an offset
+            await storage.concat(UPLOAD_ID, [(PART_IDS[0], 10)])
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(concat)
+        writer = await opened_for_writing(partial(storage, PART_IDS[0]))
+        group.cancel_scope.cancel()
+        os.close(writer)
+
+    assert descriptors_of(partial(storage)) == 0
 
 
 async def test_concat_refuses_ids_that_are_not_opaque_tokens(storage: LocalStorage) -> None:
@@ -514,6 +631,28 @@ async def test_read_closes_its_file_when_cancelled_mid_read(storage: LocalStorag
     assert descriptors_of(path) == 0
 
 
+async def test_a_read_cancelled_while_its_thread_opens_the_file_still_closes_it(
+    storage: LocalStorage,
+) -> None:
+    # A call cancelled while its thread runs waits for the thread: the
+    # descriptor it opened is closed, not lost with the cancellation. A FIFO
+    # holds the thread in its open until the spec lets it go.
+    fifo = storage.root / "held"
+    os.mkfifo(fifo)
+    chunks = storage.read(UPLOAD_ID, "held", 0, 10)
+
+    async def read() -> None:
+        await anext(chunks)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(read)
+        writer = await opened_for_writing(fifo)
+        group.cancel_scope.cancel()  # before the thread's result is in
+    os.close(writer)
+
+    assert descriptors_of(fifo) == 0
+
+
 async def test_stale_partials_lists_only_partials_untouched_since_the_given_time(
     storage: LocalStorage,
 ) -> None:
@@ -535,3 +674,26 @@ async def test_stale_partials_lists_only_partials_untouched_since_the_given_time
 
     await storage.write(stale, 0, blocks([b"new bytes"]))  # a write makes it fresh again
     assert await storage.stale_partials(cutoff) == []
+
+
+async def test_a_partial_last_written_at_the_given_time_itself_is_not_stale(
+    storage: LocalStorage,
+) -> None:
+    cutoff = float(int(time.time()) - 60)  # whole seconds: st_mtime holds it exactly
+    await storage.create(UPLOAD_ID)
+    os.utime(partial(storage), (cutoff, cutoff))
+
+    assert await storage.stale_partials(cutoff) == []
+    assert await storage.stale_partials(cutoff + 1) == [UPLOAD_ID]
+
+
+async def test_stale_partials_lists_no_symlink_even_to_an_old_file(
+    storage: LocalStorage, tmp_path: Path
+) -> None:
+    # Only a regular file is a partial; its own time counts, not a target's.
+    old = tmp_path / "old"
+    old.write_bytes(b"")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    partial(storage).symlink_to(old)
+
+    assert await storage.stale_partials(time.time() - 3600) == []
