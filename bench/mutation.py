@@ -68,7 +68,8 @@ SPECS: dict[str, list[str]] = {
         "tests/test_patch.py",
     ],
     "tusserver/locking.py": [
-        # kept_alive keeping the sweep lock through a pass of several TTLs.
+        # kept_alive's schedule and its end, then the sweep lock kept through a pass.
+        "tests/test_kept_alive.py",
         "tests/test_sweeper.py",
         "tests/test_termination.py",
         "tests/test_head.py",

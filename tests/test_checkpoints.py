@@ -91,3 +91,17 @@ def test_checkpoints_asked_for_in_one_turn_of_the_event_loop_commit_one_at_a_tim
         assert await client.hget(info_key(UPLOAD_ID), "offset") == "60"
 
     with_held_upload(redis_url, scenario)
+
+
+def test_no_checkpoint_is_due_while_nothing_was_stored_since_the_last_one() -> None:
+    """A body that stalls after a checkpoint: however long it stalls, there
+    is nothing new to commit (a commit of the same offset would be a Redis
+    round trip per watchdog tick for nothing)."""
+
+    async def commit(stored: int) -> bool:
+        return True
+
+    checkpoints = Checkpoints(commit, every_bytes=1, every_seconds=0.0)
+    checkpoints.committed = 30
+    assert not checkpoints.due(30)
+    assert checkpoints.due(31)
