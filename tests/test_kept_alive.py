@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 
 import anyio
+import anyio.lowlevel
 
 from tusserver.locking import Lease, kept_alive
 
@@ -38,7 +39,7 @@ def test_work_longer_than_the_ttl_is_extended_at_most_once_per_third_of_the_ttl(
 
     async def extend(key: str, token: str, ttl_ms: int) -> bool:
         extensions.append(time.monotonic())
-        await anyio.sleep(0)  # a Redis call: a turn of the event loop
+        await anyio.lowlevel.checkpoint()  # a Redis call: a turn of the event loop
         return True
 
     async def run() -> tuple[CountedLease, float]:
@@ -58,9 +59,11 @@ def test_work_longer_than_the_ttl_is_extended_at_most_once_per_third_of_the_ttl(
 def test_an_extension_in_flight_when_the_work_ends_is_over_before_the_caller_goes_on() -> None:
     async def run() -> list[str]:
         events: list[str] = []
+        sent = anyio.Event()
 
         async def extend(key: str, token: str, ttl_ms: int) -> bool:
             events.append("extension sent")
+            sent.set()
             try:
                 await anyio.sleep(3600)  # Redis does not answer
             finally:
@@ -73,8 +76,7 @@ def test_an_extension_in_flight_when_the_work_ends_is_over_before_the_caller_goe
 
         lease = Lease("k" * 32, "token", ttl=TTL, extend=extend)
         async with kept_alive(lease):
-            while "extension sent" not in events:
-                await anyio.sleep(0.01)
+            await sent.wait()
         events.append("caller goes on")  # and would release the lock now
         return events
 
@@ -88,9 +90,11 @@ def test_work_cancelled_while_an_extension_is_in_flight_ends_that_extension_firs
 
     async def run() -> list[str]:
         events: list[str] = []
+        sent = anyio.Event()
 
         async def extend(key: str, token: str, ttl_ms: int) -> bool:
             events.append("extension sent")
+            sent.set()
             try:
                 await anyio.sleep(3600)  # Redis does not answer
             finally:
@@ -104,8 +108,7 @@ def test_work_cancelled_while_an_extension_is_in_flight_ends_that_extension_firs
         lease = Lease("k" * 32, "token", ttl=TTL, extend=extend)
         with anyio.CancelScope() as scope:
             async with kept_alive(lease):
-                while "extension sent" not in events:
-                    await anyio.sleep(0.01)
+                await sent.wait()
                 scope.cancel()
                 await anyio.sleep(3600)
         events.append("cancellation out")
