@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.helpers import b64
@@ -211,9 +213,10 @@ def test_is_upload_id_accepts_8_to_64_lowercase_letters_digits_dashes_underscore
     assert protocol.is_upload_id(text) is valid
 
 
-def test_new_upload_ids_are_valid_and_distinct() -> None:
+def test_new_upload_ids_are_128_random_bits_in_32_lowercase_hex_digits() -> None:
     ids = {protocol.new_upload_id() for _ in range(1000)}
     assert len(ids) == 1000
+    assert all(re.fullmatch("[0-9a-f]{32}", upload_id) for upload_id in ids)
     assert all(protocol.is_upload_id(upload_id) for upload_id in ids)
 
 
@@ -254,6 +257,34 @@ def test_parse_upload_concat_takes_ids_from_the_paths_of_final_part_urls(
     assert parsed.is_final
     assert parsed.ids == ids
     assert parsed.urls == tuple(header.removeprefix("final;").split())
+
+
+def test_parse_upload_concat_accepts_exactly_the_maximum_number_of_parts() -> None:
+    ids = tuple(f"{number:032x}" for number in range(protocol.MAX_CONCAT_PARTS))
+    header = "final;" + " ".join(f"/files/{upload_id}" for upload_id in ids)
+
+    parsed = protocol.parse_upload_concat(header, "/files/", "/files/")
+
+    assert protocol.MAX_CONCAT_PARTS == 1000
+    assert parsed.ids == ids
+
+
+@pytest.mark.parametrize(
+    ("parts", "number"),
+    [
+        pytest.param(["/other/x"], 1, id="first of one"),
+        pytest.param([f"/files/{UPLOAD_ID}", "/other/x"], 2, id="second of two"),
+        pytest.param([f"/files/{UPLOAD_ID}", f"/files/{OTHER_ID}", "/files/"], 3, id="third"),
+    ],
+)
+def test_a_refused_concat_part_is_named_by_its_position_counting_from_1(
+    parts: list[str], number: int
+) -> None:
+    with pytest.raises(TusError) as raised:
+        protocol.parse_upload_concat("final;" + " ".join(parts), "/files/", "/files/")
+
+    assert raised.value.code == "invalid_concat_part"
+    assert raised.value.message.startswith(f"Part {number} of Upload-Concat ")
 
 
 def test_parse_upload_concat_recognizes_partial() -> None:
@@ -312,6 +343,11 @@ def test_upload_checksum_is_parsed(header: str, algorithm: str, digest: bytes) -
         pytest.param("sha1 " + b64(bytes(19)), "invalid_header", id="digest one byte short"),
         pytest.param("sha1 " + b64(bytes(20))[:-1], "invalid_header", id="broken base64"),
         pytest.param("sha1 " + bytes(20).hex(), "invalid_header", id="hex instead of base64"),
+        pytest.param(
+            "sha1 " + b64(bytes(20))[:8] + "*" + b64(bytes(20))[8:],
+            "invalid_header",
+            id="a character outside base64 in the digest",
+        ),
     ],
 )
 def test_bad_upload_checksum_is_a_400(header: str, code: str) -> None:
@@ -326,4 +362,21 @@ def test_a_malformed_metadata_value_is_named_by_the_first_40_characters_of_its_k
         protocol.parse_metadata(f"{key} not*base64", 1000)
 
     assert repr("k" * 40) in refused.value.message
+    assert repr("k" * 41) not in refused.value.message
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        pytest.param("k" * 60 + "\x01 YQ==", id="not a token"),
+        pytest.param("k" * 60 + " YQ==," + "k" * 60 + " Yg==", id="repeated"),
+    ],
+)
+def test_a_refused_metadata_key_is_named_by_its_first_40_characters(header: str) -> None:
+    with pytest.raises(TusError) as refused:
+        protocol.parse_metadata(header, 1000)
+
+    assert refused.value.code == "invalid_upload_metadata"
+    assert repr("k" * 40) in refused.value.message
+    assert repr("k" * 39) not in refused.value.message
     assert repr("k" * 41) not in refused.value.message
