@@ -6,7 +6,9 @@ import base64
 import os
 from pathlib import Path
 
+import anyio
 import httpx
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 
 def b64(value: bytes) -> str:
@@ -42,3 +44,30 @@ def descriptors_of(path: Path) -> int:
         except OSError:
             continue  # closed while we looked
     return count
+
+
+class CutsRequestsOnRequest:
+    """ASGI middleware of an embedding application that cancels its running
+    requests of one method through an anyio cancel scope, as its own request
+    timeout or shutdown would: a scope cancels every await inside it until
+    it is left, where a task's cancel() interrupts one."""
+
+    def __init__(self, app: ASGIApp, method: str) -> None:
+        self.app = app
+        self.method = method
+        self.running: set[anyio.CancelScope] = set()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != self.method:
+            await self.app(scope, receive, send)
+            return
+        with anyio.CancelScope() as cut:
+            self.running.add(cut)
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                self.running.discard(cut)
+
+    def cut_all(self) -> None:
+        for cut in self.running:
+            cut.cancel()

@@ -12,17 +12,21 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from urllib.parse import quote
 
-import anyio
 import httpx
 import pytest
 import redis
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from storage_backends.local import LocalStorage
-from tests.helpers import assert_tus_error, b64, descriptors_of, upload_id_of
+from tests.helpers import (
+    CutsRequestsOnRequest,
+    assert_tus_error,
+    b64,
+    descriptors_of,
+    upload_id_of,
+)
 from tests.raw_http import wait_until
 from tests.server_fixtures import OCTETS, TUS, RunningServer, ServedApps, mounted
 from tests.test_expiry import wait_until_expired
@@ -648,30 +652,6 @@ class MemoryReads(LocalStorage):
         return self.handed[-1]
 
 
-class CutsDownloadsOnRequest:
-    """ASGI middleware of an embedding application that cancels running
-    GETs through an anyio cancel scope, as its own request timeout would."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self.running: set[anyio.CancelScope] = set()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "GET":
-            await self.app(scope, receive, send)
-            return
-        with anyio.CancelScope() as cut:
-            self.running.add(cut)
-            try:
-                await self.app(scope, receive, send)
-            finally:
-                self.running.discard(cut)
-
-    def cut_all(self) -> None:
-        for cut in self.running:
-            cut.cancel()
-
-
 def test_a_download_cut_while_the_client_is_slow_closes_the_storages_iterator(
     served_apps: ServedApps, redis_url: str, tmp_path: Path, server: str
 ) -> None:
@@ -686,7 +666,9 @@ def test_a_download_cut_while_the_client_is_slow_closes_the_storages_iterator(
         return Response(status_code=204)
 
     routes = [Route("/cut", cut, methods=["POST"])]
-    cutter = CutsDownloadsOnRequest(mounted(create_app(config, storage=storage), "/app", routes))
+    cutter = CutsRequestsOnRequest(
+        mounted(create_app(config, storage=storage), "/app", routes), "GET"
+    )
     url, client = served_apps.serve(cutter)
     data = os.urandom(32 * 1024 * 1024)
     created = client.post(url + "/app/files/", headers={**TUS, "Upload-Length": str(len(data))})

@@ -34,6 +34,29 @@ class CountedLease(Lease):
         return await super().keep_alive()
 
 
+class StuckExtensions(Lease):
+    """A lease whose extension Redis never answers: it records when one is
+    sent and when it is over (cut off by ``kept_alive``'s end)."""
+
+    def __init__(self) -> None:
+        super().__init__("k" * 32, "token", ttl=TTL, extend=self._extend)
+        self.events: list[str] = []
+        self.sent = anyio.Event()
+
+    async def _extend(self, key: str, token: str, ttl_ms: int) -> bool:
+        self.events.append("extension sent")
+        self.sent.set()
+        try:
+            await anyio.sleep(3600)  # Redis does not answer
+        finally:
+            # Cut off, the call drops its connection, as the state's script
+            # calls do, shielded: a few turns of the event loop.
+            with anyio.CancelScope(shield=True):
+                await anyio.sleep(0.05)
+            self.events.append("extension over")
+        return True
+
+
 def test_work_longer_than_the_ttl_is_extended_at_most_once_per_third_of_the_ttl() -> None:
     extensions: list[float] = []
 
@@ -58,23 +81,8 @@ def test_work_longer_than_the_ttl_is_extended_at_most_once_per_third_of_the_ttl(
 
 def test_an_extension_in_flight_when_the_work_ends_is_over_before_the_caller_goes_on() -> None:
     async def run() -> list[str]:
-        events: list[str] = []
-        sent = anyio.Event()
-
-        async def extend(key: str, token: str, ttl_ms: int) -> bool:
-            events.append("extension sent")
-            sent.set()
-            try:
-                await anyio.sleep(3600)  # Redis does not answer
-            finally:
-                # Cut off, the call drops its connection, as the state's
-                # script calls do, shielded: a few turns of the event loop.
-                with anyio.CancelScope(shield=True):
-                    await anyio.sleep(0.05)
-                events.append("extension over")
-            return True
-
-        lease = Lease("k" * 32, "token", ttl=TTL, extend=extend)
+        lease = StuckExtensions()
+        events, sent = lease.events, lease.sent
         async with kept_alive(lease):
             await sent.wait()
         events.append("caller goes on")  # and would release the lock now
@@ -89,23 +97,8 @@ def test_work_cancelled_while_an_extension_is_in_flight_ends_that_extension_firs
     leaves ``kept_alive``."""
 
     async def run() -> list[str]:
-        events: list[str] = []
-        sent = anyio.Event()
-
-        async def extend(key: str, token: str, ttl_ms: int) -> bool:
-            events.append("extension sent")
-            sent.set()
-            try:
-                await anyio.sleep(3600)  # Redis does not answer
-            finally:
-                # Cut off, the call drops its connection, as the state's
-                # script calls do, shielded: a few turns of the event loop.
-                with anyio.CancelScope(shield=True):
-                    await anyio.sleep(0.05)
-                events.append("extension over")
-            return True
-
-        lease = Lease("k" * 32, "token", ttl=TTL, extend=extend)
+        lease = StuckExtensions()
+        events, sent = lease.events, lease.sent
         with anyio.CancelScope() as scope:
             async with kept_alive(lease):
                 await sent.wait()

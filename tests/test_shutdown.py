@@ -21,18 +21,16 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import anyio
 import httpx
 import pytest
 import redis
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
 from tusclient.client import TusClient
 
 from tests.deployment_fixtures import StartDeployment, ThrottlingProxy
-from tests.helpers import assert_tus_error, upload_id_of
+from tests.helpers import CutsRequestsOnRequest, assert_tus_error, upload_id_of
 from tests.process_fixtures import ServeProcess
 from tests.raw_http import raw_patch, send_in_pieces, wait_until
 from tests.server_fixtures import OCTETS, TUS, ServedApps, mounted
@@ -297,32 +295,6 @@ def test_after_the_stop_began_a_request_on_an_open_connection_gets_a_retryable_5
     assert head.headers["Upload-Offset"] == "0"
 
 
-class CutsPatchesOnRequest:
-    """ASGI middleware of an embedding application that cancels running
-    PATCHes through an anyio cancel scope, as its own request timeout or
-    shutdown would: a scope cancels every await inside it until it is left,
-    where a task's cancel() interrupts one."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self.running: set[anyio.CancelScope] = set()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "PATCH":
-            await self.app(scope, receive, send)
-            return
-        with anyio.CancelScope() as cut:
-            self.running.add(cut)
-            try:
-                await self.app(scope, receive, send)
-            finally:
-                self.running.discard(cut)
-
-    def cut_all(self) -> None:
-        for cut in self.running:
-            cut.cancel()
-
-
 def test_a_patch_cancelled_by_the_embedding_application_commits_what_it_stored(
     served_apps: ServedApps, redis_url: str, state: redis.Redis, tmp_path: Path
 ) -> None:
@@ -335,7 +307,7 @@ def test_a_patch_cancelled_by_the_embedding_application_commits_what_it_stored(
         return Response(status_code=204)
 
     beside = [Route("/cut", cut, methods=["POST"])]
-    cutter = CutsPatchesOnRequest(mounted(create_app(config), "/app", beside))
+    cutter = CutsRequestsOnRequest(mounted(create_app(config), "/app", beside), "PATCH")
     url, client = served_apps.serve(cutter)
     length = 4 * MiB
     created = client.post(url + "/app/files/", headers={**TUS, "Upload-Length": str(length)})

@@ -12,7 +12,7 @@ cannot be caused from outside a real server.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import anyio
@@ -42,6 +42,31 @@ async def _storage(root: Path) -> LocalStorage:
     return storage
 
 
+async def _receive(
+    transfer: Transfer,
+    receive: Callable[[], Awaitable[Message]],
+    storage: LocalStorage,
+    lease: Lease,
+    *,
+    checkpoints: Checkpoints | None = None,
+    takeover_after: float = 3600.0,
+) -> None:
+    """A body into the upload from its first byte, in blocks of one piece,
+    with an hour before it counts as idle."""
+    await receive_into_storage(
+        transfer,
+        receive,
+        storage,
+        lease,
+        0,
+        limit=None,
+        block_size=len(PIECE),
+        idle_timeout=3600.0,
+        takeover_after=takeover_after,
+        checkpoints=checkpoints,
+    )
+
+
 def _transfer(
     root: Path, receive_body: list[bytes], *, fault: Exception | None, checkpoints: bool
 ) -> tuple[Transfer, LocalStorage]:
@@ -66,16 +91,11 @@ def _transfer(
 
         transfer = Transfer()
         with anyio.fail_after(HANG_GUARD_SECONDS):
-            await receive_into_storage(
+            await _receive(
                 transfer,
                 receive,
                 storage,
                 Lease(UPLOAD_ID, "token", ttl=30.0, extend=_kept),
-                0,
-                limit=None,
-                block_size=len(PIECE),
-                idle_timeout=3600.0,
-                takeover_after=3600.0,
                 checkpoints=Checkpoints(commit, every_bytes=1, every_seconds=3600.0)
                 if checkpoints
                 else None,
@@ -145,16 +165,11 @@ def test_a_transfer_cancelled_while_a_checkpoint_commits_ends_only_once_that_com
                     tasks.cancel_scope.cancel()
 
                 tasks.start_soon(cancel_the_request)
-                await receive_into_storage(
+                await _receive(
                     Transfer(),
                     receive,
                     storage,
                     Lease(UPLOAD_ID, "token", ttl=30.0, extend=_kept),
-                    0,
-                    limit=None,
-                    block_size=len(PIECE),
-                    idle_timeout=3600.0,
-                    takeover_after=3600.0,
                     checkpoints=checkpoints,
                 )
         return commits, checkpoints.committed
@@ -207,17 +222,8 @@ def test_a_stop_while_the_receiver_waits_for_the_writer_still_stores_the_block_i
                     lease.let_go()
 
                 tasks.start_soon(stop_the_process)
-                await receive_into_storage(
-                    transfer,
-                    receive,
-                    storage,
-                    lease,
-                    0,
-                    limit=None,
-                    block_size=len(PIECE),
-                    idle_timeout=3600.0,
-                    takeover_after=0.1,  # the watchdog's first tick
-                )
+                # The watchdog's first tick 0.1 s in.
+                await _receive(transfer, receive, storage, lease, takeover_after=0.1)
         return transfer
 
     transfer = anyio.run(run)
