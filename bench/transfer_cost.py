@@ -8,8 +8,8 @@ With ``--against DIR`` (another checkout of this repository, e.g. a
 alternate between the two in one process, so that what else the machine
 does weighs on both alike::
 
-    git worktree add /tmp/before HEAD~1
-    python bench/transfer_cost.py --against /tmp/before
+    git worktree add ../before HEAD~1
+    python bench/transfer_cost.py --against ../before
 
 Prints the median CPU time per transfer (process CPU: the worker thread's
 write included) for each. Storage is on /dev/shm when it exists, so that
