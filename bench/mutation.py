@@ -108,6 +108,8 @@ SPECS: dict[str, list[str]] = {
         "tests/test_cli.py::test_sigterm_during_a_patch_commits_the_bytes_it_stored",
         "tests/test_crash_recovery.py::test_sigkill_mid_patch_keeps_what_was_stored_and_the_resumed_upload_is_byte_exact",
     ],
+    # The shielded waits of the transfer's and kept_alive's side tasks.
+    "tusserver/task_ends.py": ["tests/test_transfer.py", "tests/test_kept_alive.py"],
     "tusserver/finishing.py": [
         "tests/test_hooks.py",
         "tests/test_head.py",

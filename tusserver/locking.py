@@ -34,6 +34,7 @@ from tusserver.log_safety import describe
 from tusserver.record import Upload
 from tusserver.release_requests import ReleaseRequests
 from tusserver.state import Claim, ClaimStatus, StateUnavailable, UploadStore
+from tusserver.task_ends import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -137,12 +138,9 @@ async def kept_alive(lease: Lease) -> AsyncIterator[None]:
         yield
     finally:
         first.cancel()
-        if keeper is not None:
-            keeper.cancel()
-            # Shielded: an extension cut off mid-call must drop its connection
-            # before the block's caller goes on (and releases the lock).
-            with anyio.CancelScope(shield=True):
-                await asyncio.wait([keeper])
+        # An extension cut off mid-call drops its connection before the
+        # block's caller goes on (and releases the lock).
+        await cancel_and_wait([keeper])
 
 
 class Locker:

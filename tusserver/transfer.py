@@ -54,6 +54,7 @@ from tusserver.content_types import HeadCheck
 from tusserver.digests import Digests
 from tusserver.handoff import Handoff
 from tusserver.locking import Lease
+from tusserver.task_ends import cancel_and_wait, wait_for_end
 
 
 class End(enum.Enum):
@@ -106,10 +107,7 @@ class Checkpoints:
         """Wait for the running checkpoint, if any, to its end. Never cancelled
         (nobody cancels its task): a commit cut off after Redis applied it
         would leave this request with an offset it does not know it moved."""
-        running = self._running
-        if running is not None and not running.done():
-            with anyio.CancelScope(shield=True):
-                await asyncio.wait([running])
+        await wait_for_end([self._running])
 
     async def _run(self, stored: int, stop: Callable[[], None]) -> None:
         try:
@@ -276,8 +274,8 @@ async def receive_into_storage(
             blocks.close_sending()
 
     async def hand_over(block: Block) -> None:
-        # A block is queued whole or not at all (``Handoff.send``), and only
-        # this function's own teardown cancels the receiver: never stored twice.
+        # A block is queued whole or not at all (``Handoff.send``), and a stop
+        # cancels the receiver only in receive(): never lost, never stored twice.
         try:
             await blocks.send(block)
         except anyio.BrokenResourceError:
@@ -336,7 +334,7 @@ async def receive_into_storage(
         # Wakes a receiver waiting to hand over a block the writer will never
         # take. At the end of a body the receiver is done already.
         blocks.close_receiving()
-        await _stop_and_wait([receiving, watching])
+        await cancel_and_wait([receiving, watching])
         if checkpoints is not None:
             await checkpoints.finished()
     # Faults of the tasks beside the writer, raised as themselves (a task
@@ -348,18 +346,6 @@ async def receive_into_storage(
         raise checkpoints.failure
     if transfer.end in (End.TOO_LARGE, End.REFUSED):
         transfer.stored = 0
-
-
-async def _stop_and_wait(tasks: list[asyncio.Task[None] | None]) -> None:
-    """Cancel the tasks still running and wait for them to end, even when
-    the caller is being cancelled (they touch this request's lock and body)."""
-    running = [task for task in tasks if task is not None and not task.done()]
-    if not running:
-        return
-    for task in running:
-        task.cancel()
-    with anyio.CancelScope(shield=True):
-        await asyncio.wait(running)
 
 
 def final_block_size(block_size: int) -> int:
