@@ -12,13 +12,17 @@ from contextlib import asynccontextmanager
 import anyio
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from tests.redis_topologies import RedisSentinelSet
+from tusserver.protocol import Metadata
 from tusserver.record import PARTIAL, Upload
 from tusserver.state import (
     ClaimStatus,
     CommitStatus,
     NotReplicated,
+    StateUnavailable,
     UploadStore,
     info_key,
     lock_key,
@@ -113,6 +117,28 @@ def test_a_commit_records_the_length_its_chunked_body_declared_with_its_bytes(
     with_store(redis_url, scenario)
 
 
+def test_a_read_finds_the_committed_record_whoever_holds_the_lock_and_tells_missing_from_gone(
+    redis_url: str,
+) -> None:
+    async def scenario(store: UploadStore, client: aioredis.Redis) -> None:
+        assert await store.read(UPLOAD_ID) is ClaimStatus.MISSING
+        metadata = Metadata("name bmFtZQ==", {"name": b"name"})
+        await store.create(
+            Upload(UPLOAD_ID, 0, 100, metadata=metadata), lock_token="A", lock_ttl_ms=10_000
+        )
+        assert await store.commit(UPLOAD_ID, "A", 0, 40, release=False) is CommitStatus.OK
+        read = await store.read(UPLOAD_ID)
+        assert isinstance(read, Upload)
+        assert (read.id, read.offset, read.length) == (UPLOAD_ID, 40, 100)
+        assert read.metadata.values == {"name": b"name"}
+        assert await client.get(lock_key(UPLOAD_ID)) == "A"  # a read takes nothing
+        assert await store.terminate(UPLOAD_ID, "A") is CommitStatus.OK
+        assert await store.read(UPLOAD_ID) is ClaimStatus.GONE
+        assert await store.read(OTHER_ID) is ClaimStatus.MISSING
+
+    with_store(redis_url, scenario)
+
+
 def test_a_retried_create_finds_its_own_record_and_a_taken_id_or_a_tombstone_is_refused(
     redis_url: str,
 ) -> None:
@@ -142,13 +168,14 @@ def test_the_creator_holds_the_lock_it_asked_for_and_a_retried_claim_finds_its_o
     async def scenario(store: UploadStore, client: aioredis.Redis) -> None:
         await store.create(Upload(UPLOAD_ID, 0, 100), lock_token="A", lock_ttl_ms=10_000)
         assert (await store.claim(UPLOAD_ID, "B", 10_000)).status is ClaimStatus.LOCKED
-        assert (await store.read(UPLOAD_ID)).status is ClaimStatus.LOCKED
+        # A read never looks at the lock: the record as committed.
+        read = await store.read(UPLOAD_ID)
+        assert isinstance(read, Upload) and read.length == 100
         # A's claim sent again (reply lost): its own lock, not another's.
         assert (await store.claim(UPLOAD_ID, "A", 10_000)).status is ClaimStatus.CLAIMED
 
         # Created without a lock: free for the first claim, and then taken.
         await store.create(Upload(OTHER_ID, 0, 100), lock_token=None, lock_ttl_ms=10_000)
-        assert (await store.read(OTHER_ID)).status is ClaimStatus.CLAIMED
         assert (await store.claim(OTHER_ID, "B", 10_000)).status is ClaimStatus.CLAIMED
         assert (await store.claim(OTHER_ID, "C", 10_000)).status is ClaimStatus.LOCKED
 
@@ -194,8 +221,8 @@ def test_a_completion_or_termination_is_refused_to_a_writer_whose_lock_another_h
         await store.create(Upload(UPLOAD_ID, 5, 5), lock_token="B", lock_ttl_ms=10_000)
         assert await store.complete(UPLOAD_ID, "A", "file", None) is CommitStatus.LOST_LOCK
         assert await store.terminate(UPLOAD_ID, "A") is CommitStatus.LOST_LOCK
-        upload = (await store.read(UPLOAD_ID)).upload
-        assert upload is not None and upload.state == PARTIAL
+        upload = await store.read(UPLOAD_ID)
+        assert isinstance(upload, Upload) and upload.state == PARTIAL
 
         # The holder finishes it, and lets go of the lock in the same step.
         assert await store.complete(UPLOAD_ID, "B", "file", None) is CommitStatus.OK
@@ -317,3 +344,43 @@ def test_a_retried_durable_commit_waits_for_a_write_of_its_own(
                 await connection.aclose()
 
     anyio.run(scenario)
+
+
+# Pauses one Redis server's clients.
+@pytest.mark.standalone_redis
+def test_a_reply_later_than_the_socket_timeout_fails_the_read_and_the_next_read_is_answered(
+    redis_url: str,
+) -> None:
+    # Reads on the store's kept connections share one timer for their
+    # socket timeout (tusserver/script_calls.py): a late reply must still
+    # end the read as a timeout would, not wait for Redis however long.
+    async def run() -> None:
+        client = aioredis.Redis.from_url(
+            redis_url, decode_responses=True, socket_timeout=0.3, retry=Retry(NoBackoff(), 0)
+        )
+        admin = aioredis.Redis.from_url(redis_url, decode_responses=True)
+        try:
+            store = UploadStore(client)
+            await store.create(Upload(UPLOAD_ID, 0, 100), lock_token=None, lock_ttl_ms=10_000)
+            assert isinstance(await store.read(UPLOAD_ID), Upload)  # a connection kept
+
+            await admin.execute_command("CLIENT", "PAUSE", "4000", "ALL")
+            with pytest.raises(StateUnavailable):
+                await store.read(UPLOAD_ID)
+
+            for _ in range(40):  # until the pause is over
+                try:
+                    read = await store.read(UPLOAD_ID)
+                except StateUnavailable:
+                    await anyio.sleep(0.25)
+                    continue
+                assert isinstance(read, Upload) and read.length == 100
+                break
+            else:
+                pytest.fail("the store never read again once Redis answered")
+        finally:
+            await admin.execute_command("CLIENT", "UNPAUSE")
+            await client.aclose()
+            await admin.aclose()
+
+    anyio.run(run)

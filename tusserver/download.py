@@ -167,19 +167,19 @@ async def _locate(request: Request, services: Services, upload_id: str) -> tuple
 async def _record(request: Request, services: Services, upload_id: str) -> Upload:
     """The record, whether or not a PATCH is writing: a finished file no
     longer changes, and a partial never changes below the committed offset."""
-    claim = await services.store.read(upload_id)
-    if claim.status is ClaimStatus.MISSING:
+    upload = await services.store.read(upload_id)
+    if upload is ClaimStatus.MISSING:
         raise errors.not_found()
-    if claim.status is ClaimStatus.GONE:
+    if upload is ClaimStatus.GONE:
         raise errors.gone()
-    assert claim.upload is not None
+    assert not isinstance(upload, ClaimStatus)
     # Before anything of its state (expired, unfinished) shows.
-    ownership.ensure(request, claim.upload)
-    if expiry.has_expired(claim.upload):
+    ownership.ensure(request, upload)
+    if expiry.has_expired(upload):
         raise errors.gone()  # as HEAD says once Upload-Expires has passed
-    if not claim.upload.is_complete and not services.config.download_unfinished:
+    if not upload.is_complete and not services.config.download_unfinished:
         raise errors.not_finished()
-    return claim.upload
+    return upload
 
 
 def _source(upload: Upload) -> str | None:

@@ -235,13 +235,13 @@ class Locker:
         commits every ``checkpoint_interval`` while bytes stream, so the
         offset read is at most that stale.
         """
-        claim = await self.store.read(upload_id)
-        if claim.status is ClaimStatus.MISSING:
+        upload = await self.store.read(upload_id)
+        if upload is ClaimStatus.MISSING:
             raise errors.not_found()
-        if claim.status is ClaimStatus.GONE:
+        if upload is ClaimStatus.GONE:
             raise errors.gone()
-        assert claim.upload is not None
-        return claim.upload
+        assert not isinstance(upload, ClaimStatus)
+        return upload
 
     async def release(self, lease: Lease) -> None:
         """Give the lock back unless a commit already did. Never raises."""

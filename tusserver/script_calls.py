@@ -1,18 +1,19 @@
-"""Running the store's Lua scripts with as little client work as possible.
+"""Running the store's Lua scripts, and the plain read a HEAD sends, with as
+little client work as possible.
 
-Every tus request runs one or two scripts (``state``), and through
+Every tus request runs one or two scripts or that read (``state``), and through
 redis-py's ``Redis.execute_command`` each costs about three times what
 sending it and reading its reply does: the pool's lock, a check that the
 connection has no stray data (a non-blocking read), observability hooks,
 the retry wrapper. That was a third of a HEAD's CPU.
 
-So, on one standalone server, a script is sent on a connection kept here,
-taken once from the client's pool: ``EVALSHA``,
-then its reply. A connection goes back to the idle list only after a whole
+So, on one standalone server, a call is sent on a connection kept here,
+taken once from the client's pool (``EVALSHA`` or ``HGETALL``), packed by
+hiredis itself, then its reply. A connection goes back to the idle list only after a whole
 reply was read, so it never holds stray data. Anything unusual goes to
 redis-py's ordinary path, which has the retries and the failover handling:
 
-- the script is not loaded (a restarted or failed-over Redis): the ordinary
+- a script is not loaded (a restarted or failed-over Redis): the ordinary
   call loads it;
 - the connection failed or timed out: it is closed, and the ordinary call
   tries again on another one. The scripts are written to be retried (a
@@ -26,10 +27,12 @@ cluster client's job. Behind Sentinel too: see ``ScriptCalls``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import math
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
+import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
@@ -59,28 +62,56 @@ class ScriptCalls:
         self._pool: ConnectionPool | None = (
             None if isinstance(pool, SentinelConnectionPool) else pool
         )
+        if self._pool is not None and not _packs_as_hiredis(self._pool):
+            self._pool = None
         self._idle: list[AbstractConnection] = []
+        timeout = None if self._pool is None else self._pool.connection_kwargs.get("socket_timeout")
+        self._deadlines = ReplyDeadlines(timeout)
 
     def register(self, text: str) -> Script:
         return Script(self, self._client.register_script(text))
 
+    async def hgetall(self, key: str) -> dict[str, str]:
+        """A hash's fields (none: no such key); str, as the store's client
+        decodes replies."""
+        if self._pool is None:
+            return await self._client.hgetall(key)  # type: ignore[return-value]
+        reply = await self._on_kept_connection(("HGETALL", key), lambda: self._client.hgetall(key))
+        if isinstance(reply, dict):  # RESP3 answers a map
+            return reply
+        return dict(zip(reply[::2], reply[1::2], strict=True))
+
     async def run(
         self, script: AsyncScript, keys: Sequence[KeyT], args: Sequence[EncodableT]
     ) -> Any:
-        pool = self._pool
-        if pool is None:
+        if self._pool is None:
             return await script(keys=keys, args=args)
-        connection = self._idle.pop() if self._idle else await pool.get_connection()  # type: ignore[no-untyped-call]
+        return await self._on_kept_connection(
+            ("EVALSHA", script.sha, len(keys), *keys, *args),
+            lambda: script(keys=keys, args=args),
+        )
+
+    async def _on_kept_connection(
+        self, command: tuple[EncodableT, ...], ordinary: Callable[[], Awaitable[Any]]
+    ) -> Any:
+        """``command``'s reply, read on a kept connection; ``ordinary()``, the
+        same call through redis-py, whenever that cannot be done cleanly."""
+        assert self._pool is not None
+        connection = self._idle.pop() if self._idle else await self._pool.get_connection()  # type: ignore[no-untyped-call]
         try:
-            await _send(connection, "EVALSHA", script.sha, len(keys), *keys, *args)
-            reply = await connection.read_response()
+            await _send(connection, command)
+            self._deadlines.start(connection)
+            try:
+                reply = await connection.read_response(timeout=math.inf)
+            finally:
+                self._deadlines.stop(connection)
         except NoScriptError:
             # A whole reply was read: the connection is clean.
             await self._put_back(connection)
-            return await script(keys=keys, args=args)
+            return await ordinary()
         except (RedisConnectionError, RedisTimeoutError, OSError):
             await self._drop(connection)
-            return await script(keys=keys, args=args)
+            return await ordinary()
         except BaseException:
             # Cancelled, or a reply that failed to parse: a reply may still
             # be on its way, so the connection cannot serve another call.
@@ -105,28 +136,89 @@ class ScriptCalls:
             await self._pool.release(connection)
 
 
-async def _send(connection: AbstractConnection, *command: EncodableT) -> None:
+class ReplyDeadlines:
+    """The socket timeout of the replies read on kept connections, kept by
+    one timer for all of them: redis-py arms an ``asyncio.timeout`` around
+    each read and cancels it, a fifth of a read's client CPU
+    (bench/read_cost.py). A connection whose reply is late is aborted; its
+    read then fails as a connection Redis closed does, and the call goes the
+    ordinary way (with redis-py's own timeout and retries), as a read that
+    timed out did."""
+
+    def __init__(self, timeout: float | None) -> None:
+        self._timeout = timeout
+        self._deadlines: dict[AbstractConnection, float] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self, connection: AbstractConnection) -> None:
+        if self._timeout is None:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
+        self._deadlines[connection] = deadline
+        # One timer, for the earliest deadline: every later one is looked at
+        # when it fires (all reads share the timeout, so it is seldom).
+        if self._timer is None or self._timer_loop is not loop:
+            self._arm(loop, deadline)
+
+    def stop(self, connection: AbstractConnection) -> None:
+        self._deadlines.pop(connection, None)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        self._timer = loop.call_at(when, self._expire, loop)
+        self._timer_loop = loop
+
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        now = loop.time()
+        for connection, deadline in list(self._deadlines.items()):
+            if deadline <= now:
+                del self._deadlines[connection]
+                writer = connection._writer
+                if writer is not None:
+                    writer.transport.abort()
+        if self._deadlines:
+            self._arm(loop, min(self._deadlines.values()))
+
+
+async def _send(connection: AbstractConnection, command: tuple[EncodableT, ...]) -> None:
     """``connection.send_command`` without its write in a task of its own:
     with a socket timeout, redis-py writes through ``asyncio.wait_for``,
     which (before Python 3.12) wraps the write in a new task, a turn of the
     event loop and a sixth of a HEAD's own work.
 
-    A script is a few hundred bytes, which the socket takes at once: then
+    A call is a few hundred bytes, which the socket takes at once: then
     there is nothing to wait for, and no timeout to set up (a timer armed
     and cancelled, a tenth of a HEAD's own work in py-spy). Only bytes the
     socket left buffered are waited for, under the socket timeout; a
     timeout raises ``TimeoutError``, an ``OSError``, as a failed write does.
-    A connection lost meanwhile shows at the reply's read."""
-    packed = connection.pack_command(*command)
+    A connection lost meanwhile shows at the reply's read.
+
+    Packed by ``hiredis.pack_command`` rather than redis-py's packer, which
+    encodes each argument in Python first (1 against 6-10 µs a call): the
+    store passes only str, int and bytes, which hiredis encodes as redis-py
+    would (str as UTF-8, the client's encoding: ``ScriptCalls``)."""
     writer = connection._writer
     if writer is None or writer.transport.is_closing():
         # redis-py's own write raises its ConnectionError for these.
-        await connection._send_packed_command(packed)
+        await connection._send_packed_command(connection.pack_command(*command))
         return
-    writer.writelines(packed)
+    # hiredis's stub types the tuple as of one item.
+    writer.write(hiredis.pack_command(command))  # type: ignore[arg-type]
     if writer.transport.get_write_buffer_size():
         async with asyncio.timeout(connection.socket_timeout):
             await writer.drain()
+
+
+def _packs_as_hiredis(pool: ConnectionPool) -> bool:
+    """Whether ``hiredis.pack_command`` sends what the pool's connections
+    would: their arguments encoded as UTF-8, strictly (redis-py's default)."""
+    kwargs = pool.connection_kwargs
+    return (
+        kwargs.get("encoding", "utf-8").lower().replace("_", "-") in ("utf-8", "utf8")
+        and kwargs.get("encoding_errors", "strict") == "strict"
+    )
 
 
 class Script:

@@ -31,17 +31,14 @@ return 'ok'
 """
 )
 
-# KEYS: info, lock, gone. ARGV: token, ttl_ms ("" = only read).
+# KEYS: info, lock, gone. ARGV: token, ttl_ms.
 # Returns {status, flat record} where status is claimed|locked|missing|gone.
+# (A read that takes no lock is a plain HGETALL: ``UploadStore.read``.)
 CLAIM = """
 local record = redis.call('HGETALL', KEYS[1])
 if #record == 0 then
   if redis.call('EXISTS', KEYS[3]) == 1 then return {'gone'} end
   return {'missing'}
-end
-if ARGV[1] == '' then
-  if redis.call('EXISTS', KEYS[2]) == 1 then return {'locked', record} end
-  return {'claimed', record}
 end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return {'claimed', record}
