@@ -35,6 +35,7 @@ from storage_backends.names import (
     staged_upload_id,
 )
 from storage_backends.registry import StorageSettings
+from storage_backends.writeback import start_writeback
 
 # One read per thread hop: large enough that the hop costs little, small
 # enough that a download holds about one block in memory.
@@ -263,7 +264,9 @@ def _write_at(path: Path, block: Block, offset: int) -> int:
     must fail loudly, not be recreated full of holes."""
     fd = os.open(path, os.O_WRONLY)
     try:
-        return pwritev_all(fd, block, offset)
+        written = pwritev_all(fd, block, offset)
+        start_writeback(fd, offset, offset + written)
+        return written
     finally:
         os.close(fd)
 

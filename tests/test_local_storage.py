@@ -3,8 +3,10 @@ that against it too): file modes, vectored writes, kernel copies, crash repair."
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
+import platform
 import stat
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
@@ -15,9 +17,11 @@ import pytest
 
 from storage_backends.base import FileStat
 from storage_backends.local import LocalStorage
+from storage_backends.writeback import WINDOW, completed_windows
 from tests.helpers import descriptors_of
 
 UPLOAD_ID = "0123456789abcdef0123456789abcdef"
+MIB = 1024 * 1024
 
 pytestmark = pytest.mark.anyio
 
@@ -117,6 +121,64 @@ async def test_write_asks_for_the_next_block_only_after_the_previous_is_on_disk(
     assert await storage.write(UPLOAD_ID, 0, observed()) == 3000
 
     assert sizes_seen == [0, 1000, 2000, 3000]
+
+
+class CacheStat(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_uint64)
+        for name in ("cache", "dirty", "writeback", "evicted", "recently_evicted")
+    ]
+
+
+def dirty_pages(path: Path, start: int, length: int) -> int:
+    """Pages of the file's range the kernel holds dirty (Linux's cachestat,
+    6.5 and later), written by nobody yet."""
+    span = (ctypes.c_uint64 * 2)(start, length)
+    stat = CacheStat()
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if libc.syscall(_CACHESTAT, fd, ctypes.byref(span), ctypes.byref(stat), 0) != 0:
+            pytest.skip(f"no cachestat here ({os.strerror(ctypes.get_errno())})")
+    finally:
+        os.close(fd)
+    return int(stat.dirty)
+
+
+_CACHESTAT = 451  # the system call's number on x86-64 and arm64
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "aarch64"), reason="cachestat's number")
+async def test_each_whole_window_written_is_on_its_way_to_disk_before_the_fsync(
+    storage: LocalStorage,
+) -> None:
+    # So that the fsync before publishing has only the last window left to
+    # write while the client waits (storage_backends/writeback.py). Windows
+    # are counted from the file's start: here one write of a window and a
+    # half, then one that completes the second window.
+    await storage.create(UPLOAD_ID)
+    piece = os.urandom(MIB)
+    first = WINDOW + WINDOW // 2
+    assert await storage.write(UPLOAD_ID, 0, blocks([piece] * (first // MIB))) == first
+
+    tail_dirty = dirty_pages(partial(storage), WINDOW, WINDOW)
+    if tail_dirty == 0:
+        pytest.skip("this file system wrote the pages back at once, or keeps none dirty")
+    assert dirty_pages(partial(storage), 0, WINDOW) == 0
+
+    rest = 2 * WINDOW - first
+    assert await storage.write(UPLOAD_ID, first, blocks([piece] * (rest // MIB))) == rest
+    assert dirty_pages(partial(storage), WINDOW, WINDOW) == 0
+    assert partial(storage).read_bytes() == piece * (2 * WINDOW // MIB)
+
+
+def test_the_windows_a_write_completes_are_those_whose_end_it_reached() -> None:
+    assert completed_windows(0, 7, window=8) is None
+    assert completed_windows(0, 8, window=8) == (0, 8)
+    assert completed_windows(3, 9, window=8) == (0, 8)
+    assert completed_windows(8, 16, window=8) == (8, 16)
+    assert completed_windows(9, 15, window=8) is None
+    assert completed_windows(7, 25, window=8) == (0, 24)
 
 
 async def test_a_block_of_more_than_1024_buffers_is_written_fully(
