@@ -40,7 +40,7 @@ def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+        function = ctypes.CDLL(None).sync_file_range
     except (OSError, AttributeError):
         return None
     function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
@@ -53,10 +53,11 @@ _sync_file_range = _load_sync_file_range()
 
 def completed_windows(start: int, end: int, window: int = WINDOW) -> tuple[int, int] | None:
     """The whole windows a write of bytes ``[start, end)`` completed, as one
-    range ``(first byte, end)``; None if it completed none."""
+    range ``(offset, length)``; None if it completed none (a length of 0
+    would mean "to the end of the file" to the kernel)."""
     first = start // window * window
     last = end // window * window
-    return (first, last) if last > first else None
+    return (first, last - first) if last > first else None
 
 
 def start_writeback(fd: int, start: int, end: int) -> None:
@@ -67,5 +68,5 @@ def start_writeback(fd: int, start: int, end: int) -> None:
         return
     completed = completed_windows(start, end)
     if completed is not None:
-        first, last = completed
-        _sync_file_range(fd, first, last - first, _SYNC_FILE_RANGE_WRITE)
+        offset, length = completed
+        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)

@@ -173,12 +173,14 @@ async def test_each_whole_window_written_is_on_its_way_to_disk_before_the_fsync(
 
 
 def test_the_windows_a_write_completes_are_those_whose_end_it_reached() -> None:
+    # As (offset, length).
     assert completed_windows(0, 7, window=8) is None
     assert completed_windows(0, 8, window=8) == (0, 8)
     assert completed_windows(3, 9, window=8) == (0, 8)
-    assert completed_windows(8, 16, window=8) == (8, 16)
+    assert completed_windows(8, 16, window=8) == (8, 8)
     assert completed_windows(9, 15, window=8) is None
     assert completed_windows(7, 25, window=8) == (0, 24)
+    assert completed_windows(17, 40, window=8) == (16, 24)
 
 
 async def test_a_block_of_more_than_1024_buffers_is_written_fully(
