@@ -1154,10 +1154,13 @@ def test_local_storage_is_handed_blocks_of_half_a_mib_unless_the_configuration_s
         assert (server.storage / upload_id_of(url)).read_bytes() == body
         sizes[configured] = storage.block_sizes
 
-    # Whole blocks until the body's last quarter block (see the spec below).
-    assert min(sizes[None][:4]) >= 512 * KIB
+    # Whole blocks until the body's last quarter block (see the spec below):
+    # all but the last two. How many there are depends on the size of the
+    # body messages the HTTP server hands over (larger on a busy machine).
+    assert len(sizes[None]) >= 4
+    assert min(sizes[None][:-2]) >= 512 * KIB
     assert max(sizes[None]) < MIB
-    assert min(sizes[MIB][:2]) >= MIB
+    assert min(sizes[MIB][:-2]) >= MIB
 
 
 def test_a_backend_that_states_no_block_size_is_handed_blocks_of_4_mib() -> None:
