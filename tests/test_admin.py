@@ -327,9 +327,9 @@ def test_show_of_an_upload_that_is_not_there_fails_with_one_sentence(
         "malformed": "../../etc/passwd",
     }[which]
 
-    for command in ("show", "terminate"):
-        line = one_sentence_failure(uploads(server, command, upload_id))
-        assert expected in line, line
+    for command in (["show"], ["terminate"], ["terminate", "--force"]):
+        line = one_sentence_failure(uploads(server, *command, upload_id))
+        assert expected in line, (command, line)
 
 
 def test_commands_fail_with_one_sentence_when_redis_does_not_answer(tmp_path: Path) -> None:
@@ -389,6 +389,48 @@ def test_terminate_is_refused_while_a_patch_runs_and_force_stops_that_patch(
     assert answer.status_code in (410, 423), "the stopped PATCH must not answer 2xx"
     assert server.head(url).status_code == 410
     assert not (server.partials / upload_id).exists(), "the stopped PATCH left bytes"
+
+
+def test_terminate_without_force_never_asks_a_paused_patch_to_let_go(
+    tus_server: StartServer, state: redis.Redis
+) -> None:
+    # A client's PATCH that a client's DELETE would take over (paused past
+    # takeover_after): the operator's command is refused at once and asks
+    # nothing, so the PATCH goes on when its client does and finishes.
+    server = tus_server(takeover_after=0.05)
+    url = server.create(len(DATA))
+    upload_id = upload_id_of(url)
+
+    with patch_in_flight(server, state, url) as flight:
+        time.sleep(0.2)  # paused past takeover_after
+        refused = uploads(server, "terminate", upload_id)
+
+    line = one_sentence_failure(refused)
+    assert "running PATCH" in line, line
+    (answer,) = flight.answer
+    assert isinstance(answer, httpx.Response), answer
+    assert answer.status_code == 204, answer.text
+    assert server.head(url).headers["Upload-Offset"] == str(len(DATA))
+
+
+@pytest.mark.parametrize("force", [False, True], ids=["plain", "forced"])
+def test_a_termination_the_pre_terminate_hook_refuses_lets_go_of_the_lock_it_took(
+    tus_server: StartServer, state: redis.Redis, hook_receiver: HookReceiver, force: bool
+) -> None:
+    # The upload stays, and a client resuming it is not kept waiting for
+    # the command's lock to lapse (a lock wait of 3 s against a TTL of 10 s).
+    server = tus_server()
+    url = server.create(len(DATA))
+    upload_id = upload_id_of(url)
+    hooks = ["--hooks-url", hook_receiver.url, "--hooks-events", "pre-terminate"]
+    hook_receiver.answer("pre-terminate", {"RejectTermination": True})
+
+    refused = uploads(server, "terminate", upload_id, *hooks, *(["--force"] if force else []))
+
+    line = one_sentence_failure(refused)
+    assert "was not terminated" in line, line
+    assert not state.exists(lock_key(upload_id)), "the refused termination kept the lock"
+    assert server.patch(url, 0, DATA).status_code == 204
 
 
 def test_terminate_tells_the_termination_hooks_as_a_delete_does(

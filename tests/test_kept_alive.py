@@ -1,5 +1,6 @@
 """``locking.kept_alive``: a lock kept alive through long work with no bytes
-arriving (a finalize, a concatenation's copy, a sweep pass).
+arriving (a finalize, a concatenation's copy, a sweep pass); and
+``Lease.keep_alive`` itself, on a clock the spec moves.
 
 It starts extending only once the first extension is due, extends about
 once per third of the TTL, and when the work ends it stops the extending
@@ -12,12 +13,16 @@ schedule and the hand-over at the end, not Redis.
 
 from __future__ import annotations
 
+import logging
 import time
 
 import anyio
 import anyio.lowlevel
+import pytest
 
+from tusserver import locking
 from tusserver.locking import Lease, kept_alive
+from tusserver.state import StateUnavailable
 
 TTL = 0.09  # an extension due every 0.03 s
 
@@ -108,3 +113,104 @@ def test_work_cancelled_while_an_extension_is_in_flight_ends_that_extension_firs
         return events
 
     assert anyio.run(run) == ["extension sent", "extension over", "cancellation out"]
+
+
+class Clock:
+    """``time`` for ``tusserver.locking``: its ``monotonic`` is what the spec sets."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+class ScriptedExtensions:
+    """An ``extend`` that answers from a list and records each call."""
+
+    def __init__(self, *answers: bool | Exception) -> None:
+        self.answers = list(answers)
+        self.calls: list[tuple[str, str, int]] = []
+
+    async def __call__(self, key: str, token: str, ttl_ms: int) -> bool:
+        self.calls.append((key, token, ttl_ms))
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    clock = Clock(100.0)
+    monkeypatch.setattr(locking, "time", clock)
+    return clock
+
+
+def test_an_extension_falls_due_a_third_of_the_ttl_after_the_last_and_asks_for_the_whole_ttl(
+    clock: Clock,
+) -> None:
+    # A TTL of 3 s: an extension is due every second exactly (floats that
+    # add up exactly), and each asks Redis for the TTL in milliseconds.
+    extend = ScriptedExtensions(True, True)
+    lease = Lease("k" * 32, "token", ttl=3.0, extend=extend)
+
+    async def at(moment: float) -> bool:
+        clock.now = moment
+        return await lease.keep_alive()
+
+    async def run() -> list[int]:
+        asked = []
+        for moment in (100.5, 100.999, 101.0, 101.5, 101.999, 102.0):
+            assert await at(moment)
+            asked.append(len(extend.calls))
+        return asked
+
+    assert anyio.run(run) == [0, 0, 1, 1, 1, 2]
+    assert extend.calls == [("k" * 32, "token", 3000)] * 2
+    assert lease.keep_alive_interval == 1.0
+
+
+def test_an_extension_redis_fails_to_answer_keeps_the_writer_going_and_is_tried_again(
+    clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Redis may be back at the next extension; meanwhile the commit's
+    # compare-and-set protects the offset. The writer is not stopped.
+    extend = ScriptedExtensions(StateUnavailable("connection refused"), True)
+    lease = Lease("k" * 32, "token", ttl=3.0, extend=extend)
+
+    async def run() -> list[bool]:
+        answers = []
+        for moment in (101.0, 102.0):
+            clock.now = moment
+            answers.append(await lease.keep_alive())
+        return answers
+
+    with caplog.at_level(logging.WARNING, logger="tusserver.locking"):
+        assert anyio.run(run) == [True, True]
+    assert len(extend.calls) == 2
+    assert [record.getMessage() for record in caplog.records] == [
+        f"lock of {'k' * 32}: could not extend it: StateUnavailable"
+    ]
+
+
+def test_a_lease_whose_extension_is_refused_is_lost_and_only_that_is_logged(
+    clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Refused: another token holds the lock (or none does). The writer must
+    # stop, and the operator's log says why; a granted extension says nothing.
+    extend = ScriptedExtensions(True, False)
+    lease = Lease("k" * 32, "token", ttl=3.0, extend=extend)
+
+    async def run() -> list[bool]:
+        answers = []
+        for moment in (101.0, 102.0):
+            clock.now = moment
+            answers.append(await lease.keep_alive())
+        return answers
+
+    with caplog.at_level(logging.INFO, logger="tusserver.locking"):
+        assert anyio.run(run) == [True, False]
+    assert [record.getMessage() for record in caplog.records] == [
+        f"lock of {'k' * 32}: lost while in use; stopping"
+    ]

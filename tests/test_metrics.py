@@ -174,6 +174,8 @@ def test_a_running_patch_is_in_flight_and_a_takeover_is_counted(
             + b"0123456789"
         )
         wait_for(lambda: value(scrape(metrics_url(server)), "tusserver_patches_in_flight") == 1)
+        # The PATCH found the lock free: no takeover.
+        assert value(scrape(metrics_url(server)), "tusserver_lock_takeovers_total") == 0
 
         # The DELETE asks the stalled writer to let go and takes the upload over.
         assert server.client.delete(url, headers=TUS).status_code == 204
