@@ -281,6 +281,13 @@ def test_declared_file_checksum_that_differs_is_460_and_nothing_is_published(
     again = server.patch(upload_url, len(data), b"")
     assert_tus_error(again, 460, "upload_checksum_mismatch")
     assert fields["failure"] in again.json()["error"]["message"], "not the recorded reason"
+    # A HEAD has no body to say why; sent as a POST with X-HTTP-Method-Override
+    # (clients behind proxies that pass only GET and POST), it has one.
+    overridden = server.client.post(
+        upload_url, headers={**TUS, "X-HTTP-Method-Override": "HEAD"}, content=b""
+    )
+    assert_tus_error(overridden, 460, "upload_checksum_mismatch")
+    assert fields["failure"] in overridden.json()["error"]["message"], "not the recorded reason"
     # It can still be deleted, bytes and all.
     assert server.client.delete(upload_url, headers=TUS).status_code == 204
     assert not (server.partials / upload_id_of(upload_url)).exists()

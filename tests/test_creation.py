@@ -13,7 +13,9 @@ import pytest
 import redis
 
 from tests.helpers import assert_tus_error, b64, upload_id_of
+from tests.raw_http import RawRequest
 from tests.server_fixtures import OCTETS, TUS, RunningServer
+from tests.test_patch import scripts_run
 from tusserver import protocol
 
 
@@ -445,3 +447,73 @@ def test_a_creation_with_an_empty_chunked_body_lets_go_of_the_lock_it_took(
     upload_id = upload_id_of(str(url))
     assert info(state, upload_id)["offset"] == "0"
     assert not state.exists(f"tus:{{{upload_id}}}:lock")
+
+
+def test_post_with_a_single_byte_of_data_stores_it(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    # The smallest body there is: a creation-with-upload of one byte is a
+    # body, not an empty request.
+    server = tus_server()
+
+    response = post(server, b"x", **TUS, **{"Upload-Length": "3", "Content-Type": OCTETS})
+
+    assert response.status_code == 201, response.text
+    assert response.headers["Upload-Offset"] == "1"
+    upload_id = upload_id_of(response.headers["Location"])
+    assert (server.partials / upload_id).read_bytes() == b"x"
+    assert info(state, upload_id)["offset"] == "1"
+
+
+def test_post_with_one_byte_of_the_wrong_content_type_returns_415_and_creates_nothing(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    server = tus_server()
+
+    response = post(server, b"x", **TUS, **{"Upload-Length": "3", "Content-Type": "text/plain"})
+
+    assert_tus_error(response, 415, "unsupported_content_type")
+    assert_nothing_created(server, state)
+
+
+def test_post_with_neither_content_length_nor_chunked_framing_has_no_body(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    # HTTP/1.1: a request with neither Content-Length nor Transfer-Encoding
+    # has an empty body (as some clients send a bare POST), so no
+    # Content-Type is needed and the creation takes no lock.
+    server = tus_server(sweep_interval=3600.0)
+    before = scripts_run(state)
+    request = RawRequest(server.endpoint, "POST", {**TUS, "Upload-Length": "5"})
+    try:
+        response = request.response()
+    finally:
+        request.close()
+
+    assert response.status == 201, response.body
+    upload_id = upload_id_of(response.headers["location"])
+    assert info(state, upload_id)["offset"] == "0"
+    assert scripts_run(state) - before == 1  # the creation alone: no lock taken or released
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param({}, id="no-content-type"),
+        pytest.param({"Content-Type": OCTETS}, id="octet-stream"),
+    ],
+)
+def test_a_creation_with_an_empty_body_takes_no_lock(
+    tus_server: Callable[..., RunningServer], state: redis.Redis, headers: dict[str, str]
+) -> None:
+    # Only a creation that writes bytes, may write them (chunked framing) or
+    # finishes the upload needs the upload's lock; one with Content-Length: 0
+    # is the creation script alone, whatever its Content-Type says.
+    server = tus_server(sweep_interval=3600.0)
+    before = scripts_run(state)
+
+    response = post(server, b"", **TUS, **{"Upload-Length": "5", "Content-Length": "0"}, **headers)
+
+    assert response.status_code == 201, response.text
+    assert response.headers["Upload-Offset"] == "0"
+    assert scripts_run(state) - before == 1

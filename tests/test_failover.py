@@ -22,6 +22,7 @@ from tusclient.client import TusClient
 from tusclient.uploader import Uploader
 
 from tests.helpers import upload_id_of
+from tests.hook_receiver import HookReceiver
 from tests.js_fixtures import TusJs
 from tests.redis_topologies import RedisClusterSet, RedisNode, RedisSentinelSet
 from tests.server_fixtures import TUS, RunningServer
@@ -276,6 +277,38 @@ def test_a_partial_patch_without_a_replica_to_reach_is_stored_as_without_replica
     assert partial.headers["Upload-Offset"] == str(256 * KIB)
     assert server.head(url).headers["Upload-Offset"] == str(256 * KIB)
     assert not (server.storage / upload_id_of(url)).exists()
+
+
+@ON_SENTINEL
+def test_a_completion_without_a_replica_to_reach_is_not_announced_as_finished(
+    tus_server: StartServer, redis_sentinels: RedisSentinelSet, hook_receiver: HookReceiver
+) -> None:
+    # The final offset reached the replica; the replica is gone by the time
+    # the completion is recorded (killed while the pre-finish hook is asked).
+    # The completion waits for it like the final offset does: the PATCH must
+    # not answer 204, which a failover could then take back.
+    server = tus_server(redis_replicas=1, hooks_url=hook_receiver.url, hooks_retries=0)
+    url = server.create(10)
+    upload_id = upload_id_of(url)
+    assert server.patch(url, 0, b"hello").status_code == 204
+    hook_receiver.answer("pre-finish", delay=1.0)
+    answers: list[httpx.Response] = []
+    patching = in_thread(lambda: answers.append(server.patch(url, 5, b"world")))
+    hook_receiver.wait_for("pre-finish")
+    replica = redis_sentinels.replica()
+    replica.kill()
+    try:
+        patching.join(60)
+    finally:
+        redis_sentinels.restart(replica)
+
+    [answer] = answers
+    assert answer.status_code == 503, answer.text
+    assert answer.json()["error"]["retryable"] is True
+    # The client's retry, with the replica back, hears that the upload is done.
+    head = server.head(url)
+    assert head.headers["Upload-Offset"] == "10"
+    assert_published_once(server, upload_id, b"helloworld")
 
 
 def _head_when_served(server: RunningServer, url: str) -> httpx.Response:

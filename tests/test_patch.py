@@ -134,6 +134,12 @@ def test_an_empty_chunked_patch_declaring_the_length_records_it(
 def scripts_run(state: redis.Redis) -> int:
     """How many scripts Redis ran, on every primary of a Cluster. A script's
     first call on a server fails (NOSCRIPT) and is sent again: not counted."""
+    return commands_run(state, "evalsha", "eval")
+
+
+def commands_run(state: redis.Redis, *names: str) -> int:
+    """How many of the commands ``names`` Redis ran and did not fail, on
+    every primary of a Cluster."""
     if isinstance(state, redis.RedisCluster):
         by_node = state.info("commandstats", target_nodes=redis.RedisCluster.PRIMARIES)
         nodes = list(by_node.values())
@@ -142,7 +148,7 @@ def scripts_run(state: redis.Redis) -> int:
     return sum(
         int(stats.get("calls", 0)) - int(stats.get("failed_calls", 0))
         for node in nodes
-        for stats in (node.get("cmdstat_evalsha", {}), node.get("cmdstat_eval", {}))
+        for stats in (node.get(f"cmdstat_{name}", {}) for name in names)
     )
 
 
@@ -198,6 +204,22 @@ def test_the_script_that_records_an_upload_s_outcome_lets_go_of_its_lock(
     assert last.status_code == (460 if outcome == "failed" else 204), last.text
     assert not state.exists(f"tus:{{{upload_id_of(url)}}}:lock")
     assert ending == leaving_bytes + 1
+
+
+def test_without_replicas_to_wait_for_a_finish_sends_no_wait(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    # The final offset and the completion wait for the replicas asked for
+    # (WAIT after their script); with none asked for, they are sent as any
+    # other script, with no WAIT (a round trip on the same connection).
+    server = tus_server(sweep_interval=3600.0, redis_replicas=0)
+    url = server.create(10)
+    before = commands_run(state, "wait")
+
+    assert server.patch(url, 0, b"helloworld").status_code == 204
+
+    assert server.head(url).headers["Upload-Offset"] == "10"
+    assert commands_run(state, "wait") == before
 
 
 def test_a_delete_takes_the_lock_and_its_termination_lets_go_of_it(
@@ -607,6 +629,20 @@ def test_deferred_upload_length_over_max_size_returns_413(
     assert response.headers["Tus-Max-Size"] == "100"
     assert record(state, url)["length"] == ""
     assert record(state, url)["offset"] == "0"
+
+
+def test_deferred_upload_length_equal_to_max_size_is_accepted(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    # The maximum is a size an upload may have, as on POST.
+    server = tus_server(max_size=100)
+    url = server.create(None)
+
+    response = server.patch(url, 0, b"abc", Upload_Length="100")
+
+    assert response.status_code == 204, response.text
+    assert record(state, url)["length"] == "100"
+    assert server.head(url).headers["Upload-Length"] == "100"
 
 
 def test_deferred_upload_exceeding_max_size_while_streaming_returns_413_and_keeps_offset(
