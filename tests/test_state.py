@@ -384,3 +384,51 @@ def test_a_reply_later_than_the_socket_timeout_fails_the_read_and_the_next_read_
             await admin.aclose()
 
     anyio.run(run)
+
+
+def test_the_operators_listing_reads_the_records_in_batches_of_the_size_asked(
+    redis_url: str,
+) -> None:
+    # `tusserver uploads list` on millions of uploads holds one batch at a
+    # time: every record once, never more than the batch asked for.
+    ids = [f"{n:032x}" for n in range(5)]
+
+    async def scenario(store: UploadStore, client: aioredis.Redis) -> None:
+        for upload_id in ids:
+            await store.create(Upload(upload_id, 0, 100), lock_token=None, lock_ttl_ms=10_000)
+        batches = [batch async for batch in store.snapshots(2)]
+        assert [len(batch) for batch in batches] == [2, 2, 1]
+        assert sorted(snapshot.upload.id for batch in batches for snapshot in batch) == ids
+
+    with_store(redis_url, scenario)
+
+
+@pytest.mark.standalone_redis
+def test_a_listing_redis_stops_answering_fails_and_is_never_a_shorter_list(
+    redis_url: str,
+) -> None:
+    ids = [f"{n:032x}" for n in range(5)]
+
+    async def run() -> None:
+        client = aioredis.Redis.from_url(
+            redis_url, decode_responses=True, socket_timeout=0.3, retry=Retry(NoBackoff(), 0)
+        )
+        admin = aioredis.Redis.from_url(redis_url, decode_responses=True)
+        try:
+            store = UploadStore(client)
+            for upload_id in ids:
+                await store.create(Upload(upload_id, 0, 100), lock_token=None, lock_ttl_ms=10_000)
+            listed: list[str] = []
+            with pytest.raises(StateUnavailable):
+                async for batch in store.snapshots(2):
+                    listed += [snapshot.upload.id for snapshot in batch]
+                    # Redis stops answering after the first batch: what the
+                    # listing asks next (a SCAN step, a batch's reads) times out.
+                    await admin.execute_command("CLIENT", "PAUSE", "3000", "ALL")
+            assert len(listed) == 2
+        finally:
+            await admin.execute_command("CLIENT", "UNPAUSE")
+            await client.aclose()
+            await admin.aclose()
+
+    anyio.run(run)
