@@ -18,15 +18,20 @@ from redis.backoff import NoBackoff
 from tests.redis_topologies import RedisSentinelSet
 from tusserver.protocol import Metadata
 from tusserver.record import PARTIAL, Upload
+from tusserver.redis_topology import connect
+from tusserver.redis_urls import parse as parse_redis_url
 from tusserver.state import (
+    LEGACY_INDEX,
     ClaimStatus,
     CommitStatus,
+    Index,
     NotReplicated,
     StateUnavailable,
     UploadStore,
     info_key,
     lock_key,
     post_finish_key,
+    upload_index_key,
 )
 
 UPLOAD_ID = "a" * 32
@@ -430,5 +435,80 @@ def test_a_listing_redis_stops_answering_fails_and_is_never_a_shorter_list(
             await admin.execute_command("CLIENT", "UNPAUSE")
             await client.aclose()
             await admin.aclose()
+
+    anyio.run(run)
+
+
+@pytest.mark.parametrize("redis_topology", ["standalone", "cluster"], indirect=True)
+def test_the_index_of_earlier_versions_is_moved_a_batch_at_a_time_keeping_the_earlier_score(
+    redis_url: str,
+) -> None:
+    # An upgrade's first sweep moves a global index of any size: `count`
+    # entries per call (one pipeline each), until none is left, each with
+    # the score it had. An entry already in the per-slot index (moved once by
+    # a pass cut short, or re-scored since) keeps the earlier of its two
+    # scores: the sweeper then looks at it no later than either says, and
+    # re-scores it from the record if it is not due.
+    scores = {f"{n:032x}": 1000.0 + n for n in range(5)}
+    earlier, later = f"{0:032x}", f"{1:032x}"
+
+    async def scenario(store: UploadStore, client: aioredis.Redis) -> None:
+        await client.zadd(LEGACY_INDEX[Index.EXPIRY], scores)
+        await client.zadd(upload_index_key(Index.EXPIRY, earlier), {earlier: 500.0})
+        await client.zadd(upload_index_key(Index.EXPIRY, later), {later: 5000.0})
+        moved = [await store.migrate_legacy_index(Index.EXPIRY, 2) for _ in range(4)]
+        assert moved == [2, 2, 1, 0]
+        assert await client.exists(LEGACY_INDEX[Index.EXPIRY]) == 0
+        expected = {**scores, earlier: 500.0}
+        for upload_id, score in expected.items():
+            key = upload_index_key(Index.EXPIRY, upload_id)
+            assert await client.zscore(key, upload_id) == score
+
+    # On a Cluster, a batch's entries go to the indexes of different slots,
+    # on different primaries (one pipeline, no transaction across them).
+    assert len({upload_index_key(Index.EXPIRY, upload_id) for upload_id in scores}) > 1
+
+    async def run() -> None:
+        client = connect(parse_redis_url(redis_url))
+        try:
+            await scenario(UploadStore(client), client)
+        finally:
+            await client.aclose()
+
+    anyio.run(run)
+
+
+def test_a_lock_key_without_a_ttl_shows_as_held_with_no_time_left(redis_url: str) -> None:
+    # tusserver never sets a lock without a TTL; one set by hand (PTTL -1)
+    # is shown to the operator as held, with 0 ms left, never a negative time.
+    async def scenario(store: UploadStore, client: aioredis.Redis) -> None:
+        await store.create(Upload(UPLOAD_ID, 0, 100), lock_token=None, lock_ttl_ms=10_000)
+        await client.set(lock_key(UPLOAD_ID), "by-hand")
+        shown = await store.snapshot(UPLOAD_ID)
+        assert not isinstance(shown, ClaimStatus)
+        assert (shown.lock_token, shown.lock_ttl_ms) == ("by-hand", 0)
+        [[listed]] = [batch async for batch in store.snapshots(10)]
+        assert listed.lock_ttl_ms == 0
+
+    with_store(redis_url, scenario)
+
+
+@pytest.mark.parametrize("redis_topology", ["standalone", "cluster"], indirect=True)
+def test_which_of_many_uploads_have_a_record_is_one_call_across_slots(redis_url: str) -> None:
+    # The sweeper asks this of a batch of stale staging files (orphans are
+    # those without a record): on a Cluster their records are on many slots.
+    ids = [f"{n:032x}" for n in range(6)]
+
+    async def scenario(store: UploadStore) -> None:
+        for upload_id in ids[::2]:
+            await store.create(Upload(upload_id, 0, 100), lock_token=None, lock_ttl_ms=10_000)
+        assert await store.records_exist(ids) == [True, False] * 3
+
+    async def run() -> None:
+        client = connect(parse_redis_url(redis_url))
+        try:
+            await scenario(UploadStore(client))
+        finally:
+            await client.aclose()
 
     anyio.run(run)
