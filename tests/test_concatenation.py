@@ -4,6 +4,7 @@ tus-js-client's parallelUploads end to end."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -472,19 +473,25 @@ def test_a_final_whose_assembly_fails_answers_why_and_is_not_published(
     failure: OSError,
     status: int,
     code: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     # A part removed between the checks and the copy tells the client to
     # upload it again (400); any other storage fault is passing trouble
-    # (503). Either way nothing is published under the final's name.
+    # (503). Either way nothing is published under the final's name, and
+    # the final is never taken for assembled (its length committed, logged).
     storage = ConcatFails(tmp_path / "files", failure)
     config = Config(storage=str(storage.root), redis_url=redis_url)
     server = served_apps.start(config, storage.root, backend=storage)
     urls = [create_partial(server, b"abc"), create_partial(server, b"def")]
 
-    response = post_final(server, *urls)
+    with caplog.at_level(logging.INFO, logger="tusserver"):
+        response = post_final(server, *urls)
 
     assert_tus_error(response, status, code)
     assert published(server) == []
+    said = [record.getMessage() for record in caplog.records]
+    assert any("a part vanished" in line or "assembly failed" in line for line in said), said
+    assert not any("assembled from" in line for line in said), said
 
 
 # --- partial uploads ---------------------------------------------------------

@@ -3,13 +3,16 @@ that against it too): file modes, vectored writes, kernel copies, crash repair."
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import errno
 import os
 import platform
 import stat
+import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import anyio
@@ -761,3 +764,83 @@ async def test_stale_partials_lists_no_symlink_even_to_an_old_file(
     partial(storage).symlink_to(old)
 
     assert await storage.stale_partials(time.time() - 3600) == []
+
+
+def threads_waiting_for_a_fifo_partner() -> int:
+    """Threads of this process blocked in the ``open`` of a FIFO with no
+    other end yet (Linux: ``wait_for_partner`` in each thread's wchan)."""
+    waiting = 0
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            waiting += (task / "wchan").read_text() == "wait_for_partner"
+        except OSError:
+            pass  # the thread ended meanwhile
+    return waiting
+
+
+def test_a_storage_occupies_at_most_eight_threads_at_once(tmp_path: Path) -> None:
+    # One storage's calls take at most 8 of the loop's worker threads (the
+    # default pool holds min(32, CPUs + 4)): a stalled disk or share cannot
+    # take every thread from the rest of the process. On a pool larger than
+    # the limit, with nine calls each held in its thread's `open` of a FIFO,
+    # eight are in threads and the ninth waits for a slot until one ends.
+    probe = tmp_path / "probe"
+    os.mkfifo(probe)
+    opener = threading.Thread(target=lambda: os.close(os.open(probe, os.O_RDONLY)))
+    opener.start()
+    time.sleep(0.2)
+    seen = threads_waiting_for_a_fifo_partner()
+    os.close(os.open(probe, os.O_WRONLY | os.O_NONBLOCK))
+    opener.join()
+    if seen != 1:
+        pytest.skip("this kernel does not show where a thread waits (/proc/*/wchan)")
+
+    async def scenario() -> None:
+        storage = LocalStorage(tmp_path / "root")
+        await storage.check()
+        fifos = [storage.root / f"held-{n}" for n in range(9)]
+        for fifo in fifos:
+            os.mkfifo(fifo)
+
+        async def read(name: str) -> None:
+            with pytest.raises(OSError):  # a FIFO cannot be read at an offset
+                await anext(storage.read(UPLOAD_ID, name, 0, 10))
+
+        # Once the spec has looked (or failed), every FIFO gets a writer as
+        # soon as it has a reader, so that no thread stays held in its open.
+        stop = threading.Event()
+
+        def let_go() -> None:
+            while not stop.is_set():
+                for fifo in fifos:
+                    try:
+                        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+                    except OSError:
+                        pass  # no reader at it now
+                time.sleep(0.01)
+
+        releaser = threading.Thread(target=let_go)
+        try:
+            async with anyio.create_task_group() as group:
+                try:
+                    for fifo in fifos:
+                        group.start_soon(read, fifo.name)
+                    for _ in range(500):  # until eight are held, at most 5 s
+                        if threads_waiting_for_a_fifo_partner() >= 8:
+                            break
+                        await anyio.sleep(0.01)
+                    await anyio.sleep(0.3)
+                    assert threads_waiting_for_a_fifo_partner() == 8
+                finally:
+                    # The eight end, and the ninth call takes a slot and ends too.
+                    releaser.start()
+        finally:
+            stop.set()
+            releaser.join()
+        await storage.aclose()
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=16))
+        await scenario()
+
+    asyncio.run(main())
