@@ -171,6 +171,19 @@ def test_an_extension_falls_due_a_third_of_the_ttl_after_the_last_and_asks_for_t
     assert lease.keep_alive_interval == 1.0
 
 
+def keep_alive_at(lease: Lease, clock: Clock, *moments: float) -> list[bool]:
+    """What ``lease.keep_alive`` answers, called once at each of ``moments``."""
+
+    async def run() -> list[bool]:
+        answers = []
+        for moment in moments:
+            clock.now = moment
+            answers.append(await lease.keep_alive())
+        return answers
+
+    return anyio.run(run)
+
+
 def test_an_extension_redis_fails_to_answer_keeps_the_writer_going_and_is_tried_again(
     clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -179,15 +192,8 @@ def test_an_extension_redis_fails_to_answer_keeps_the_writer_going_and_is_tried_
     extend = ScriptedExtensions(StateUnavailable("connection refused"), True)
     lease = Lease("k" * 32, "token", ttl=3.0, extend=extend)
 
-    async def run() -> list[bool]:
-        answers = []
-        for moment in (101.0, 102.0):
-            clock.now = moment
-            answers.append(await lease.keep_alive())
-        return answers
-
     with caplog.at_level(logging.WARNING, logger="tusserver.locking"):
-        assert anyio.run(run) == [True, True]
+        assert keep_alive_at(lease, clock, 101.0, 102.0) == [True, True]
     assert len(extend.calls) == 2
     assert [record.getMessage() for record in caplog.records] == [
         f"lock of {'k' * 32}: could not extend it: StateUnavailable"
@@ -202,15 +208,8 @@ def test_a_lease_whose_extension_is_refused_is_lost_and_only_that_is_logged(
     extend = ScriptedExtensions(True, False)
     lease = Lease("k" * 32, "token", ttl=3.0, extend=extend)
 
-    async def run() -> list[bool]:
-        answers = []
-        for moment in (101.0, 102.0):
-            clock.now = moment
-            answers.append(await lease.keep_alive())
-        return answers
-
     with caplog.at_level(logging.INFO, logger="tusserver.locking"):
-        assert anyio.run(run) == [True, False]
+        assert keep_alive_at(lease, clock, 101.0, 102.0) == [True, False]
     assert [record.getMessage() for record in caplog.records] == [
         f"lock of {'k' * 32}: lost while in use; stopping"
     ]

@@ -41,8 +41,11 @@ OTHER_ID = "b" * 32
 def with_store(
     redis_url: str, scenario: Callable[[UploadStore, aioredis.Redis], Awaitable[None]]
 ) -> None:
+    """``scenario`` on a store of a client as the server makes one (one
+    server, Sentinel or Cluster, as ``redis_url`` says)."""
+
     async def run() -> None:
-        client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+        client = connect(parse_redis_url(redis_url))
         try:
             await scenario(UploadStore(client), client)
         finally:
@@ -468,14 +471,7 @@ def test_the_index_of_earlier_versions_is_moved_a_batch_at_a_time_keeping_the_ea
     # on different primaries (one pipeline, no transaction across them).
     assert len({upload_index_key(Index.EXPIRY, upload_id) for upload_id in scores}) > 1
 
-    async def run() -> None:
-        client = connect(parse_redis_url(redis_url))
-        try:
-            await scenario(UploadStore(client), client)
-        finally:
-            await client.aclose()
-
-    anyio.run(run)
+    with_store(redis_url, scenario)
 
 
 def test_a_lock_key_without_a_ttl_shows_as_held_with_no_time_left(redis_url: str) -> None:
@@ -499,16 +495,9 @@ def test_which_of_many_uploads_have_a_record_is_one_call_across_slots(redis_url:
     # those without a record): on a Cluster their records are on many slots.
     ids = [f"{n:032x}" for n in range(6)]
 
-    async def scenario(store: UploadStore) -> None:
+    async def scenario(store: UploadStore, client: aioredis.Redis) -> None:
         for upload_id in ids[::2]:
             await store.create(Upload(upload_id, 0, 100), lock_token=None, lock_ttl_ms=10_000)
         assert await store.records_exist(ids) == [True, False] * 3
 
-    async def run() -> None:
-        client = connect(parse_redis_url(redis_url))
-        try:
-            await scenario(UploadStore(client))
-        finally:
-            await client.aclose()
-
-    anyio.run(run)
+    with_store(redis_url, scenario)
