@@ -125,12 +125,19 @@ SPECS: dict[str, list[str]] = {
         "tests/test_transport.py::test_idle_patch_is_ended_after_idle_timeout_and_bytes_are_kept",
     ],
     "tusserver/transfer.py": [
-        # Faults of its tasks, and checkpoints one at a time (fast).
+        # Faults of its tasks, blocks and the watchdog's tick, and
+        # checkpoints one at a time (fast).
         "tests/test_transfer.py",
         "tests/test_checkpoints.py",
         "tests/test_patch.py",
         "tests/test_checksum.py",
         "tests/test_durable_commits.py",
+        # The content check that refuses a body mid-way.
+        "tests/test_type_checks.py",
+        # A body ended by the idle timeout, one taken over once stalled.
+        "tests/test_transport.py::test_idle_patch_is_ended_after_idle_timeout_and_bytes_are_kept",
+        "tests/test_transport.py::test_a_patch_taking_over_a_stalled_patch_never_stores_a_byte_twice",
+        "tests/test_transport.py::test_reconnecting_client_takes_over_its_stalled_patch_within_the_lock_wait",
         "tests/test_cli.py::test_sigterm_during_a_patch_commits_the_bytes_it_stored",
         "tests/test_crash_recovery.py::test_sigkill_mid_patch_keeps_what_was_stored_and_the_resumed_upload_is_byte_exact",
     ],

@@ -15,9 +15,10 @@ import time
 from collections.abc import Awaitable, Callable
 
 import anyio
+import pytest
 import redis.asyncio as aioredis
 
-from tusserver import errors
+from tusserver import errors, transfer
 from tusserver.held import HeldUpload
 from tusserver.locking import Locker
 from tusserver.record import Upload
@@ -105,3 +106,44 @@ def test_no_checkpoint_is_due_while_nothing_was_stored_since_the_last_one() -> N
     checkpoints.committed = 30
     assert not checkpoints.due(30)
     assert checkpoints.due(31)
+
+
+def test_the_first_checkpoint_is_due_once_every_bytes_are_stored_and_not_a_byte_before() -> None:
+    """A body's first checkpoint counts from its first byte: with blocks of
+    ``checkpoint_bytes`` (as a PATCH of 64 KiB blocks every 64 KiB has), the
+    first block stored is committed, not the second."""
+
+    async def commit(stored: int) -> bool:
+        return True
+
+    checkpoints = Checkpoints(commit, every_bytes=10, every_seconds=3600.0)
+    assert not checkpoints.due(9)
+    assert checkpoints.due(10)
+
+
+def test_a_checkpoint_is_due_every_bytes_after_the_last_one_or_every_seconds_after_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Counted from the last checkpoint: the bytes stored since it, and the
+    time since it ended (on a clock the spec sets, ``transfer``'s ``time``)."""
+
+    class Clock:
+        now = 100.0
+
+        def monotonic(self) -> float:
+            return self.now
+
+    clock = Clock()
+    monkeypatch.setattr(transfer, "time", clock)
+
+    async def commit(stored: int) -> bool:
+        return True
+
+    checkpoints = Checkpoints(commit, every_bytes=10, every_seconds=2.0, _at=100.0)
+    checkpoints.committed = 10
+    assert not checkpoints.due(19)
+    assert checkpoints.due(20)
+    clock.now = 101.5
+    assert not checkpoints.due(11)
+    clock.now = 102.0
+    assert checkpoints.due(11)

@@ -12,6 +12,8 @@ cannot be caused from outside a real server.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from starlette.types import Message
 
 from storage_backends.base import Block
 from storage_backends.local import LocalStorage
+from tests.test_patch import BlockLog
 from tusserver.locking import Lease
 from tusserver.transfer import Checkpoints, End, Transfer, receive_into_storage
 
@@ -230,3 +233,98 @@ def test_a_stop_while_the_receiver_waits_for_the_writer_still_stores_the_block_i
     assert transfer.end is End.SHUTDOWN
     assert transfer.received == transfer.stored == 3 * len(PIECE)
     assert (tmp_path / ".partial" / UPLOAD_ID).read_bytes() == PIECE * 3
+
+
+def _blocks_stored(
+    root: Path, pieces: list[bytes], block_size: int, body_length: int | None
+) -> list[int]:
+    """The sizes of the blocks the storage is handed for a body sent in
+    ``pieces``, one body message each."""
+
+    async def run() -> list[int]:
+        storage = BlockLog(root)
+        await storage.check()
+        await storage.create(UPLOAD_ID)
+        left = list(pieces)
+
+        async def receive() -> Message:
+            piece = left.pop(0)
+            if left:
+                return {"type": "http.request", "body": piece, "more_body": True}
+            return {"type": "http.request", "body": piece}  # ASGI: more_body defaults to False
+
+        with anyio.fail_after(HANG_GUARD_SECONDS):
+            await receive_into_storage(
+                Transfer(),
+                receive,
+                storage,
+                Lease(UPLOAD_ID, "token", ttl=30.0, extend=_kept),
+                0,
+                limit=None,
+                block_size=block_size,
+                idle_timeout=3600.0,
+                takeover_after=3600.0,
+                body_length=body_length,
+            )
+        return storage.block_sizes
+
+    sizes = anyio.run(run)
+    assert (root / ".partial" / UPLOAD_ID).read_bytes() == b"".join(pieces)
+    return sizes
+
+
+def test_a_body_of_unknown_length_goes_to_storage_in_whole_blocks_from_its_first_byte(
+    tmp_path: Path,
+) -> None:
+    # A block is handed on once it holds block_size bytes, counted from the
+    # body's first byte; whatever is left at the end goes as the last block.
+    pieces = [bytes([n]) for n in range(25)]
+    assert _blocks_stored(tmp_path, pieces, 10, None) == [10, 10, 5]
+
+
+def test_the_last_quarter_block_of_a_body_of_known_length_goes_on_its_own(
+    tmp_path: Path,
+) -> None:
+    # Blocks of 256 KiB: the last 64 KiB of the body (a quarter block, at
+    # least 64 KiB) are a block of their own, and so are the bytes that
+    # arrived before them once they reach that size, so the last block
+    # written after the body ended is never more than a quarter block.
+    kib = 1024
+    pieces = [bytes([n]) * (64 * kib) for n in range(6)]
+    sizes = _blocks_stored(tmp_path, pieces, 256 * kib, 384 * kib)
+    assert sizes == [256 * kib, 64 * kib, 64 * kib]
+
+
+def test_the_watchdog_of_a_stalled_body_looks_about_once_a_second_not_in_a_loop(
+    tmp_path: Path,
+) -> None:
+    # The watchdog's tick: a second at most (here, with an idle timeout an
+    # hour away), so a stalled body costs the event loop one look a second,
+    # not a loop that never sleeps. Told to let go after 2.5 s, it stops
+    # the body at its next look.
+    looks: list[float] = []
+
+    class CountedLease(Lease):
+        async def keep_alive(self) -> bool:
+            looks.append(time.monotonic())
+            return await super().keep_alive()
+
+    async def run() -> Transfer:
+        storage = await _storage(tmp_path)
+        lease = CountedLease(UPLOAD_ID, "token", ttl=30.0, extend=_kept)
+
+        async def receive() -> Message:
+            await anyio.sleep(3600)  # the client stalls
+            raise AssertionError("the reading was never stopped")
+
+        def let_go() -> None:
+            lease.must_let_go = True
+
+        asyncio.get_running_loop().call_later(2.5, let_go)
+        transfer = Transfer()
+        with anyio.fail_after(HANG_GUARD_SECONDS):
+            await _receive(transfer, receive, storage, lease)
+        return transfer
+
+    assert anyio.run(run).end is End.SHUTDOWN
+    assert 1 <= len(looks) <= 4, len(looks)
