@@ -282,17 +282,27 @@ def test_a_body_of_unknown_length_goes_to_storage_in_whole_blocks_from_its_first
     assert _blocks_stored(tmp_path, pieces, 10, None) == [10, 10, 5]
 
 
+KIB = 1024
+
+
+@pytest.mark.parametrize(
+    ("block", "piece", "body", "blocks"),
+    [
+        # A quarter of 512 KiB: 128 KiB.
+        (512 * KIB, 64 * KIB, 768 * KIB, [512 * KIB, 128 * KIB, 128 * KIB]),
+        # A quarter of 128 KiB is less than the 64 KiB a final block holds at least.
+        (128 * KIB, 32 * KIB, 256 * KIB, [128 * KIB, 64 * KIB, 64 * KIB]),
+    ],
+    ids=["quarter", "at-least-64-kib"],
+)
 def test_the_last_quarter_block_of_a_body_of_known_length_goes_on_its_own(
-    tmp_path: Path,
+    tmp_path: Path, block: int, piece: int, body: int, blocks: list[int]
 ) -> None:
-    # Blocks of 256 KiB: the last 64 KiB of the body (a quarter block, at
-    # least 64 KiB) are a block of their own, and so are the bytes that
-    # arrived before them once they reach that size, so the last block
-    # written after the body ended is never more than a quarter block.
-    kib = 1024
-    pieces = [bytes([n]) * (64 * kib) for n in range(6)]
-    sizes = _blocks_stored(tmp_path, pieces, 256 * kib, 384 * kib)
-    assert sizes == [256 * kib, 64 * kib, 64 * kib]
+    # The last quarter block of the body (at least 64 KiB) is a block of
+    # its own, and so are the bytes that arrived before it once they reach
+    # that size: the block written after the body ended is never larger.
+    pieces = [bytes([n]) * piece for n in range(body // piece)]
+    assert _blocks_stored(tmp_path, pieces, block, body) == blocks
 
 
 def test_the_watchdog_of_a_stalled_body_looks_about_once_a_second_not_in_a_loop(
@@ -328,3 +338,70 @@ def test_the_watchdog_of_a_stalled_body_looks_about_once_a_second_not_in_a_loop(
 
     assert anyio.run(run).end is End.SHUTDOWN
     assert 1 <= len(looks) <= 4, len(looks)
+
+
+def _flowing(
+    root: Path,
+    gaps: list[float],
+    *,
+    idle_timeout: float,
+    takeover_after: float = 3600.0,
+    meanwhile: Callable[[Lease], None] | None = None,
+) -> tuple[Transfer, int]:
+    """A body of one 100-byte piece after each of ``gaps`` (seconds), in
+    blocks of one piece; ``meanwhile(lease)`` is called half a second in.
+    The transfer, and how many bytes were sent."""
+    piece = b"x" * 100
+
+    async def run() -> Transfer:
+        storage = await _storage(root)
+        lease = Lease(UPLOAD_ID, "token", ttl=30.0, extend=_kept)
+        left = list(gaps)
+
+        async def receive() -> Message:
+            await anyio.sleep(left.pop(0))
+            return {"type": "http.request", "body": piece, "more_body": bool(left)}
+
+        if meanwhile is not None:
+            asyncio.get_running_loop().call_later(0.5, meanwhile, lease)
+        transfer = Transfer()
+        with anyio.fail_after(HANG_GUARD_SECONDS):
+            await receive_into_storage(
+                transfer,
+                receive,
+                storage,
+                lease,
+                0,
+                limit=None,
+                block_size=len(piece),
+                idle_timeout=idle_timeout,
+                takeover_after=takeover_after,
+            )
+        return transfer
+
+    return anyio.run(run), len(piece) * len(gaps)
+
+
+def test_a_body_that_pauses_for_less_than_the_idle_timeout_goes_on(tmp_path: Path) -> None:
+    # Idle means no byte taken and none stored for idle_timeout (1 s here,
+    # the watchdog looking every quarter second): a body that flows for
+    # 1.5 s, pauses for half a second and flows again is read to its end.
+    transfer, sent = _flowing(tmp_path, [0.05] * 30 + [0.5] + [0.05] * 10, idle_timeout=1.0)
+    assert transfer.end is not End.IDLE
+    assert transfer.whole_body
+    assert transfer.stored == sent
+
+
+def test_a_release_request_while_bytes_arrive_is_declined(tmp_path: Path) -> None:
+    # Another request asks this writer to let go (it waits for the lock):
+    # bytes arrived less than takeover_after ago, so the writer keeps the
+    # upload and reads its body to the end; the asker asks again meanwhile.
+    def ask(lease: Lease) -> None:
+        lease.release_requested.set()
+
+    transfer, sent = _flowing(
+        tmp_path, [0.05] * 30, idle_timeout=3600.0, takeover_after=1.0, meanwhile=ask
+    )
+    assert transfer.end is not End.RELEASED
+    assert transfer.whole_body
+    assert transfer.stored == sent
