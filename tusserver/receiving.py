@@ -247,8 +247,9 @@ async def _make_durable(services: Services, held: HeldUpload) -> None:
 
 
 def _countable(transfer: Transfer, digests: Digests) -> bool:
-    """Whether the bytes this request stored move the offset."""
-    if not transfer.stored or transfer.end in (End.TOO_LARGE, End.REFUSED):
+    """Whether the bytes this request stored move the offset (none of a body
+    too large or refused: the transfer counts them as none)."""
+    if not transfer.stored:
         return False
     if digests.chunk is None:
         return True  # tus: keep as much as possible of an interrupted body

@@ -345,6 +345,7 @@ async def receive_into_storage(
     if checkpoints is not None and checkpoints.failure is not None:
         raise checkpoints.failure
     if transfer.end in (End.TOO_LARGE, End.REFUSED):
+        # A body that counts for nothing: the caller commits none of it.
         transfer.stored = 0
 
 
