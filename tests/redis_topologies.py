@@ -133,7 +133,8 @@ class RedisNode:
         return self.process is not None and self.process.poll() is None
 
 
-def _server_options(port: int, *extra: str) -> list[str]:
+def server_options(port: int, *extra: str) -> list[str]:
+    """The options of every Redis server the specs start (``extra`` added)."""
     return [
         "bind 127.0.0.1",
         f"port {port}",
@@ -143,6 +144,9 @@ def _server_options(port: int, *extra: str) -> list[str]:
         # Kept on disk so a restarted node comes back with its data.
         "appendonly yes",
         "appendfsync everysec",
+        # A replica (re)started syncs at once, not after 5 s: a server brought
+        # back after a failover holds the writes it lost only that long.
+        "repl-diskless-sync-delay 0",
         *extra,
     ]
 
@@ -161,7 +165,7 @@ class RedisClusterSet:
     def start(self) -> None:
         ports = free_ports(12)
         for port, bus_port in zip(ports[:6], ports[6:], strict=True):
-            options = _server_options(
+            options = server_options(
                 port,
                 "cluster-enabled yes",
                 # Named, not port + 10000, which may be taken or out of range.
@@ -319,11 +323,11 @@ class RedisSentinelSet:
         ports = free_ports(5)
         primary_port, replica_port = ports[:2]
         self.servers = [
-            RedisNode(primary_port, self.folder / "a", _server_options(primary_port)),
+            RedisNode(primary_port, self.folder / "a", server_options(primary_port)),
             RedisNode(
                 replica_port,
                 self.folder / "b",
-                _server_options(replica_port, f"replicaof 127.0.0.1 {primary_port}"),
+                server_options(replica_port, f"replicaof 127.0.0.1 {primary_port}"),
             ),
         ]
         for server in self.servers:
@@ -405,8 +409,33 @@ class RedisSentinelSet:
         return primary
 
     def wait_promoted(self, old: RedisNode) -> RedisNode:
+        """Wait until the sentinels promoted another server than ``old``, and
+        until each of them has heard the new primary answer since.
+
+        Not merely named by the first sentinel: a sentinel that switched
+        counts the new primary's first ping as unanswered from the switch on,
+        and after a second without the answer (a busy machine) it sees the
+        primary down and, with the others' votes still set from the failover
+        just ended, fails over again at once, to ``old`` if it runs again by
+        then, before its first sync: a primary again, holding the writes the
+        failover lost."""
         _wait(lambda: self.primary() is not old, "the sentinels did not promote the replica")
-        return self.primary()
+        new = self.primary()
+
+        def heard() -> bool:
+            for sentinel in self.sentinels:
+                with sentinel.client() as client:
+                    state = _pairs(
+                        [client.execute_command("SENTINEL", "MASTER", SENTINEL_SERVICE)]
+                    )[0]
+                if state["port"] != str(new.port) or state["flags"] != "master":
+                    return False
+                if state["last-ping-sent"] != "0":  # a ping not answered yet
+                    return False
+            return True
+
+        _wait(heard, "the sentinels did not all hear the new primary")
+        return new
 
     def cut_off_replica(self) -> RedisNode:
         """Freeze the replica (SIGSTOP) and close its link on the primary's
