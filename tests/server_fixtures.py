@@ -238,9 +238,11 @@ class ServedApps:
         return RunningServer(url, endpoint, storage, config, client)
 
     def stop(self) -> None:
+        """Stop every app served so far (again: none)."""
         for server, client in self._running:
             client.close()
             server.stop()
+        self._running.clear()
 
 
 @pytest.fixture(params=SERVERS)

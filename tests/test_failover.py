@@ -11,21 +11,31 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 from tusclient.client import TusClient
 from tusclient.uploader import Uploader
 
-from tests.helpers import upload_id_of
+from tests.helpers import assert_tus_error, upload_id_of
 from tests.hook_receiver import HookReceiver
 from tests.js_fixtures import TusJs
-from tests.redis_topologies import RedisClusterSet, RedisNode, RedisSentinelSet
-from tests.server_fixtures import TUS, RunningServer
+from tests.redis_topologies import (
+    SENTINEL_SERVICE,
+    RedisClusterSet,
+    RedisNode,
+    RedisSentinelSet,
+    free_ports,
+    server_options,
+)
+from tests.server_fixtures import TUS, RunningServer, ServedApps
+from tusserver.config import Config
 
 StartServer = Callable[..., RunningServer]
 KIB = 1024
@@ -321,6 +331,76 @@ def _head_when_served(server: RunningServer, url: str) -> httpx.Response:
 
 
 # --- Cluster -------------------------------------------------------------------
+
+
+@ON_SENTINEL
+def test_a_server_a_sentinel_names_as_primary_is_not_used_while_it_is_a_replica(
+    redis_topology: str, served_apps: ServedApps, tmp_path: Path
+) -> None:
+    """A sentinel behind a failover names the old primary, back as a replica:
+    a HEAD is not answered from the replica's copy (423, then the offset once
+    that server is the primary it is named as)."""
+    primary_port, replica_port, sentinel_port = free_ports(3)
+    primary = RedisNode(primary_port, tmp_path / "primary", server_options(primary_port))
+    replica = RedisNode(replica_port, tmp_path / "replica", server_options(replica_port))
+    # One sentinel that monitors the replica as the primary, as a sentinel
+    # that missed the failover does. It takes a minute to see it down.
+    sentinel = RedisNode(
+        sentinel_port,
+        tmp_path / "sentinel",
+        [
+            "bind 127.0.0.1",
+            f"port {sentinel_port}",
+            "protected-mode no",
+            "daemonize no",
+            f"sentinel monitor {SENTINEL_SERVICE} 127.0.0.1 {replica_port} 1",
+            f"sentinel down-after-milliseconds {SENTINEL_SERVICE} 60000",
+        ],
+        sentinel=True,
+    )
+    storage = tmp_path / "storage"
+    try:
+        primary.start()
+        replica.start(replica_of=primary_port)
+        sentinel.start()
+        on_primary = served_apps.start(
+            Config(storage=str(storage), redis_url=f"redis://127.0.0.1:{primary_port}/0"), storage
+        )
+        url = on_primary.create(10)
+        assert on_primary.patch(url, 0, b"hello").status_code == 204
+        with primary.client() as client:
+            assert client.execute_command("WAIT", 1, 5000) == 1  # the replica has the record
+
+        via_sentinel = served_apps.start(
+            Config(
+                storage=str(storage),
+                redis_url=f"redis+sentinel://127.0.0.1:{sentinel_port}/{SENTINEL_SERVICE}",
+            ),
+            storage,
+        )
+        path = urlsplit(url).path
+        head = via_sentinel.client.head(via_sentinel.url + path, headers=TUS)
+        assert head.status_code == 423, head.headers
+        assert head.headers["Tus-Resumable"] == "1.0.0"
+        assert "Upload-Offset" not in head.headers
+        created = via_sentinel.client.post(
+            via_sentinel.endpoint, headers={**TUS, "Upload-Length": "10"}
+        )
+        assert_tus_error(created, 503)
+
+        with replica.client() as client:
+            client.execute_command("REPLICAOF", "NO", "ONE")  # now the primary it is named as
+        deadline = time.monotonic() + 10
+        while (
+            head := via_sentinel.client.head(via_sentinel.url + path, headers=TUS)
+        ).status_code != 200:
+            assert head.status_code == 423 and time.monotonic() < deadline, head.headers
+            time.sleep(0.1)
+        assert head.headers["Upload-Offset"] == "5"
+    finally:
+        served_apps.stop()
+        for node in (sentinel, replica, primary):
+            node.kill(signal.SIGTERM)
 
 
 @ON_CLUSTER

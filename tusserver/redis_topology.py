@@ -22,10 +22,12 @@ from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.asyncio.sentinel import SentinelManagedConnection as AsyncSentinelManagedConnection
 from redis.backoff import ExponentialBackoff
 from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelManagedConnection
 
 from tusserver.config import Config
 from tusserver.redis_urls import RedisTarget, Topology
@@ -42,6 +44,41 @@ def _common(*, decode: bool) -> dict[str, Any]:
         "socket_connect_timeout": _CONNECT_TIMEOUT,
         "socket_timeout": _SOCKET_TIMEOUT,
     }
+
+
+class _PrimaryOnly(AsyncSentinelManagedConnection):
+    """A connection to the server the sentinels name as primary, refused
+    unless that server says it is one (``ROLE``, once per connection).
+
+    A sentinel that has not caught up with a failover still names the old
+    primary, which may be back as a replica: before its first sync it holds
+    the writes the failover lost, after it lags. A write there fails
+    (READONLY, and redis-py asks the sentinels again), but a plain read, a
+    HEAD's ``HGETALL``, would be answered from that copy. Refused, the
+    connection is asked for again (redis-py's retries), and without a primary
+    the request answers 423 or 503 for the client to retry."""
+
+    async def connect_to(self, address: tuple[str, int]) -> None:
+        await super().connect_to(address)  # type: ignore[no-untyped-call]
+        await self.send_command("ROLE")
+        if not _is_primary(await self.read_response()):
+            await self.disconnect()
+            raise RedisConnectionError("the server named as primary is not one (yet)")
+
+
+class _SyncPrimaryOnly(SentinelManagedConnection):
+    """``_PrimaryOnly`` for the blocking client of commands."""
+
+    def connect_to(self, address: tuple[str, int]) -> None:
+        super().connect_to(address)  # type: ignore[no-untyped-call]
+        self.send_command("ROLE")  # type: ignore[no-untyped-call]
+        if not _is_primary(self.read_response()):
+            self.disconnect()  # type: ignore[no-untyped-call]
+            raise RedisConnectionError("the server named as primary is not one (yet)")
+
+
+def _is_primary(role: Any) -> bool:
+    return bool(role) and role[0] in ("master", b"master")
 
 
 def connect(target: RedisTarget) -> aioredis.Redis:
@@ -61,6 +98,7 @@ def connect(target: RedisTarget) -> aioredis.Redis:
         )
         client: aioredis.Redis = sentinel.master_for(
             target.service,
+            connection_class=_PrimaryOnly,
             db=target.db,
             password=target.password,
             retry=retry,
@@ -93,6 +131,7 @@ def connect_sync(target: RedisTarget, *, timeout: float = _CONNECT_TIMEOUT) -> r
         )
         client: redis.Redis = sentinel.master_for(
             target.service,
+            connection_class=_SyncPrimaryOnly,
             db=target.db,
             password=target.password,
             decode_responses=True,
