@@ -256,6 +256,10 @@ def upload(conn: Connection, payload: memoryview, total: int, chunk: int) -> int
     return total
 
 
+def _py_spy() -> str:
+    return shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+
+
 def _start_py_spy(server: Server) -> tuple[list[subprocess.Popen[bytes]], list[Path]]:
     spies, outputs = [], []
     for pid in server.python_pids():
@@ -263,7 +267,7 @@ def _start_py_spy(server: Server) -> tuple[list[subprocess.Popen[bytes]], list[P
         spies.append(
             subprocess.Popen(
                 [
-                    shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")),
+                    _py_spy(),
                     "record",
                     "--pid",
                     str(pid),
@@ -359,6 +363,8 @@ def main() -> int:
         parser.error("--heads and --posts: 1 to 100000")
     if not 8 <= args.patch_total <= 4096:
         parser.error("--patch-total: 8 to 4096 MiB")
+    if args.py_spy and not Path(_py_spy()).exists():
+        parser.error("--py-spy needs py-spy: pip install -e '.[bench]'")
     os.sched_setaffinity(0, {CLIENT_CPU})
     payload = memoryview(os.urandom(64 * MiB))
     total = args.patch_total * MiB
