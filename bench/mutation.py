@@ -59,6 +59,15 @@ ROOT = Path(__file__).resolve().parent.parent
 # fastest ones that reach it through HTTP. A module named here but not in the
 # tree is skipped (list a module here when it lands or is split off).
 SPECS: dict[str, list[str]] = {
+    "tusserver/batched_reads.py": [
+        "tests/test_batched_reads.py",
+        "tests/test_state.py::test_a_reply_later_than_the_socket_timeout_fails_the_read_and_the_next_read_is_answered",
+        "tests/test_head.py::test_a_head_after_redis_dropped_the_servers_connections_still_answers_from_the_record",
+    ],
+    "tusserver/reply_deadlines.py": [
+        "tests/test_state.py::test_a_reply_later_than_the_socket_timeout_fails_the_read_and_the_next_read_is_answered",
+        "tests/test_batched_reads.py",
+    ],
     "tusserver/state.py": [
         "tests/test_state.py",
         "tests/test_errors.py::test_head_when_redis_stops_answers_423_retryable_not_5xx",

@@ -10,6 +10,11 @@ so that what else the machine does weighs on both alike::
 
     git worktree add ../before HEAD~1
     python bench/read_cost.py --against ../before
+    python bench/read_cost.py --against ../before --concurrency 16
+
+``--concurrency N``: N reads in flight at a time, as N concurrent HEADs send
+them (the store sends reads asked together in one write:
+``tusserver/batched_reads.py``).
 
 Prints, for each tree, the median over rounds of the client's CPU per read
 (the process's CPU time: redis-py, the event loop, the reply's parsing) and
@@ -37,7 +42,7 @@ from tusserver import redis_topology, redis_urls
 from tusserver.record import Upload
 from tusserver.state import UploadStore
 
-async def main(url, count):
+async def main(url, count, concurrency):
     client = redis_topology.connect(redis_urls.parse(url))
     store = UploadStore(client)
     await store.create(Upload(sys.argv[3], 0, 1000), lock_token=None, lock_ttl_ms=1000)
@@ -45,21 +50,27 @@ async def main(url, count):
         await store.read(sys.argv[3])
     print("ready", flush=True)
     sys.stdin.readline()
+    async def reader():
+        for _ in range(count // concurrency):
+            await store.read(sys.argv[3])
+
     started = time.process_time()
-    for _ in range(count):
-        await store.read(sys.argv[3])
+    await asyncio.gather(*(reader() for _ in range(concurrency)))
     print((time.process_time() - started) / count * 1e6, flush=True)
     await client.aclose()
 
-asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[4])))
 """
 
 
-def one_round(tree: Path, url: str, count: int, redis: psutil.Process) -> tuple[float, float]:
-    """(client µs, Redis µs) of CPU per read, in a fresh process of ``tree``."""
+def one_round(
+    tree: Path, url: str, count: int, concurrency: int, redis: psutil.Process
+) -> tuple[float, float]:
+    """(client µs, Redis µs) of CPU per read, in a fresh process of ``tree``,
+    with ``concurrency`` reads in flight at a time."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
     with subprocess.Popen(
-        [sys.executable, "-c", CHILD, url, str(count), UPLOAD_ID],
+        [sys.executable, "-c", CHILD, url, str(count), UPLOAD_ID, str(concurrency)],
         env=env,
         cwd=tree,
         stdin=subprocess.PIPE,
@@ -84,7 +95,15 @@ def main() -> None:
     parser.add_argument("--against", type=Path, help="another checkout to compare with")
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--per-round", type=int, default=20_000)
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=1,
+        help="reads in flight at a time, as concurrent HEADs send them (default 1)",
+    )
     args = parser.parse_args()
+    if not 1 <= args.concurrency <= args.per_round:
+        parser.error("--concurrency: 1 to --per-round")
     sys.path.insert(0, str(ROOT))
     from tusserver.embedded_redis import EmbeddedRedis
 
@@ -97,13 +116,16 @@ def main() -> None:
         server = psutil.Process(redis.pid)
         for _ in range(args.rounds):
             for label, tree in trees.items():
-                samples[label].append(one_round(tree, redis.url, args.per_round, server))
+                samples[label].append(
+                    one_round(tree, redis.url, args.per_round, args.concurrency, server)
+                )
     for label, values in samples.items():
         client = statistics.median(value[0] for value in values)
         own = statistics.median(value[1] for value in values)
         print(
             f"{label:>8}: client {client:5.1f} µs, Redis {own:5.1f} µs of CPU per read"
-            f" (medians of {args.rounds} rounds of {args.per_round})"
+            f" (medians of {args.rounds} rounds of {args.per_round},"
+            f" {args.concurrency} in flight)"
         )
 
 

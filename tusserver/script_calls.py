@@ -8,7 +8,8 @@ connection has no stray data (a non-blocking read), observability hooks,
 the retry wrapper. That was a third of a HEAD's CPU.
 
 So, on one standalone server, a call is sent on a connection kept here,
-taken once from the client's pool (``EVALSHA`` or ``HGETALL``), packed by
+taken once from the client's pool (``EVALSHA``, or the first ``HGETALL`` of
+a turn of the event loop: the others go together, ``batched_reads``), packed by
 hiredis itself, then its reply. A connection goes back to the idle list only after a whole
 reply was read, so it never holds stray data. Anything unusual goes to
 redis-py's ordinary path, which has the retries and the failover handling:
@@ -43,6 +44,9 @@ from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT, KeyT
 
+from tusserver.batched_reads import BatchedReads, Unsent
+from tusserver.reply_deadlines import ReplyDeadlines
+
 # Connections kept idle beyond this go back to the pool: a burst of
 # concurrent requests does not pin its peak of connections for good.
 _MAX_IDLE = 32
@@ -57,8 +61,9 @@ class ScriptCalls:
         # Sentinel too goes the ordinary way: a kept connection can outlive a
         # failover on the demoted primary, where a script that decides before
         # it writes (COMMIT's "moved") still answers, from a record that is
-        # not the new primary's. redis-py's Sentinel connections check the
-        # primary on every call.
+        # not the new primary's. redis-py's Sentinel connections are made
+        # anew when a write is refused there, and ours only to a server that
+        # says it is the primary (``redis_topology``).
         self._pool: ConnectionPool | None = (
             None if isinstance(pool, SentinelConnectionPool) else pool
         )
@@ -67,6 +72,7 @@ class ScriptCalls:
         self._idle: list[AbstractConnection] = []
         timeout = None if self._pool is None else self._pool.connection_kwargs.get("socket_timeout")
         self._deadlines = ReplyDeadlines(timeout)
+        self._reads = None if self._pool is None else BatchedReads(self._pool, self._deadlines)
 
     def register(self, text: str) -> Script:
         return Script(self, self._client.register_script(text))
@@ -74,9 +80,16 @@ class ScriptCalls:
     async def hgetall(self, key: str) -> dict[str, str]:
         """A hash's fields (none: no such key); str, as the store's client
         decodes replies."""
-        if self._pool is None:
+        if self._reads is None:
             return await self._client.hgetall(key)  # type: ignore[return-value]
-        reply = await self._on_kept_connection(("HGETALL", key), lambda: self._client.hgetall(key))
+        command = ("HGETALL", key)
+        if not self._reads.joined():
+            reply = await self._on_kept_connection(command, lambda: self._client.hgetall(key))
+        else:
+            try:
+                reply = await self._reads.call(command)
+            except Unsent:
+                return await self._client.hgetall(key)  # type: ignore[return-value]
         if isinstance(reply, dict):  # RESP3 answers a map
             return reply
         return dict(zip(reply[::2], reply[1::2], strict=True))
@@ -134,52 +147,6 @@ class ScriptCalls:
         with anyio.CancelScope(shield=True):
             await connection.disconnect()
             await self._pool.release(connection)
-
-
-class ReplyDeadlines:
-    """The socket timeout of the replies read on kept connections, kept by
-    one timer for all of them: redis-py arms an ``asyncio.timeout`` around
-    each read and cancels it, a fifth of a read's client CPU
-    (bench/read_cost.py). A connection whose reply is late is aborted; its
-    read then fails as a connection Redis closed does, and the call goes the
-    ordinary way (with redis-py's own timeout and retries), as a read that
-    timed out did."""
-
-    def __init__(self, timeout: float | None) -> None:
-        self._timeout = timeout
-        self._deadlines: dict[AbstractConnection, float] = {}
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_loop: asyncio.AbstractEventLoop | None = None
-
-    def start(self, connection: AbstractConnection) -> None:
-        if self._timeout is None:
-            return
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._timeout
-        self._deadlines[connection] = deadline
-        # One timer, for the earliest deadline: every later one is looked at
-        # when it fires (all reads share the timeout, so it is seldom).
-        if self._timer is None or self._timer_loop is not loop:
-            self._arm(loop, deadline)
-
-    def stop(self, connection: AbstractConnection) -> None:
-        self._deadlines.pop(connection, None)
-
-    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
-        self._timer = loop.call_at(when, self._expire, loop)
-        self._timer_loop = loop
-
-    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._timer = None
-        now = loop.time()
-        for connection, deadline in list(self._deadlines.items()):
-            if deadline <= now:
-                del self._deadlines[connection]
-                writer = connection._writer
-                if writer is not None:
-                    writer.transport.abort()
-        if self._deadlines:
-            self._arm(loop, min(self._deadlines.values()))
 
 
 async def _send(connection: AbstractConnection, command: tuple[EncodableT, ...]) -> None:
