@@ -10,7 +10,8 @@ ordinary way (tusserver/script_calls.py)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
@@ -20,7 +21,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from tests.redis_topologies import free_ports
-from tests.test_state import with_store
+from tests.test_state import impatient_store, with_store
 from tusserver.record import Upload
 from tusserver.state import StateUnavailable, UploadStore, info_key
 
@@ -33,6 +34,16 @@ async def stats(client: aioredis.Redis) -> tuple[int, int]:
     """Redis's count of reads of client sockets, and of connections accepted."""
     info = await client.info("stats")
     return int(info["total_reads_processed"]), int(info["total_connections_received"])
+
+
+@asynccontextmanager
+async def no_new_connection(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """An admin client; Redis must accept no connection while the block runs."""
+    async with aioredis.Redis.from_url(redis_url) as admin:
+        _, before = await stats(admin)
+        yield admin
+        _, after = await stats(admin)
+    assert after == before, "the shared connection was made again"
 
 
 def with_uploads(
@@ -92,8 +103,7 @@ def test_a_read_cancelled_on_its_way_leaves_the_others_their_records_and_the_con
     redis_url: str,
 ) -> None:
     async def scenario(store: UploadStore, client: aioredis.Redis) -> None:
-        async with aioredis.Redis.from_url(redis_url) as admin:
-            _, connections_before = await stats(admin)
+        async with no_new_connection(redis_url):
             reads = [asyncio.ensure_future(store.read(upload_id)) for upload_id in IDS[:8]]
             await asyncio.sleep(0)  # each asked, none answered yet
             reads[3].cancel()
@@ -103,25 +113,20 @@ def test_a_read_cancelled_on_its_way_leaves_the_others_their_records_and_the_con
 
             # Its reply was read and dropped: the next ones get their own.
             assert await lengths(store, IDS[7::-1]) == list(range(8, 0, -1))
-            _, connections_after = await stats(admin)
-        assert connections_after == connections_before
 
     with_uploads(redis_url, scenario)
 
 
 def test_an_error_reply_fails_its_own_read_only(redis_url: str) -> None:
     async def scenario(store: UploadStore, client: aioredis.Redis) -> None:
-        async with aioredis.Redis.from_url(redis_url) as admin:
+        async with no_new_connection(redis_url) as admin:
             await admin.set(info_key(IDS[2]), "not a record")  # HGETALL answers WRONGTYPE
-            _, connections_before = await stats(admin)
             reads = await asyncio.gather(
                 *(store.read(upload_id) for upload_id in IDS[:6]), return_exceptions=True
             )
             assert isinstance(reads[2], StateUnavailable)
             assert [r.length for i, r in enumerate(reads) if i != 2] == [1, 2, 4, 5, 6]  # type: ignore[union-attr]
             assert await lengths(store, IDS[3:6]) == [4, 5, 6]
-            _, connections_after = await stats(admin)
-        assert connections_after == connections_before
 
     with_uploads(redis_url, scenario)
 
@@ -173,12 +178,7 @@ def test_reads_together_fail_as_unavailable_when_redis_answers_later_than_the_so
     redis_url: str,
 ) -> None:
     async def run() -> None:
-        client = aioredis.Redis.from_url(
-            redis_url, decode_responses=True, socket_timeout=0.3, retry=Retry(NoBackoff(), 0)
-        )
-        admin = aioredis.Redis.from_url(redis_url, decode_responses=True)
-        try:
-            store = UploadStore(client)
+        async with impatient_store(redis_url) as (store, admin):
             await create_uploads(store)
             assert await lengths(store, IDS[:2]) == [1, 2]  # the shared connection made
             # The timeouts' timer fires with no read late, and must be armed
@@ -191,10 +191,6 @@ def test_reads_together_fail_as_unavailable_when_redis_answers_later_than_the_so
             )
             # Not answered once the pause is over: each failed at its timeout.
             assert all(isinstance(read, StateUnavailable) for read in reads), reads
-        finally:
-            await admin.execute_command("CLIENT", "UNPAUSE")
-            await client.aclose()
-            await admin.aclose()
 
     anyio.run(run)
 

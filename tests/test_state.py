@@ -354,6 +354,22 @@ def test_a_retried_durable_commit_waits_for_a_write_of_its_own(
     anyio.run(scenario)
 
 
+@asynccontextmanager
+async def impatient_store(redis_url: str) -> AsyncIterator[tuple[UploadStore, aioredis.Redis]]:
+    """A store whose client's replies time out after 0.3 s, with no retry, and
+    a client to pause Redis with; Redis is unpaused at the end."""
+    client = aioredis.Redis.from_url(
+        redis_url, decode_responses=True, socket_timeout=0.3, retry=Retry(NoBackoff(), 0)
+    )
+    admin = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        yield UploadStore(client), admin
+    finally:
+        await admin.execute_command("CLIENT", "UNPAUSE")
+        await client.aclose()
+        await admin.aclose()
+
+
 # Pauses one Redis server's clients.
 @pytest.mark.standalone_redis
 def test_a_reply_later_than_the_socket_timeout_fails_the_read_and_the_next_read_is_answered(
@@ -363,12 +379,7 @@ def test_a_reply_later_than_the_socket_timeout_fails_the_read_and_the_next_read_
     # socket timeout (tusserver/script_calls.py): a late reply must still
     # end the read as a timeout would, not wait for Redis however long.
     async def run() -> None:
-        client = aioredis.Redis.from_url(
-            redis_url, decode_responses=True, socket_timeout=0.3, retry=Retry(NoBackoff(), 0)
-        )
-        admin = aioredis.Redis.from_url(redis_url, decode_responses=True)
-        try:
-            store = UploadStore(client)
+        async with impatient_store(redis_url) as (store, admin):
             await store.create(Upload(UPLOAD_ID, 0, 100), lock_token=None, lock_ttl_ms=10_000)
             assert isinstance(await store.read(UPLOAD_ID), Upload)  # a connection kept
 
@@ -386,10 +397,6 @@ def test_a_reply_later_than_the_socket_timeout_fails_the_read_and_the_next_read_
                 break
             else:
                 pytest.fail("the store never read again once Redis answered")
-        finally:
-            await admin.execute_command("CLIENT", "UNPAUSE")
-            await client.aclose()
-            await admin.aclose()
 
     anyio.run(run)
 
