@@ -45,6 +45,10 @@ async def _storage(root: Path) -> LocalStorage:
     return storage
 
 
+def _lease() -> Lease:
+    return Lease(UPLOAD_ID, "token", ttl=30.0, extend=_kept)
+
+
 async def _receive(
     transfer: Transfer,
     receive: Callable[[], Awaitable[Message]],
@@ -53,9 +57,12 @@ async def _receive(
     *,
     checkpoints: Checkpoints | None = None,
     takeover_after: float = 3600.0,
+    block_size: int = len(PIECE),
+    idle_timeout: float = 3600.0,
+    body_length: int | None = None,
 ) -> None:
-    """A body into the upload from its first byte, in blocks of one piece,
-    with an hour before it counts as idle."""
+    """A body into the upload from its first byte, with no limit; by
+    default in blocks of one piece, with an hour before it counts as idle."""
     await receive_into_storage(
         transfer,
         receive,
@@ -63,10 +70,11 @@ async def _receive(
         lease,
         0,
         limit=None,
-        block_size=len(PIECE),
-        idle_timeout=3600.0,
+        block_size=block_size,
+        idle_timeout=idle_timeout,
         takeover_after=takeover_after,
         checkpoints=checkpoints,
+        body_length=body_length,
     )
 
 
@@ -98,7 +106,7 @@ def _transfer(
                 transfer,
                 receive,
                 storage,
-                Lease(UPLOAD_ID, "token", ttl=30.0, extend=_kept),
+                _lease(),
                 checkpoints=Checkpoints(commit, every_bytes=1, every_seconds=3600.0)
                 if checkpoints
                 else None,
@@ -172,7 +180,7 @@ def test_a_transfer_cancelled_while_a_checkpoint_commits_ends_only_once_that_com
                     Transfer(),
                     receive,
                     storage,
-                    Lease(UPLOAD_ID, "token", ttl=30.0, extend=_kept),
+                    _lease(),
                     checkpoints=checkpoints,
                 )
         return commits, checkpoints.committed
@@ -213,7 +221,7 @@ def test_a_stop_while_the_receiver_waits_for_the_writer_still_stores_the_block_i
             await anyio.sleep(3600)  # the client stalls
             raise AssertionError("the reading was never stopped")
 
-        lease = Lease(UPLOAD_ID, "token", ttl=30.0, extend=_kept)
+        lease = _lease()
         transfer = Transfer()
         with anyio.fail_after(HANG_GUARD_SECONDS):
             async with anyio.create_task_group() as tasks:
@@ -254,16 +262,12 @@ def _blocks_stored(
             return {"type": "http.request", "body": piece}  # ASGI: more_body defaults to False
 
         with anyio.fail_after(HANG_GUARD_SECONDS):
-            await receive_into_storage(
+            await _receive(
                 Transfer(),
                 receive,
                 storage,
-                Lease(UPLOAD_ID, "token", ttl=30.0, extend=_kept),
-                0,
-                limit=None,
+                _lease(),
                 block_size=block_size,
-                idle_timeout=3600.0,
-                takeover_after=3600.0,
                 body_length=body_length,
             )
         return storage.block_sizes
@@ -355,7 +359,7 @@ def _flowing(
 
     async def run() -> Transfer:
         storage = await _storage(root)
-        lease = Lease(UPLOAD_ID, "token", ttl=30.0, extend=_kept)
+        lease = _lease()
         left = list(gaps)
 
         async def receive() -> Message:
@@ -366,13 +370,11 @@ def _flowing(
             asyncio.get_running_loop().call_later(0.5, meanwhile, lease)
         transfer = Transfer()
         with anyio.fail_after(HANG_GUARD_SECONDS):
-            await receive_into_storage(
+            await _receive(
                 transfer,
                 receive,
                 storage,
                 lease,
-                0,
-                limit=None,
                 block_size=len(piece),
                 idle_timeout=idle_timeout,
                 takeover_after=takeover_after,
