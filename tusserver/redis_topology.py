@@ -63,7 +63,7 @@ class _PrimaryOnly(AsyncSentinelManagedConnection):
         await self.send_command("ROLE")
         if not _is_primary(await self.read_response()):
             await self.disconnect()
-            raise RedisConnectionError("the server named as primary is not one (yet)")
+            raise RedisConnectionError(_NOT_PRIMARY)
 
 
 class _SyncPrimaryOnly(SentinelManagedConnection):
@@ -74,10 +74,14 @@ class _SyncPrimaryOnly(SentinelManagedConnection):
         self.send_command("ROLE")  # type: ignore[no-untyped-call]
         if not _is_primary(self.read_response()):
             self.disconnect()  # type: ignore[no-untyped-call]
-            raise RedisConnectionError("the server named as primary is not one (yet)")
+            raise RedisConnectionError(_NOT_PRIMARY)
+
+
+_NOT_PRIMARY = "the server named as primary is not one (yet)"
 
 
 def _is_primary(role: Any) -> bool:
+    """Whether a ``ROLE`` reply is a primary's (decoded or not)."""
     return bool(role) and role[0] in ("master", b"master")
 
 
