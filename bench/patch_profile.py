@@ -8,7 +8,8 @@ raw sockets, runs on CPU 1. For each phase the script reads the CPU time of
 the server's process tree (Python and Redis apart) before and after, and
 the embedded Redis's ``INFO commandstats``, so that it prints:
 
-* CPU µs per HEAD and per POST, and Redis commands per request;
+* CPU µs per HEAD and per POST (``--connections N``: N at a time, each on
+  its own keep-alive connection), and Redis commands per request;
 * for PATCHes of 4 KiB (as many as POSTs: next to nothing but the fixed
   cost of a PATCH), 1 MiB and 8 MiB (one upload, each PATCH waiting for the
   204 of the one before): MB/s and CPU per PATCH, and a fit of the 1 and
@@ -23,7 +24,7 @@ script asserts nothing about speed (exit 1 only when a server answers
 wrongly or does not start).
 
 Usage: python bench/patch_profile.py [--server granian|uvicorn] [--file-digest none|sha256]
-       [--heads N] [--posts N] [--patch-total MiB] [--py-spy patch8]
+       [--heads N] [--posts N] [--connections N] [--patch-total MiB] [--py-spy patch8]
 """
 
 from __future__ import annotations
@@ -76,6 +77,12 @@ class Connection:
     def request(
         self, method: str, path: str, headers: dict[str, str], body: memoryview | None = None
     ) -> tuple[int, dict[str, str]]:
+        self.send(method, path, headers, body)
+        return self.response(method)
+
+    def send(
+        self, method: str, path: str, headers: dict[str, str], body: memoryview | None = None
+    ) -> None:
         lines = [f"{method} {path} HTTP/1.1", f"Host: {HOST}", "Tus-Resumable: 1.0.0"]
         lines += [f"{name}: {value}" for name, value in headers.items()]
         if body is not None:
@@ -83,9 +90,8 @@ class Connection:
         self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
         if body is not None:
             self.sock.sendall(body)
-        return self._response(method)
 
-    def _response(self, method: str) -> tuple[int, dict[str, str]]:
+    def response(self, method: str) -> tuple[int, dict[str, str]]:
         while b"\r\n\r\n" not in self.buffer:
             data = self.sock.recv(65536)
             if not data:
@@ -239,6 +245,26 @@ def create(conn: Connection, length: int) -> str:
     return urlsplit(headers["location"]).path
 
 
+def in_flight(
+    conns: list[Connection], requests: int, method: str, path: str, expected: int
+) -> None:
+    """``requests`` requests, one in flight on each connection at a time:
+    each round sends one on every connection, then reads every answer, so
+    that the server sees as many at once as there are connections (as
+    ``bench.py``'s request rates do)."""
+    sent = 0
+    headers = {"Upload-Length": "1"} if method == "POST" else {}
+    while sent < requests:
+        batch = conns[: requests - sent]
+        for conn in batch:
+            conn.send(method, path, headers)
+        for conn in batch:
+            status, _ = conn.response(method)
+            if status != expected:
+                raise BenchError(f"{method} answered {status}")
+        sent += len(batch)
+
+
 def upload(conn: Connection, payload: memoryview, total: int, chunk: int) -> int:
     path = create(conn, total)
     offset = 0
@@ -356,11 +382,19 @@ def main() -> int:
     parser.add_argument("--file-digest", choices=("none", "sha256"), default="none")
     parser.add_argument("--heads", type=int, default=5000)
     parser.add_argument("--posts", type=int, default=2000)
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=1,
+        help="HEADs and POSTs in flight at a time, each on its own connection",
+    )
     parser.add_argument("--patch-total", type=int, default=512, help="MiB per PATCH phase")
     parser.add_argument("--py-spy", choices=("head", "post", "patch0", "patch1", "patch8"))
     args = parser.parse_args()
     if not 1 <= args.heads <= 100_000 or not 1 <= args.posts <= 100_000:
         parser.error("--heads and --posts: 1 to 100000")
+    if not 1 <= args.connections <= 64:
+        parser.error("--connections: 1 to 64")
     if not 8 <= args.patch_total <= 4096:
         parser.error("--patch-total: 8 to 4096 MiB")
     if args.py_spy and not Path(_py_spy()).exists():
@@ -390,16 +424,17 @@ def main() -> int:
         def big() -> int:
             return upload(conn, payload, total, 64 * MiB)
 
+        # The first is the one the PATCH phases use.
+        conns = [conn] + [Connection(server.port) for _ in range(args.connections - 1)]
+        for extra in conns[1:]:
+            stack.callback(extra.close)
+
         def heads() -> int:
-            for _ in range(args.heads):
-                status, _ = conn.request("HEAD", heads_path, {})
-                if status != 200:
-                    raise BenchError(f"HEAD answered {status}")
+            in_flight(conns, args.heads, "HEAD", heads_path, 200)
             return 0
 
         def posts() -> int:
-            for _ in range(args.posts):
-                create(conn, 1)
+            in_flight(conns, args.posts, "POST", PATH, 201)
             return 0
 
         phases: list[Phase] = []
