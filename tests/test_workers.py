@@ -6,6 +6,7 @@ Redis the supervising process started.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import multiprocessing
 from multiprocessing.queues import Queue
 from pathlib import Path
@@ -130,6 +131,35 @@ def test_a_config_reaches_a_spawned_worker_with_every_field_as_its_type() -> Non
 
         assert seen == fields_of(config)
         assert worker.exitcode == 0
+
+
+def report_frozen(app: WorkerApp, answers: Queue[tuple[int, int]]) -> None:
+    """Runs in a spawned process: the objects the collector leaves out of
+    its passes before and after the worker built its app."""
+    before = gc.get_freeze_count()
+    app()
+    answers.put((before, gc.get_freeze_count()))
+
+
+def test_a_worker_keeps_its_start_up_heap_out_of_the_collectors_passes(
+    tmp_path: Path,
+) -> None:
+    # A Redis URL, so that building the app looks for no embedded Redis;
+    # nothing connects before the lifespan starts.
+    config = Config(data_dir=tmp_path, redis_url="redis://127.0.0.1:1/0")
+    spawn = multiprocessing.get_context("spawn")
+    answers: Queue[tuple[int, int]] = spawn.Queue()
+    worker = spawn.Process(target=report_frozen, args=(WorkerApp(config), answers))
+    worker.start()
+    try:
+        before, after = answers.get(timeout=60)
+    finally:
+        worker.join(30)
+
+    assert worker.exitcode == 0
+    assert before == 0
+    # The modules and the app: tens of thousands of objects, not a handful.
+    assert after > 10_000
 
 
 def worker_processes(server_pid: int) -> list[psutil.Process]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import logging
 import logging.config
 import math
@@ -191,7 +192,21 @@ class WorkerApp:
         # what uvicorn does by default, done here so granian does it too.
         trusted = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
         proxied = ProxyHeadersMiddleware(app, trusted_hosts=trusted)  # type: ignore[arg-type]
+        _freeze_start_up_heap()
         return GracefulStop(cast(ASGIApp, proxied), _stop_after(config), on_stop=draining.begin)
+
+
+def _freeze_start_up_heap() -> None:
+    """Keep what the worker built to start (modules, the app) out of the
+    garbage collector's full passes, which otherwise walk all of it, again
+    and again, to find the little garbage requests leave: a tenth of a
+    HEAD's CPU (``bench/patch_profile.py --connections 16``, 97 against
+    86 µs). Those objects live as long as the process; reference counting
+    still frees any of them that is let go, and a cycle among them that
+    becomes garbage is kept, once, not again and again. The collection
+    first clears what start-up itself left, so that is not kept."""
+    gc.collect()
+    gc.freeze()
 
 
 def _stop_after(config: Config) -> float:
