@@ -1,6 +1,9 @@
 """Local-disk storage: partials in ``<root>/.partial/``, finals in ``<root>``.
 
-Every file call runs in a worker thread bounded by this backend's own
+A partial is created and its blocks written on the event loop while those
+calls stay quick, as a memory copy into the page cache is, and in worker
+threads for a while after one stalled (``storage_backends/inline_calls.py``).
+Every other file call runs in a worker thread bounded by this backend's own
 limiter, so a slow disk neither blocks the event loop nor takes every thread
 of the process. Blocks are written with one ``pwritev`` each: positional, so
 a resumed upload overwrites stale bytes past the committed offset instead of
@@ -16,6 +19,7 @@ import asyncio
 import errno
 import os
 import stat
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
@@ -27,6 +31,7 @@ import anyio.lowlevel
 from storage_backends.base import Block, FileStat
 from storage_backends.file_io import copy_into, pwritev_all
 from storage_backends.finalizing import finalize
+from storage_backends.inline_calls import STALL, InlineWhileQuick
 from storage_backends.names import (
     NOTE_SUFFIX,
     STAGING_DIR,
@@ -61,12 +66,22 @@ class LocalStorage:
     # 10-13 MiB instead of 2-3 (bench/README.md, "Block size").
     preferred_block_size = 512 * 1024
 
-    def __init__(self, root: Path, *, file_mode: int = 0o644, max_threads: int = 8) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        file_mode: int = 0o644,
+        max_threads: int = 8,
+        inline_stall: float = STALL,
+    ) -> None:
+        """``inline_stall``: seconds past which a call made on the event loop
+        counts as stalled (``InlineWhileQuick``)."""
         self.root = root.resolve()
         self.staging = self.root / STAGING_DIR
         self.file_mode = file_mode
         # Threads this storage's calls may occupy at once (of the loop's default pool).
         self._slots = asyncio.Semaphore(max_threads)
+        self._inline = InlineWhileQuick(inline_stall)
 
     async def _in_thread(self, function: Callable[..., T], *args: Any) -> T:
         """``function(*args)`` in a worker thread, awaited to its end even
@@ -88,6 +103,18 @@ class LocalStorage:
                 result = await future
         return result
 
+    async def _quickly(self, function: Callable[..., T], *args: Any) -> T:
+        """``function(*args)`` on the event loop while such calls are quick,
+        else as ``_in_thread``. A call on the loop cannot be cancelled
+        half-way, so a write's count is never lost there either."""
+        if not self._inline.allowed():
+            return await self._in_thread(function, *args)
+        started = time.perf_counter()
+        try:
+            return function(*args)
+        finally:
+            self._inline.took(time.perf_counter() - started)
+
     async def check(self) -> None:
         """Create the folders and prove they are writable (start-up check)."""
         await self._in_thread(self._check)
@@ -103,21 +130,22 @@ class LocalStorage:
 
     async def create(self, upload_id: str) -> None:
         path = self._partial(upload_id)
-        await self._in_thread(_create_empty, path)
+        await self._quickly(_create_empty, path)
 
     async def write(self, upload_id: str, offset: int, blocks: AsyncIterator[Block]) -> int:
         path = self._partial(upload_id)
-        # One thread hop per block, which opens, writes and closes: a body of
-        # one block (most small chunks) costs one hop, and nothing is left to
-        # do once its last block is written, while the client waits.
+        # One call per block, which opens, writes and closes: nothing is left
+        # to do once the last block is written, while the client waits. The
+        # writer waits for each next block from the receiver, so a pending
+        # cancellation lands there between blocks written on the loop.
         written = 0
         any_block = False
         async for block in blocks:
             any_block = True
-            written += await self._in_thread(_write_at, path, block, offset + written)
+            written += await self._quickly(_write_at, path, block, offset + written)
         if not any_block:
             # No bytes came: a vanished partial still fails loudly.
-            await self._in_thread(_write_at, path, [], offset)
+            await self._quickly(_write_at, path, [], offset)
         return written
 
     async def flush(self, upload_id: str) -> None:
