@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 from pathlib import Path
@@ -71,3 +72,33 @@ class CutsRequestsOnRequest:
     def cut_all(self) -> None:
         for cut in self.running:
             cut.cancel()
+
+
+class AnsweredAsCancelled:
+    """A lock extension (a ``Lease``'s ``extend``) that goes through
+    ``asyncio.wait_for``, as redis-py sends every command, and whose answer
+    comes in the very turn of the event loop in which its caller is
+    cancelled. Python 3.11's ``wait_for`` then returns the answer and drops
+    the cancellation (3.12's keeps it). After ``lost_after`` calls it answers
+    that the lock is lost, which ends any task that goes on extending."""
+
+    def __init__(self, lost_after: int = 3) -> None:
+        self.calls = 0
+        self.in_call = asyncio.Event()
+        self._lost_after = lost_after
+
+    async def __call__(self, key: str, token: str, ttl_ms: int) -> bool:
+        self.calls += 1
+        caller = asyncio.current_task()
+        assert caller is not None
+        self.in_call.set()
+        return await asyncio.wait_for(self._answer_once_cancelled(caller), timeout=60)
+
+    async def _answer_once_cancelled(self, caller: asyncio.Task[object]) -> bool:
+        # One turn of the loop at a time: the turn after the cancellation is
+        # requested, this answers before the caller wakes up to it.
+        for _ in range(1_000_000):
+            if caller.cancelling():
+                break
+            await asyncio.sleep(0)
+        return self.calls < self._lost_after

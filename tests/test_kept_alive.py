@@ -20,6 +20,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
+from tests.helpers import AnsweredAsCancelled
 from tusserver import locking
 from tusserver.locking import Lease, kept_alive
 from tusserver.state import StateUnavailable
@@ -113,6 +114,22 @@ def test_work_cancelled_while_an_extension_is_in_flight_ends_that_extension_firs
         return events
 
     assert anyio.run(run) == ["extension sent", "extension over", "cancellation out"]
+
+
+def test_an_extension_that_drops_the_cancellation_still_ends_with_the_work() -> None:
+    """Python 3.11's ``asyncio.wait_for``, through which redis-py sends every
+    command, drops a cancellation that comes in the turn of the extension's
+    answer (``tusserver/task_ends.py``): the extending task stops all the
+    same, after that one extension, and does not go on extending for good."""
+
+    async def run() -> int:
+        extend = AnsweredAsCancelled()
+        lease = Lease("k" * 32, "token", ttl=TTL, extend=extend)
+        async with kept_alive(lease):
+            await extend.in_call.wait()
+        return extend.calls
+
+    assert anyio.run(run) == 1
 
 
 class Clock:

@@ -23,6 +23,7 @@ from starlette.types import Message
 
 from storage_backends.base import Block
 from storage_backends.local import LocalStorage
+from tests.helpers import AnsweredAsCancelled
 from tests.test_patch import BlockLog
 from tusserver.locking import Lease
 from tusserver.transfer import Checkpoints, End, Transfer, receive_into_storage
@@ -392,6 +393,42 @@ def test_a_body_that_pauses_for_less_than_the_idle_timeout_goes_on(tmp_path: Pat
     assert transfer.end is not End.IDLE
     assert transfer.whole_body
     assert transfer.stored == sent
+
+
+def test_a_watchdog_whose_extension_drops_the_cancellation_ends_with_the_body(
+    tmp_path: Path,
+) -> None:
+    # The body ends while the watchdog extends the lock, and the extension's
+    # answer comes in the turn the transfer cancels the watchdog, which
+    # Python 3.11's asyncio.wait_for (redis-py's every command) then drops
+    # (tusserver/task_ends.py). The watchdog stops all the same: it does not
+    # go on extending and, once the lock reads as lost, mark a finished body
+    # as cut off.
+    extend = AnsweredAsCancelled()
+
+    async def run() -> Transfer:
+        storage = await _storage(tmp_path)
+        lease = Lease(UPLOAD_ID, "token", ttl=0.09, extend=extend)
+        pieces = [PIECE]
+
+        async def receive() -> Message:
+            if pieces:
+                return {"type": "http.request", "body": pieces.pop(), "more_body": True}
+            await extend.in_call.wait()  # the watchdog's first tick extends the lock
+            return {"type": "http.request", "body": PIECE, "more_body": False}
+
+        transfer = Transfer()
+        with anyio.fail_after(HANG_GUARD_SECONDS):
+            await _receive(transfer, receive, storage, lease, takeover_after=0.05, idle_timeout=0.4)
+            # What a watchdog that went on would do next: tick (0.1 s) and extend.
+            await anyio.sleep(0.5)
+        return transfer
+
+    transfer = anyio.run(run)
+    assert extend.calls == 1
+    assert transfer.whole_body
+    assert transfer.end is End.COMPLETE
+    assert transfer.stored == 2 * len(PIECE)
 
 
 def test_a_release_request_while_bytes_arrive_is_declined(tmp_path: Path) -> None:

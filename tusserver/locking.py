@@ -34,7 +34,7 @@ from tusserver.log_safety import describe
 from tusserver.record import Upload
 from tusserver.release_requests import ReleaseRequests
 from tusserver.state import Claim, ClaimStatus, StateUnavailable, UploadStore
-from tusserver.task_ends import cancel_and_wait
+from tusserver.task_ends import cancel_and_wait, cancel_requested
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +127,8 @@ async def kept_alive(lease: Lease) -> AsyncIterator[None]:
         while True:
             if not await lease.keep_alive():
                 return  # lost: the next commit or completion will be refused
+            if cancel_requested():
+                return  # the block ended while the extension ran (task_ends)
             await asyncio.sleep(lease.keep_alive_interval)
 
     def start_keeping() -> None:
