@@ -319,6 +319,7 @@ SPECS: dict[str, list[str]] = {
     ],
     "tusserver/redis_topology.py": ["tests/test_termination.py", "tests/test_failover.py"],
     "storage_backends/local.py": [
+        "tests/test_inline_calls.py",
         "tests/test_local_storage.py",
         "tests/test_storage_contract.py",
         # The half-MiB blocks it asks for.
@@ -328,6 +329,8 @@ SPECS: dict[str, list[str]] = {
     ],
     # Windows of a partial handed to the kernel's writeback, seen by cachestat.
     "storage_backends/writeback.py": ["tests/test_local_storage.py"],
+    # Where a block is written (an audit hook sees the thread), and the pauses.
+    "storage_backends/inline_calls.py": ["tests/test_inline_calls.py"],
     "storage_backends/names.py": [
         "tests/test_local_storage.py",
         "tests/test_patch.py",

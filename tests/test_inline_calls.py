@@ -41,6 +41,17 @@ def test_calls_run_on_the_loop_while_they_stay_quick() -> None:
     assert policy.allowed()
 
 
+def test_by_default_a_call_of_5_ms_is_quick_and_one_of_20_ms_a_stall() -> None:
+    # Normal writes of half a MiB take a quarter of a millisecond, 2 ms at
+    # the most seen; a throttled writer waits tens to hundreds.
+    clock = Clock()
+    policy = InlineWhileQuick(clock=clock)
+    policy.took(0.005)
+    assert policy.allowed()
+    policy.took(0.020)
+    assert not policy.allowed()
+
+
 def test_a_stalled_call_sends_the_calls_to_threads_for_a_pause() -> None:
     clock = Clock()
     policy = InlineWhileQuick(clock=clock)
