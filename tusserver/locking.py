@@ -72,7 +72,11 @@ class Lease:
         self._extended_at = time.monotonic()
 
     async def keep_alive(self) -> bool:
-        """Extend the lock, at most a few times per TTL; False once it is lost. Never raises.
+        """Extend the lock, at most a few times per TTL; False once it is lost.
+
+        Raises nothing but a cancellation: also one asked while the
+        extension ran that the Redis call dropped (``tusserver/task_ends.py``),
+        so that the task extending in a loop stops as asked.
 
         Called while the request is alive (bytes arrived within the idle
         timeout), not only on progress: a client that pauses for a few
@@ -89,9 +93,12 @@ class Lease:
             # Redis may be back at the next tick; the commit's compare-and-set
             # protects the offset meanwhile.
             logger.warning("lock of %s: could not extend it: %s", self.upload_id, describe(exc))
-            return True
-        if not extended:
-            logger.warning("lock of %s: lost while in use; stopping", self.upload_id)
+            extended = True
+        else:
+            if not extended:
+                logger.warning("lock of %s: lost while in use; stopping", self.upload_id)
+        if cancel_requested():
+            raise asyncio.CancelledError
         return extended
 
     def let_go(self) -> None:
@@ -127,8 +134,6 @@ async def kept_alive(lease: Lease) -> AsyncIterator[None]:
         while True:
             if not await lease.keep_alive():
                 return  # lost: the next commit or completion will be refused
-            if cancel_requested():
-                return  # the block ended while the extension ran (task_ends)
             await asyncio.sleep(lease.keep_alive_interval)
 
     def start_keeping() -> None:

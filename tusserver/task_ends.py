@@ -8,8 +8,9 @@ still runs. So the wait is shielded from the request's own cancellation
 still waits, and the cancellation goes on once the tasks ended.
 
 A side task that calls Redis in a loop (the watchdog's and ``kept_alive``'s
-lock extensions) also checks ``cancel_requested`` after each call: on
-Python 3.11 a cancellation can be lost on its way. redis-py writes every
+lock extensions, ``Lease.keep_alive``) raises the cancellation again when
+``cancel_requested`` says one was asked during the call: on Python 3.11 a
+cancellation can be lost on its way. redis-py writes every
 command it sends through ``asyncio.wait_for``, which before Python 3.12
 returns its inner call's result, and drops the cancellation, when both come
 in the same turn of the event loop. The task then went on as if nobody had

@@ -54,7 +54,7 @@ from tusserver.content_types import HeadCheck
 from tusserver.digests import Digests
 from tusserver.handoff import Handoff
 from tusserver.locking import Lease
-from tusserver.task_ends import cancel_and_wait, cancel_requested, wait_for_end
+from tusserver.task_ends import cancel_and_wait, wait_for_end
 
 
 class End(enum.Enum):
@@ -304,10 +304,7 @@ async def receive_into_storage(
             elif now - active_at >= idle_timeout:
                 stop_reading(End.IDLE)
                 return
-            alive = await lease.keep_alive()
-            if cancel_requested():
-                return  # the transfer ended while the extension ran (task_ends)
-            if not alive:
+            if not await lease.keep_alive():
                 lock_lost()
                 return
             checkpoint_if_due()
