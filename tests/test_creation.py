@@ -517,3 +517,26 @@ def test_a_creation_with_an_empty_body_takes_no_lock(
     assert response.status_code == 201, response.text
     assert response.headers["Upload-Offset"] == "0"
     assert scripts_run(state) - before == 1
+
+
+@pytest.mark.parametrize("suffix", ["/", ""], ids=["with its slash", "without"])
+def test_the_endpoint_creates_with_or_without_its_trailing_slash_and_no_upload_url_is_empty(
+    tus_server: Callable[..., RunningServer], state: redis.Redis, suffix: str
+) -> None:
+    # The upload route is tried first (most requests are HEADs and PATCHes):
+    # it must never take the endpoint itself, as an upload with an empty id.
+    server = tus_server()
+    endpoint = server.endpoint.removesuffix("/") + suffix
+
+    created = server.client.post(endpoint, headers={**TUS, "Upload-Length": "3"})
+    options = server.client.options(endpoint)
+    head = server.client.head(endpoint, headers=TUS)
+
+    assert created.status_code == 201, created.text
+    assert state.exists(f"tus:{{{upload_id_of(created.headers['Location'])}}}:info") == 1
+    assert options.status_code == 200
+    assert "creation" in options.headers["Tus-Extension"]
+    # The endpoint takes POST and OPTIONS: a HEAD there is the tus 405.
+    assert head.status_code == 405
+    assert head.headers["Tus-Resumable"] == "1.0.0"
+    assert "POST" in head.headers["Allow"]

@@ -17,7 +17,7 @@ from redis.backoff import NoBackoff
 
 from tests.redis_topologies import RedisSentinelSet
 from tusserver.protocol import Metadata
-from tusserver.record import PARTIAL, Upload
+from tusserver.record import PARTIAL, Upload, from_fields
 from tusserver.redis_topology import connect
 from tusserver.redis_urls import parse as parse_redis_url
 from tusserver.state import (
@@ -508,3 +508,27 @@ def test_which_of_many_uploads_have_a_record_is_one_call_across_slots(redis_url:
         assert await store.records_exist(ids) == [True, False] * 3
 
     with_store(redis_url, scenario)
+
+
+def test_a_records_metadata_values_are_decoded_only_when_looked_at() -> None:
+    # A HEAD echoes the raw header and never looks at the values: it does
+    # not pay for their decoding.
+    fields = {"metadata": "name bmFtZQ==,flag", "meta": '{"name": "name", "flag": ""}'}
+    values = from_fields(UPLOAD_ID, fields).metadata.values
+    assert values == {"name": b"name", "flag": b""}
+    assert (len(values), sorted(values), values["name"], values.get("none")) == (
+        2,
+        ["flag", "name"],
+        b"name",
+        None,
+    )
+
+    unreadable = from_fields(UPLOAD_ID, {"metadata": "name bmFtZQ==", "meta": "{not json"})
+    assert unreadable.metadata.raw == "name bmFtZQ=="
+    with pytest.raises(ValueError):
+        dict(unreadable.metadata.values)
+
+    # A record written before the values were kept: parsed from the raw header.
+    older = from_fields(UPLOAD_ID, {"metadata": "name bmFtZQ=="})
+    assert older.metadata.values == {"name": b"name"}
+    assert from_fields(UPLOAD_ID, {}).metadata.values == {}

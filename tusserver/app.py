@@ -15,6 +15,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import anyio
 import redis.asyncio as aioredis
 from starlette.applications import Starlette
+from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -162,10 +163,13 @@ def create_app(
     upload = dispatch(upload_methods)
     base = config.base_path
     routes = [
+        # First: HEADs and PATCHes, most of the requests, match at the first
+        # try. A path (slashes too), so that malformed ids with slashes also
+        # get a tus 404, not a bare one; never empty, so that the endpoint
+        # itself falls through to the routes below.
+        Route(base + "{upload_id:" + _UPLOAD_PATH + "}", EveryMethod(upload)),
         Route(base, EveryMethod(collection)),
         Route(base.rstrip("/") or "/", EveryMethod(collection)),
-        # :path so that malformed ids with slashes also get a tus 404, not a bare one.
-        Route(base + "{upload_id:path}", EveryMethod(upload)),
     ]
 
     @asynccontextmanager
@@ -232,6 +236,16 @@ def create_app(
         Middleware(MethodOverride),
     ]
     return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
+
+
+class _UploadPath(PathConvertor):
+    """Starlette's ``path`` of at least one character."""
+
+    regex = ".+"
+
+
+_UPLOAD_PATH = "tus_upload_path"
+register_url_convertor(_UPLOAD_PATH, _UploadPath())
 
 
 # Still answered while the process drains: they read, take no lock and end

@@ -28,7 +28,7 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from tusserver.protocol import Checksum, Metadata, parse_metadata
@@ -131,7 +131,37 @@ def from_fields(upload_id: str, fields: Mapping[str, str]) -> Upload:
 
 def _metadata(fields: Mapping[str, str]) -> Metadata:
     raw = fields.get("metadata", "")
-    return Metadata(raw, _decode_values(fields.get("meta"), raw))
+    text = fields.get("meta")
+    return Metadata(raw, _StoredValues(text, raw) if raw or text else {})
+
+
+class _StoredValues(Mapping[str, bytes]):
+    """A record's metadata values, decoded when first looked at: a HEAD, the
+    most frequent request, echoes only the raw header and never looks."""
+
+    __slots__ = ("_raw", "_text", "_values")
+
+    def __init__(self, text: str | None, raw: str) -> None:
+        self._text = text
+        self._raw = raw
+        self._values: dict[str, bytes] | None = None
+
+    def _decoded(self) -> dict[str, bytes]:
+        if self._values is None:
+            self._values = _decode_values(self._text, self._raw)
+        return self._values
+
+    def __getitem__(self, key: str) -> bytes:
+        return self._decoded()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._decoded())
+
+    def __len__(self) -> int:
+        return len(self._decoded())
+
+    def __repr__(self) -> str:
+        return repr(self._decoded())
 
 
 def _optional_float(value: str | None) -> float | None:
