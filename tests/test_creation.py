@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,7 +17,7 @@ from tests.helpers import assert_tus_error, b64, upload_id_of
 from tests.raw_http import RawRequest
 from tests.server_fixtures import OCTETS, TUS, RunningServer
 from tests.test_patch import scripts_run
-from tusserver import protocol
+from tusserver import protocol, scripts
 
 
 def info(state: redis.Redis, upload_id: str) -> dict[str, Any]:
@@ -540,3 +541,25 @@ def test_the_endpoint_creates_with_or_without_its_trailing_slash_and_no_upload_u
     assert head.status_code == 405
     assert head.headers["Tus-Resumable"] == "1.0.0"
     assert "POST" in head.headers["Allow"]
+
+
+def test_a_server_loads_its_scripts_into_a_fresh_redis_before_their_first_calls(
+    tus_server: Callable[..., RunningServer], state: redis.Redis
+) -> None:
+    # Else every request of a first burst would meet NOSCRIPT and send its
+    # script again (on every primary of a Cluster).
+    texts = [text for name, text in vars(scripts).items() if name.isupper() and name[0] != "_"]
+    shas = [hashlib.sha1(text.encode()).hexdigest() for text in texts]
+    assert len(shas) == 11
+    state.script_flush()
+    assert not any(state.script_exists(*shas))
+
+    tus_server()
+
+    loaded = False
+    for _ in range(100):  # bounded: 5 s
+        if all(state.script_exists(*shas)):
+            loaded = True
+            break
+        time.sleep(0.05)
+    assert loaded, dict(zip(texts, state.script_exists(*shas), strict=True))

@@ -639,11 +639,17 @@ def test_while_redis_is_down_the_release_listener_reconnects_about_once_a_second
 
 
 def test_server_without_reachable_redis_starts_and_answers_head_423_and_post_503(
-    lone_server: Callable[[str], RunningServer],
+    lone_server: Callable[[str], RunningServer], caplog: pytest.LogCaptureFixture
 ) -> None:
     missing_socket = short_temp_dir()
     try:
-        server = lone_server(f"unix://{missing_socket}/no-such.sock")
+        with caplog.at_level(logging.INFO, logger="tusserver.app"):
+            server = lone_server(f"unix://{missing_socket}/no-such.sock")
+            # The scripts it loads ahead, beside its start, cannot be loaded.
+            wait_until(
+                lambda: any("scripts not loaded" in r.getMessage() for r in caplog.records),
+                "the scripts' loading to give up",
+            )
 
         head = server.client.head(f"{server.url}/files/{UNKNOWN_ID}", headers=TUS)
         post = server.client.post(f"{server.url}/files/", headers={**TUS, "Upload-Length": "5"})
@@ -655,5 +661,11 @@ def test_server_without_reachable_redis_starts_and_answers_head_423_and_post_503
         assert error["code"] == "state_unavailable"
         assert "no-such.sock" not in post.text
         assert "Location" not in post.headers
+        said = [r.getMessage() for r in caplog.records if "scripts not loaded" in r.getMessage()]
+        assert said == [
+            "scripts not loaded ahead (StateUnavailable (ConnectionError)):"
+            " each loads at its first call"
+        ]
+        assert "no-such.sock" not in said[0]
     finally:
         shutil.rmtree(missing_socket, ignore_errors=True)

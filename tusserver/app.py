@@ -207,6 +207,7 @@ def create_app(
             hook_set = await open_hooks(config, hooks, HookOutbox(client), stack)
             services_box.append(Services(config, store, locker, backend, hooks=hook_set.runner))
             async with anyio.create_task_group() as tasks:
+                tasks.start_soon(_load_scripts, store)
                 tasks.start_soon(locker.listen_for_release_requests)
                 tasks.start_soon(_drain_on_stop, stopping, locker, config.shutdown_grace)
                 tasks.start_soon(sweeper.run_sweeper, store, backend, config)
@@ -251,6 +252,15 @@ register_url_convertor(_UPLOAD_PATH, _UploadPath())
 # Still answered while the process drains: they read, take no lock and end
 # at once, and a HEAD answered 503 would make tus-js-client start over.
 _WHILE_DRAINING = frozenset({"HEAD", "OPTIONS"})
+
+
+async def _load_scripts(store: UploadStore) -> None:
+    """Beside the first requests, not before them: a Redis that is down
+    holds up nothing, and each script still loads itself at its first call."""
+    try:
+        await store.load_scripts()
+    except StateUnavailable as exc:
+        logger.info("scripts not loaded ahead (%s): each loads at its first call", describe(exc))
 
 
 async def _drain_on_stop(draining: Draining, locker: Locker, grace: float) -> None:

@@ -73,9 +73,20 @@ class ScriptCalls:
         timeout = None if self._pool is None else self._pool.connection_kwargs.get("socket_timeout")
         self._deadlines = ReplyDeadlines(timeout)
         self._reads = None if self._pool is None else BatchedReads(self._pool, self._deadlines)
+        self._registered: list[AsyncScript] = []
 
     def register(self, text: str) -> Script:
-        return Script(self, self._client.register_script(text))
+        script = self._client.register_script(text)
+        self._registered.append(script)
+        return Script(self, script)
+
+    async def load_all(self) -> None:
+        """Load every registered script into Redis (into each primary of a
+        Cluster). Not needed, as a call loads its script when Redis lacks
+        it, but each request that meets a missing script sends it again:
+        on a fresh Redis, every request of a first burst would."""
+        for script in self._registered:
+            await self._client.script_load(script.script)
 
     async def hgetall(self, key: str) -> dict[str, str]:
         """A hash's fields (none: no such key); str, as the store's client

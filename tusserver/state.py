@@ -220,6 +220,12 @@ class UploadStore:
         slots.slot_tag(0)  # the tag table, built now rather than in a first request
 
     @_translating
+    async def load_scripts(self) -> None:
+        """Load the store's scripts into Redis ahead of their first calls
+        (``ScriptCalls.load_all``)."""
+        await self._calls.load_all()
+
+    @_translating
     async def create(self, upload: Upload, *, lock_token: str | None, lock_ttl_ms: int) -> bool:
         """Store a new record; with ``lock_token``, the creator also holds its
         lock. False, and nothing stored, if the id is taken (a record or a
