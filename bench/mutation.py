@@ -215,6 +215,14 @@ SPECS: dict[str, list[str]] = {
         "tests/test_asgi.py",
         "tests/test_options.py",
         "tests/test_startup.py",
+        # The upload route tried first, and the scripts loaded at start.
+        "tests/test_creation.py::test_the_endpoint_creates_with_or_without_its_trailing_slash_and_no_upload_url_is_empty",
+        "tests/test_creation.py::test_a_server_loads_its_scripts_into_a_fresh_redis_before_their_first_calls",
+    ],
+    "tusserver/script_calls.py": [
+        "tests/test_state.py",
+        "tests/test_head.py",
+        "tests/test_creation.py::test_a_server_loads_its_scripts_into_a_fresh_redis_before_their_first_calls",
     ],
     "tusserver/held.py": [
         # Only the final offset waits for replicas: needs the Sentinel's
