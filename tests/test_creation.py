@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -14,7 +13,7 @@ import pytest
 import redis
 
 from tests.helpers import assert_tus_error, b64, upload_id_of
-from tests.raw_http import RawRequest
+from tests.raw_http import RawRequest, wait_until
 from tests.server_fixtures import OCTETS, TUS, RunningServer
 from tests.test_patch import scripts_run
 from tusserver import protocol, scripts
@@ -556,10 +555,4 @@ def test_a_server_loads_its_scripts_into_a_fresh_redis_before_their_first_calls(
 
     tus_server()
 
-    loaded = False
-    for _ in range(100):  # bounded: 5 s
-        if all(state.script_exists(*shas)):
-            loaded = True
-            break
-        time.sleep(0.05)
-    assert loaded, dict(zip(texts, state.script_exists(*shas), strict=True))
+    wait_until(lambda: all(state.script_exists(*shas)), "every script loaded", timeout=5)
