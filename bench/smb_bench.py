@@ -241,6 +241,12 @@ def main() -> int:
     cpu: dict[str, dict[str, float]] = {}  # CPU seconds per process in the best round
     # The tus paths, each to a server of its own: its --file-digest.
     servers = {"tusserver": "sha256", "tusserver, no digest": "none"}
+    raws = {
+        "raw 1 conn, 4 MiB writes": ("raw1-4.bin", 1, 4 * MiB),
+        "raw 1 conn, 1 MiB writes": ("raw1-1.bin", 1, MiB),
+        "raw 4 connections": ("raw4.bin", 4, 4 * MiB),
+    }
+    paths = [*raws, *servers]
     processes: dict[str, subprocess.Popen[bytes]] = {}
     endpoints: dict[str, str] = {}
     try:
@@ -249,12 +255,6 @@ def main() -> int:
             port = free_port()
             processes[name] = start_tusserver(samba, scratch, port, digest_setting)
             endpoints[name] = f"http://127.0.0.1:{port}/files/"
-        raws = {
-            "raw 1 conn, 4 MiB writes": ("raw1-4.bin", 1, 4 * MiB),
-            "raw 1 conn, 1 MiB writes": ("raw1-1.bin", 1, MiB),
-            "raw 4 connections": ("raw4.bin", 4, 4 * MiB),
-        }
-        paths = [*raws, *servers]
         for round_number in range(1, args.repeat + 1):
             # Every path of a round leaves its file until the round ends.
             warm_page_cache(samba.share_dir, 2 * len(paths) * len(data))
@@ -305,7 +305,8 @@ def main() -> int:
         shutil.rmtree(scratch, ignore_errors=True)
     gib = len(data) / 2**30
     print(f"\n{args.size_mib} MiB, best of {args.repeat} (1 MB = 10^6 bytes; CPU in s/GiB):")
-    for name, rate in sorted(best.items(), key=lambda item: list(servers).count(item[0])):
+    for name in paths:
+        rate = best[name]
         spent_text = ", ".join(f"{who} {seconds / gib:.2f}" for who, seconds in cpu[name].items())
         print(f"  {name:<26} {rate:7.0f} MB/s   CPU {spent_text}")
     single = max(best["raw 1 conn, 4 MiB writes"], best["raw 1 conn, 1 MiB writes"])
