@@ -58,10 +58,9 @@ REPO_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_DIR))
 sys.path.insert(0, str(REPO_DIR / "bench"))
 
-from served_process import tree_cpu_seconds, wait_until_up  # noqa: E402
+from served_process import free_port, tree_cpu_seconds, wait_until_up  # noqa: E402
 
 from tests.samba_fixtures import SambaServer  # noqa: E402
-from tests.server_fixtures import free_port  # noqa: E402
 
 MiB = 1024 * 1024
 MB = 1_000_000
@@ -268,7 +267,8 @@ def main() -> int:
             start = round_number % len(paths)
             for name in paths[start:] + paths[:start]:
                 server = processes.get(name)
-                before = own_cpu(), group_cpu(samba.pid), server and tree_cpu_seconds(server)
+                before = own_cpu(), group_cpu(samba.pid)
+                server_before = 0.0 if server is None else tree_cpu_seconds(server)
                 if server is not None:
                     figures[name], upload_id = tus_upload(endpoints[name], data)
                     stored_names.append(f"tus/{upload_id}")
@@ -281,7 +281,7 @@ def main() -> int:
                     "smbd": group_cpu(samba.pid) - before[1],
                 }
                 if server is not None:
-                    spent[name]["tusserver"] = tree_cpu_seconds(server) - (before[2] or 0.0)
+                    spent[name]["tusserver"] = tree_cpu_seconds(server) - server_before
             for name in stored_names:
                 if file_digest(samba.share_dir / name) != digest:
                     print(f"{name}: stored bytes differ from the bytes sent", file=sys.stderr)
