@@ -720,7 +720,12 @@ def run_specs(tree: Path, specs: list[str], timeout: float, topologies: str) -> 
         PYTHONDONTWRITEBYTECODE="1",
         TUSSERVER_TEST_TOPOLOGIES=topologies,
     )
-    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *specs]
+    # Temporary files inside the mutant's tree, which is removed at the end:
+    # a session killed at its timeout never cleans up pytest's own folder,
+    # and one that stored large uploads would fill the disk run after run.
+    basetemp = tree / ".pytest-tmp"
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
+    command += ["--basetemp", str(basetemp), *specs]
     started = time.monotonic()
     process = subprocess.Popen(
         command,
