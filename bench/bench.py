@@ -584,7 +584,11 @@ def make_server(name: str, workdir: Path, args: argparse.Namespace) -> Server:
         argv = [node, str(NODE_DIR / "tus-server.mjs"), "--host", HOST, "--port", str(port)]
         argv += ["--dir", str(storage)]
         base = "/files/"
-    return Server(name, argv, port, storage, base, workdir / f"{name}.log", REPO_DIR, pin)
+    # tusserver runs in its scratch folder, not in this repository: started
+    # with ``-m`` in the repository, Python would import the checkout there
+    # ahead of one that ``--tusserver-cmd`` puts on PYTHONPATH.
+    cwd = storage.parent if name in TUSSERVER_VARIANTS else REPO_DIR
+    return Server(name, argv, port, storage, base, workdir / f"{name}.log", cwd, pin)
 
 
 def npm_ci() -> None:

@@ -159,6 +159,21 @@ class BlockSized(Protocol):
 
 
 @runtime_checkable
+class WritesOnLoop(Protocol):
+    @property
+    def writes_on_loop(self) -> bool:
+        """Whether ``write`` stores each block on the event loop: a copy
+        into memory that the system writes out later, over before anything
+        else could run.
+
+        Then nothing is gained by receiving the next block while one is
+        written, and the server receives a block and writes it in turn, in
+        one task. Without it (a write that waits for a network or a worker
+        thread), the server receives the next block beside each write.
+        """
+
+
+@runtime_checkable
 class Flusher(Protocol):
     async def flush(self, upload_id: str) -> None:
         """Make the bytes written to the upload's partial so far durable: on

@@ -65,6 +65,13 @@ class LocalStorage:
     # process or beside other work, and a 2 GiB PATCH grew the process by
     # 10-13 MiB instead of 2-3 (bench/README.md, "Block size").
     preferred_block_size = 512 * 1024
+    # Blocks go into the page cache from the event loop (``_quickly``), so
+    # the server receives and writes them in turn: handing each to a writer
+    # task beside the receiver cost 6 % more CPU per GiB (bench/README.md,
+    # "Received and written in turn"). After a stall, writes go to threads
+    # for a while and are then not overlapped with receiving: the disk is
+    # the bottleneck then.
+    writes_on_loop = True
 
     def __init__(
         self,

@@ -1,13 +1,16 @@
 """Faults inside a transfer's own tasks (``tusserver/transfer.py``).
 
-The receiver, the watchdog and the checkpoints run beside the writer as
+The receiving, the watchdog and the checkpoints run beside the request as
 tasks of the transfer. A fault in one of them (not a refusal, not the end of
 a body: a bug, or a server's receive() failing) must end the transfer and
 come out of ``receive_into_storage`` as itself, after the bytes the writer
 confirmed are counted; nothing may hang waiting for a task that died.
 
 Straight on local storage, with a scripted ASGI ``receive``: these faults
-cannot be caused from outside a real server.
+cannot be caused from outside a real server. Every spec runs twice: with
+blocks received and written in turn (a storage that writes on the event
+loop, as local storage does) and with the next block received beside each
+write (any other storage).
 """
 
 from __future__ import annotations
@@ -33,6 +36,14 @@ PIECE = b"0123456789"
 # Never reached: the transfer must end long before (a guard against a hang,
 # not a limit on how fast it ends).
 HANG_GUARD_SECONDS = 60
+
+
+@pytest.fixture(autouse=True, params=[True, False], ids=["in-turn", "beside"])
+def writes_on_loop(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Local storage as it is (writes on the loop), and as a storage whose
+    writes wait (the transfer then receives beside them)."""
+    monkeypatch.setattr(LocalStorage, "writes_on_loop", request.param)
+    return bool(request.param)
 
 
 async def _kept(key: str, token: str, ttl_ms: int) -> bool:
@@ -192,7 +203,10 @@ def test_a_transfer_cancelled_while_a_checkpoint_commits_ends_only_once_that_com
 
 
 class SlowDisk(LocalStorage):
-    """Local storage that takes 0.3 s before writing each block."""
+    """Local storage that takes 0.3 s before writing each block: a write
+    that waits, so the next block is received beside it."""
+
+    writes_on_loop = False
 
     async def write(self, upload_id: str, offset: int, blocks: AsyncIterator[Block]) -> int:
         async def slowly() -> AsyncIterator[Block]:

@@ -1,19 +1,23 @@
 """Moving one request body into storage: streamed, bounded, interruptible.
 
-Three tasks cooperate for one PATCH (or POST with data):
+Two or three tasks cooperate for one PATCH (or POST with data):
 
-- the *receiver* takes ASGI body messages (at most 64 KiB each from uvicorn),
-  gathers them into blocks of ``block_size`` without copying, and refuses
-  bytes beyond ``limit`` without storing them. In a body of known length
-  it hands over what it gathered once only a quarter block is left to
+- the *receiving* takes ASGI body messages (at most 64 KiB each from
+  uvicorn), gathers them into blocks of ``block_size`` without copying, and
+  refuses bytes beyond ``limit`` without storing them. In a body of known
+  length it hands on what it gathered once only a quarter block is left to
   come (``final_block_size``), so that what is left to write once
   the last byte arrived, while the client waits for its answer, is that
   quarter, not a whole block: one block more per body, no more;
-- the *writer* (the storage backend) writes each block in a worker thread
-  while the next one is received: at most three blocks are in memory per
-  request (one gathering, one queued, one being written), whatever the
-  upload size;
-- the receiver also feeds the *digests* (when they are wanted) each message
+- the *writer* (the storage backend) writes the blocks. A storage that
+  writes on the event loop (``WritesOnLoop``: a copy into the page cache)
+  is handed each block by the receiving, in its task, and the next block is
+  received once it is written: one block in memory per request. Any other
+  (a write that waits for a network or a thread) writes in the request's
+  task while the next block is received beside it, in a task of its own
+  (``tusserver/handoff.py``): at most three blocks in memory (one gathering,
+  one queued, one being written). Either way, whatever the upload size;
+- the receiving also feeds the *digests* (when they are wanted) each message
   as it takes it, on the loop, while its bytes are in the cache
   (``tusserver/digests.py``): the digests have then consumed exactly the
   bytes handed to the writer;
@@ -29,7 +33,7 @@ Three tasks cooperate for one PATCH (or POST with data):
   mid-body loses at most the bytes since the last one. Each runs beside the
   pipeline, never stalling it, and one at a time;
 - a *head check* (when the caller gives one) judges the upload's first
-  bytes as the receiver takes them, before the block holding them is handed
+  bytes as the receiving takes them, before the block holding them is handed
   to storage: refused content stops the reading and nothing of this body is
   stored. Only those first bytes are copied aside.
 
@@ -41,15 +45,16 @@ the caller what to commit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import anyio
 from starlette.types import Message, Receive
 
-from storage_backends.base import Block, Storage
+from storage_backends.base import Block, Storage, WritesOnLoop
 from tusserver.content_types import HeadCheck
 from tusserver.digests import Digests
 from tusserver.handoff import Handoff
@@ -175,15 +180,17 @@ async def receive_into_storage(
     body that counts for nothing (too large, refused); a caller checks
     ``fed == stored`` before trusting it.
     """
-    blocks = Handoff()
     loop = asyncio.get_running_loop()
     # Plain asyncio tasks, not an anyio task group: its scopes look up the
     # running library and task at every step, which with the group's own
     # set-up was a seventh of a short PATCH's CPU. Nothing outside cancels
     # them: this function stops them, and waits for them, itself.
     stopping = False  # the reading was asked to stop (stop_reading)
-    in_receive = False  # the receiver waits in receive(): a cancel lands there
-    receiving: asyncio.Task[None] | None = None
+    # The task waiting in receive(), if one does: a stop's cancel lands there.
+    in_receive: asyncio.Task[None] | None = None
+    # A fault of the server's receive(): raised as itself once the blocks
+    # received before it are stored.
+    receive_failure: Exception | None = None
     watching: asyncio.Task[None] | None = None
 
     def stop_reading(end: End) -> None:
@@ -191,10 +198,10 @@ async def receive_into_storage(
         nonlocal stopping
         transfer.end = end
         stopping = True
-        # Waiting for a message: cut the wait. Otherwise the receiver stops at
-        # the top of its loop, after handing over what it gathered.
-        if in_receive and receiving is not None:
-            receiving.cancel()
+        # Waiting for a message: cut the wait. Otherwise the reading stops at
+        # the top of its loop, after handing on what it gathered.
+        if in_receive is not None:
+            in_receive.cancel()
 
     def lock_lost() -> None:
         # Another request owns the upload now: stop writing into it.
@@ -213,73 +220,94 @@ async def receive_into_storage(
     async def receive_message() -> Message | None:
         """The next message, or None once the reading was stopped."""
         nonlocal in_receive
-        in_receive = True
+        in_receive = asyncio.current_task()
         try:
             return await receive()
         except asyncio.CancelledError:
             if not stopping:
                 raise  # the transfer is being torn down
             # Cancelled by stop_reading: that is an end of the body, not an error.
-            task = asyncio.current_task()
-            assert task is not None
-            task.uncancel()
+            assert in_receive is not None
+            in_receive.uncancel()
             return None
         finally:
-            in_receive = False
+            in_receive = None
 
-    async def receiver() -> None:
+    async def gathered() -> AsyncGenerator[Block, None]:
+        """The body, in blocks: taken, checked and hashed message by message."""
+        nonlocal receive_failure
         pieces: list[bytes] = []
         size = 0
-        try:
-            while not stopping:
+        while not stopping:
+            try:
                 message = await receive_message()
-                if message is None:
+            except Exception as exc:
+                receive_failure = exc
+                break
+            if message is None:
+                break
+            if message["type"] == "http.disconnect":
+                transfer.end = End.DISCONNECT
+                break
+            body: bytes = message.get("body", b"")
+            if body:
+                if limit is not None and transfer.received + len(body) > limit:
+                    transfer.end = End.TOO_LARGE
+                    pieces = []
                     break
-                if message["type"] == "http.disconnect":
-                    transfer.end = End.DISCONNECT
-                    break
-                body: bytes = message.get("body", b"")
-                if body:
-                    if limit is not None and transfer.received + len(body) > limit:
-                        transfer.end = End.TOO_LARGE
+                if head_check is not None:
+                    transfer.refusal = head_check.take(body)
+                    if transfer.refusal is not None:
+                        transfer.end = End.REFUSED
                         pieces = []
                         break
-                    if head_check is not None:
-                        transfer.refusal = head_check.take(body)
-                        if transfer.refusal is not None:
-                            transfer.end = End.REFUSED
-                            pieces = []
-                            break
-                    transfer.received += len(body)
-                    transfer.last_bytes_at = time.monotonic()
-                    if hash_piece is not None:
-                        hash_piece(body)
-                    pieces.append(body)
-                    size += len(body)
-                    if size >= block_size or (
-                        size >= final_block
-                        and final_from is not None
-                        and transfer.received >= final_from
-                    ):
-                        await hand_over(pieces)
-                        pieces, size = [], 0
-                if not message.get("more_body", False):
-                    transfer.whole_body = True
-                    break
-            # Reached at the end of the body, on a disconnect and when the
-            # reading was stopped: the bytes gathered are kept.
-            if pieces:
-                await hand_over(pieces)
-        finally:
-            blocks.close_sending()
+                transfer.received += len(body)
+                transfer.last_bytes_at = time.monotonic()
+                if hash_piece is not None:
+                    hash_piece(body)
+                pieces.append(body)
+                size += len(body)
+                if size >= block_size or (
+                    size >= final_block
+                    and final_from is not None
+                    and transfer.received >= final_from
+                ):
+                    yield pieces
+                    pieces, size = [], 0
+            if not message.get("more_body", False):
+                transfer.whole_body = True
+                break
+        # Reached at the end of the body, on a disconnect, on a fault of
+        # receive() and when the reading was stopped: the bytes gathered are kept.
+        if pieces:
+            yield pieces
 
-    async def hand_over(block: Block) -> None:
-        # A block is queued whole or not at all (``Handoff.send``), and a stop
-        # cancels the receiver only in receive(): never lost, never stored twice.
+    async def store(blocks: AsyncIterator[Block]) -> None:
         try:
-            await blocks.send(block)
+            transfer.stored = await storage.write(
+                lease.upload_id, offset, _counted(blocks, transfer, checkpoint_if_due)
+            )
+        except OSError as exc:
+            transfer.failure = exc
+
+    async def receive_in_turn() -> None:
+        # Closed when the storing ends, a storage failure included: the
+        # blocks the storage did not ask for are never received.
+        async with contextlib.aclosing(gathered()) as blocks:
+            await store(blocks)
+
+    async def receive_beside(handoff: Handoff) -> None:
+        try:
+            async with contextlib.aclosing(gathered()) as blocks:
+                async for block in blocks:
+                    # Queued whole or not at all (``Handoff.send``), and a stop
+                    # cancels only a wait in receive(): never lost, never
+                    # stored twice.
+                    await handoff.send(block)
         except anyio.BrokenResourceError:
             pass  # the writer stopped (storage failure): nothing to hand over to
+        finally:
+            handoff.close_sending()
 
     tick = min(1.0, idle_timeout / 4)
 
@@ -315,7 +343,16 @@ async def receive_into_storage(
         nonlocal watching
         watching = loop.create_task(watchdog())
 
-    receiving = loop.create_task(receiver())
+    handoff: Handoff | None = None
+    receiving: asyncio.Task[None] | None = None
+    if writes_on_loop(storage):
+        # Received and written in turn, in a task of its own (a stop cancels
+        # its wait in receive(), never this request's task).
+        receiving = loop.create_task(receive_in_turn())
+    else:
+        # Written here, while the next block is received beside.
+        handoff = Handoff()
+        receiving = loop.create_task(receive_beside(handoff))
     # The watchdog starts at its first tick, not with the body: most bodies
     # end before it, and a task less is a tenth of a short PATCH's CPU.
     # Nothing it watches can fall due sooner: a takeover needs
@@ -324,16 +361,16 @@ async def receive_into_storage(
     # "let go at once" waits for it (a second at most).
     first_tick = loop.call_later(min(tick, takeover_after), start_watchdog)
     try:
-        transfer.stored = await storage.write(
-            lease.upload_id, offset, _counted(blocks, transfer, checkpoint_if_due)
-        )
-    except OSError as exc:
-        transfer.failure = exc
+        if handoff is None:
+            await receiving
+        else:
+            await store(handoff)
     finally:
         first_tick.cancel()
-        # Wakes a receiver waiting to hand over a block the writer will never
-        # take. At the end of a body the receiver is done already.
-        blocks.close_receiving()
+        if handoff is not None:
+            # Wakes a receiver waiting to hand over a block the writer will
+            # never take. At the end of a body the receiver is done already.
+            handoff.close_receiving()
         await cancel_and_wait([receiving, watching])
         if checkpoints is not None:
             await checkpoints.finished()
@@ -342,6 +379,8 @@ async def receive_into_storage(
     for task in (receiving, watching):
         if task is not None and not task.cancelled() and (failure := task.exception()):
             raise failure
+    if receive_failure is not None:
+        raise receive_failure
     if checkpoints is not None and checkpoints.failure is not None:
         raise checkpoints.failure
     if transfer.end in (End.TOO_LARGE, End.REFUSED):
@@ -362,19 +401,21 @@ def final_block_size(block_size: int) -> int:
     return max(block_size // 4, 64 * 1024)
 
 
+def writes_on_loop(storage: Storage) -> bool:
+    """Whether ``storage`` writes its blocks on the event loop (``WritesOnLoop``)."""
+    return isinstance(storage, WritesOnLoop) and storage.writes_on_loop
+
+
 async def _counted(
-    blocks: Handoff, transfer: Transfer, stored_more: Callable[[], None]
+    blocks: AsyncIterator[Block], transfer: Transfer, stored_more: Callable[[], None]
 ) -> AsyncIterator[Block]:
     """Hand blocks to storage, counting a block as stored once the next is asked for.
 
     That is the Storage.write contract: it asks for the next block only
     after the previous one is fully written.
     """
-    try:
-        async for block in blocks:
-            yield block
-            # Resumed: the writer asks for the next block, so this one is written.
-            transfer.stored += sum(len(piece) for piece in block)
-            stored_more()
-    finally:
-        blocks.close_receiving()
+    async for block in blocks:
+        yield block
+        # Resumed: the writer asks for the next block, so this one is written.
+        transfer.stored += sum(len(piece) for piece in block)
+        stored_more()
