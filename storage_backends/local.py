@@ -67,10 +67,10 @@ class LocalStorage:
     preferred_block_size = 512 * 1024
     # Blocks go into the page cache from the event loop (``_quickly``), so
     # the server receives and writes them in turn: handing each to a writer
-    # task beside the receiver cost 6 % more CPU per GiB (bench/README.md,
-    # "Received and written in turn"). After a stall, writes go to threads
-    # for a while and are then not overlapped with receiving: the disk is
-    # the bottleneck then.
+    # task beside the receiving cost about 5 % more CPU per GiB and three
+    # times the page faults (bench/README.md, "Received and written in
+    # turn"). After a stall, writes go to threads for a while and are then
+    # not overlapped with receiving: the disk is the bottleneck then.
     writes_on_loop = True
 
     def __init__(
