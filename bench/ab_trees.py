@@ -27,11 +27,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from patch_profile import CLIENT_CPU, Connection, MiB, Server, upload
+from served_process import tree_cpu_seconds
 
 from bench import warm_page_cache
 
@@ -46,19 +45,14 @@ class Try:
 
 
 def _usage(server: Server) -> tuple[float, int]:
-    cpu, faults = 0.0, 0
+    """CPU seconds and minor page faults of the server's process tree."""
+    faults = 0
     for proc in server.tree():
-        with contextlib.suppress(psutil.NoSuchProcess):
-            times = proc.cpu_times()
-            cpu += times.user + times.system
-            faults += _minor_faults(proc)
-    return cpu, faults
-
-
-def _minor_faults(proc: psutil.Process) -> int:
-    # /proc/<pid>/stat, field 10 (minflt), counted after the command's closing parenthesis.
-    with open(f"/proc/{proc.pid}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[7])
+        # /proc/<pid>/stat, field 10 (minflt), counted after the command's closing
+        # parenthesis (psutil does not report it).
+        with contextlib.suppress(FileNotFoundError), open(f"/proc/{proc.pid}/stat") as f:
+            faults += int(f.read().rsplit(")", 1)[1].split()[7])
+    return tree_cpu_seconds(server.process), faults
 
 
 def one_try(server: Server, conn: Connection, payload: memoryview, chunk: int) -> Try:

@@ -54,9 +54,10 @@ from dataclasses import dataclass, field
 import anyio
 from starlette.types import Message, Receive
 
-from storage_backends.base import Block, Storage, WritesOnLoop
+from storage_backends.base import Block, Storage
 from tusserver.content_types import HeadCheck
 from tusserver.digests import Digests
+from tusserver.extensions import writes_on_loop
 from tusserver.handoff import Handoff
 from tusserver.locking import Lease
 from tusserver.task_ends import cancel_and_wait, wait_for_end
@@ -399,11 +400,6 @@ def final_block_size(block_size: int) -> int:
     block written, or nearly, by the time the last byte is in.
     """
     return max(block_size // 4, 64 * 1024)
-
-
-def writes_on_loop(storage: Storage) -> bool:
-    """Whether ``storage`` writes its blocks on the event loop (``WritesOnLoop``)."""
-    return isinstance(storage, WritesOnLoop) and storage.writes_on_loop
 
 
 async def _counted(
